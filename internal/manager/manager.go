@@ -1,0 +1,464 @@
+// Package manager owns vpnd's single VPN slot: it decides who may set up,
+// protect and destroy, brings the VPN up through a Kernel with a full
+// rollback on failure, tears it down on every way a VPN can end, and tells
+// subscribers about each change.
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/vpnd/vpnd/internal/auth"
+	"github.com/vpnd/vpnd/internal/config"
+	"github.com/vpnd/vpnd/internal/errs"
+	"github.com/vpnd/vpnd/internal/tun"
+	"github.com/vpnd/vpnd/internal/uidrange"
+	"github.com/vpnd/vpnd/protocol"
+)
+
+// Options are the kernel-facing choices of §7, set by vpnd's flags.
+type Options struct {
+	// IfName is the TUN device's name ("vpn-tun").
+	IfName string
+	// Table is the routing table that holds the VPN's routes (98, as on
+	// OpenHarmony: ROUTE_VPN_NETWORK_TABLE).
+	Table int
+	// RulePriority is where the uid rules sit (10000, OpenHarmony's
+	// RULE_LEVEL_SECURE_VPN): after the local table (0) and before main
+	// (32766), so that the VPN wins over the main table's default route.
+	RulePriority int
+	// ProtectMark is the SO_MARK bit that protect sets and that the
+	// owner's rule excludes (0x20000, OpenHarmony's protectedFromVpn bit).
+	ProtectMark uint32
+	Log         *zap.Logger
+	// Now is the clock for VpnInfo.Since; nil means time.Now.
+	Now func() time.Time
+}
+
+// Caller is who is calling, as vpnd learnt it from the kernel.
+type Caller struct {
+	UID  uint32
+	PID  int32
+	User string // "" if the uid has no passwd entry
+	Type auth.Type
+	// Conn identifies the caller's connection; the VPN ends when the
+	// owner's connection closes.
+	Conn uint64
+}
+
+// Manager is the single VPN slot. Its methods are safe for concurrent use.
+type Manager struct {
+	k   Kernel
+	opt Options
+	log *zap.Logger
+
+	// mu serialises every change of the slot, including the kernel work of
+	// bring-up and teardown, so that a second setUp sees 2203002 and never
+	// races with a teardown that still holds the rule priority.
+	mu      sync.Mutex
+	vpn     *vpn
+	nextID  uint64
+	subs    map[uint64]func(protocol.StateChanged)
+	nextSub uint64
+}
+
+// vpn is the live VPN and everything vpnd added to the kernel for it.
+type vpn struct {
+	id        uint64
+	info      protocol.VpnInfo
+	ownerUID  uint32
+	ownerConn uint64
+	index     int
+	addrs     []netip.Prefix
+	routes    []tun.Route
+	rules     []tun.Rule
+	stopWatch context.CancelFunc
+}
+
+// New returns a Manager with an empty slot.
+func New(k Kernel, opt Options) *Manager {
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Log == nil {
+		opt.Log = zap.NewNop()
+	}
+	return &Manager{k: k, opt: opt, log: opt.Log, subs: make(map[uint64]func(protocol.StateChanged))}
+}
+
+// SetUp creates the VPN for c. It checks in the contract's order what is
+// left after parameter validation: account type (2203001), application
+// lists naming other users without ADMIN (201), an existing VPN (2203002),
+// then brings it up (19900002 after a full rollback). On success the caller
+// must hand the returned file to the client and close it; if the hand-off
+// fails it calls Abort with the returned id.
+func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnInfo, uint64, error) {
+	if c.Type == auth.Guest {
+		return nil, nil, 0, errs.New(errs.CodeGuestDenied, "user %s (uid %d) is a guest account", userName(c), c.UID)
+	}
+	if c.Type != auth.Admin {
+		for _, l := range []struct {
+			name  string
+			users []config.User
+		}{{"trustedApplications", cfg.Trusted}, {"blockedApplications", cfg.Blocked}} {
+			for i, u := range l.users {
+				if u.UID != c.UID {
+					return nil, nil, 0, errs.New(errs.CodePermission,
+						"%s[%d]: naming another user (uid %d) needs an admin account; caller uid %d is %s",
+						l.name, i, u.UID, c.UID, c.Type)
+				}
+			}
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v := m.vpn; v != nil {
+		return nil, nil, 0, errs.New(errs.CodeVPNExists, "%s is up, owned by uid %d (pid %d)", v.info.Interface, v.ownerUID, v.info.Owner.PID)
+	}
+	m.nextID++
+	v := &vpn{id: m.nextID, ownerUID: c.UID, ownerConn: c.Conn}
+	f, err := m.bringUp(v, c, cfg)
+	if err != nil {
+		m.log.Warn("vpn bring-up failed, rolled back", zap.Uint32("uid", c.UID), zap.Error(err))
+		return nil, nil, 0, errs.Wrap(errs.CodeInternal, err, "bring-up")
+	}
+	m.vpn = v
+	m.log.Info("vpn up", zap.String("ifname", v.info.Interface), zap.Int("index", v.index),
+		zap.Uint32("uid", c.UID), zap.Int32("pid", c.PID), zap.Int("routes", len(v.routes)), zap.Int("rules", len(v.rules)))
+	m.notify(protocol.ReasonSetUp, v)
+	info := v.info
+	return f, &info, v.id, nil
+}
+
+// bringUp does the kernel work of SetUp. Each step that changes the kernel
+// pushes its undo; on failure the undos run in reverse, so the kernel ends
+// as it was. It fills v and returns the TUN file.
+func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err error) {
+	var undo []func() error
+	defer func() {
+		if err == nil {
+			return
+		}
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](); uerr != nil {
+				m.log.Error("rollback step failed", zap.Error(uerr))
+			}
+		}
+	}()
+
+	// f is not the named result: a failed return sets that to nil before
+	// the rollback runs, and the undo must close the real file.
+	f, index, err := m.k.CreateTUN(m.opt.IfName, cfg.Blocking)
+	if err != nil {
+		return nil, fmt.Errorf("create tun %s: %w", m.opt.IfName, err)
+	}
+	v.index = index
+	undo = append(undo, func() error {
+		f.Close()
+		return m.k.DeleteLink(index)
+	})
+	for _, a := range cfg.Addresses {
+		if err := m.k.AddAddress(index, a); err != nil {
+			return nil, fmt.Errorf("add address %s: %w", a, err)
+		}
+		v.addrs = append(v.addrs, a)
+		undo = append(undo, func() error { return m.k.DeleteAddress(index, a) })
+	}
+	if err := m.k.SetMTU(index, cfg.MTU); err != nil {
+		return nil, fmt.Errorf("set mtu %d: %w", cfg.MTU, err)
+	}
+	if err := m.k.SetUp(index); err != nil {
+		return nil, fmt.Errorf("set link up: %w", err)
+	}
+	for _, r := range m.routesFor(index, cfg) {
+		if err := m.k.AddRoute(r); err != nil {
+			return nil, fmt.Errorf("add route %s: %w", r, err)
+		}
+		v.routes = append(v.routes, r)
+		undo = append(undo, func() error { return m.k.DeleteRoute(r) })
+	}
+	for _, r := range m.rulesFor(c, cfg) {
+		if err := m.k.AddRule(r); err != nil {
+			return nil, fmt.Errorf("add rule %s: %w", r, err)
+		}
+		v.rules = append(v.rules, r)
+		undo = append(undo, func() error { return m.k.DeleteRule(r) })
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gone, err := m.k.WatchLink(ctx, index)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("watch link %d: %w", index, err)
+	}
+	v.stopWatch = cancel
+	go func() {
+		select {
+		case <-gone:
+			m.end(v.id, protocol.ReasonLinkGone)
+		case <-ctx.Done():
+		}
+	}()
+	v.info = m.describe(v, c, cfg)
+	return f, nil
+}
+
+// routesFor lists the table routes of cfg: included routes on the TUN,
+// excluded routes as throw routes so that their traffic leaves the table.
+func (m *Manager) routesFor(index int, cfg *config.Config) []tun.Route {
+	rs := make([]tun.Route, 0, len(cfg.Routes)+len(cfg.ExcludedRoutes))
+	for _, r := range cfg.Routes {
+		rs = append(rs, tun.Route{Table: m.opt.Table, Dst: r.Dst, Gateway: r.Gateway, LinkIndex: index})
+	}
+	for _, p := range cfg.ExcludedRoutes {
+		rs = append(rs, tun.Route{Table: m.opt.Table, Dst: p, Throw: true})
+	}
+	return rs
+}
+
+// rulesFor lists the policy rules of §7, one set per accepted family. The
+// owner's own uid gets the fwmark match so that its protected sockets
+// bypass the VPN; the other covered uids (ADMIN owners only) get none, so
+// that a socket some other user protected cannot escape an ADMIN's VPN.
+func (m *Manager) rulesFor(c Caller, cfg *config.Config) []tun.Rule {
+	covered := uidrange.Covered(c.UID, c.Type == auth.Admin, uids(cfg.Trusted), uids(cfg.Blocked))
+	var fams []int
+	if cfg.IPv4 {
+		fams = append(fams, unix.AF_INET)
+	}
+	if cfg.IPv6 {
+		fams = append(fams, unix.AF_INET6)
+	}
+	var rules []tun.Rule
+	for _, fam := range fams {
+		base := tun.Rule{Family: fam, Priority: m.opt.RulePriority, Table: m.opt.Table}
+		if uidrange.Contains(covered, c.UID) {
+			r := base
+			r.UIDStart, r.UIDEnd, r.Mask = c.UID, c.UID, m.opt.ProtectMark
+			rules = append(rules, r)
+		}
+		for _, ur := range uidrange.Subtract(covered, c.UID) {
+			r := base
+			r.UIDStart, r.UIDEnd = ur.Start, ur.End
+			rules = append(rules, r)
+		}
+	}
+	return rules
+}
+
+func (m *Manager) describe(v *vpn, c Caller, cfg *config.Config) protocol.VpnInfo {
+	info := protocol.VpnInfo{
+		Interface:           m.opt.IfName,
+		Index:               v.index,
+		MTU:                 cfg.MTU,
+		Addresses:           strs(cfg.Addresses),
+		Routes:              make([]string, 0, len(cfg.Routes)),
+		ExcludedRoutes:      strs(cfg.ExcludedRoutes),
+		DNSAddresses:        strs(cfg.DNSAddresses),
+		SearchDomains:       append([]string{}, cfg.SearchDomains...),
+		IsIPv4Accepted:      cfg.IPv4,
+		IsIPv6Accepted:      cfg.IPv6,
+		IsMetered:           cfg.Metered,
+		TrustedApplications: userStrs(cfg.Trusted),
+		BlockedApplications: userStrs(cfg.Blocked),
+		Owner:               protocol.Owner{UID: c.UID, PID: c.PID, User: c.User},
+		Since:               m.opt.Now().UTC().Format(time.RFC3339),
+	}
+	for _, r := range cfg.Routes {
+		info.Routes = append(info.Routes, r.Dst.String())
+	}
+	return info
+}
+
+// Abort ends the VPN with this id because its TUN fd could not be handed
+// to the client. The client never saw the VPN, so this counts as the
+// owner being gone.
+func (m *Manager) Abort(id uint64) { m.end(id, protocol.ReasonOwnerGone) }
+
+// Destroy ends the VPN for c: account type (2203001), no VPN (success,
+// destroy is idempotent), not owner and not ADMIN (201), teardown.
+func (m *Manager) Destroy(c Caller) error {
+	if c.Type == auth.Guest {
+		return errs.New(errs.CodeGuestDenied, "user %s (uid %d) is a guest account", userName(c), c.UID)
+	}
+	m.mu.Lock()
+	v := m.vpn
+	if v == nil {
+		m.mu.Unlock()
+		return nil
+	}
+	if v.ownerUID != c.UID && c.Type != auth.Admin {
+		m.mu.Unlock()
+		return errs.New(errs.CodePermission, "the VPN is owned by uid %d; caller uid %d is neither its owner nor admin", v.ownerUID, c.UID)
+	}
+	m.teardownLocked(v, protocol.ReasonDestroy)
+	m.mu.Unlock()
+	return nil
+}
+
+// Protect marks the socket fd so that its traffic bypasses the VPN:
+// descriptor (2203004), GUEST or not owner/ADMIN while a VPN exists (201),
+// then the mark. The fd is the caller's to close.
+func (m *Manager) Protect(c Caller, fd int) error {
+	if err := m.k.CheckSocket(fd); err != nil {
+		return err
+	}
+	if c.Type == auth.Guest {
+		return errs.New(errs.CodePermission, "user %s (uid %d) is a guest account", userName(c), c.UID)
+	}
+	m.mu.Lock()
+	v := m.vpn
+	m.mu.Unlock()
+	if v != nil && v.ownerUID != c.UID && c.Type != auth.Admin {
+		return errs.New(errs.CodePermission, "the VPN is owned by uid %d; caller uid %d is neither its owner nor admin", v.ownerUID, c.UID)
+	}
+	if err := m.k.MarkSocket(fd, m.opt.ProtectMark); err != nil {
+		return errs.Wrap(errs.CodeInternal, err, "set SO_MARK")
+	}
+	return nil
+}
+
+// Status reports the slot.
+func (m *Manager) Status() protocol.StatusResult {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.vpn == nil {
+		return protocol.StatusResult{State: protocol.StateDisconnected}
+	}
+	info := m.vpn.info
+	return protocol.StatusResult{State: protocol.StateConnected, VPN: &info}
+}
+
+// Subscribe calls fn with every state change until cancel is called. fn
+// runs with the manager locked, in the order of the changes, and must not
+// block: hand the event to a queue.
+func (m *Manager) Subscribe(fn func(protocol.StateChanged)) (cancel func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nextSub++
+	id := m.nextSub
+	m.subs[id] = fn
+	return func() {
+		m.mu.Lock()
+		delete(m.subs, id)
+		m.mu.Unlock()
+	}
+}
+
+// ConnClosed ends the VPN if conn was its owner's connection.
+func (m *Manager) ConnClosed(conn uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v := m.vpn; v != nil && v.ownerConn == conn {
+		m.teardownLocked(v, protocol.ReasonOwnerGone)
+	}
+}
+
+// Shutdown ends the VPN, if any, because vpnd is stopping.
+func (m *Manager) Shutdown() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v := m.vpn; v != nil {
+		m.teardownLocked(v, protocol.ReasonShutdown)
+	}
+}
+
+// end tears down the VPN with this id, if it is still the current one.
+func (m *Manager) end(id uint64, reason string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v := m.vpn; v != nil && v.id == id {
+		m.teardownLocked(v, reason)
+	}
+}
+
+// teardownLocked removes everything v added, newest first, and empties the
+// slot. It goes on past errors so that one stuck item does not keep the
+// others in place; an item that is already gone is not an error.
+func (m *Manager) teardownLocked(v *vpn, reason string) {
+	v.stopWatch()
+	var failed int
+	for i := len(v.rules) - 1; i >= 0; i-- {
+		if err := m.k.DeleteRule(v.rules[i]); err != nil && !isGone(err) {
+			failed++
+			m.log.Error("delete rule failed", zap.Stringer("rule", v.rules[i]), zap.Error(err))
+		}
+	}
+	for i := len(v.routes) - 1; i >= 0; i-- {
+		if err := m.k.DeleteRoute(v.routes[i]); err != nil && !isGone(err) {
+			failed++
+			m.log.Error("delete route failed", zap.Stringer("route", v.routes[i]), zap.Error(err))
+		}
+	}
+	// Deleting the link takes its addresses and device routes with it,
+	// and detaches the client's fd even if the client still holds it.
+	if err := m.k.DeleteLink(v.index); err != nil && !isGone(err) {
+		failed++
+		m.log.Error("delete link failed", zap.Int("index", v.index), zap.Error(err))
+	}
+	m.vpn = nil
+	m.log.Info("vpn down", zap.String("ifname", v.info.Interface), zap.String("reason", reason),
+		zap.Uint32("uid", v.ownerUID), zap.Int("failed", failed))
+	m.notify(reason, nil)
+}
+
+// notify tells every subscriber; the caller holds m.mu.
+func (m *Manager) notify(reason string, v *vpn) {
+	ev := protocol.StateChanged{IsConnected: v != nil, Interface: m.opt.IfName, Reason: reason}
+	if v != nil {
+		info := v.info
+		ev.VPN = &info
+	}
+	for _, fn := range m.subs {
+		fn(ev)
+	}
+}
+
+// isGone reports whether err says the object is already absent, which is
+// what teardown wants anyway (the link took it, or someone else removed it).
+func isGone(err error) bool {
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EADDRNOTAVAIL)
+}
+
+func userName(c Caller) string {
+	if c.User != "" {
+		return c.User
+	}
+	return fmt.Sprint(c.UID)
+}
+
+func uids(us []config.User) []uint32 {
+	out := make([]uint32, len(us))
+	for i, u := range us {
+		out[i] = u.UID
+	}
+	return out
+}
+
+func strs[T fmt.Stringer](xs []T) []string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = x.String()
+	}
+	return out
+}
+
+func userStrs(us []config.User) []string {
+	out := make([]string, len(us))
+	for i, u := range us {
+		if u.Name != "" {
+			out[i] = u.Name
+		} else {
+			out[i] = fmt.Sprint(u.UID)
+		}
+	}
+	return out
+}
