@@ -34,6 +34,20 @@ type Kernel interface {
 	// index is gone, for whatever reason. It survives netlink overflows.
 	// Cancelling ctx stops the watch without closing the channel.
 	WatchLink(ctx context.Context, index int) (<-chan struct{}, error)
+	// Occupants describes every route in table and every rule at priority
+	// (any table): things vpnd would share its table or priority with.
+	Occupants(table, priority int) ([]string, error)
+	// ListRules and ListRoutes read back vpnd-shaped rules at priority
+	// that look up table, and the routes in table, for self-healing.
+	ListRules(table, priority int) ([]tun.Rule, error)
+	ListRoutes(table int) ([]tun.Route, error)
+	// ReplaceRoute puts r in place of any route to its destination in its
+	// table.
+	ReplaceRoute(r tun.Route) error
+	// WatchChanges returns a channel that gets a token after any change to
+	// routes, rules or links, or after lost netlink messages. It closes
+	// when ctx is cancelled or the watch fails.
+	WatchChanges(ctx context.Context) (<-chan struct{}, error)
 	// CheckSocket returns an *errs.Error with code 2203004 unless fd is an
 	// AF_INET/AF_INET6 stream or datagram socket with no pending error.
 	CheckSocket(fd int) error

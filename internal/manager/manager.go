@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -124,6 +125,19 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 	if v := m.vpn; v != nil {
 		return nil, nil, 0, errs.New(errs.CodeVPNExists, "%s is up, owned by uid %d (pid %d)", v.info.Interface, v.ownerUID, v.info.Owner.PID)
 	}
+	// vpnd shares neither its table nor its rule priority: a foreign route
+	// in the table would steer VPN traffic, and a foreign rule at the
+	// priority could shadow vpnd's. The start-up sweep emptied both, so
+	// anything there now is someone else's.
+	occupants, err := m.k.Occupants(m.opt.Table, m.opt.RulePriority)
+	if err != nil {
+		return nil, nil, 0, errs.Wrap(errs.CodeInternal, err, "check routing table and rule priority")
+	}
+	if len(occupants) > 0 {
+		m.log.Warn("vpn table or rule priority in use by someone else", zap.Strings("occupants", occupants))
+		return nil, nil, 0, errs.New(errs.CodeInternal, "routing table %d or rule priority %d is in use by someone else: %s",
+			m.opt.Table, m.opt.RulePriority, strings.Join(occupants, "; "))
+	}
 	m.nextID++
 	v := &vpn{id: m.nextID, ownerUID: c.UID, ownerConn: c.Conn}
 	f, err := m.bringUp(v, c, cfg)
@@ -199,6 +213,11 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 		cancel()
 		return nil, fmt.Errorf("watch link %d: %w", index, err)
 	}
+	changes, err := m.k.WatchChanges(ctx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("watch routing changes: %w", err)
+	}
 	v.stopWatch = cancel
 	go func() {
 		select {
@@ -207,6 +226,7 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 		case <-ctx.Done():
 		}
 	}()
+	go m.heal(ctx, v, changes)
 	v.info = m.describe(v, c, cfg)
 	return f, nil
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -480,3 +482,119 @@ func TestConcurrentSetUp(t *testing.T) {
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// waitFor polls cond; self-healing is asynchronous. Settling, not timing.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestSelfHealing(t *testing.T) {
+	m, k, _ := newManager(t)
+	_, info := setUp(t, m, root, `{"addresses":["10.8.0.2/24","fd00::2/64"],"routes":["198.51.100.0/24","2001:db8::/32",
+		{"destination":{"address":{"address":"198.51.100.0"},"prefixLength":28},"isExcludedRoute":true}]}`)
+	want := k.Snapshot()
+	if len(want.Rules) != 4 || len(want.Routes) != 3 {
+		t.Fatalf("unexpected initial state %+v", want)
+	}
+	intact := func() bool { return k.Snapshot().Equal(want) }
+
+	t.Run("rule deleted", func(t *testing.T) {
+		if !k.DeleteRuleExternally(want.Rules[1]) {
+			t.Fatal("rule not found")
+		}
+		waitFor(t, "rule restored", func() bool { return len(k.Snapshot().Rules) == 4 })
+	})
+	t.Run("route deleted", func(t *testing.T) {
+		if !k.DeleteRouteExternally(table, "198.51.100.0/28") {
+			t.Fatal("route not found")
+		}
+		waitFor(t, "route restored", func() bool { return len(k.Snapshot().Routes) == 3 })
+	})
+	t.Run("route changed", func(t *testing.T) {
+		changed := tun.Route{Table: table, Dst: mustPrefix("198.51.100.0/24"), Throw: true}
+		k.AddExternally([]tun.Route{changed}, nil)
+		waitFor(t, "route replaced", func() bool {
+			return slices.Contains(k.Snapshot().Routes, tun.Route{Table: table, Dst: mustPrefix("198.51.100.0/24"), LinkIndex: info.Index})
+		})
+	})
+	waitFor(t, "state intact", intact)
+	// Rules vpnd did not add are left alone by the repair.
+	foreign := tun.Rule{Family: unix.AF_INET, Priority: priority, Table: 99, UIDStart: 7, UIDEnd: 7}
+	k.AddExternally(nil, []tun.Rule{foreign})
+	k.DeleteRuleExternally(want.Rules[0])
+	waitFor(t, "rule restored next to a foreign one", func() bool { return len(k.Snapshot().Rules) == 5 })
+	if !k.DeleteRuleExternally(foreign) {
+		t.Fatal("foreign rule was removed by vpnd")
+	}
+}
+
+// TestSelfHealingThrottled: a daemon that deletes vpnd's rule again and
+// again gets a bounded number of repairs, and the last state is repaired.
+func TestSelfHealingThrottled(t *testing.T) {
+	m, k, _ := newManager(t)
+	setUp(t, m, alice, `{"addresses":["10.8.0.2/24"]}`)
+	rule := k.Snapshot().Rules[0]
+	restores := func() int {
+		n := 0
+		for _, c := range k.Calls() {
+			if c.Method == "AddRule" && c.Err == nil {
+				n++
+			}
+		}
+		return n - 1 // the bring-up's own
+	}
+	start := time.Now()
+	for time.Since(start) < 500*time.Millisecond {
+		k.DeleteRuleExternally(rule)
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	// The bucket holds 5 repairs and refills one per 2 s.
+	if n, max := restores(), 5+int(elapsed/(2*time.Second))+1; n > max {
+		t.Fatalf("%d repairs in %v, want at most %d", n, elapsed, max)
+	}
+	waitFor(t, "final repair", func() bool { return slices.Contains(k.Snapshot().Rules, rule) })
+}
+
+func TestTableOrPriorityInUse(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		routes []tun.Route
+		rules  []tun.Rule
+		detail string
+	}{
+		{"foreign route in the table", []tun.Route{{Table: table, Dst: mustPrefix("203.0.113.0/24"), Throw: true}}, nil,
+			"route throw 203.0.113.0/24 table 98"},
+		{"foreign rule at the priority", nil, []tun.Rule{{Family: unix.AF_INET6, Priority: priority, Table: 200, UIDStart: 5, UIDEnd: 9}},
+			"rule ipv6 10000: uidrange 5-9 lookup 200"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, k, _ := newManager(t)
+			k.AddExternally(tc.routes, tc.rules)
+			before := k.Snapshot()
+			_, _, _, err := m.SetUp(root, parse(t, `{"addresses":["10.8.0.2/24","fd00::2/64"]}`))
+			wantCode(t, err, errs.CodeInternal)
+			var e *errs.Error
+			if !errors.As(err, &e) || !strings.Contains(e.Detail, tc.detail) || !strings.Contains(e.Detail, "in use by someone else") {
+				t.Fatalf("detail = %q, want it to name %q", e.Detail, tc.detail)
+			}
+			if !k.Snapshot().Equal(before) {
+				t.Fatal("refused setUp changed the kernel")
+			}
+			// Clean up the foreign objects for the leak check.
+			for _, r := range tc.rules {
+				k.DeleteRuleExternally(r)
+			}
+			for _, r := range tc.routes {
+				k.DeleteRouteExternally(r.Table, r.Dst.String())
+			}
+		})
+	}
+}

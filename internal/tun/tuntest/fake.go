@@ -89,6 +89,8 @@ type Fake struct {
 	failAt    map[int]error
 	failOn    map[string]map[int]error
 	pollers   sync.WaitGroup
+	// changeSubs are the WatchChanges channels.
+	changeSubs []chan struct{}
 }
 
 type link struct {
@@ -230,6 +232,9 @@ func (f *Fake) begin(method string) error {
 // record logs a call. f.mu must be held.
 func (f *Fake) record(method, args string, err error) error {
 	f.calls = append(f.calls, Call{Method: method, Args: args, Err: err})
+	if err == nil && mutating[method] && method != "MarkSocket" {
+		f.changedLocked()
+	}
 	return err
 }
 
@@ -340,6 +345,7 @@ func (f *Fake) removeLinkLocked(index int) bool {
 		return false
 	}
 	delete(f.links, index)
+	defer f.changedLocked()
 	f.routes = slices.DeleteFunc(f.routes, func(r tun.Route) bool { return !r.Throw && r.LinkIndex == index })
 	for w := range l.watchers {
 		w.stop()

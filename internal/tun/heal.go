@@ -1,0 +1,147 @@
+package tun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Occupants describes everything that sits where a new VPN would go: every
+// route in table, and every rule of either family at priority, whatever
+// table it looks up. vpnd refuses to share either with someone else, so
+// with no VPN up the list should be empty (the start-up sweep emptied it).
+func (n *Netlink) Occupants(table, priority int) ([]string, error) {
+	var out []string
+	filter := netlink.NewRule()
+	filter.Priority = priority
+	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+		rules, err := retryDump(func() ([]netlink.Rule, error) {
+			return netlink.RuleListFiltered(family, filter, netlink.RT_FILTER_PRIORITY)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list rules at priority %d: %w", priority, err)
+		}
+		for _, k := range rules {
+			out = append(out, "rule "+describeNLRule(k))
+		}
+	}
+	routes, err := listRoutes(table)
+	if err != nil {
+		return nil, fmt.Errorf("list routes in table %d: %w", table, err)
+	}
+	for _, k := range routes {
+		out = append(out, "route "+describeNLRoute(k))
+	}
+	return out, nil
+}
+
+// ListRules is the package's ListRules, as a method for the manager.
+func (n *Netlink) ListRules(table, priority int) ([]Rule, error) { return ListRules(table, priority) }
+
+// ListRoutes is the package's ListRoutes, as a method for the manager.
+func (n *Netlink) ListRoutes(table int) ([]Route, error) { return ListRoutes(table) }
+
+// ReplaceRoute puts r in place of whatever route has its destination in
+// its table (`ip route replace`): how vpnd restores a route that someone
+// changed.
+func (n *Netlink) ReplaceRoute(r Route) error {
+	nr, err := nlRoute(r)
+	if err == nil {
+		err = netlink.RouteReplace(nr)
+	}
+	if err != nil {
+		return fmt.Errorf("replace route %s: %w", r, err)
+	}
+	return nil
+}
+
+// changeGroups are the rtnetlink multicast groups whose messages may mean
+// that one of vpnd's rules or routes changed: routes and rules of both
+// families, and links (a link set down loses its routes).
+var changeGroups = []uint{
+	unix.RTNLGRP_LINK,
+	unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE,
+	unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE,
+}
+
+// WatchChanges returns a channel that gets a token whenever a route, rule
+// or link changed in this namespace, and also after the kernel dropped
+// messages (ENOBUFS), since a lost message may have been the one that
+// mattered. The channel holds at most one token: a burst of changes
+// coalesces into one, and the reader re-reads the kernel's state anyway.
+// It closes when ctx is cancelled.
+func (n *Netlink) WatchChanges(ctx context.Context) (<-chan struct{}, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("watch changes: socket: %w", err)
+	}
+	var groups uint32
+	for _, g := range changeGroups {
+		groups |= 1 << (g - 1)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watch changes: bind: %w", err)
+	}
+	stop, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watch changes: eventfd: %w", err)
+	}
+	ch := make(chan struct{}, 1)
+	unstop := context.AfterFunc(ctx, func() {
+		unix.Write(stop, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	})
+	go func() {
+		defer close(ch)
+		defer unix.Close(stop)
+		defer unix.Close(fd)
+		defer unstop()
+		n.readChanges(fd, stop, ch)
+	}()
+	return ch, nil
+}
+
+func (n *Netlink) readChanges(fd, stop int, ch chan<- struct{}) {
+	buf := make([]byte, 64<<10)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(stop), Events: unix.POLLIN}}
+	for {
+		if _, err := unix.Poll(fds, -1); err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			n.log.Error("watch changes: poll failed", zap.Error(err))
+			return
+		}
+		if fds[1].Revents != 0 {
+			return
+		}
+		if fds[0].Revents == 0 {
+			continue
+		}
+		// Drain what is there; the content does not matter, only that
+		// something changed (or was lost: ENOBUFS).
+		for {
+			_, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+			if errors.Is(err, unix.EAGAIN) {
+				break
+			}
+			if errors.Is(err, unix.ENOBUFS) {
+				n.log.Warn("netlink change monitor overflowed; resyncing")
+				continue
+			}
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				n.log.Error("watch changes: receive failed", zap.Error(err))
+				return
+			}
+		}
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
