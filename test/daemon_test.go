@@ -1,0 +1,193 @@
+package test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// runVpndToExit runs a vpnd that is expected to refuse to start, in a
+// namespace of its own, and returns its exit code and output.
+func runVpndToExit(t testing.TB, sock string, flags ...string) (int, string) {
+	t.Helper()
+	cmd := vpndCommand(t, newNetns(t), sock, flags...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(hangGuard):
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(hangGuard):
+			cmd.Process.Kill()
+			<-done
+		}
+		t.Fatalf("vpnd %v should have refused to start, but ran for %v: %s", flags, hangGuard, out.String())
+	}
+	return cmd.ProcessState.ExitCode(), out.String()
+}
+
+// §2 Transport: the socket file.
+func TestSocketFile(t *testing.T) {
+	t.Parallel()
+
+	t.Run("parent directory created 0755, socket 0666", func(t *testing.T) {
+		t.Parallel()
+		dir := newDaemonDir(t)
+		sock := filepath.Join(dir, "run", "vpnd", "vpnd.sock")
+		d := startDaemon(t, withSocket(sock))
+		for _, p := range []string{filepath.Dir(sock)} {
+			st, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode().Perm() != 0o755 || !st.IsDir() {
+				t.Errorf("%s mode %v, want drwxr-xr-x", p, st.Mode())
+			}
+		}
+		st, err := os.Lstat(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o666 {
+			t.Errorf("%s mode %v, want a socket with mode 0666", sock, st.Mode())
+		}
+		// Any uid may connect.
+		d.dial(t, uidNormal).status()
+	})
+
+	t.Run("refuses a socket a live vpnd serves", func(t *testing.T) {
+		t.Parallel()
+		d := startDaemon(t)
+		code, out := runVpndToExit(t, d.sock)
+		if code == 0 {
+			t.Errorf("second vpnd on a live socket exited 0: %s", out)
+		}
+		if _, err := os.Lstat(d.sock); err != nil {
+			t.Fatalf("the second vpnd removed the live socket: %v", err)
+		}
+		c := d.dial(t, uidRoot)
+		setUpOK(t, c.call("setUp", setUpParams, ""))
+		ok(t, c.call("destroy", "{}", ""))
+		d.waitClean(t, "destroy")
+	})
+
+	t.Run("replaces a stale socket file", func(t *testing.T) {
+		t.Parallel()
+		dir := newDaemonDir(t)
+		sock := filepath.Join(dir, "stale.sock")
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd) // the file stays, nobody listens
+		d := startDaemon(t, withSocket(sock))
+		d.dial(t, uidRoot).status()
+	})
+
+	t.Run("ifname longer than 15 bytes is refused", func(t *testing.T) {
+		t.Parallel()
+		code, out := runVpndToExit(t, filepath.Join(newDaemonDir(t), "vpnd.sock"), "--ifname", "vpn-tun-too-long0")
+		if code == 0 {
+			t.Errorf("vpnd accepted --ifname of 17 bytes: %s", out)
+		}
+	})
+}
+
+// §6 Account types from a policy file.
+func TestAccountsPolicy(t *testing.T) {
+	t.Parallel()
+
+	t.Run("a bad policy stops vpnd at start", func(t *testing.T) {
+		t.Parallel()
+		for name, policy := range map[string]string{
+			"not JSON":     `{"default":`,
+			"unknown type": `{"default":"superuser"}`,
+			"bad user":     `{"default":"normal","users":{"0":"root"}}`,
+		} {
+			dir := newDaemonDir(t)
+			p := filepath.Join(dir, "policy-bad.json")
+			if err := os.WriteFile(p, []byte(policy), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			code, out := runVpndToExit(t, filepath.Join(dir, "vpnd.sock"), "--accounts", p)
+			if code == 0 {
+				t.Errorf("%s: vpnd started with policy %s: %s", name, policy, out)
+			}
+			if !strings.Contains(out, "policy-bad.json") && !strings.Contains(strings.ToLower(out), "accounts") {
+				t.Errorf("%s: the message does not say what is wrong: %q", name, out)
+			}
+		}
+		dir := newDaemonDir(t)
+		if code, out := runVpndToExit(t, filepath.Join(dir, "vpnd.sock"), "--accounts", filepath.Join(dir, "missing.json")); code == 0 {
+			t.Errorf("vpnd started with a missing policy file: %s", out)
+		}
+	})
+
+	t.Run("users by name, groups, users win", func(t *testing.T) {
+		t.Parallel()
+		d := startDaemon(t, withAccounts(`{"default":"normal","users":{"root":"admin","bin":"normal","4001":"guest"},"groups":{"daemon":"guest","bin":"admin","nogroup":"admin"}}`))
+		// daemon: guest through its group.
+		wantError(t, d.dial(t, uidDaemon).call("destroy", "{}", ""), 2203001)
+		// 4001: guest by uid key.
+		wantError(t, d.dial(t, uidNormal2).call("destroy", "{}", ""), 2203001)
+		owner := d.dial(t, uidNormal)
+		setUpOK(t, owner.call("setUp", setUpParams, ""))
+		// bin: its group says admin, its users entry says normal: normal.
+		wantError(t, d.dial(t, uidBin).call("destroy", "{}", ""), 201)
+		// nobody: admin through group nogroup (it is no longer a guest).
+		ok(t, d.dial(t, uidNobody).call("destroy", "{}", ""))
+		d.waitClean(t, "destroy by an admin")
+	})
+
+	t.Run("SIGHUP reloads; a bad reload keeps the old policy", func(t *testing.T) {
+		t.Parallel()
+		d := startDaemon(t, withAccounts(`{"default":"normal"}`))
+		c := d.dial(t, uidNormal2)
+		ok(t, c.call("destroy", "{}", ""))
+		if err := os.WriteFile(d.accountsPath, []byte(`{"default":"normal","users":{"4001":"guest"}}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		d.signal(t, syscall.SIGHUP)
+		eventually(t, "uid 4001 becomes a guest after SIGHUP", func() (bool, string) {
+			m := c.call("destroy", "{}", "")
+			return m.Error != nil && m.Error.Code == 2203001, m.raw
+		})
+		errorsBefore := strings.Count(d.stderr.String(), `"level":"error"`)
+		if err := os.WriteFile(d.accountsPath, []byte(`{"default":"bogus"`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		d.signal(t, syscall.SIGHUP)
+		eventually(t, "the bad policy is logged as an error", func() (bool, string) {
+			return strings.Count(d.stderr.String(), `"level":"error"`) > errorsBefore, "no error logged"
+		})
+		wantError(t, c.call("destroy", "{}", ""), 2203001)
+		ok(t, d.dial(t, uidNormal).call("destroy", "{}", ""))
+	})
+
+	t.Run("embedded default: root admin, nobody guest, others normal", func(t *testing.T) {
+		t.Parallel()
+		d := startDaemon(t)
+		wantError(t, d.dial(t, uidNobody).call("setUp", setUpParams, ""), 2203001)
+		owner := d.dial(t, uidNormal)
+		setUpOK(t, owner.call("setUp", setUpParams, ""))
+		wantError(t, d.dial(t, uidDaemon).call("destroy", "{}", ""), 201)
+		ok(t, d.dial(t, uidRoot).call("destroy", "{}", ""))
+		d.waitClean(t, "destroy by root")
+	})
+}
