@@ -122,6 +122,15 @@ func (c *Conn) ReadMessage() (Message, error) {
 	if c.rerr != nil {
 		return Message{}, c.rerr
 	}
+	// After Close, lines already buffered are not handed out: whoever
+	// closed the connection is done with it, and a reader that went on
+	// would serve requests it can no longer answer.
+	c.qmu.Lock()
+	closed := c.closed
+	c.qmu.Unlock()
+	if closed {
+		return Message{}, net.ErrClosed
+	}
 	for {
 		if i := bytes.IndexByte(c.buf[c.scanned:], '\n'); i >= 0 {
 			end := c.scanned + i // index of the newline

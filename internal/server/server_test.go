@@ -1,0 +1,248 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/vpnd/vpnd/client"
+	"github.com/vpnd/vpnd/internal/auth"
+	"github.com/vpnd/vpnd/internal/config"
+	"github.com/vpnd/vpnd/internal/errs"
+	"github.com/vpnd/vpnd/internal/manager"
+	"github.com/vpnd/vpnd/internal/tun/tuntest"
+	"github.com/vpnd/vpnd/protocol"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestDecode(t *testing.T) {
+	for _, tc := range []struct {
+		line   string
+		code   errs.Code // 0: valid
+		notify bool
+	}{
+		{`{"jsonrpc":"2.0","id":1,"method":"status"}`, 0, false},
+		{`{"jsonrpc":"2.0","id":"a","method":"status","params":{}}`, 0, false},
+		{`{"jsonrpc":"2.0","id":null,"method":"status"}`, 0, false},
+		{`{"jsonrpc":"2.0","method":"destroy"}`, 0, true},
+		{`{"jsonrpc":"2.0","id":-1.5e3,"method":"status"}`, 0, false},
+		{"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"st\xffatus\"}", errs.CodeParse, false},
+		{`{"jsonrpc":"2.0",`, errs.CodeParse, false},
+		{`not json`, errs.CodeParse, false},
+		{`[]`, errs.CodeInvalidRequest, false},
+		{`"x"`, errs.CodeInvalidRequest, false},
+		{`null`, errs.CodeInvalidRequest, false},
+		{`{"jsonrpc":"1.0","id":1,"method":"status"}`, errs.CodeInvalidRequest, false},
+		{`{"id":1,"method":"status"}`, errs.CodeInvalidRequest, false},
+		{`{"jsonrpc":"2.0","id":1}`, errs.CodeInvalidRequest, false},
+		{`{"jsonrpc":"2.0","id":1,"method":""}`, errs.CodeInvalidRequest, false},
+		{`{"jsonrpc":"2.0","id":1,"method":7}`, errs.CodeInvalidRequest, false},
+		{`{"jsonrpc":"2.0","id":true,"method":"status"}`, errs.CodeInvalidRequest, false},
+		{`{"jsonrpc":"2.0","id":{},"method":"status"}`, errs.CodeInvalidRequest, false},
+	} {
+		req, err := decode([]byte(tc.line))
+		if tc.code == 0 {
+			if err != nil {
+				t.Errorf("%s: %v", tc.line, err)
+			} else if req.notifies != tc.notify {
+				t.Errorf("%s: notifies = %v", tc.line, req.notifies)
+			}
+			continue
+		}
+		if got := errs.CodeOf(err); err == nil || got != tc.code {
+			t.Errorf("%s: got %v, want code %d", tc.line, err, tc.code)
+		}
+	}
+}
+
+func TestEmptyParams(t *testing.T) {
+	for p, want := range map[string]errs.Code{``: 0, `null`: 0, `{}`: 0, `[]`: errs.CodeInvalidParam, `{"x":1}`: errs.CodeInvalidParam, `3`: errs.CodeInvalidParam} {
+		err := emptyParams(json.RawMessage(p))
+		if (err == nil) != (want == 0) || (err != nil && errs.CodeOf(err) != want) {
+			t.Errorf("params %q: %v", p, err)
+		}
+	}
+}
+
+type noUsers struct{}
+
+func (noUsers) ResolveUser(s string) (config.User, error) { return config.User{}, errors.New("no users here") }
+
+// serve runs a Server with a manager on the fake kernel; every peer is an
+// ADMIN named "test".
+func serve(t *testing.T, cfg Config) (sock string, k *tuntest.Fake) {
+	t.Helper()
+	k = tuntest.New()
+	m := manager.New(k, manager.Options{IfName: "vpn-tun", Table: 98, RulePriority: 10000, ProtectMark: 0x20000})
+	var holder auth.Holder
+	p, err := auth.ParsePolicy([]byte(`{"default":"admin"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder.Store(p)
+	cfg.Manager, cfg.Policy, cfg.Users = m, &holder, noUsers{}
+	cfg.Lookup = func(uid, gid uint32) (auth.Identity, error) { return auth.Identity{UID: uid, GID: gid, User: "test"}, nil }
+	sock = filepath.Join(t.TempDir(), "vpnd.sock")
+	ln, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(cfg)
+	done := make(chan struct{})
+	go func() { s.Serve(ln); close(done) }()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		m.Shutdown()
+		s.Close()
+		k.Close()
+	})
+	return sock, k
+}
+
+func rawDial(t *testing.T, sock string) (*net.UnixConn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
+func readResp(t *testing.T, r *bufio.Reader) protocol.Response {
+	t.Helper()
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	var resp protocol.Response
+	if err := json.Unmarshal(line, &resp); err != nil {
+		t.Fatalf("%s: %v", line, err)
+	}
+	return resp
+}
+
+func TestPipelinedAndParseErrors(t *testing.T) {
+	sock, _ := serve(t, Config{})
+	c, r := rawDial(t, sock)
+	// Three requests in one write: a parse error, a notification and a
+	// status call. The parse error keeps the connection open; the
+	// notification gets no answer.
+	c.Write([]byte("{oops\n" + `{"jsonrpc":"2.0","method":"destroy"}` + "\n" + `{"jsonrpc":"2.0","id":"s","method":"status"}` + "\n"))
+	if resp := readResp(t, r); resp.Error == nil || resp.Error.Code != int(errs.CodeParse) || string(resp.ID) != "null" {
+		t.Fatalf("want parse error with id null, got %+v", resp)
+	}
+	if resp := readResp(t, r); string(resp.ID) != `"s"` || resp.Error != nil {
+		t.Fatalf("want status answer, got %+v", resp)
+	}
+	// A long unknown method name does not make an oversize answer.
+	c.Write([]byte(`{"jsonrpc":"2.0","id":2,"method":"` + strings.Repeat("x", 1<<20) + `"}` + "\n"))
+	if resp := readResp(t, r); resp.Error == nil || resp.Error.Code != int(errs.CodeMethodNotFound) || len(resp.Error.Data.Detail) > 200 {
+		t.Fatalf("got %+v", resp.Error)
+	}
+}
+
+func TestConnectionLimit(t *testing.T) {
+	sock, _ := serve(t, Config{MaxConns: 3})
+	for i := 0; i < 3; i++ {
+		c, r := rawDial(t, sock)
+		c.Write([]byte(`{"jsonrpc":"2.0","id":1,"method":"status"}` + "\n"))
+		readResp(t, r) // admitted and served
+	}
+	_, r := rawDial(t, sock)
+	resp := readResp(t, r)
+	if resp.Error == nil || resp.Error.Code != int(errs.CodeInternal) || !strings.Contains(resp.Error.Data.Detail, "limit is 3") {
+		t.Fatalf("over the limit: %+v", resp.Error)
+	}
+	if _, err := r.ReadByte(); err == nil {
+		t.Fatal("connection over the limit left open")
+	}
+}
+
+// TestSlowReaderDropped: a client that pipelines requests and never reads
+// is disconnected after the write timeout; others are served meanwhile.
+func TestSlowReaderDropped(t *testing.T) {
+	sock, _ := serve(t, Config{WriteTimeout: 200 * time.Millisecond})
+	slow, _ := rawDial(t, sock)
+	writeErr := make(chan error, 1)
+	go func() {
+		// 20 MB of answers cannot fit in the socket buffers: vpnd's writes
+		// block, time out, and vpnd hangs up, which fails these writes.
+		req := []byte(strings.Repeat(`{"jsonrpc":"2.0","id":1,"method":"status"}`+"\n", 1000))
+		for i := 0; i < 200; i++ {
+			if _, err := slow.Write(req); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+		writeErr <- nil
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if _, err := cl.Status(ctx); err != nil {
+		t.Fatalf("other client not served: %v", err)
+	}
+	select {
+	case err := <-writeErr:
+		if err == nil {
+			t.Fatal("vpnd took 200000 requests from a client that never read an answer")
+		}
+	case <-ctx.Done():
+		t.Fatal("slow client not disconnected")
+	}
+	if _, err := cl.Status(ctx); err != nil {
+		t.Fatalf("other client not served after: %v", err)
+	}
+}
+
+// TestSubscribeOrder: the subscribe answer comes before any notification,
+// and a setUp/destroy pair arrives in order.
+func TestSubscribeOrder(t *testing.T) {
+	sock, _ := serve(t, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	watcher, err := client.Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close()
+	events, err := watcher.Subscribe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, err := client.Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _, err := owner.SetUpRaw(ctx, json.RawMessage(`{"addresses":["10.8.0.2/24"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	owner.Close() // the owner's connection closes: ownerGone
+	for _, want := range []string{protocol.ReasonSetUp, protocol.ReasonOwnerGone} {
+		select {
+		case ev := <-events:
+			if ev.Reason != want {
+				t.Fatalf("reason %q, want %q", ev.Reason, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no %s event", want)
+		}
+	}
+}
