@@ -247,13 +247,15 @@ func (c *Client) readLoop() {
 	c.pending, c.subs = nil, nil
 	c.mu.Unlock()
 	c.conn.Close()
+	// Done first, so that whoever sees a call fail or a subscription
+	// close finds Err set.
+	close(c.done)
 	for _, cl := range pending {
 		cl.ch <- reply{err: c.err}
 	}
 	for _, s := range subs {
 		s.close()
 	}
-	close(c.done)
 }
 
 func (c *Client) dispatch(m rpc.Message) {

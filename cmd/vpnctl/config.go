@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/vpnd/vpnd/protocol"
+)
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+// optBool is a boolean flag that remembers whether it was given, so that
+// an absent --ipv4 leaves vpnd's default in place.
+type optBool struct {
+	set, val bool
+}
+
+func (b *optBool) IsBoolFlag() bool { return true }
+func (b *optBool) String() string {
+	if b == nil || !b.set {
+		return ""
+	}
+	return strconv.FormatBool(b.val)
+}
+func (b *optBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("not a boolean: %q", s)
+	}
+	b.set, b.val = true, v
+	return nil
+}
+
+// upOptions are the flags of "vpnctl up" that describe the VpnConfig.
+type upOptions struct {
+	configFile    string
+	addresses     listFlag
+	routes        listFlag
+	excludes      listFlag
+	dns           listFlag
+	searchDomains listFlag
+	mtu           int
+	ipv4, ipv6    optBool
+	blocking      bool
+	metered       bool
+	trusted       listFlag
+	blocked       listFlag
+}
+
+// configFlags are the flags that --config replaces.
+var configFlags = []string{"address", "route", "exclude", "dns", "search-domain", "mtu", "ipv4", "ipv6", "blocking", "metered", "trusted", "blocked"}
+
+func (o *upOptions) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.configFile, "config", "", "read the whole VpnConfig from `FILE.json` (\"-\" for stdin) and send it as is; excludes the other config flags")
+	fs.Var(&o.addresses, "address", "interface address as `CIDR`, e.g. 10.8.0.2/24 (repeatable; at least one)")
+	fs.Var(&o.routes, "route", "route `CIDR` into the VPN (repeatable; default: a default route per accepted family)")
+	fs.Var(&o.excludes, "exclude", "excluded route `CIDR`: traffic that must not enter the VPN (repeatable)")
+	fs.Var(&o.dns, "dns", "DNS server `IP` (repeatable)")
+	fs.Var(&o.searchDomains, "search-domain", "DNS search `DOMAIN` (repeatable)")
+	fs.IntVar(&o.mtu, "mtu", 0, "interface `MTU` (vpnd's default: 1500)")
+	fs.Var(&o.ipv4, "ipv4", "accept IPv4 traffic, --ipv4=false to refuse it (default: true if an IPv4 address is given)")
+	fs.Var(&o.ipv6, "ipv6", "accept IPv6 traffic, --ipv6=false to refuse it (default: true if an IPv6 address is given)")
+	fs.BoolVar(&o.blocking, "blocking", false, "hand out the TUN fd in blocking mode")
+	fs.BoolVar(&o.metered, "metered", false, "mark the VPN as metered")
+	fs.Var(&o.trusted, "trusted", "only this `USER`'s traffic (name or uid) enters the VPN (repeatable; other users need ADMIN)")
+	fs.Var(&o.blocked, "blocked", "this `USER`'s traffic (name or uid) bypasses the VPN (repeatable; other users need ADMIN)")
+}
+
+// vpnConfig builds the VpnConfig the flags describe. set holds the names
+// of the flags given on the command line. Addresses and routes are checked
+// to be CIDRs here only because the object form needs them split; every
+// other rule is vpnd's to enforce.
+func (o *upOptions) vpnConfig(set map[string]bool) (protocol.VpnConfig, error) {
+	var cfg protocol.VpnConfig
+	if len(o.addresses) == 0 {
+		return cfg, fmt.Errorf("at least one --address (or --config) is required")
+	}
+	for _, a := range o.addresses {
+		la, err := protocol.ParseLinkAddress(a)
+		if err != nil {
+			return cfg, fmt.Errorf("--address %q: not an address in CIDR form", a)
+		}
+		cfg.Addresses = append(cfg.Addresses, la)
+	}
+	for _, list := range []struct {
+		name     string
+		cidrs    []string
+		excluded bool
+	}{{"route", o.routes, false}, {"exclude", o.excludes, true}} {
+		for _, r := range list.cidrs {
+			la, err := protocol.ParseLinkAddress(r)
+			if err != nil {
+				return cfg, fmt.Errorf("--%s %q: not a prefix in CIDR form", list.name, r)
+			}
+			cfg.Routes = append(cfg.Routes, protocol.RouteInfo{Destination: la, IsExcludedRoute: list.excluded})
+		}
+	}
+	cfg.DNSAddresses = o.dns
+	cfg.SearchDomains = o.searchDomains
+	if set["mtu"] && o.mtu <= 0 {
+		return cfg, fmt.Errorf("--mtu %d: must be positive", o.mtu)
+	}
+	cfg.MTU = o.mtu
+	if o.ipv4.set {
+		v := o.ipv4.val
+		cfg.IsIPv4Accepted = &v
+	}
+	if o.ipv6.set {
+		v := o.ipv6.val
+		cfg.IsIPv6Accepted = &v
+	}
+	cfg.IsBlocking = o.blocking
+	cfg.IsMetered = o.metered
+	cfg.TrustedApplications = o.trusted
+	cfg.BlockedApplications = o.blocked
+	return cfg, nil
+}
+
+// params returns the setUp params: the --config file as is, or the
+// VpnConfig built from the flags. stdin serves --config -.
+func (o *upOptions) params(set map[string]bool, stdin io.Reader) (json.RawMessage, error) {
+	if o.configFile == "" {
+		cfg, err := o.vpnConfig(set)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(cfg)
+	}
+	for _, name := range configFlags {
+		if set[name] {
+			return nil, fmt.Errorf("--config cannot be combined with --%s", name)
+		}
+	}
+	var raw []byte
+	var err error
+	if o.configFile == "-" {
+		raw, err = io.ReadAll(stdin)
+	} else {
+		raw, err = os.ReadFile(o.configFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--config: %w", err)
+	}
+	// Compact, since a message is one line; the content goes to vpnd
+	// unchanged, so both the CIDR-string and the object forms work.
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		return nil, fmt.Errorf("--config %s: not valid JSON: %w", o.configFile, err)
+	}
+	return b.Bytes(), nil
+}
