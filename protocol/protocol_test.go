@@ -1,0 +1,41 @@
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/vpnd/vpnd/internal/errs"
+)
+
+func TestNewErrorObject(t *testing.T) {
+	o := NewErrorObject(fmt.Errorf("wrapped: %w", errs.New(errs.CodeVPNExists, "vpn-tun is up")))
+	if o.Code != 2203002 || o.Message != "VPN already exists." || o.Data.Detail != "vpn-tun is up" ||
+		o.Data.Name != "VPN Already Exists" || o.Data.Cause == "" || o.Data.Solution == "" {
+		t.Fatalf("%+v", o)
+	}
+	// An unclassified error is an internal one, its text the detail.
+	o = NewErrorObject(errors.New("boom"))
+	if o.Code != 19900002 || o.Data.Detail != "boom" {
+		t.Fatalf("%+v", o)
+	}
+	// The detail is capped, and stays valid UTF-8.
+	o = NewErrorObject(errs.New(errs.CodeMethodNotFound, "%s", strings.Repeat("é", 5000)))
+	if len(o.Data.Detail) > maxDetail+3 || !strings.HasSuffix(o.Data.Detail, "...") || strings.ContainsRune(o.Data.Detail, '\uFFFD') {
+		t.Fatalf("detail of %d bytes", len(o.Data.Detail))
+	}
+	if e := o.Err(); !errors.Is(e, errs.ErrMethodNotFound) {
+		t.Fatal("Err() does not match its sentinel")
+	}
+}
+
+func TestParseLinkAddress(t *testing.T) {
+	a, err := ParseLinkAddress("fd00::2/64")
+	if err != nil || a.Address.Address != "fd00::2" || a.Address.Family != 2 || a.PrefixLength != 64 || a.String() != "fd00::2/64" {
+		t.Fatalf("%+v %v", a, err)
+	}
+	if _, err := ParseLinkAddress("10.0.0.1"); err == nil {
+		t.Fatal("address without prefix accepted")
+	}
+}
