@@ -519,9 +519,12 @@ func TestCustomKernelNames(t *testing.T) {
 func TestForeignObjectsUntouched(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)
-	d.ip(t, "-4", "rule", "add", "priority", "10000", "uidrange", "6-6", "lookup", "97")
-	d.ip(t, "-6", "rule", "add", "priority", "10000", "uidrange", "0-0", "fwmark", "0/0x20000", "lookup", "97")
-	d.ip(t, "-4", "route", "add", "192.0.2.0/24", "dev", "lo", "table", "98")
+	// Neighbours of vpnd's objects: the same uid ranges and table at other
+	// priorities, and a route in another table. (Sharing vpnd's priority or
+	// table itself is refused: see TestTableOrPriorityInUse.)
+	d.ip(t, "-4", "rule", "add", "priority", "10001", "uidrange", "6-6", "lookup", "97")
+	d.ip(t, "-6", "rule", "add", "priority", "9999", "uidrange", "0-0", "fwmark", "0/0x20000", "lookup", "97")
+	d.ip(t, "-4", "route", "add", "192.0.2.0/24", "dev", "lo", "table", "97")
 	d.ip(t, "link", "add", "foreign0", "type", "bridge")
 	foreign := func() []string {
 		var out []string
@@ -530,10 +533,8 @@ func TestForeignObjectsUntouched(t *testing.T) {
 				out = append(out, r.String())
 			}
 		}
-		for _, r := range d.routes(t) {
-			if r.Dst == "192.0.2.0/24" {
-				out = append(out, r.String())
-			}
+		for _, r := range nsRoutes(t, d.ns, 97) {
+			out = append(out, r.String())
 		}
 		if d.link(t, "foreign0") != nil {
 			out = append(out, "foreign0")
@@ -546,9 +547,9 @@ func TestForeignObjectsUntouched(t *testing.T) {
 	}
 	removed := false
 	remove := func() {
-		d.ip(t, "-4", "rule", "del", "priority", "10000", "lookup", "97")
-		d.ip(t, "-6", "rule", "del", "priority", "10000", "lookup", "97")
-		d.ip(t, "-4", "route", "del", "192.0.2.0/24", "table", "98")
+		d.ip(t, "-4", "rule", "del", "priority", "10001", "lookup", "97")
+		d.ip(t, "-6", "rule", "del", "priority", "9999", "lookup", "97")
+		d.ip(t, "-4", "route", "del", "192.0.2.0/24", "table", "97")
 		d.ip(t, "link", "del", "foreign0")
 		removed = true
 	}
@@ -564,7 +565,7 @@ func TestForeignObjectsUntouched(t *testing.T) {
 	setUpOK(t, c.call("setUp", setUpParams, ""))
 	c.closeTUN() // linkGone
 	eventually(t, "linkGone teardown", func() (bool, string) {
-		return d.link(t, "vpn-tun") == nil && len(d.routes(t)) == 1, fmt.Sprint(d.routeStrings(t))
+		return d.link(t, "vpn-tun") == nil && len(d.routes(t)) == 0, fmt.Sprint(d.routeStrings(t))
 	})
 	eventually(t, "vpnd's own rules removed", func() (bool, string) {
 		for _, r := range d.vpnRules(t) {
