@@ -140,6 +140,13 @@ func dialSocket(t testing.TB, sock string, uid uint32) *client {
 	if uid != 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: primaryGID(uid), Groups: []uint32{}}}
 	}
+	return startClient(t, cmd, uid, "READY")
+}
+
+// startClient starts a rawclient command and waits for its first line,
+// which must begin with ready.
+func startClient(t testing.TB, cmd *exec.Cmd, uid uint32, ready string) *client {
+	t.Helper()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -181,8 +188,8 @@ func dialSocket(t testing.TB, sock string, uid uint32) *client {
 		}
 	})
 	first := c.line()
-	if !strings.HasPrefix(first, "READY") {
-		t.Fatalf("rawclient as uid %d: %s %s", uid, first, stderr.String())
+	if !strings.HasPrefix(first, ready) {
+		t.Fatalf("rawclient as uid %d: %q, want %q...; stderr %s", uid, first, ready, stderr.String())
 	}
 	return c
 }

@@ -280,51 +280,7 @@ func (w *world) dialIn(t testing.TB, uid uint32) *client {
 	}
 	argv = append(argv, bin(t, "rawclient"), w.d.sock)
 	cmd := exec.Command("ip", argv...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start rawclient as uid %d in %s: %v", uid, w.a, err)
-	}
-	c := &client{t: t, uid: uid, cmd: cmd, stdin: stdin, lines: make(chan string, 64), nextID: 1, done: make(chan struct{})}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			c.lines <- sc.Text()
-		}
-		close(c.lines)
-		cmd.Wait()
-		close(c.done)
-	}()
-	t.Cleanup(func() {
-		c.stdin.Close()
-		go func() {
-			for range c.lines {
-			}
-		}()
-		select {
-		case <-c.done:
-		case <-time.After(hangGuard):
-			cmd.Process.Kill()
-			<-c.done
-		}
-		if s := stderr.String(); s != "" && t.Failed() {
-			t.Logf("rawclient uid %d stderr: %s", uid, s)
-		}
-	})
-	first := c.line()
-	want := fmt.Sprintf("READY uid=%d ", uid)
-	if !strings.HasPrefix(first, want) {
-		t.Fatalf("rawclient as uid %d: %q, want %q...; stderr %s", uid, first, want, stderr.String())
-	}
-	return c
+	return startClient(t, cmd, uid, fmt.Sprintf("READY uid=%d ", uid))
 }
 
 // setUpVPN sets up cfg (JSON object members) as c and returns the info.
