@@ -54,7 +54,19 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.StringVar(&o.logFormat, "log-format", "console", "log format: json or console")
 	fs.IntVar(&o.maxConns, "max-connections", server.DefaultMaxConns, "most clients served at once; more are refused with an error")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: vpnd [flags]\n\nvpnd is the VPN manager daemon. It serves setUp, protect, destroy, status and\nsubscribe on a Unix socket and must run as root (CAP_NET_ADMIN).\n\nFlags:\n")
+		fmt.Fprint(stderr, `Usage: vpnd [flags]
+
+vpnd is the VPN manager daemon. It serves setUp, protect, destroy, status
+and subscribe on a Unix socket and must run as root (CAP_NET_ADMIN). At
+start it removes what a killed vpnd left behind (its interface, its rules
+at its priority, the routes in its table). While a VPN is up it restores
+its rules and routes if something else deletes or changes them.
+
+Signals: SIGTERM or SIGINT ends the VPN, removes the socket and exits 0;
+SIGHUP reloads the --accounts policy (a bad file keeps the old policy).
+
+Flags:
+`)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
