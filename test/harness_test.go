@@ -445,10 +445,11 @@ type daemon struct {
 
 	accountsPath string
 
-	baseFDs  []string // /proc/PID/fd targets right after start
-	exitedCh chan struct{}
-	waitErr  error
-	stopped  bool
+	baseFDs        []string // /proc/PID/fd targets right after start
+	baseGoroutines int      // goroutines right after start (SIGUSR1 stats)
+	exitedCh       chan struct{}
+	waitErr        error
+	stopped        bool
 }
 
 type daemonOpts struct {
@@ -571,6 +572,7 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 	d.waitReady(t)
 	d.checkNamespace(t)
 	d.baseFDs = d.stableFDs(t)
+	d.baseGoroutines = d.goroutines(t)
 	if !o.noLeakCheck {
 		t.Cleanup(func() { d.checkNoLeftovers(t) })
 	}
@@ -658,6 +660,33 @@ func (d *daemon) fdTargets(t testing.TB) []string {
 // fdCount is len(/proc/PID/fd).
 func (d *daemon) fdCount(t testing.TB) int { return len(d.fdTargets(t)) }
 
+// goroutines asks vpnd for its goroutine count: SIGUSR1 makes it log a
+// "runtime stats" line, and the newest one is read from its log.
+func (d *daemon) goroutines(t testing.TB) int {
+	t.Helper()
+	before := strings.Count(d.stderr.String(), `"runtime stats"`)
+	d.signal(t, syscall.SIGUSR1)
+	var n int
+	eventually(t, "runtime stats logged", func() (bool, string) {
+		lines := strings.Split(d.stderr.String(), "\n")
+		if strings.Count(d.stderr.String(), `"runtime stats"`) <= before {
+			return false, "no new runtime stats line"
+		}
+		for i := len(lines) - 1; i >= 0; i-- {
+			if strings.Contains(lines[i], `"runtime stats"`) {
+				var st struct{ Goroutines int }
+				if err := json.Unmarshal([]byte(lines[i]), &st); err != nil {
+					return false, err.Error()
+				}
+				n = st.Goroutines
+				return true, ""
+			}
+		}
+		return false, "unreachable"
+	})
+	return n
+}
+
 // stableFDs waits until vpnd's descriptor list stops changing (the
 // readiness probe's connection is closed asynchronously) and returns it.
 func (d *daemon) stableFDs(t testing.TB) []string {
@@ -712,6 +741,9 @@ func (d *daemon) checkNoLeftovers(t testing.TB) {
 	var state string
 	ok := poll(func() (bool, string) {
 		probs := d.leftovers(t)
+		if n := d.goroutines(t); n != d.baseGoroutines {
+			probs = append(probs, fmt.Sprintf("vpnd has %d goroutines, had %d after start", n, d.baseGoroutines))
+		}
 		if fds := d.fdTargets(t); strings.Join(fds, "\n") != strings.Join(d.baseFDs, "\n") {
 			probs = append(probs, fmt.Sprintf("vpnd has %d fds, had %d after start; now %q, then %q",
 				len(fds), len(d.baseFDs), fds, d.baseFDs))

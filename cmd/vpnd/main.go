@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -63,7 +64,8 @@ at its priority, the routes in its table). While a VPN is up it restores
 its rules and routes if something else deletes or changes them.
 
 Signals: SIGTERM or SIGINT ends the VPN, removes the socket and exits 0;
-SIGHUP reloads the --accounts policy (a bad file keeps the old policy).
+SIGHUP reloads the --accounts policy (a bad file keeps the old policy);
+SIGUSR1 logs the goroutine, fd and connection counts ("runtime stats").
 
 Flags:
 `)
@@ -174,7 +176,7 @@ func run(args []string, stderr io.Writer) int {
 	})
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("vpnd serving", zap.String("socket", o.socket), zap.String("ifname", o.ifname),
@@ -184,8 +186,12 @@ wait:
 	for {
 		select {
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
+			switch sig {
+			case syscall.SIGHUP:
 				reload(log, o.accounts, &holder)
+				continue
+			case syscall.SIGUSR1:
+				logStats(log, srv)
 				continue
 			}
 			log.Info("shutting down", zap.Stringer("signal", sig))
@@ -202,6 +208,17 @@ wait:
 	}
 	log.Info("vpnd stopped")
 	return 0
+}
+
+// logStats logs vpnd's goroutines, open fds and connections on SIGUSR1,
+// so that leak checks (the integration tests, the soak command, an
+// operator) can compare them over time.
+func logStats(log *zap.Logger, srv *server.Server) {
+	fds := -1
+	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+		fds = len(ents) - 1 // ReadDir's own fd
+	}
+	log.Info("runtime stats", zap.Int("goroutines", runtime.NumGoroutine()), zap.Int("fds", fds), zap.Int("connections", srv.Conns()))
 }
 
 // reload re-reads the account policy on SIGHUP. A bad file keeps the

@@ -155,7 +155,9 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 
 // bringUp does the kernel work of SetUp. Each step that changes the kernel
 // pushes its undo; on failure the undos run in reverse, so the kernel ends
-// as it was. It fills v and returns the TUN file.
+// as it was. It fills v and returns the TUN file. Kernel errors already
+// name the step and its object ("add route 198.51.100.0/24 ...: file
+// exists"), so they are returned as they are.
 func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err error) {
 	var undo []func() error
 	defer func() {
@@ -173,7 +175,7 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 	// the rollback runs, and the undo must close the real file.
 	f, index, err := m.k.CreateTUN(m.opt.IfName, cfg.Blocking)
 	if err != nil {
-		return nil, fmt.Errorf("create tun %s: %w", m.opt.IfName, err)
+		return nil, err
 	}
 	v.index = index
 	undo = append(undo, func() error {
@@ -182,27 +184,27 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 	})
 	for _, a := range cfg.Addresses {
 		if err := m.k.AddAddress(index, a); err != nil {
-			return nil, fmt.Errorf("add address %s: %w", a, err)
+			return nil, err
 		}
 		v.addrs = append(v.addrs, a)
 		undo = append(undo, func() error { return m.k.DeleteAddress(index, a) })
 	}
 	if err := m.k.SetMTU(index, cfg.MTU); err != nil {
-		return nil, fmt.Errorf("set mtu %d: %w", cfg.MTU, err)
+		return nil, err
 	}
 	if err := m.k.SetUp(index); err != nil {
-		return nil, fmt.Errorf("set link up: %w", err)
+		return nil, err
 	}
 	for _, r := range m.routesFor(index, cfg) {
 		if err := m.k.AddRoute(r); err != nil {
-			return nil, fmt.Errorf("add route %s: %w", r, err)
+			return nil, err
 		}
 		v.routes = append(v.routes, r)
 		undo = append(undo, func() error { return m.k.DeleteRoute(r) })
 	}
 	for _, r := range m.rulesFor(c, cfg) {
 		if err := m.k.AddRule(r); err != nil {
-			return nil, fmt.Errorf("add rule %s: %w", r, err)
+			return nil, err
 		}
 		v.rules = append(v.rules, r)
 		undo = append(undo, func() error { return m.k.DeleteRule(r) })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
@@ -34,7 +35,14 @@ func (n *Netlink) Occupants(table, priority int) ([]string, error) {
 		return nil, fmt.Errorf("list routes in table %d: %w", table, err)
 	}
 	for _, k := range routes {
-		out = append(out, "route "+describeNLRoute(k))
+		d := describeNLRoute(k)
+		if k.LinkIndex > 0 {
+			// Name the device: "dev #1" means little to a reader.
+			if l, err := netlink.LinkByIndex(k.LinkIndex); err == nil {
+				d = strings.Replace(d, fmt.Sprintf("dev #%d", k.LinkIndex), "dev "+l.Attrs().Name, 1)
+			}
+		}
+		out = append(out, "route "+d)
 	}
 	return out, nil
 }
@@ -78,6 +86,12 @@ func (n *Netlink) WatchChanges(ctx context.Context) (<-chan struct{}, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("watch changes: socket: %w", err)
+	}
+	if n.watchRcvBuf > 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, n.watchRcvBuf); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("watch changes: SO_RCVBUF: %w", err)
+		}
 	}
 	var groups uint32
 	for _, g := range changeGroups {

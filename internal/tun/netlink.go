@@ -21,8 +21,9 @@ import (
 type Netlink struct {
 	log *zap.Logger
 
-	// watchRcvBuf, if non-zero, sets SO_RCVBUF of link subscriptions. Tests
-	// shrink it to force ENOBUFS and exercise the resubscribe path.
+	// watchRcvBuf, if non-zero, sets SO_RCVBUF of link subscriptions and of
+	// the change watch. Tests shrink it to force ENOBUFS and exercise the
+	// resubscribe and resync paths.
 	watchRcvBuf int
 }
 
