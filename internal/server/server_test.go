@@ -75,7 +75,9 @@ func TestEmptyParams(t *testing.T) {
 
 type noUsers struct{}
 
-func (noUsers) ResolveUser(s string) (config.User, error) { return config.User{}, errors.New("no users here") }
+func (noUsers) ResolveUser(s string) (config.User, error) {
+	return config.User{}, errors.New("no users here")
+}
 
 // serve runs a Server with a manager on the fake kernel; every peer is an
 // ADMIN named "test".
@@ -90,7 +92,9 @@ func serve(t *testing.T, cfg Config) (sock string, k *tuntest.Fake) {
 	}
 	holder.Store(p)
 	cfg.Manager, cfg.Policy, cfg.Users = m, &holder, noUsers{}
-	cfg.Lookup = func(uid, gid uint32) (auth.Identity, error) { return auth.Identity{UID: uid, GID: gid, User: "test"}, nil }
+	cfg.Lookup = func(uid, gid uint32) (auth.Identity, error) {
+		return auth.Identity{UID: uid, GID: gid, User: "test"}, nil
+	}
 	sock = filepath.Join(t.TempDir(), "vpnd.sock")
 	ln, err := Listen(sock)
 	if err != nil {
