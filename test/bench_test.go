@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -448,4 +449,54 @@ func BenchmarkSelfHeal(b *testing.B) {
 	}
 	b.StopTimer()
 	reportTimes(b, times, "ms/repair")
+}
+
+// largeConfig is a config at the contract's limit of 10,000
+// routes in all: 9,900 included IPv4 routes and 100 excluded ones, plus an IPv6 address.
+func largeConfig() string {
+	var b strings.Builder
+	b.WriteString(`{"addresses":["10.200.0.2/16","fd00::2/64"],"routes":[`)
+	for i := 0; i < 9900; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"10.%d.%d.0/24"`, i/256, i%256)
+	}
+	for i := 0; i < 100; i++ {
+		fmt.Fprintf(&b, `,{"destination":{"address":{"address":"10.%d.%d.128"},"prefixLength":25},"isExcludedRoute":true}`, i/256, i%256)
+	}
+	b.WriteString(`]}`)
+	return b.String()
+}
+
+// BenchmarkLargeConfig times setUp and destroy of a VPN with 10,000
+// routes, separately, through the socket.
+func BenchmarkLargeConfig(b *testing.B) {
+	requireRoot(b)
+	ns := newNetns(b)
+	d := startBenchDaemon(b, ns)
+	c, err := wire.Dial(d.sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	cfg := largeConfig()
+	var up, down time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		fd := setUpKeep(b, c, 2*i+1, cfg)
+		up += time.Since(start)
+		start = time.Now()
+		writeLine(b, c, request(2*i+2, "destroy", "{}", 0))
+		ok(b, mustRead(b, c))
+		down += time.Since(start)
+		unix.Close(fd)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(up.Milliseconds())/float64(b.N), "ms/setUp")
+	b.ReportMetric(float64(down.Milliseconds())/float64(b.N), "ms/destroy")
+	if p := d.leftovers(b); len(p) > 0 {
+		b.Errorf("after destroy: %v", p)
+	}
 }

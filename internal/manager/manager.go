@@ -135,8 +135,12 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 	}
 	if len(occupants) > 0 {
 		m.log.Warn("vpn table or rule priority in use by someone else", zap.Strings("occupants", occupants))
+		shown := occupants
+		if len(shown) > 5 {
+			shown = append(shown[:5:5], fmt.Sprintf("and %d more", len(occupants)-5))
+		}
 		return nil, nil, 0, errs.New(errs.CodeInternal, "routing table %d or rule priority %d is in use by someone else: %s",
-			m.opt.Table, m.opt.RulePriority, strings.Join(occupants, "; "))
+			m.opt.Table, m.opt.RulePriority, strings.Join(shown, "; "))
 	}
 	m.nextID++
 	v := &vpn{id: m.nextID, ownerUID: c.UID, ownerConn: c.Conn}
@@ -402,9 +406,13 @@ func (m *Manager) end(id uint64, reason string) {
 	}
 }
 
-// teardownLocked removes everything v added, newest first, and empties the
-// slot. It goes on past errors so that one stuck item does not keep the
-// others in place; an item that is already gone is not an error.
+// teardownLocked removes everything v added and empties the slot. Rules
+// go first, so that from then on no traffic looks up the table. Then the
+// link: it takes its addresses and every route through it along, and
+// detaches the client's fd even if the client still holds it. What is
+// left are the throw routes (and, should the link deletion fail, the
+// device routes). It goes on past errors so that one stuck item does not
+// keep the others in place; an item that is already gone is not an error.
 func (m *Manager) teardownLocked(v *vpn, reason string) {
 	v.stopWatch()
 	var failed int
@@ -414,17 +422,21 @@ func (m *Manager) teardownLocked(v *vpn, reason string) {
 			m.log.Error("delete rule failed", zap.Stringer("rule", v.rules[i]), zap.Error(err))
 		}
 	}
-	for i := len(v.routes) - 1; i >= 0; i-- {
-		if err := m.k.DeleteRoute(v.routes[i]); err != nil && !isGone(err) {
-			failed++
-			m.log.Error("delete route failed", zap.Stringer("route", v.routes[i]), zap.Error(err))
-		}
-	}
-	// Deleting the link takes its addresses and device routes with it,
-	// and detaches the client's fd even if the client still holds it.
+	linkGone := true
 	if err := m.k.DeleteLink(v.index); err != nil && !isGone(err) {
+		linkGone = false
 		failed++
 		m.log.Error("delete link failed", zap.Int("index", v.index), zap.Error(err))
+	}
+	for i := len(v.routes) - 1; i >= 0; i-- {
+		r := v.routes[i]
+		if linkGone && !r.Throw {
+			continue // went with the link
+		}
+		if err := m.k.DeleteRoute(r); err != nil && !isGone(err) {
+			failed++
+			m.log.Error("delete route failed", zap.Stringer("route", r), zap.Error(err))
+		}
 	}
 	m.vpn = nil
 	m.log.Info("vpn down", zap.String("ifname", v.info.Interface), zap.String("reason", reason),

@@ -59,7 +59,7 @@ func (n *Netlink) ListRoutes(table int) ([]Route, error) { return ListRoutes(tab
 func (n *Netlink) ReplaceRoute(r Route) error {
 	nr, err := nlRoute(r)
 	if err == nil {
-		err = netlink.RouteReplace(nr)
+		err = n.h.RouteReplace(nr)
 	}
 	if err != nil {
 		return fmt.Errorf("replace route %s: %w", r, err)
