@@ -255,24 +255,7 @@ func startBenchDaemon(b *testing.B, ns string) *daemon {
 		ifname: defaultIfname, table: defaultTable, priority: defaultPriority, mark: defaultMark,
 	}
 	d.sock = filepath.Join(d.dir, "vpnd.sock")
-	d.cmd = vpndCommand(b, ns, d.sock, "--log-level", "info")
-	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
-	if err := d.cmd.Start(); err != nil {
-		b.Fatalf("start vpnd: %v", err)
-	}
-	d.pid = d.cmd.Process.Pid
-	go func() {
-		d.waitErr = d.cmd.Wait()
-		close(d.exitedCh)
-	}()
-	b.Cleanup(func() {
-		d.stop(b)
-		if b.Failed() {
-			b.Logf("vpnd output:\n%s", d.stderr.String())
-		}
-	})
-	d.waitReady(b)
-	d.checkNamespace(b)
+	d.launch(b, "--log-level", "info")
 	return d
 }
 

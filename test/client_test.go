@@ -86,7 +86,9 @@ type stateChanged struct {
 	VPN         json.RawMessage `json:"vpn"`
 }
 
-// vpnInfo is the part of VpnInfo the tests check.
+// vpnInfo is the part of VpnInfo the tests check. The tests decode into
+// types of their own, not protocol's, so that a wrong JSON member name in
+// protocol/ fails them instead of passing on both ends.
 type vpnInfo struct {
 	Interface      string   `json:"interface"`
 	Index          int      `json:"index"`

@@ -524,8 +524,6 @@ func vpndCommand(t testing.TB, ns, sock string, flags ...string) *exec.Cmd {
 // namespace once more.
 func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 	t.Helper()
-	vpnd := bin(t, "vpnd")
-	_ = vpnd
 	o := daemonOpts{ifname: defaultIfname, table: defaultTable, priority: defaultPriority, mark: defaultMark}
 	for _, f := range opts {
 		f(&o)
@@ -553,30 +551,38 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 		}
 		flags = append(flags, "--accounts", d.accountsPath)
 	}
-	d.cmd = vpndCommand(t, ns, d.sock, flags...)
-	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("start vpnd: %v", err)
-	}
-	d.pid = d.cmd.Process.Pid
-	go func() {
-		d.waitErr = d.cmd.Wait()
-		close(d.exitedCh)
-	}()
-	t.Cleanup(func() {
-		d.stop(t)
-		if t.Failed() {
-			t.Logf("vpnd (pid %d, netns %s) output:\n%s", d.pid, d.ns, d.stderr.String())
-		}
-	})
-	d.waitReady(t)
-	d.checkNamespace(t)
+	d.launch(t, flags...)
 	d.baseFDs = d.stableFDs(t)
 	d.baseGoroutines = d.goroutines(t)
 	if !o.noLeakCheck {
 		t.Cleanup(func() { d.checkNoLeftovers(t) })
 	}
 	return d
+}
+
+// launch starts vpnd in d.ns on d.sock with flags, registers its stop
+// (SIGTERM, exit status, socket file, namespace) for the end of the test,
+// and waits until it serves.
+func (d *daemon) launch(tb testing.TB, flags ...string) {
+	tb.Helper()
+	d.cmd = vpndCommand(tb, d.ns, d.sock, flags...)
+	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
+	if err := d.cmd.Start(); err != nil {
+		tb.Fatalf("start vpnd: %v", err)
+	}
+	d.pid = d.cmd.Process.Pid
+	go func() {
+		d.waitErr = d.cmd.Wait()
+		close(d.exitedCh)
+	}()
+	tb.Cleanup(func() {
+		d.stop(tb)
+		if tb.Failed() {
+			tb.Logf("vpnd (pid %d, netns %s) output:\n%s", d.pid, d.ns, d.stderr.String())
+		}
+	})
+	d.waitReady(tb)
+	d.checkNamespace(tb)
 }
 
 // waitReady polls the socket until it accepts a connection. This is

@@ -12,14 +12,20 @@
 // process holding both is killed with SIGKILL. A subscriber checks that
 // every VPN ends with one notification of the expected reason.
 //
-// It prints vpnd's fd count, RSS (VmRSS) and thread count at the start,
-// every 1000 cycles and at the end (vpnd exposes no goroutine count), and
-// exits non-zero if vpnd's fd count grew, anything of vpnd's is left in
-// the kernel, any cycle failed, or vpnd did not exit 0 on SIGTERM.
+// It prints vpnd's fd count, RSS (VmRSS), thread count and goroutine
+// count at the start, every 1000 cycles and at the end. The first three
+// come from /proc; the goroutine count from vpnd's log: vpnd runs with
+// --log-level info --log-format json, logs a "runtime stats" line (with
+// goroutines, fds and connections) on SIGUSR1, and the soak reads the new
+// part of the log file after each signal. The soak exits non-zero if
+// vpnd's fd count or goroutine count grew (both measured at the end after
+// letting connections settle), anything of vpnd's is left in the kernel,
+// any cycle failed, or vpnd did not exit 0 on SIGTERM.
 package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -99,6 +105,7 @@ type soak struct {
 	vpnd          *exec.Cmd
 	vpndDone      chan struct{}
 	vpndLog       *os.File
+	logOff        int64 // how far runtimeStats has read vpnd's log
 	self          string
 	events        <-chan protocol.StateChanged
 	counts        [numEnds]int
@@ -131,7 +138,13 @@ func run() int {
 		return 1
 	}
 	fds0, rss0, thr0 := s.vpndStats()
-	fmt.Printf("start: vpnd pid %d in netns %s: fds %d, VmRSS %d kB, threads %d\n", s.vpnd.Process.Pid, s.ns, fds0, rss0, thr0)
+	rt0, err := s.runtimeStats()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err)
+		return 1
+	}
+	fmt.Printf("start: vpnd pid %d in netns %s: fds %d, VmRSS %d kB, threads %d, goroutines %d (connections %d)\n",
+		s.vpnd.Process.Pid, s.ns, fds0, rss0, thr0, rt0.Goroutines, rt0.Connections)
 
 	begin := time.Now()
 	done := 0
@@ -151,27 +164,45 @@ func run() int {
 		done++
 		if done%1000 == 0 {
 			fds, rss, thr := s.vpndStats()
-			fmt.Printf("cycle %d: fds %d, VmRSS %d kB, threads %d, %.1f cycles/s\n", done, fds, rss, thr, float64(done)/time.Since(begin).Seconds())
+			gor := "?"
+			if rt, err := s.runtimeStats(); err != nil {
+				fmt.Fprintf(os.Stderr, "soak: cycle %d: %v\n", done, err)
+			} else {
+				gor = strconv.Itoa(rt.Goroutines)
+			}
+			fmt.Printf("cycle %d: fds %d, VmRSS %d kB, threads %d, goroutines %s, %.1f cycles/s\n",
+				done, fds, rss, thr, gor, float64(done)/time.Since(begin).Seconds())
 		}
 	}
 	elapsed := time.Since(begin)
-	// Let the last teardown's descriptors close before the final count.
+	// Let the last teardown's descriptors close and connections' goroutines
+	// end before the final count.
 	var fds1, rss1, thr1 int
+	var rt1 rtStats
+	var rtErr error
 	for i := 0; i < 50; i++ {
 		fds1, rss1, thr1 = s.vpndStats()
-		if fds1 <= fds0 {
+		rt1, rtErr = s.runtimeStats()
+		if fds1 <= fds0 && rtErr == nil && rt1.Goroutines <= rt0.Goroutines {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Printf("end: %d cycles in %v (%.1f cycles/s): %v by destroy/connClose/tunClose/kill\n",
 		done, elapsed.Round(time.Millisecond), float64(done)/elapsed.Seconds(), s.counts)
-	fmt.Printf("end: vpnd fds %d (start %d), VmRSS %d kB (start %d), threads %d (start %d), failed cycles %d\n",
-		fds1, fds0, rss1, rss0, thr1, thr0, s.failures)
+	fmt.Printf("end: vpnd fds %d (start %d), VmRSS %d kB (start %d), threads %d (start %d), goroutines %d (start %d), connections %d (start %d), failed cycles %d\n",
+		fds1, fds0, rss1, rss0, thr1, thr0, rt1.Goroutines, rt0.Goroutines, rt1.Connections, rt0.Connections, s.failures)
 
 	status := 0
 	if fds1 > fds0 {
 		fmt.Println("FAIL: vpnd's fd count grew")
+		status = 1
+	}
+	if rtErr != nil {
+		fmt.Println("FAIL:", rtErr)
+		status = 1
+	} else if rt1.Goroutines > rt0.Goroutines {
+		fmt.Println("FAIL: vpnd's goroutine count grew")
 		status = 1
 	}
 	if left := s.leftovers(); len(left) > 0 {
@@ -225,7 +256,7 @@ func (s *soak) start() error {
 	if s.vpndLog, err = os.Create(filepath.Join(dir, "vpnd.log")); err != nil {
 		return err
 	}
-	s.vpnd = exec.Command("ip", "netns", "exec", s.ns, vpndBin, "--socket", s.sock, "--log-level", "warn", "--log-format", "json")
+	s.vpnd = exec.Command("ip", "netns", "exec", s.ns, vpndBin, "--socket", s.sock, "--log-level", "info", "--log-format", "json")
 	s.vpnd.Stdout, s.vpnd.Stderr = s.vpndLog, s.vpndLog
 	if err := s.vpnd.Start(); err != nil {
 		return err
@@ -411,6 +442,81 @@ func (s *soak) vpndStats() (fds, rss, threads int) {
 	return len(ents), rss, threads
 }
 
+// rtStats is what vpnd logs on SIGUSR1.
+type rtStats struct {
+	Msg         string `json:"msg"`
+	Goroutines  int    `json:"goroutines"`
+	FDs         int    `json:"fds"`
+	Connections int    `json:"connections"`
+}
+
+// runtimeStats sends vpnd SIGUSR1 and waits for the "runtime stats" line
+// it logs. It reads the log file from s.logOff on through its own
+// descriptor (vpnd shares the offset of s.vpndLog's), only complete lines,
+// and skips what was logged before the signal, so a line from an earlier
+// signal that came late is not taken for this one's.
+func (s *soak) runtimeStats() (rtStats, error) {
+	f, err := os.Open(s.vpndLog.Name())
+	if err != nil {
+		return rtStats{}, err
+	}
+	defer f.Close()
+	// next reads the complete lines logged since s.logOff and returns the
+	// first runtime stats line among them, if any.
+	next := func() (rtStats, bool, error) {
+		fi, err := f.Stat()
+		if err != nil || fi.Size() <= s.logOff {
+			return rtStats{}, false, err
+		}
+		buf := make([]byte, fi.Size()-s.logOff)
+		n, err := f.ReadAt(buf, s.logOff)
+		if err != nil && n == 0 {
+			return rtStats{}, false, err
+		}
+		buf = buf[:n]
+		for {
+			i := bytes.IndexByte(buf, '\n')
+			if i < 0 {
+				return rtStats{}, false, nil // an incomplete line stays for the next read
+			}
+			line := buf[:i]
+			buf = buf[i+1:]
+			s.logOff += int64(i + 1)
+			if !bytes.Contains(line, []byte(`"runtime stats"`)) {
+				continue
+			}
+			var rt rtStats
+			if json.Unmarshal(line, &rt) == nil && rt.Msg == "runtime stats" {
+				return rt, true, nil
+			}
+		}
+	}
+	for { // skip what is there already
+		if _, ok, err := next(); err != nil {
+			return rtStats{}, err
+		} else if !ok {
+			break
+		}
+	}
+	if err := s.vpnd.Process.Signal(syscall.SIGUSR1); err != nil {
+		return rtStats{}, fmt.Errorf("SIGUSR1 to vpnd: %w", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rt, ok, err := next()
+		if err != nil {
+			return rtStats{}, err
+		}
+		if ok {
+			return rt, nil
+		}
+		if time.Now().After(deadline) {
+			return rtStats{}, errors.New("no runtime stats line in vpnd's log within 5s of SIGUSR1")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // leftovers lists vpnd's objects still in the namespace, read with ip.
 func (s *soak) leftovers() []string {
 	var left []string
@@ -450,11 +556,20 @@ func (s *soak) logTail() string {
 	if s.vpndLog == nil {
 		return ""
 	}
-	b, _ := os.ReadFile(s.vpndLog.Name())
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
+	// Only the end: the log grows by a "vpn up" and a "vpn down" line a cycle.
+	f, err := os.Open(s.vpndLog.Name())
+	if err != nil {
+		return ""
 	}
-	return string(b)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(fi.Size()-4000, 0)
+	b := make([]byte, fi.Size()-off)
+	n, _ := f.ReadAt(b, off)
+	return string(b[:n])
 }
 
 // cleanup kills vpnd if it still runs and deletes the namespace and the
