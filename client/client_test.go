@@ -15,10 +15,10 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/internal/errs"
 	"github.com/vpnd/vpnd/internal/rpc"
+	"github.com/vpnd/vpnd/internal/rpc/rpctest"
 	"github.com/vpnd/vpnd/protocol"
 )
 
@@ -40,21 +40,9 @@ type request struct {
 
 func newPair(t *testing.T) (*Client, *fakeServer) {
 	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conv := func(fd int) *net.UnixConn {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c.(*net.UnixConn)
-	}
-	c := New(conv(fds[0]))
-	s := serve(t, conv(fds[1]))
+	a, b := rpctest.SocketPair(t)
+	c := New(a)
+	s := serve(t, b)
 	t.Cleanup(func() {
 		c.Close()
 		s.close()

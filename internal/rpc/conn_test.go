@@ -17,31 +17,14 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"github.com/vpnd/vpnd/internal/rpc/rpctest"
 	"github.com/vpnd/vpnd/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // socketPair returns two connected SOCK_STREAM Unix sockets.
-func socketPair(t testing.TB) (*net.UnixConn, *net.UnixConn) {
-	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conv := func(fd int) *net.UnixConn {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c.(*net.UnixConn)
-	}
-	a, b := conv(fds[0]), conv(fds[1])
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
+func socketPair(t testing.TB) (*net.UnixConn, *net.UnixConn) { return rpctest.SocketPair(t) }
 
 // connPair returns a reading Conn and the raw peer socket.
 func connPair(t testing.TB) (*Conn, *net.UnixConn) {
