@@ -62,7 +62,7 @@ func (m *Manager) heal(ctx context.Context, v *vpn, changes <-chan struct{}) {
 			retry = nil
 		case _, ok := <-changes:
 			if !ok {
-				changes = m.rewatch(ctx)
+				changes = m.rewatch(ctx, v)
 				if changes == nil {
 					return
 				}
@@ -77,33 +77,26 @@ func (m *Manager) heal(ctx context.Context, v *vpn, changes <-chan struct{}) {
 			return
 		case <-time.After(healSettle):
 		}
-		missing := m.missing(v)
-		if missing == 0 {
-			throttled = false
-			continue
-		}
-		ok, wait := lim.take(time.Now())
-		if !ok {
-			if !throttled {
-				m.log.Warn("self-healing throttled: vpnd's rules or routes keep being changed",
-					zap.Int("missing", missing), zap.Duration("next_repair_in", wait))
-				throttled = true
-			}
+		if wait := m.repair(v, lim, &throttled); wait > 0 {
 			retry = time.After(wait)
-			continue
 		}
-		m.repair(v)
 	}
+}
+
+// changeFilter selects the kernel changes that can touch a VPN on the link
+// with this index: its table, its rule priority, its link.
+func (m *Manager) changeFilter(index int) tun.ChangeFilter {
+	return tun.ChangeFilter{Table: m.opt.Table, Priority: m.opt.RulePriority, LinkIndex: index}
 }
 
 // rewatch re-opens the change watch after it failed, until it works or ctx
 // is cancelled (then it returns nil).
-func (m *Manager) rewatch(ctx context.Context) <-chan struct{} {
+func (m *Manager) rewatch(ctx context.Context, v *vpn) <-chan struct{} {
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		ch, err := m.k.WatchChanges(ctx)
+		ch, err := m.k.WatchChanges(ctx, m.changeFilter(v.index))
 		if err == nil {
 			m.log.Info("change watch re-opened")
 			return ch
@@ -115,22 +108,6 @@ func (m *Manager) rewatch(ctx context.Context) <-chan struct{} {
 		case <-time.After(rewatchDelay):
 		}
 	}
-}
-
-// missing counts v's rules and routes that the kernel no longer has as vpnd
-// added them. It returns 0 if v is no longer the current VPN.
-func (m *Manager) missing(v *vpn) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.vpn != v {
-		return 0
-	}
-	rules, routes, err := m.diff(v)
-	if err != nil {
-		m.log.Error("self-healing: read kernel state failed", zap.Error(err))
-		return 0
-	}
-	return len(rules) + len(routes)
 }
 
 // diff returns v's rules and routes that are not in the kernel as added.
@@ -159,17 +136,32 @@ func (m *Manager) diff(v *vpn) ([]tun.Rule, []tun.Route, error) {
 	return rules, routes, nil
 }
 
-// repair puts back what diff finds missing, and logs each restored item.
-func (m *Manager) repair(v *vpn) {
+// repair puts back what of v's is missing or changed in the kernel, and
+// logs each restored item. Without a token from lim it repairs nothing and
+// returns how long to wait for one; throttled makes it say so only once
+// per fight.
+func (m *Manager) repair(v *vpn, lim *limiter, throttled *bool) time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.vpn != v {
-		return
+		return 0
 	}
 	rules, routes, err := m.diff(v)
 	if err != nil {
 		m.log.Error("self-healing: read kernel state failed", zap.Error(err))
-		return
+		return 0
+	}
+	if len(rules)+len(routes) == 0 {
+		*throttled = false
+		return 0
+	}
+	if ok, wait := lim.take(time.Now()); !ok {
+		if !*throttled {
+			m.log.Warn("self-healing throttled: vpnd's rules or routes keep being changed",
+				zap.Int("missing", len(rules)+len(routes)), zap.Duration("next_repair_in", wait))
+			*throttled = true
+		}
+		return wait
 	}
 	if len(routes) > 0 {
 		// A link set down loses its routes and refuses new ones.
@@ -191,4 +183,5 @@ func (m *Manager) repair(v *vpn) {
 		}
 		m.log.Warn("restored rule", zap.Stringer("rule", r))
 	}
+	return 0
 }

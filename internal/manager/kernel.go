@@ -44,10 +44,10 @@ type Kernel interface {
 	// ReplaceRoute puts r in place of any route to its destination in its
 	// table.
 	ReplaceRoute(r tun.Route) error
-	// WatchChanges returns a channel that gets a token after any change to
-	// routes, rules or links, or after lost netlink messages. It closes
-	// when ctx is cancelled or the watch fails.
-	WatchChanges(ctx context.Context) (<-chan struct{}, error)
+	// WatchChanges returns a channel that gets a token after a change to
+	// the routes, rules or link that f selects, or after lost netlink
+	// messages. It closes when ctx is cancelled or the watch fails.
+	WatchChanges(ctx context.Context, f tun.ChangeFilter) (<-chan struct{}, error)
 	// CheckSocket returns an *errs.Error with code 2203004 unless fd is an
 	// AF_INET/AF_INET6 stream or datagram socket with no pending error.
 	CheckSocket(fd int) error

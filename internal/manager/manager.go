@@ -219,7 +219,7 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 		cancel()
 		return nil, fmt.Errorf("watch link %d: %w", index, err)
 	}
-	changes, err := m.k.WatchChanges(ctx)
+	changes, err := m.k.WatchChanges(ctx, m.changeFilter(index))
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("watch routing changes: %w", err)

@@ -2,9 +2,11 @@ package tun
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
@@ -76,13 +78,24 @@ var changeGroups = []uint{
 	unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE,
 }
 
+// ChangeFilter says which rtnetlink changes matter to a watcher: routes in
+// Table, rules at Priority or looking up Table, and the link with index
+// LinkIndex. Zero fields match nothing.
+type ChangeFilter struct {
+	Table     int
+	Priority  int
+	LinkIndex int
+}
+
 // WatchChanges returns a channel that gets a token whenever a route, rule
-// or link changed in this namespace, and also after the kernel dropped
-// messages (ENOBUFS), since a lost message may have been the one that
-// mattered. The channel holds at most one token: a burst of changes
-// coalesces into one, and the reader re-reads the kernel's state anyway.
-// It closes when ctx is cancelled.
-func (n *Netlink) WatchChanges(ctx context.Context) (<-chan struct{}, error) {
+// or link that f selects changed in this namespace, and also after the
+// kernel dropped messages (ENOBUFS), since a lost message may have been the
+// one that mattered. Changes to other tables, priorities and links are
+// ignored, so that a busy routing daemon elsewhere costs vpnd nothing. The
+// channel holds at most one token: a burst of changes coalesces into one,
+// and the reader re-reads the kernel's state anyway. It closes when ctx is
+// cancelled.
+func (n *Netlink) WatchChanges(ctx context.Context, f ChangeFilter) (<-chan struct{}, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("watch changes: socket: %w", err)
@@ -115,12 +128,12 @@ func (n *Netlink) WatchChanges(ctx context.Context) (<-chan struct{}, error) {
 		defer unix.Close(stop)
 		defer unix.Close(fd)
 		defer unstop()
-		n.readChanges(fd, stop, ch)
+		n.readChanges(fd, stop, f, ch)
 	}()
 	return ch, nil
 }
 
-func (n *Netlink) readChanges(fd, stop int, ch chan<- struct{}) {
+func (n *Netlink) readChanges(fd, stop int, f ChangeFilter, ch chan<- struct{}) {
 	buf := make([]byte, 64<<10)
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(stop), Events: unix.POLLIN}}
 	for {
@@ -137,25 +150,103 @@ func (n *Netlink) readChanges(fd, stop int, ch chan<- struct{}) {
 		if fds[0].Revents == 0 {
 			continue
 		}
-		// Drain what is there; the content does not matter, only that
-		// something changed (or was lost: ENOBUFS).
+		// Drain what is there, noting whether any message concerns f
+		// (or was lost: ENOBUFS).
+		relevant := false
 		for {
-			_, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+			m, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
 			if errors.Is(err, unix.EAGAIN) {
 				break
 			}
 			if errors.Is(err, unix.ENOBUFS) {
 				n.log.Warn("netlink change monitor overflowed; resyncing")
+				relevant = true
 				continue
 			}
 			if err != nil && !errors.Is(err, unix.EINTR) {
 				n.log.Error("watch changes: receive failed", zap.Error(err))
 				return
 			}
+			if err == nil && f.matches(buf[:m]) {
+				relevant = true
+			}
+		}
+		if !relevant {
+			continue
 		}
 		select {
 		case ch <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// matches reports whether any message in b concerns f. A message it cannot
+// parse counts as a match: better one needless resync than a missed one.
+func (f ChangeFilter) matches(b []byte) bool {
+	msgs, err := syscall.ParseNetlinkMessage(b)
+	if err != nil {
+		return true
+	}
+	for _, m := range msgs {
+		d := m.Data
+		switch m.Header.Type {
+		case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
+			if len(d) < unix.SizeofRtMsg {
+				return true
+			}
+			table, _ := rtAttrs(d, int(d[4]))
+			if f.Table != 0 && table == f.Table {
+				return true
+			}
+		case unix.RTM_NEWRULE, unix.RTM_DELRULE:
+			// fib_rule_hdr has rtmsg's size, with the table at byte 4.
+			if len(d) < unix.SizeofRtMsg {
+				return true
+			}
+			table, prio := rtAttrs(d, int(d[4]))
+			if (f.Table != 0 && table == f.Table) || (f.Priority != 0 && prio == f.Priority) {
+				return true
+			}
+		case unix.RTM_NEWLINK, unix.RTM_DELLINK:
+			if len(d) < unix.SizeofIfInfomsg {
+				return true
+			}
+			index := int(int32(binary.NativeEndian.Uint32(d[4:8])))
+			if f.LinkIndex != 0 && index == f.LinkIndex {
+				return true
+			}
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+// rtAttrs reads the table (RTA_TABLE, which FRA_TABLE shares, overriding
+// the 8-bit header field) and the priority (FRA_PRIORITY) from the
+// attributes after an rtmsg or fib_rule_hdr.
+func rtAttrs(d []byte, table int) (int, int) {
+	prio := 0
+	b := d[unix.SizeofRtMsg:]
+	for len(b) >= unix.SizeofRtAttr {
+		l := int(binary.NativeEndian.Uint16(b[0:2]))
+		typ := binary.NativeEndian.Uint16(b[2:4])
+		if l < unix.SizeofRtAttr || l > len(b) {
+			break
+		}
+		v := b[unix.SizeofRtAttr:l]
+		switch {
+		case typ == unix.RTA_TABLE && len(v) == 4:
+			table = int(binary.NativeEndian.Uint32(v))
+		case typ == unix.FRA_PRIORITY && len(v) == 4:
+			prio = int(binary.NativeEndian.Uint32(v))
+		}
+		step := (l + unix.RTA_ALIGNTO - 1) &^ (unix.RTA_ALIGNTO - 1)
+		if step > len(b) {
+			break
+		}
+		b = b[step:]
+	}
+	return table, prio
 }

@@ -83,7 +83,8 @@ func (f *Fake) ReplaceRoute(r tun.Route) error {
 
 // WatchChanges gets a token after every change the fake sees: vpnd's own
 // calls and the external edits below, like the kernel's multicast groups.
-func (f *Fake) WatchChanges(ctx context.Context) (<-chan struct{}, error) {
+// It does not filter: a needless token only costs the manager a re-read.
+func (f *Fake) WatchChanges(ctx context.Context, _ tun.ChangeFilter) (<-chan struct{}, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.begin("WatchChanges"); err != nil {
