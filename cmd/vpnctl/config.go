@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -53,17 +54,18 @@ type upOptions struct {
 	ipv4, ipv6    optBool
 	blocking      bool
 	metered       bool
+	legacy        bool
 	trusted       listFlag
 	blocked       listFlag
 }
 
 // configFlags are the flags that --config replaces.
-var configFlags = []string{"address", "route", "exclude", "dns", "search-domain", "mtu", "ipv4", "ipv6", "blocking", "metered", "trusted", "blocked"}
+var configFlags = []string{"address", "route", "exclude", "dns", "search-domain", "mtu", "ipv4", "ipv6", "blocking", "metered", "legacy", "trusted", "blocked"}
 
 func (o *upOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.configFile, "config", "", "read the whole VpnConfig from `FILE.json` (\"-\" for stdin) and send it as is; excludes the other config flags")
 	fs.Var(&o.addresses, "address", "interface address as `CIDR`, e.g. 10.8.0.2/24 (repeatable; at least one)")
-	fs.Var(&o.routes, "route", "route `CIDR` into the VPN (repeatable; default: a default route per accepted family)")
+	fs.Var(&o.routes, "route", "route `CIDR[,via=GATEWAY]` into the VPN (repeatable; default: a default route per accepted family)")
 	fs.Var(&o.excludes, "exclude", "excluded route `CIDR`: traffic that must not enter the VPN (repeatable)")
 	fs.Var(&o.dns, "dns", "DNS server `IP` (repeatable)")
 	fs.Var(&o.searchDomains, "search-domain", "DNS search `DOMAIN` (repeatable)")
@@ -72,6 +74,7 @@ func (o *upOptions) register(fs *flag.FlagSet) {
 	fs.Var(&o.ipv6, "ipv6", "accept IPv6 traffic, --ipv6=false to refuse it (default: true if an IPv6 address is given)")
 	fs.BoolVar(&o.blocking, "blocking", false, "hand out the TUN fd in blocking mode")
 	fs.BoolVar(&o.metered, "metered", false, "mark the VPN as metered")
+	fs.BoolVar(&o.legacy, "legacy", false, "send isLegacy: true (vpnd refuses it with 19900001: it has no legacy VPN types)")
 	fs.Var(&o.trusted, "trusted", "only this `USER`'s traffic (name or uid) enters the VPN (repeatable; other users need ADMIN)")
 	fs.Var(&o.blocked, "blocked", "this `USER`'s traffic (name or uid) bypasses the VPN (repeatable; other users need ADMIN)")
 }
@@ -98,11 +101,22 @@ func (o *upOptions) vpnConfig(set map[string]bool) (protocol.VpnConfig, error) {
 		excluded bool
 	}{{"route", o.routes, false}, {"exclude", o.excludes, true}} {
 		for _, r := range list.cidrs {
-			la, err := protocol.ParseLinkAddress(r)
+			cidr, gw, hasGW := strings.Cut(r, ",via=")
+			if hasGW && list.excluded {
+				return cfg, fmt.Errorf("--%s %q: an excluded route takes no gateway", list.name, r)
+			}
+			la, err := protocol.ParseLinkAddress(cidr)
 			if err != nil {
 				return cfg, fmt.Errorf("--%s %q: not a prefix in CIDR form", list.name, r)
 			}
-			cfg.Routes = append(cfg.Routes, protocol.RouteInfo{Destination: la, IsExcludedRoute: list.excluded})
+			ri := protocol.RouteInfo{Destination: la, IsExcludedRoute: list.excluded}
+			if hasGW {
+				if _, err := netip.ParseAddr(gw); err != nil {
+					return cfg, fmt.Errorf("--%s %q: gateway %q is not an IP address", list.name, r, gw)
+				}
+				ri.Gateway = &protocol.NetAddress{Address: gw}
+			}
+			cfg.Routes = append(cfg.Routes, ri)
 		}
 	}
 	cfg.DNSAddresses = o.dns
@@ -121,6 +135,7 @@ func (o *upOptions) vpnConfig(set map[string]bool) (protocol.VpnConfig, error) {
 	}
 	cfg.IsBlocking = o.blocking
 	cfg.IsMetered = o.metered
+	cfg.IsLegacy = o.legacy
 	cfg.TrustedApplications = o.trusted
 	cfg.BlockedApplications = o.blocked
 	return cfg, nil

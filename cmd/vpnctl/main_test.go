@@ -75,8 +75,13 @@ func TestUpFlagsToVpnConfig(t *testing.T) {
 				`"dnsAddresses":["10.8.0.1","fd00::1"],"searchDomains":["corp.example"],"mtu":1400,` +
 				`"isIPv4Accepted":true,"isIPv6Accepted":false,"isBlocking":true,"isMetered":true,` +
 				`"trustedApplications":["alice","1001"],"blockedApplications":["bob"]}`},
+		{"legacy is sent for vpnd to refuse", []string{"--address", "10.8.0.2/24", "--legacy"},
+			`{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24}],"isLegacy":true}`},
 		{"tri-state false only when given", []string{"--address", "10.8.0.2/32", "--ipv4=false"},
 			`{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":32}],"isIPv4Accepted":false}`},
+		{"a route with a gateway", []string{"--address", "10.8.0.2/24", "--route", "10.0.0.0/8,via=10.8.0.1"},
+			`{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24}],` +
+				`"routes":[{"destination":{"address":{"address":"10.0.0.0","family":1},"prefixLength":8},"gateway":{"address":"10.8.0.1"}}]}`},
 		{"host bits of a route are vpnd's to mask", []string{"--address", "10.8.0.2/24", "--route", "10.8.0.9/24"},
 			`{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24}],` +
 				`"routes":[{"destination":{"address":{"address":"10.8.0.9","family":1},"prefixLength":24}}]}`},
@@ -116,6 +121,8 @@ func TestUpUsageErrors(t *testing.T) {
 		{"--address", "bogus/24"},
 		{"--address", "10.8.0.2/24", "--route", "10.0.0.0"},
 		{"--address", "10.8.0.2/24", "--exclude", "x"},
+		{"--address", "10.8.0.2/24", "--route", "10.0.0.0/8,via=nowhere"},
+		{"--address", "10.8.0.2/24", "--exclude", "10.1.0.0/16,via=10.8.0.1"},
 		{"--address", "10.8.0.2/24", "--mtu", "0"},
 		{"--config", bad},
 		{"--config", filepath.Join(t.TempDir(), "missing.json")},
