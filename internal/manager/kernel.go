@@ -23,10 +23,12 @@ type Kernel interface {
 	// DeleteLink deletes the link with this index, if it still exists.
 	DeleteLink(index int) error
 	AddAddress(index int, addr netip.Prefix) error
-	DeleteAddress(index int, addr netip.Prefix) error
 	SetMTU(index, mtu int) error
 	SetUp(index int) error
-	AddRoute(r tun.Route) error
+	// AddRoutes adds rs and returns the routes it added: all of them
+	// unless err, the first failure by position, is set. The caller
+	// removes exactly the returned routes on a rollback.
+	AddRoutes(rs []tun.Route) ([]tun.Route, error)
 	DeleteRoute(r tun.Route) error
 	AddRule(r tun.Rule) error
 	DeleteRule(r tun.Rule) error

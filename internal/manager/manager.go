@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -78,7 +77,6 @@ type vpn struct {
 	ownerUID  uint32
 	ownerConn uint64
 	index     int
-	addrs     []netip.Prefix
 	routes    []tun.Route
 	rules     []tun.Rule
 	stopWatch context.CancelFunc
@@ -157,41 +155,31 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 	return f, &info, v.id, nil
 }
 
-// bringUp does the kernel work of SetUp. Each step that changes the kernel
-// pushes its undo; on failure the undos run in reverse, so the kernel ends
-// as it was. It fills v and returns the TUN file. Kernel errors already
-// name the step and its object ("add route 198.51.100.0/24 ...: file
-// exists"), so they are returned as they are.
+// bringUp does the kernel work of SetUp, recording in v what it added. On
+// failure it removes what it added the way a teardown does (rules, the
+// link with its addresses and device routes, throw routes), so the kernel
+// ends as it was. It fills v and returns the TUN file. Kernel errors
+// already name the step and its object ("add route 198.51.100.0/24 ...:
+// file exists"), so they are returned as they are.
 func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err error) {
-	var undo []func() error
-	defer func() {
-		if err == nil {
-			return
-		}
-		for i := len(undo) - 1; i >= 0; i-- {
-			if uerr := undo[i](); uerr != nil {
-				m.log.Error("rollback step failed", zap.Error(uerr))
-			}
-		}
-	}()
-
-	// f is not the named result: a failed return sets that to nil before
-	// the rollback runs, and the undo must close the real file.
 	f, index, err := m.k.CreateTUN(m.opt.IfName, cfg.Blocking)
 	if err != nil {
 		return nil, err
 	}
 	v.index = index
-	undo = append(undo, func() error {
-		f.Close()
-		return m.k.DeleteLink(index)
-	})
+	defer func() {
+		if err != nil {
+			if v.stopWatch != nil {
+				v.stopWatch()
+			}
+			m.removeFromKernel(v)
+			f.Close()
+		}
+	}()
 	for _, a := range cfg.Addresses {
 		if err := m.k.AddAddress(index, a); err != nil {
 			return nil, err
 		}
-		v.addrs = append(v.addrs, a)
-		undo = append(undo, func() error { return m.k.DeleteAddress(index, a) })
 	}
 	if err := m.k.SetMTU(index, cfg.MTU); err != nil {
 		return nil, err
@@ -199,32 +187,26 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 	if err := m.k.SetUp(index); err != nil {
 		return nil, err
 	}
-	for _, r := range m.routesFor(index, cfg) {
-		if err := m.k.AddRoute(r); err != nil {
-			return nil, err
-		}
-		v.routes = append(v.routes, r)
-		undo = append(undo, func() error { return m.k.DeleteRoute(r) })
+	v.routes, err = m.k.AddRoutes(m.routesFor(index, cfg))
+	if err != nil {
+		return nil, err
 	}
 	for _, r := range m.rulesFor(c, cfg) {
 		if err := m.k.AddRule(r); err != nil {
 			return nil, err
 		}
 		v.rules = append(v.rules, r)
-		undo = append(undo, func() error { return m.k.DeleteRule(r) })
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	v.stopWatch = cancel
 	gone, err := m.k.WatchLink(ctx, index)
 	if err != nil {
-		cancel()
 		return nil, fmt.Errorf("watch link %d: %w", index, err)
 	}
 	changes, err := m.k.WatchChanges(ctx, m.changeFilter(index))
 	if err != nil {
-		cancel()
 		return nil, fmt.Errorf("watch routing changes: %w", err)
 	}
-	v.stopWatch = cancel
 	go func() {
 		select {
 		case <-gone:
@@ -406,16 +388,26 @@ func (m *Manager) end(id uint64, reason string) {
 	}
 }
 
-// teardownLocked removes everything v added and empties the slot. Rules
-// go first, so that from then on no traffic looks up the table. Then the
-// link: it takes its addresses and every route through it along, and
-// detaches the client's fd even if the client still holds it. What is
-// left are the throw routes (and, should the link deletion fail, the
-// device routes). It goes on past errors so that one stuck item does not
-// keep the others in place; an item that is already gone is not an error.
+// teardownLocked removes everything v added, empties the slot and tells
+// the subscribers why.
 func (m *Manager) teardownLocked(v *vpn, reason string) {
 	v.stopWatch()
-	var failed int
+	failed := m.removeFromKernel(v)
+	m.vpn = nil
+	m.log.Info("vpn down", zap.String("ifname", v.info.Interface), zap.String("reason", reason),
+		zap.Uint32("uid", v.ownerUID), zap.Int("failed", failed))
+	m.notify(reason, nil)
+}
+
+// removeFromKernel removes what v added, for a teardown or a failed
+// bring-up, and returns how many removals failed. Rules go first, so that
+// from then on no traffic looks up the table. Then the link: it takes its
+// addresses and every route through it along, and detaches the client's
+// fd even if the client still holds it. What is left are the throw routes
+// (and, should the link deletion fail, the device routes). It goes on past
+// errors so that one stuck item does not keep the others in place; an
+// item that is already gone is not an error.
+func (m *Manager) removeFromKernel(v *vpn) (failed int) {
 	for i := len(v.rules) - 1; i >= 0; i-- {
 		if err := m.k.DeleteRule(v.rules[i]); err != nil && !isGone(err) {
 			failed++
@@ -438,10 +430,7 @@ func (m *Manager) teardownLocked(v *vpn, reason string) {
 			m.log.Error("delete route failed", zap.Stringer("route", r), zap.Error(err))
 		}
 	}
-	m.vpn = nil
-	m.log.Info("vpn down", zap.String("ifname", v.info.Interface), zap.String("reason", reason),
-		zap.Uint32("uid", v.ownerUID), zap.Int("failed", failed))
-	m.notify(reason, nil)
+	return failed
 }
 
 // notify tells every subscriber; the caller holds m.mu.

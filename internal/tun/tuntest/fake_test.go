@@ -25,6 +25,19 @@ import (
 
 var _ manager.Kernel = (*tuntest.Fake)(nil)
 
+// kernel is what the scenario drives: the manager's Kernel and the single
+// steps both implementations have beyond it.
+type kernel interface {
+	manager.Kernel
+	AddRoute(r tun.Route) error
+	DeleteAddress(index int, addr netip.Prefix) error
+}
+
+var (
+	_ kernel = (*tuntest.Fake)(nil)
+	_ kernel = (*tun.Netlink)(nil)
+)
+
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const (
@@ -36,7 +49,7 @@ const (
 // world is one kernel under test plus what the scenario created in it,
 // by name, so that steps and observations do not depend on ifindexes.
 type world struct {
-	k       manager.Kernel
+	k       kernel
 	observe func() observation
 	files   map[string]*os.File
 	index   map[string]int

@@ -154,3 +154,20 @@ func (f *Fake) AddExternally(routes []tun.Route, rules []tun.Rule) {
 	f.rules = append(f.rules, rules...)
 	f.changedLocked()
 }
+
+// AddRoutes adds each route with AddRoute (each one a step for FailAt)
+// and, like the kernel with a batch, goes on past a failure.
+func (f *Fake) AddRoutes(rs []tun.Route) ([]tun.Route, error) {
+	added := make([]tun.Route, 0, len(rs))
+	var first error
+	for _, r := range rs {
+		if err := f.AddRoute(r); err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		added = append(added, canonical(r))
+	}
+	return added, first
+}
