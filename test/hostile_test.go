@@ -455,3 +455,26 @@ func TestHostileSlowSubscriber(t *testing.T) {
 	ok(t, c.call("destroy", "{}", ""))
 	d.waitClean(t, "destroy")
 }
+
+// TestHostilePerUserLimit: one NORMAL user cannot take every connection
+// slot; its extra connection gets an error line, and root still gets in.
+func TestHostilePerUserLimit(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, withFlags("--max-connections-per-user", "3"))
+	for i := 0; i < 3; i++ {
+		c := d.dial(t, 4000)
+		ok(t, c.call("status", "{}", ""))
+	}
+	extra := d.dial(t, 4000)
+	m, open := extra.recv()
+	if !open {
+		t.Fatal("the connection over the per-user limit closed without an error line")
+	}
+	wantError(t, m, 19900002, "per-user limit is 3")
+	if _, open := extra.recv(); open {
+		t.Fatal("the connection over the per-user limit stays open")
+	}
+	// Other users, and the ADMIN root, are still served.
+	ok(t, d.dial(t, 4001).call("status", "{}", ""))
+	ok(t, d.dial(t, uidRoot).call("status", "{}", ""))
+}

@@ -35,6 +35,7 @@ type options struct {
 	logLevel    string
 	logFormat   string
 	maxConns    int
+	maxPerUser  int
 }
 
 func main() {
@@ -54,6 +55,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "console", "log format: json or console")
 	fs.IntVar(&o.maxConns, "max-connections", server.DefaultMaxConns, "most clients served at once; more are refused with an error")
+	fs.IntVar(&o.maxPerUser, "max-connections-per-user", server.DefaultMaxPerUser, "most connections one uid may hold at once, admin accounts excepted (0: no per-user limit)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: vpnd [flags]
 
@@ -96,6 +98,9 @@ Flags:
 	}
 	if o.maxConns < 1 {
 		return nil, 0, fmt.Errorf("--max-connections %d: must be at least 1", o.maxConns)
+	}
+	if o.maxPerUser < 0 {
+		return nil, 0, fmt.Errorf("--max-connections-per-user %d: must not be negative", o.maxPerUser)
 	}
 	return o, uint32(mark), nil
 }
@@ -168,11 +173,12 @@ func run(args []string, stderr io.Writer) int {
 		Log:          log.Named("manager"),
 	})
 	srv := server.New(server.Config{
-		Manager:  mgr,
-		Policy:   &holder,
-		Users:    config.SystemUsers(),
-		Log:      log.Named("server"),
-		MaxConns: o.maxConns,
+		Manager:         mgr,
+		Policy:          &holder,
+		Users:           config.SystemUsers(),
+		Log:             log.Named("server"),
+		MaxConns:        o.maxConns,
+		MaxConnsPerUser: o.maxPerUser,
 	})
 
 	sigs := make(chan os.Signal, 4)

@@ -24,6 +24,8 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--protect-mark", "0"}, "--protect-mark", 0},
 		{[]string{"--protect-mark", "0x100000000"}, "--protect-mark", 0},
 		{[]string{"--max-connections", "0"}, "--max-connections", 0},
+		{[]string{"--max-connections-per-user", "-1"}, "--max-connections-per-user", 0},
+		{[]string{"--max-connections-per-user", "0"}, "", 0x20000},
 		{[]string{"stray"}, "unexpected argument", 0},
 	} {
 		_, mark, err := parseFlags(tc.args, io.Discard)

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -30,6 +31,7 @@ import (
 // Defaults for Config.
 const (
 	DefaultMaxConns     = 1024
+	DefaultMaxPerUser   = 64
 	DefaultWriteTimeout = 5 * time.Second
 	// eventQueue is how many notifications may wait for a slow subscriber
 	// before vpnd gives up on it and closes its connection.
@@ -45,6 +47,9 @@ type Config struct {
 	// MaxConns is the most connections served at once; one more gets a
 	// 19900002 error line and is closed. 0 means DefaultMaxConns.
 	MaxConns int
+	// MaxConnsPerUser is the most connections one uid may hold at once,
+	// ADMIN accounts excepted; 0 means no per-user limit.
+	MaxConnsPerUser int
 	// WriteTimeout bounds each write to a client. A client that does not
 	// read its responses is disconnected after it, so it cannot wedge vpnd.
 	WriteTimeout time.Duration
@@ -62,6 +67,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[uint64]*session
+	perUID   map[uint32]int // open sessions per peer uid
 	closed   bool
 	wg       sync.WaitGroup
 }
@@ -80,7 +86,7 @@ func New(cfg Config) *Server {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	return &Server{cfg: cfg, log: cfg.Log, sessions: make(map[uint64]*session)}
+	return &Server{cfg: cfg, log: cfg.Log, sessions: make(map[uint64]*session), perUID: make(map[uint32]int)}
 }
 
 // Serve accepts connections until ln is closed, then returns nil.
@@ -104,46 +110,60 @@ func (s *Server) Serve(ln *net.UnixListener) error {
 	}
 }
 
-// admit starts a session for uc, or refuses it when vpnd is at its
-// connection limit or closing.
+// admit starts a session for uc, or refuses it with one error line when
+// vpnd is closing or at a connection limit.
 func (s *Server) admit(uc *net.UnixConn) {
 	c := rpc.NewConn(uc)
+	cred, err := c.PeerCred()
+	if err != nil {
+		s.log.Warn("peer credentials unavailable", zap.Error(err))
+		c.Close()
+		return
+	}
 	s.mu.Lock()
-	if s.closed || len(s.sessions) >= s.cfg.MaxConns {
-		n := len(s.sessions)
-		closed := s.closed
+	if detail := s.refusalLocked(cred.Uid, cred.Gid); detail != "" {
 		s.mu.Unlock()
-		detail := "vpnd is shutting down"
-		if !closed {
-			detail = "too many connections: the limit is " + strconv.Itoa(s.cfg.MaxConns)
-			s.log.Warn("connection refused", zap.Int("connections", n), zap.Int("limit", s.cfg.MaxConns))
-		}
 		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 		writeResponse(c, json.RawMessage("null"), nil, errs.New(errs.CodeInternal, "%s", detail), nil)
 		c.Close()
 		return
 	}
-	cred, err := c.PeerCred()
-	if err != nil {
-		s.mu.Unlock()
-		s.log.Warn("peer credentials unavailable", zap.Error(err))
-		c.Close()
-		return
-	}
 	ss := &session{
-		s:    s,
-		c:    c,
-		id:   s.nextID.Add(1),
-		uid:  cred.Uid,
-		gid:  cred.Gid,
-		pid:  cred.Pid,
-		done: make(chan struct{}),
+		s:   s,
+		c:   c,
+		id:  s.nextID.Add(1),
+		uid: cred.Uid,
+		gid: cred.Gid,
+		pid: cred.Pid,
 	}
 	ss.log = s.log.With(zap.Uint64("conn", ss.id), zap.Uint32("uid", ss.uid), zap.Int32("pid", ss.pid))
 	s.sessions[ss.id] = ss
+	s.perUID[ss.uid]++
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go ss.run()
+}
+
+// refusalLocked says why a new connection from uid may not be served, or
+// "" if it may. The per-user limit keeps one local user from taking every
+// slot (and so locking out the others, root included); ADMIN accounts are
+// exempt from it. s.mu must be held.
+func (s *Server) refusalLocked(uid, gid uint32) string {
+	switch {
+	case s.closed:
+		return "vpnd is shutting down"
+	case len(s.sessions) >= s.cfg.MaxConns:
+		s.log.Warn("connection refused", zap.Int("connections", len(s.sessions)), zap.Int("limit", s.cfg.MaxConns))
+		return "too many connections: the limit is " + strconv.Itoa(s.cfg.MaxConns)
+	case s.cfg.MaxConnsPerUser > 0 && s.perUID[uid] >= s.cfg.MaxConnsPerUser:
+		if id, err := s.cfg.Lookup(uid, gid); err == nil && s.cfg.Policy.Load().TypeOf(id) == auth.Admin {
+			return ""
+		}
+		s.log.Warn("connection refused", zap.Uint32("uid", uid), zap.Int("user_connections", s.perUID[uid]),
+			zap.Int("user_limit", s.cfg.MaxConnsPerUser))
+		return fmt.Sprintf("too many connections from uid %d: the per-user limit is %d", uid, s.cfg.MaxConnsPerUser)
+	}
+	return ""
 }
 
 // Close disconnects every client and waits for their sessions to end. The
@@ -173,14 +193,13 @@ func (s *Server) Conns() int {
 
 // session is one client connection.
 type session struct {
-	s    *Server
-	c    *rpc.Conn
-	id   uint64
-	uid  uint32
-	gid  uint32
-	pid  int32
-	log  *zap.Logger
-	done chan struct{}
+	s   *Server
+	c   *rpc.Conn
+	id  uint64
+	uid uint32
+	gid uint32
+	pid int32
+	log *zap.Logger
 
 	subMu       sync.Mutex
 	events      chan protocol.StateChanged
@@ -197,6 +216,9 @@ func (ss *session) run() {
 		ss.s.cfg.Manager.ConnClosed(ss.id)
 		ss.s.mu.Lock()
 		delete(ss.s.sessions, ss.id)
+		if ss.s.perUID[ss.uid]--; ss.s.perUID[ss.uid] == 0 {
+			delete(ss.s.perUID, ss.uid)
+		}
 		ss.s.mu.Unlock()
 		ss.log.Debug("connection closed")
 	}()

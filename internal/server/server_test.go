@@ -79,19 +79,27 @@ func (noUsers) ResolveUser(s string) (config.User, error) {
 	return config.User{}, errors.New("no users here")
 }
 
+func policy(t *testing.T, js string) *auth.Holder {
+	t.Helper()
+	p, err := auth.ParsePolicy([]byte(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h auth.Holder
+	h.Store(p)
+	return &h
+}
+
 // serve runs a Server with a manager on the fake kernel; every peer is an
 // ADMIN named "test".
 func serve(t *testing.T, cfg Config) (sock string, k *tuntest.Fake) {
 	t.Helper()
 	k = tuntest.New()
 	m := manager.New(k, manager.Options{IfName: "vpn-tun", Table: 98, RulePriority: 10000, ProtectMark: 0x20000})
-	var holder auth.Holder
-	p, err := auth.ParsePolicy([]byte(`{"default":"admin"}`))
-	if err != nil {
-		t.Fatal(err)
+	if cfg.Policy == nil {
+		cfg.Policy = policy(t, `{"default":"admin"}`)
 	}
-	holder.Store(p)
-	cfg.Manager, cfg.Policy, cfg.Users = m, &holder, noUsers{}
+	cfg.Manager, cfg.Users = m, noUsers{}
 	cfg.Lookup = func(uid, gid uint32) (auth.Identity, error) {
 		return auth.Identity{UID: uid, GID: gid, User: "test"}, nil
 	}
@@ -170,6 +178,30 @@ func TestConnectionLimit(t *testing.T) {
 	}
 	if _, err := r.ReadByte(); err == nil {
 		t.Fatal("connection over the limit left open")
+	}
+}
+
+// TestPerUserLimit: one user cannot take every slot, unless it is ADMIN.
+func TestPerUserLimit(t *testing.T) {
+	for _, tc := range []struct {
+		policy  string
+		refused bool
+	}{{`{"default":"normal"}`, true}, {`{"default":"admin"}`, false}} {
+		sock, _ := serve(t, Config{MaxConnsPerUser: 2, Policy: policy(t, tc.policy)})
+		for i := 0; i < 2; i++ {
+			c, r := rawDial(t, sock)
+			c.Write([]byte(`{"jsonrpc":"2.0","id":1,"method":"status"}` + "\n"))
+			readResp(t, r)
+		}
+		c, r := rawDial(t, sock)
+		c.Write([]byte(`{"jsonrpc":"2.0","id":1,"method":"status"}` + "\n"))
+		resp := readResp(t, r)
+		if got := resp.Error != nil; got != tc.refused {
+			t.Fatalf("%s: third connection refused = %v, want %v (%+v)", tc.policy, got, tc.refused, resp.Error)
+		}
+		if tc.refused && !strings.Contains(resp.Error.Data.Detail, "per-user limit is 2") {
+			t.Fatalf("detail %q", resp.Error.Data.Detail)
+		}
 	}
 }
 
