@@ -356,17 +356,24 @@ func reportTimes(b *testing.B, times []time.Duration, unit string) {
 	b.ReportMetric(ms(times[len(times)-1]), "max-ms")
 }
 
-// BenchmarkSetUpDestroy is one setUp (with the TUN fd back) and destroy
-// through the socket, as root, with a two-family VPN.
-func BenchmarkSetUpDestroy(b *testing.B) {
+// benchDaemonConn starts vpnd in a fresh namespace and connects to it as
+// root; both end with the benchmark.
+func benchDaemonConn(b *testing.B) (*daemon, *wire.Conn) {
+	b.Helper()
 	requireRoot(b)
-	ns := newNetns(b)
-	d := startBenchDaemon(b, ns)
+	d := startBenchDaemon(b, newNetns(b))
 	c, err := wire.Dial(d.sock)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
+	b.Cleanup(func() { c.Close() })
+	return d, c
+}
+
+// BenchmarkSetUpDestroy is one setUp (with the TUN fd back) and destroy
+// through the socket, as root, with a two-family VPN.
+func BenchmarkSetUpDestroy(b *testing.B) {
+	d, c := benchDaemonConn(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		fd := setUpKeep(b, c, 2*i+1, richConfig)
@@ -386,18 +393,12 @@ func BenchmarkSetUpDestroy(b *testing.B) {
 // 2 s), so each iteration first waits, untimed, for the bucket to refill;
 // run it with a fixed count, e.g. -benchtime=10x.
 func BenchmarkSelfHeal(b *testing.B) {
-	requireRoot(b)
 	if b.N > 50 {
 		b.Skipf("b.N = %d: each iteration waits 2 s for the repair budget; use -benchtime=10x", b.N)
 	}
-	ns := newNetns(b)
+	d, c := benchDaemonConn(b)
+	ns := d.ns
 	probe := openProbe(b, ns)
-	d := startBenchDaemon(b, ns)
-	c, err := wire.Dial(d.sock)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
 	fd := setUpKeep(b, c, 1, richConfig)
 	defer unix.Close(fd)
 	_, want, _, err := probe.leftovers(d.ifname, d.table, d.priority)
@@ -455,14 +456,7 @@ func largeConfig() string {
 // BenchmarkLargeConfig times setUp and destroy of a VPN with 10,000
 // routes, separately, through the socket.
 func BenchmarkLargeConfig(b *testing.B) {
-	requireRoot(b)
-	ns := newNetns(b)
-	d := startBenchDaemon(b, ns)
-	c, err := wire.Dial(d.sock)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	d, c := benchDaemonConn(b)
 	cfg := largeConfig()
 	var up, down time.Duration
 	b.ResetTimer()
