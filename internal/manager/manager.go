@@ -401,12 +401,13 @@ func (m *Manager) teardownLocked(v *vpn, reason string) {
 
 // removeFromKernel removes what v added, for a teardown or a failed
 // bring-up, and returns how many removals failed. Rules go first, so that
-// from then on no traffic looks up the table. Then the link: it takes its
-// addresses and every route through it along, and detaches the client's
-// fd even if the client still holds it. What is left are the throw routes
-// (and, should the link deletion fail, the device routes). It goes on past
-// errors so that one stuck item does not keep the others in place; an
-// item that is already gone is not an error.
+// from then on no traffic looks up the table; then the throw routes, which
+// no link takes along; then the link, which takes its addresses and every
+// route through it (deleting 10,000 of those one by one took 700 ms) and
+// detaches the client's fd even if the client still holds it. Only if the
+// link cannot be deleted are its routes deleted one by one. It goes on past
+// errors so that one stuck item does not keep the others in place; an item
+// that is already gone is not an error.
 func (m *Manager) removeFromKernel(v *vpn) (failed int) {
 	for i := len(v.rules) - 1; i >= 0; i-- {
 		if err := m.k.DeleteRule(v.rules[i]); err != nil && !isGone(err) {
@@ -414,21 +415,23 @@ func (m *Manager) removeFromKernel(v *vpn) (failed int) {
 			m.log.Error("delete rule failed", zap.Stringer("rule", v.rules[i]), zap.Error(err))
 		}
 	}
-	linkGone := true
+	deleteRoutes := func(throw bool) {
+		for i := len(v.routes) - 1; i >= 0; i-- {
+			r := v.routes[i]
+			if r.Throw != throw {
+				continue
+			}
+			if err := m.k.DeleteRoute(r); err != nil && !isGone(err) {
+				failed++
+				m.log.Error("delete route failed", zap.Stringer("route", r), zap.Error(err))
+			}
+		}
+	}
+	deleteRoutes(true)
 	if err := m.k.DeleteLink(v.index); err != nil && !isGone(err) {
-		linkGone = false
 		failed++
 		m.log.Error("delete link failed", zap.Int("index", v.index), zap.Error(err))
-	}
-	for i := len(v.routes) - 1; i >= 0; i-- {
-		r := v.routes[i]
-		if linkGone && !r.Throw {
-			continue // went with the link
-		}
-		if err := m.k.DeleteRoute(r); err != nil && !isGone(err) {
-			failed++
-			m.log.Error("delete route failed", zap.Stringer("route", r), zap.Error(err))
-		}
+		deleteRoutes(false)
 	}
 	return failed
 }
