@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -63,8 +64,12 @@ type Manager struct {
 	// mu serialises every change of the slot, including the kernel work of
 	// bring-up and teardown, so that a second setUp sees 2203002 and never
 	// races with a teardown that still holds the rule priority.
-	mu      sync.Mutex
-	vpn     *vpn
+	mu  sync.Mutex
+	vpn *vpn
+	// current is the VpnInfo of m.vpn (nil when there is none), set with
+	// m.vpn under mu. Status and protect read it without the lock, so they
+	// do not wait for a bring-up of 10,000 routes to finish.
+	current atomic.Pointer[protocol.VpnInfo]
 	nextID  uint64
 	subs    map[uint64]func(protocol.StateChanged)
 	nextSub uint64
@@ -148,6 +153,7 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 		return nil, nil, 0, errs.Wrap(errs.CodeInternal, err, "bring-up")
 	}
 	m.vpn = v
+	m.current.Store(&v.info)
 	m.log.Info("vpn up", zap.String("ifname", v.info.Interface), zap.Int("index", v.index),
 		zap.Uint32("uid", c.UID), zap.Int32("pid", c.PID), zap.Int("routes", len(v.routes)), zap.Int("rules", len(v.rules)))
 	m.notify(protocol.ReasonSetUp, v)
@@ -322,11 +328,8 @@ func (m *Manager) Protect(c Caller, fd int) error {
 	if c.Type == auth.Guest {
 		return errs.New(errs.CodePermission, "user %s (uid %d) is a guest account", userName(c), c.UID)
 	}
-	m.mu.Lock()
-	v := m.vpn
-	m.mu.Unlock()
-	if v != nil && v.ownerUID != c.UID && c.Type != auth.Admin {
-		return errs.New(errs.CodePermission, "the VPN is owned by uid %d; caller uid %d is neither its owner nor admin", v.ownerUID, c.UID)
+	if info := m.current.Load(); info != nil && info.Owner.UID != c.UID && c.Type != auth.Admin {
+		return errs.New(errs.CodePermission, "the VPN is owned by uid %d; caller uid %d is neither its owner nor admin", info.Owner.UID, c.UID)
 	}
 	if err := m.k.MarkSocket(fd, m.opt.ProtectMark); err != nil {
 		return errs.Wrap(errs.CodeInternal, err, "set SO_MARK")
@@ -336,13 +339,12 @@ func (m *Manager) Protect(c Caller, fd int) error {
 
 // Status reports the slot.
 func (m *Manager) Status() protocol.StatusResult {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.vpn == nil {
+	info := m.current.Load()
+	if info == nil {
 		return protocol.StatusResult{State: protocol.StateDisconnected}
 	}
-	info := m.vpn.info
-	return protocol.StatusResult{State: protocol.StateConnected, VPN: &info}
+	cp := *info // the slices are never changed after set-up
+	return protocol.StatusResult{State: protocol.StateConnected, VPN: &cp}
 }
 
 // Subscribe calls fn with every state change until cancel is called. fn
@@ -394,6 +396,7 @@ func (m *Manager) teardownLocked(v *vpn, reason string) {
 	v.stopWatch()
 	failed := m.removeFromKernel(v)
 	m.vpn = nil
+	m.current.Store(nil)
 	m.log.Info("vpn down", zap.String("ifname", v.info.Interface), zap.String("reason", reason),
 		zap.Uint32("uid", v.ownerUID), zap.Int("failed", failed))
 	m.notify(reason, nil)
