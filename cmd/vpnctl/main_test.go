@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/client"
 	"github.com/vpnd/vpnd/internal/errs"
@@ -493,5 +494,91 @@ func readLine(r io.Reader) (string, error) {
 			return string(b), nil
 		}
 		b = append(b, one[0])
+	}
+}
+
+// openPTY returns the terminal end of a new pseudo-terminal.
+func openPTY(t *testing.T) *os.File {
+	t.Helper()
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals: %v", err)
+	}
+	t.Cleanup(func() { ptmx.Close() })
+	var n uint32
+	var ioErr error
+	rc, _ := ptmx.SyscallConn()
+	rc.Control(func(fd uintptr) {
+		if ioErr = unix.IoctlSetPointerInt(int(fd), unix.TIOCSPTLCK, 0); ioErr == nil {
+			n, ioErr = unix.IoctlGetUint32(int(fd), unix.TIOCGPTN)
+		}
+	})
+	if ioErr != nil {
+		t.Fatal(ioErr)
+	}
+	pts, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pts.Close() })
+	return pts
+}
+
+// TestForwardInterrupt: a SIGINT to vpnctl reaches CMD once. At a
+// terminal, whose Ctrl-C reaches CMD directly, vpnctl waits
+// interruptGrace before forwarding it; otherwise it forwards at once.
+func TestForwardInterrupt(t *testing.T) {
+	if isTerminal(strings.NewReader("")) {
+		t.Fatal("a strings.Reader is a terminal?")
+	}
+	pts := openPTY(t)
+	if !isTerminal(pts) {
+		t.Fatal("a pty is not a terminal")
+	}
+	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, error, []*os.File) {
+		return struct{}{}, nil, nil
+	})
+	for _, tc := range []struct {
+		name    string
+		in      io.Reader
+		minWait time.Duration
+	}{{"not a terminal", strings.NewReader(""), 0}, {"terminal", pts, interruptGrace}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl, err := client.Dial(context.Background(), d.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			tun, err := os.Open(os.DevNull)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mark := filepath.Join(t.TempDir(), "ints")
+			ready := filepath.Join(t.TempDir(), "ready")
+			// CMD counts the SIGINTs it gets and exits on the first.
+			script := fmt.Sprintf(`trap 'echo int >> %s; exit 3' INT; touch %s; while :; do sleep 0.01; done`, mark, ready)
+			sigc := make(chan os.Signal, 1)
+			var sent time.Time
+			go func() {
+				for {
+					if _, err := os.Stat(ready); err == nil {
+						break
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				sent = time.Now()
+				sigc <- syscall.SIGINT
+			}()
+			g := &globals{io: stdio{in: tc.in, out: io.Discard, err: io.Discard}}
+			code := runWithTUN(g, cl, tun, []string{"sh", "-c", script}, sigc)
+			waited := time.Since(sent)
+			got, _ := os.ReadFile(mark)
+			if code != 3 || string(got) != "int\n" {
+				t.Fatalf("exit %d, CMD saw %q; want exit 3 after exactly one SIGINT", code, got)
+			}
+			if waited < tc.minWait {
+				t.Fatalf("SIGINT forwarded after %v, want at least %v", waited, tc.minWait)
+			}
+		})
 	}
 }

@@ -6,11 +6,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/client"
 	"github.com/vpnd/vpnd/protocol"
@@ -35,7 +38,9 @@ vpnd drops.
 With "-- CMD ARGS...", vpnctl runs CMD with the TUN device as fd 3 (and
 VPN_TUN_FD=3 in its environment), closes its own copy of the fd, forwards
 SIGINT and SIGTERM to CMD, destroys the VPN when CMD exits and exits with
-CMD's status (128+N if CMD was killed by signal N).
+CMD's status (128+N if CMD was killed by signal N). At a terminal, whose
+Ctrl-C reaches CMD directly, a SIGINT is forwarded only if CMD is still
+running a second later.
 
 The VPN is described either by the flags below or by --config, whose
 file is sent to vpnd unchanged (addresses and routes as CIDR strings or in
@@ -171,13 +176,25 @@ func runWithTUN(g *globals, cl *client.Client, tun *os.File, argv []string, sigc
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
 
+	// At a terminal, Ctrl-C sends SIGINT to the whole foreground process
+	// group, CMD included; forwarding it at once would make CMD see two,
+	// which many programs take as "quit now, skip the clean-up". So there
+	// a SIGINT is forwarded only if CMD is still running after
+	// interruptGrace: that covers a SIGINT sent to vpnctl alone.
+	interactive := isTerminal(g.io.in)
+	var late <-chan time.Time
 	lost := cl.Done()
 	for {
 		select {
 		case s := <-sigc:
-			// A terminal's Ctrl-C reaches CMD directly too; the
-			// forwarded copy matters when only vpnctl is signalled.
+			if s == syscall.SIGINT && interactive {
+				late = time.After(interruptGrace)
+				continue
+			}
 			cmd.Process.Signal(s)
+		case <-late:
+			late = nil
+			cmd.Process.Signal(syscall.SIGINT)
 		case <-lost:
 			// vpnd went away: the VPN is over as far as vpnd is
 			// concerned, but CMD is the user's; let it finish.
@@ -193,6 +210,25 @@ func runWithTUN(g *globals, cl *client.Client, tun *os.File, argv []string, sigc
 			return status
 		}
 	}
+}
+
+// interruptGrace is how long CMD has to exit on a terminal's SIGINT before
+// vpnctl forwards its own.
+const interruptGrace = time.Second
+
+// isTerminal reports whether r is a terminal.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var terr error = errors.New("no control")
+	rc.Control(func(fd uintptr) { _, terr = unix.IoctlGetTermios(int(fd), unix.TCGETS) })
+	return terr == nil
 }
 
 // exitStatus maps how CMD ended to vpnctl's exit status, as a shell does.
