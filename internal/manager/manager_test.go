@@ -451,6 +451,7 @@ func TestAbortAndShutdown(t *testing.T) {
 // TestConcurrentSetUp: one slot, whoever asks; exactly one wins.
 func TestConcurrentSetUp(t *testing.T) {
 	m, k, _ := newManager(t)
+	before := k.Steps()
 	callers := []manager.Caller{root, alice, bob, admin2}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -478,7 +479,16 @@ func TestConcurrentSetUp(t *testing.T) {
 	if wins != 1 {
 		t.Fatalf("%d setUps succeeded, want 1", wins)
 	}
-	_ = k
+	// Only the winner touched the kernel: one TUN was created.
+	creates := 0
+	for _, c := range k.Calls() {
+		if c.Method == "CreateTUN" {
+			creates++
+		}
+	}
+	if creates != 1 || k.Steps() == before {
+		t.Fatalf("%d TUNs created, want 1", creates)
+	}
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
