@@ -65,6 +65,10 @@ type Message struct {
 	// integer, or more than were queued. Files is then nil and every fd
 	// the line would have claimed has been closed.
 	FDErr error
+	// Members are the line's top-level members, decoded once here to find
+	// "fds", when the line is a JSON object; nil otherwise. A reader may
+	// use them instead of decoding the line again.
+	Members map[string]json.RawMessage
 }
 
 // queuedFD is a received descriptor waiting to be claimed. end is the
@@ -161,8 +165,9 @@ func (c *Conn) takeLine(nl int) Message {
 		c.buf, c.start, c.scanned = c.buf[:0], 0, 0
 	}
 
-	n, fdErr := declaredFDs(line)
-	m := Message{Line: line}
+	members := objectMembers(line)
+	n, fdErr := declaredFDs(members)
+	m := Message{Line: line, Members: members}
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	c.dropStrayLocked(msgStart)
@@ -298,22 +303,28 @@ func parseRights(oob []byte) ([]int, error) {
 	return fds, perr
 }
 
-// declaredFDs reads the top-level "fds" member of line. A line that is not
-// a JSON object, or has no "fds", declares 0. The key is matched exactly,
-// unlike encoding/json's case-insensitive struct fields.
-func declaredFDs(line []byte) (int, error) {
+// objectMembers decodes line's top-level members if it is a JSON object,
+// and returns nil otherwise.
+func objectMembers(line []byte) map[string]json.RawMessage {
 	i := 0
 	for i < len(line) && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r') {
 		i++
 	}
 	if i == len(line) || line[i] != '{' {
-		return 0, nil // not an object: no need to parse
+		return nil // not an object: no need to parse
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(line, &obj); err != nil {
-		return 0, nil
+		return nil
 	}
-	raw, ok := obj["fds"]
+	return obj
+}
+
+// declaredFDs reads the "fds" member. A line that is not a JSON object, or
+// has no "fds", declares 0. The key is matched exactly, unlike
+// encoding/json's case-insensitive struct fields.
+func declaredFDs(members map[string]json.RawMessage) (int, error) {
+	raw, ok := members["fds"]
 	if !ok {
 		return 0, nil
 	}

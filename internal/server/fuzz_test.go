@@ -21,7 +21,7 @@ func FuzzDecode(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
-		req, err := decode(line)
+		req, err := decode(line, nil)
 		if err != nil {
 			switch errs.CodeOf(err) {
 			case errs.CodeParse, errs.CodeInvalidRequest:

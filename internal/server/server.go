@@ -281,19 +281,22 @@ type request struct {
 	notifies bool
 }
 
-// decode checks the envelope of §2. Its error is the JSON-RPC error to
-// answer; id is what to answer it with.
-func decode(line []byte) (request, error) {
+// decode checks the envelope of §2. env holds the line's top-level
+// members if the caller has them already (rpc decodes them to find "fds"),
+// or is nil. Its error is the JSON-RPC error to answer; id is what to
+// answer it with.
+func decode(line []byte, env map[string]json.RawMessage) (request, error) {
 	var req request
 	if !utf8.Valid(line) {
 		return req, errs.New(errs.CodeParse, "message is not valid UTF-8")
 	}
-	if !json.Valid(line) {
-		return req, errs.New(errs.CodeParse, "message is not valid JSON")
-	}
-	var env map[string]json.RawMessage
-	if err := json.Unmarshal(line, &env); err != nil || env == nil {
-		return req, errs.New(errs.CodeInvalidRequest, "message is not a JSON object")
+	if env == nil {
+		if !json.Valid(line) {
+			return req, errs.New(errs.CodeParse, "message is not valid JSON")
+		}
+		if err := json.Unmarshal(line, &env); err != nil || env == nil {
+			return req, errs.New(errs.CodeInvalidRequest, "message is not a JSON object")
+		}
 	}
 	if id, ok := env["id"]; ok {
 		switch {
@@ -318,7 +321,7 @@ func decode(line []byte) (request, error) {
 
 func (ss *session) handle(msg rpc.Message) {
 	defer closeFiles(msg.Files)
-	req, err := decode(msg.Line)
+	req, err := decode(msg.Line, msg.Members)
 	if err == nil && msg.FDErr != nil {
 		err = errs.New(errs.CodeInvalidRequest, "fds: %v", msg.FDErr)
 	}

@@ -49,7 +49,16 @@ func TestDecode(t *testing.T) {
 		{`{"jsonrpc":"2.0","id":true,"method":"status"}`, errs.CodeInvalidRequest, false},
 		{`{"jsonrpc":"2.0","id":{},"method":"status"}`, errs.CodeInvalidRequest, false},
 	} {
-		req, err := decode([]byte(tc.line))
+		req, err := decode([]byte(tc.line), nil)
+		// With the members decoded already, as rpc hands them over, the
+		// answer is the same.
+		var members map[string]json.RawMessage
+		if json.Unmarshal([]byte(tc.line), &members) == nil && members != nil {
+			req2, err2 := decode([]byte(tc.line), members)
+			if errs.CodeOf(err2) != errs.CodeOf(err) || (err == nil) != (err2 == nil) || req2.method != req.method || string(req2.id) != string(req.id) {
+				t.Errorf("%s: with members %+v %v, without %+v %v", tc.line, req2, err2, req, err)
+			}
+		}
 		if tc.code == 0 {
 			if err != nil {
 				t.Errorf("%s: %v", tc.line, err)
