@@ -26,6 +26,16 @@ const richConfig = `{"addresses":["10.8.0.2/24","fd00::2/64"],"routes":[` +
 // richThrowRoutes are richConfig's excluded routes as the kernel shows them.
 var richThrowRoutes = []string{"198.51.100.128/25", "2001:db8:1::/48"}
 
+// richCycle shows that d still serves: c (a NORMAL user) sets the rich VPN
+// up, the kernel has all of it, and destroy removes all of it.
+func (d *daemon) richCycle(t testing.TB, c *client) {
+	t.Helper()
+	setUpOK(t, c.call("setUp", richConfig, ""))
+	d.wantRichVPN(t, uidNormal)
+	ok(t, c.call("destroy", "{}", ""))
+	d.waitClean(t, "destroy")
+}
+
 // wantRichVPN checks, from the kernel, that all of richConfig is in place
 // for owner: the link, both addresses, the routes through the link, the
 // throw routes, and one owner rule per family.

@@ -108,10 +108,7 @@ func TestFaultsForeignConflicts(t *testing.T) {
 			}
 			d.ip(t, tc.del...)
 			removed = true
-			setUpOK(t, owner.call("setUp", richConfig, ""))
-			d.wantRichVPN(t, uidNormal)
-			ok(t, owner.call("destroy", "{}", ""))
-			d.waitClean(t, "destroy")
+			d.richCycle(t, owner)
 		})
 	}
 }
@@ -233,10 +230,7 @@ func TestStartupSweepLogsExactly(t *testing.T) {
 	// setUp is served at once, not after a retry.
 	removeForeign()
 	c := d2.dial(t, uidNormal)
-	setUpOK(t, c.call("setUp", richConfig, ""))
-	d2.wantRichVPN(t, uidNormal)
-	ok(t, c.call("destroy", "{}", ""))
-	d2.waitClean(t, "destroy")
+	d2.richCycle(t, c)
 }
 
 // §6 SIGHUP with a bad policy file, while a VPN is up: the old policy

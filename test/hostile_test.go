@@ -450,10 +450,7 @@ func TestHostileSlowSubscriber(t *testing.T) {
 		return equalStrings(fds, base), fmt.Sprintf("%q, had %q", fds, base)
 	})
 	c := d.dial(t, uidNormal)
-	setUpOK(t, c.call("setUp", richConfig, ""))
-	d.wantRichVPN(t, uidNormal)
-	ok(t, c.call("destroy", "{}", ""))
-	d.waitClean(t, "destroy")
+	d.richCycle(t, c)
 }
 
 // TestHostilePerUserLimit: one NORMAL user cannot take every connection

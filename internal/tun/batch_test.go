@@ -3,6 +3,7 @@ package tun
 import (
 	"errors"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -14,6 +15,18 @@ import (
 	"github.com/vpnd/vpnd/internal/netnstest"
 )
 
+// createTUN creates a TUN link named name with n and closes its fd, which
+// removes the link, when the test ends (closing it earlier is fine).
+func createTUN(t *testing.T, n *Netlink, name string) (*os.File, int) {
+	t.Helper()
+	f, index, err := n.CreateTUN(name, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, index
+}
+
 // TestAddRoutesLikeAddRoute: a batch installs exactly what AddRoute does,
 // attribute for attribute, and DeleteRoute removes each of them.
 func TestAddRoutesLikeAddRoute(t *testing.T) {
@@ -21,11 +34,7 @@ func TestAddRoutesLikeAddRoute(t *testing.T) {
 		return
 	}
 	n := New(zap.NewNop())
-	f, idx, err := n.CreateTUN("vpn-tun", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	_, idx := createTUN(t, n, "vpn-tun")
 	for _, a := range []string{"10.8.0.2/24", "fd00::2/64"} {
 		if err := n.AddAddress(idx, netip.MustParsePrefix(a)); err != nil {
 			t.Fatal(err)
@@ -97,11 +106,7 @@ func TestAddRoutesPartialFailure(t *testing.T) {
 		return
 	}
 	n := New(zap.NewNop())
-	f, idx, err := n.CreateTUN("vpn-tun", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	_, idx := createTUN(t, n, "vpn-tun")
 	if err := n.SetUp(idx); err != nil {
 		t.Fatal(err)
 	}

@@ -25,11 +25,7 @@ func TestWatchChangesSurvivesOverflow(t *testing.T) {
 	core, logs := observer.New(zap.DebugLevel)
 	n := New(zap.New(core))
 	n.watchRcvBuf = 1 // the kernel rounds it up to its minimum
-	f, index, err := n.CreateTUN("vpn-tun", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	_, index := createTUN(t, n, "vpn-tun")
 	if err := n.SetUp(index); err != nil {
 		t.Fatal(err)
 	}
@@ -80,11 +76,7 @@ func TestWatchChangesFilter(t *testing.T) {
 	}
 	defer goleak.VerifyNone(t)
 	n := New(zap.NewNop())
-	f, index, err := n.CreateTUN("vpn-tun", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	_, index := createTUN(t, n, "vpn-tun")
 	other, otherIndex, err := n.CreateTUN("other0", false)
 	if err != nil {
 		t.Fatal(err)

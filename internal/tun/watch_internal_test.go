@@ -24,11 +24,7 @@ func TestWatchLinkSurvivesOverflow(t *testing.T) {
 	n := New(zap.New(core))
 	n.watchRcvBuf = 1 // the kernel rounds it up to its minimum, a few KiB
 
-	f, index, err := n.CreateTUN("vpn-tun", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f, index := createTUN(t, n, "vpn-tun")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	gone, err := n.WatchLink(ctx, index)
