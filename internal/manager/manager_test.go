@@ -608,3 +608,24 @@ func TestTableOrPriorityInUse(t *testing.T) {
 		})
 	}
 }
+
+// TestSelfHealingAfterWatchFailure: when the change watch fails outright,
+// the manager re-opens it and goes on repairing.
+func TestSelfHealingAfterWatchFailure(t *testing.T) {
+	m, k, _ := newManager(t)
+	setUp(t, m, alice, `{"addresses":["10.8.0.2/24"]}`)
+	rule := k.Snapshot().Rules[0]
+	watches := func() int {
+		n := 0
+		for _, c := range k.Calls() {
+			if c.Method == "WatchChanges" && c.Err == nil {
+				n++
+			}
+		}
+		return n
+	}
+	k.BreakChangeWatches()
+	waitFor(t, "change watch re-opened", func() bool { return watches() == 2 })
+	k.DeleteRuleExternally(rule)
+	waitFor(t, "rule restored after the re-open", func() bool { return slices.Contains(k.Snapshot().Rules, rule) })
+}

@@ -103,6 +103,17 @@ func (f *Fake) WatchChanges(ctx context.Context, _ tun.ChangeFilter) (<-chan str
 	return ch, f.record("WatchChanges", "", nil)
 }
 
+// BreakChangeWatches closes every WatchChanges channel, as a watch that
+// failed outright does, for testing that the watcher re-opens it.
+func (f *Fake) BreakChangeWatches() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, ch := range f.changeSubs {
+		close(ch)
+	}
+	f.changeSubs = nil
+}
+
 // changedLocked wakes every WatchChanges channel. f.mu must be held.
 func (f *Fake) changedLocked() {
 	for _, ch := range f.changeSubs {
