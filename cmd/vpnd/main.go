@@ -148,7 +148,13 @@ func run(args []string, stderr io.Writer) int {
 	var holder auth.Holder
 	holder.Store(policy)
 
-	removed, err := tun.Sweep(log.Named("sweep"), o.ifname, int(o.table), int(o.priority))
+	kernel, err := tun.New(log)
+	if err != nil {
+		fmt.Fprintf(stderr, "vpnd: netlink: %v\n", err)
+		return 1
+	}
+	defer kernel.Close()
+	removed, err := kernel.Sweep(log.Named("sweep"), tun.SweepSpec{IfName: o.ifname, Table: int(o.table), Priority: int(o.priority)})
 	if errors.Is(err, tun.ErrLinkExists) {
 		// Not ours to remove: setUp answers 19900002 until it is gone.
 		log.Warn("interface name taken by a foreign link", zap.String("ifname", o.ifname), zap.Error(err))
@@ -165,7 +171,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vpnd: listen: %v\n", err)
 		return 1
 	}
-	mgr := manager.New(tun.New(log.Named("tun")), manager.Options{
+	mgr := manager.New(kernel, manager.Options{
 		IfName:       o.ifname,
 		Table:        int(o.table),
 		RulePriority: int(o.priority),

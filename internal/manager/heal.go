@@ -2,22 +2,27 @@ package manager
 
 import (
 	"context"
-	"errors"
-	"slices"
+	"net/netip"
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/internal/tun"
 )
 
 // Self-healing. Other daemons rewrite policy routing: systemd-networkd
 // flushes rules it does not know (ManageForeignRoutingPolicyRules), and
-// firewall reloads do similar things. A VPN whose rule vanished silently
-// stops protecting, so while a VPN is up vpnd watches rtnetlink for any
-// change, re-reads its table and priority, and puts back whatever of its
-// own is missing or changed. It never touches anything it did not add.
+// firewall reloads do similar things; an administrator may set the link
+// down or change its MTU. A VPN whose rule, route or address vanished
+// silently stops protecting, so while a VPN is up vpnd watches the kernel
+// for changes to its link, table and priority, reads them back, and puts
+// back whatever of its own is missing or changed: the link's up state and
+// MTU, its addresses (a link set down loses its IPv6 addresses), its routes
+// and its rules. It never touches anything it did not add.
+//
+// Repairs do not take the manager's lock: status, protect and setUp never
+// wait for one, and a teardown waits at most for one chunk of restores
+// (healChunk objects) to finish (see vpn.kmu).
 //
 // A fight with another daemon must not spin: repairs draw from a token
 // bucket (healBurst tokens, one more every healRefill). Without a token
@@ -26,10 +31,12 @@ const (
 	healBurst  = 5
 	healRefill = 2 * time.Second
 	// healSettle lets a burst of netlink events (a flush removes many
-	// things) arrive before the kernel is re-read once.
+	// things) arrive before the kernel is read once.
 	healSettle = 10 * time.Millisecond
-	// rewatchDelay spaces attempts to re-open a failed change watch.
-	rewatchDelay = 200 * time.Millisecond
+	// healChunk bounds the objects restored under vpn.kmu at a time.
+	healChunk = 2048
+	// healLogged is how many restored objects the warning names.
+	healLogged = 5
 )
 
 // limiter is a token bucket used by one goroutine only.
@@ -49,8 +56,14 @@ func (l *limiter) take(now time.Time) (ok bool, wait time.Duration) {
 	return false, time.Duration((1 - l.tokens) * float64(healRefill))
 }
 
+// changeFilter selects the kernel changes that can touch a VPN on the link
+// with this index: the link itself, its table, its rule priority.
+func (m *Manager) changeFilter(index int) tun.ChangeFilter {
+	return tun.ChangeFilter{LinkIndex: index, Table: m.opt.Table, Priorities: []int{m.opt.RulePriority}}
+}
+
 // heal runs while v is up, until ctx is cancelled.
-func (m *Manager) heal(ctx context.Context, v *vpn, changes <-chan struct{}) {
+func (m *Manager) heal(ctx context.Context, v *vpn, changed <-chan struct{}) {
 	lim := &limiter{tokens: healBurst, last: time.Now()}
 	var retry <-chan time.Time
 	throttled := false
@@ -60,17 +73,10 @@ func (m *Manager) heal(ctx context.Context, v *vpn, changes <-chan struct{}) {
 			return
 		case <-retry:
 			retry = nil
-		case _, ok := <-changes:
-			if !ok {
-				changes = m.rewatch(ctx, v)
-				if changes == nil {
-					return
-				}
-				// Events may have been missed meanwhile: resync.
+		case <-changed:
+			if retry != nil {
+				continue // a throttled repair is already scheduled
 			}
-		}
-		if retry != nil {
-			continue // a throttled repair is already scheduled
 		}
 		select {
 		case <-ctx.Done():
@@ -83,105 +89,145 @@ func (m *Manager) heal(ctx context.Context, v *vpn, changes <-chan struct{}) {
 	}
 }
 
-// changeFilter selects the kernel changes that can touch a VPN on the link
-// with this index: its table, its rule priority, its link.
-func (m *Manager) changeFilter(index int) tun.ChangeFilter {
-	return tun.ChangeFilter{Table: m.opt.Table, Priority: m.opt.RulePriority, LinkIndex: index}
+// missing compares what the kernel holds with what v wants, in linear time
+// (maps keyed by each object's identity), and returns what to put back.
+func (v *vpn) missing(s *tun.State) tun.Repair {
+	rep := tun.Repair{LinkIndex: v.index}
+	if s.Link == nil {
+		return rep // gone: the link watch ends the VPN
+	}
+	want := v.want.Link
+	if s.Link.MTU != want.MTU {
+		rep.MTU = want.MTU
+	}
+	rep.Up = !s.Link.Up
+	haveAddrs := make(map[netip.Prefix]struct{}, len(s.Link.Addrs))
+	for _, a := range s.Link.Addrs {
+		haveAddrs[a] = struct{}{}
+	}
+	for _, a := range want.Addrs {
+		if _, ok := haveAddrs[a]; !ok {
+			rep.Addrs = append(rep.Addrs, a)
+		}
+	}
+	haveRoutes := make(map[tun.Route]struct{}, len(s.Routes))
+	for _, r := range s.Routes {
+		haveRoutes[r] = struct{}{}
+	}
+	for _, r := range v.want.Routes {
+		if _, ok := haveRoutes[r]; !ok {
+			rep.Routes = append(rep.Routes, r)
+		}
+	}
+	haveRules := make(map[tun.Rule]struct{}, len(s.Rules))
+	for _, r := range s.Rules {
+		haveRules[r] = struct{}{}
+	}
+	for _, r := range v.want.Rules {
+		if _, ok := haveRules[r]; !ok {
+			rep.Rules = append(rep.Rules, r)
+		}
+	}
+	return rep
 }
 
-// rewatch re-opens the change watch after it failed, until it works or ctx
-// is cancelled (then it returns nil).
-func (m *Manager) rewatch(ctx context.Context, v *vpn) <-chan struct{} {
-	for {
-		if ctx.Err() != nil {
-			return nil
-		}
-		ch, err := m.k.WatchChanges(ctx, m.changeFilter(v.index))
-		if err == nil {
-			m.log.Info("change watch re-opened")
-			return ch
-		}
-		m.log.Error("re-open change watch failed", zap.Error(err))
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(rewatchDelay):
-		}
-	}
-}
-
-// diff returns v's rules and routes that are not in the kernel as added.
-// m.mu must be held.
-func (m *Manager) diff(v *vpn) ([]tun.Rule, []tun.Route, error) {
-	haveRules, err := m.k.ListRules(m.opt.Table, m.opt.RulePriority)
-	if err != nil {
-		return nil, nil, err
-	}
-	haveRoutes, err := m.k.ListRoutes(m.opt.Table)
-	if err != nil {
-		return nil, nil, err
-	}
-	var rules []tun.Rule
-	for _, r := range v.rules {
-		if !slices.Contains(haveRules, r) {
-			rules = append(rules, r)
-		}
-	}
-	var routes []tun.Route
-	for _, r := range v.routes {
-		if !slices.Contains(haveRoutes, r) {
-			routes = append(routes, r)
-		}
-	}
-	return rules, routes, nil
-}
-
-// repair puts back what of v's is missing or changed in the kernel, and
-// logs each restored item. Without a token from lim it repairs nothing and
-// returns how long to wait for one; throttled makes it say so only once
-// per fight.
+// repair puts back what of v's is missing or changed in the kernel and logs
+// one warning that counts what it restored and names the first few (debug
+// names them all). Without a token from lim it repairs nothing and returns
+// how long to wait for one; throttled makes it say so only once per fight.
 func (m *Manager) repair(v *vpn, lim *limiter, throttled *bool) time.Duration {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.vpn != v {
-		return 0
-	}
-	rules, routes, err := m.diff(v)
+	q := tun.Query{LinkIndex: v.index, Table: m.opt.Table, Priorities: []int{m.opt.RulePriority}}
+	s, err := m.k.Read(q)
 	if err != nil {
 		m.log.Error("self-healing: read kernel state failed", zap.Error(err))
 		return 0
 	}
-	if len(rules)+len(routes) == 0 {
+	rep := v.missing(s)
+	if rep.Empty() {
 		*throttled = false
 		return 0
 	}
 	if ok, wait := lim.take(time.Now()); !ok {
 		if !*throttled {
-			m.log.Warn("self-healing throttled: vpnd's rules or routes keep being changed",
-				zap.Int("missing", len(rules)+len(routes)), zap.Duration("next_repair_in", wait))
+			m.log.Warn("self-healing throttled: vpnd's link, rules or routes keep being changed",
+				zap.Int("missing", len(rep.Addrs)+len(rep.Routes)+len(rep.Rules)), zap.Duration("next_repair_in", wait))
 			*throttled = true
 		}
 		return wait
 	}
-	if len(routes) > 0 {
-		// A link set down loses its routes and refuses new ones.
-		if err := m.k.SetUp(v.index); err != nil {
-			m.log.Error("self-healing: set link up failed", zap.Error(err))
+	start := time.Now()
+	var done tun.Repair
+	var failed error
+	for _, chunk := range chunks(rep, healChunk) {
+		v.kmu.Lock()
+		if v.ending {
+			v.kmu.Unlock()
+			return 0
+		}
+		got, err := m.k.Restore(&chunk)
+		v.kmu.Unlock()
+		done.MTU = max(done.MTU, got.MTU)
+		done.Up = done.Up || got.Up
+		done.Addrs = append(done.Addrs, got.Addrs...)
+		done.Routes = append(done.Routes, got.Routes...)
+		done.Rules = append(done.Rules, got.Rules...)
+		if err != nil && failed == nil {
+			failed = err
 		}
 	}
-	for _, r := range routes {
-		if err := m.k.ReplaceRoute(r); err != nil {
-			m.log.Error("self-healing: restore route failed", zap.Stringer("route", r), zap.Error(err))
-			continue
-		}
-		m.log.Warn("restored route", zap.Stringer("route", r))
+	if failed != nil {
+		m.log.Error("self-healing: restore failed", zap.Error(failed))
 	}
-	for _, r := range rules {
-		if err := m.k.AddRule(r); err != nil && !errors.Is(err, unix.EEXIST) {
-			m.log.Error("self-healing: restore rule failed", zap.Stringer("rule", r), zap.Error(err))
-			continue
-		}
-		m.log.Warn("restored rule", zap.Stringer("rule", r))
+	if done.Empty() {
+		return 0
+	}
+	var names []string
+	for _, a := range done.Addrs {
+		names = append(names, "address "+a.String())
+	}
+	for _, r := range done.Routes {
+		names = append(names, "route "+r.String())
+	}
+	for _, r := range done.Rules {
+		names = append(names, "rule "+r.String())
+	}
+	fields := []zap.Field{
+		zap.Bool("link_up", done.Up), zap.Int("mtu", done.MTU),
+		zap.Int("addresses", len(done.Addrs)), zap.Int("routes", len(done.Routes)), zap.Int("rules", len(done.Rules)),
+		zap.String("first", firstFew(names, healLogged)), zap.Duration("took", time.Since(start)),
+	}
+	m.log.Warn("self-healing restored vpn state", fields...)
+	if ce := m.log.Check(zap.DebugLevel, "self-healing restored objects"); ce != nil {
+		ce.Write(zap.Strings("objects", names))
 	}
 	return 0
+}
+
+// chunks splits rep into repairs of at most n objects; the first carries
+// the link's state.
+func chunks(rep tun.Repair, n int) []tun.Repair {
+	out := []tun.Repair{{LinkIndex: rep.LinkIndex, MTU: rep.MTU, Up: rep.Up}}
+	cur := &out[0]
+	room := func() int { return n - len(cur.Addrs) - len(cur.Routes) - len(cur.Rules) }
+	next := func() {
+		if room() <= 0 {
+			out = append(out, tun.Repair{LinkIndex: rep.LinkIndex})
+			cur = &out[len(out)-1]
+		}
+	}
+	for _, a := range rep.Addrs {
+		next()
+		cur.Addrs = append(cur.Addrs, a)
+	}
+	for len(rep.Routes) > 0 {
+		next()
+		k := min(room(), len(rep.Routes))
+		cur.Routes = append(cur.Routes, rep.Routes[:k]...)
+		rep.Routes = rep.Routes[k:]
+	}
+	for _, r := range rep.Rules {
+		next()
+		cur.Rules = append(cur.Rules, r)
+	}
+	return out
 }

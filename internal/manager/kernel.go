@@ -2,54 +2,51 @@ package manager
 
 import (
 	"context"
-	"net/netip"
 	"os"
 
 	"github.com/vpnd/vpnd/internal/tun"
 )
 
-// Kernel is everything the manager needs from the kernel, one small step
-// per method, so that a bring-up can be rolled back step by step and a fake
-// can fail at any chosen step. internal/tun implements it with netlink;
-// internal/tun/tuntest has the fake.
+// Kernel is everything the manager needs from the kernel. internal/tun
+// implements it with netlink; internal/sim implements it in memory for
+// `vpnd --sim` and, wrapped with fault injection, for the unit tests
+// (internal/tun/tuntest).
 //
-// Every method acts on the network namespace vpnd runs in.
+// The methods work on sets of objects (tun.Objects) rather than one object
+// at a time, so that a bring-up or a teardown of 10,000 routes costs a few
+// round trips, not 10,000. Every method acts on the network namespace vpnd
+// runs in.
 type Kernel interface {
 	// CreateTUN creates a non-persistent TUN device (IFF_TUN|IFF_NO_PI|
 	// IFF_TUN_EXCL) and returns its only fd and its interface index. The
 	// fd is non-blocking unless blocking is set. The link lives exactly
 	// as long as some copy of the fd is open.
 	CreateTUN(name string, blocking bool) (*os.File, int, error)
-	// DeleteLink deletes the link with this index, if it still exists.
-	DeleteLink(index int) error
-	AddAddress(index int, addr netip.Prefix) error
-	SetMTU(index, mtu int) error
-	SetUp(index int) error
-	// AddRoutes adds rs and returns the routes it added: all of them
-	// unless err, the first failure by position, is set. The caller
-	// removes exactly the returned routes on a rollback.
-	AddRoutes(rs []tun.Route) ([]tun.Route, error)
-	DeleteRoute(r tun.Route) error
-	AddRule(r tun.Rule) error
-	DeleteRule(r tun.Rule) error
-	// WatchLink returns a channel that is closed once the link with this
-	// index is gone, for whatever reason. It survives netlink overflows.
-	// Cancelling ctx stops the watch without closing the channel.
-	WatchLink(ctx context.Context, index int) (<-chan struct{}, error)
-	// Occupants describes every route in table and every rule at priority
-	// (any table): things vpnd would share its table or priority with.
-	Occupants(table, priority int) ([]string, error)
-	// ListRules and ListRoutes read back vpnd-shaped rules at priority
-	// that look up table, and the routes in table, for self-healing.
-	ListRules(table, priority int) ([]tun.Rule, error)
-	ListRoutes(table int) ([]tun.Route, error)
-	// ReplaceRoute puts r in place of any route to its destination in its
-	// table.
-	ReplaceRoute(r tun.Route) error
-	// WatchChanges returns a channel that gets a token after a change to
-	// the routes, rules or link that f selects, or after lost netlink
-	// messages. It closes when ctx is cancelled or the watch fails.
-	WatchChanges(ctx context.Context, f tun.ChangeFilter) (<-chan struct{}, error)
+	// Install configures o's link and adds o's addresses, routes and rules.
+	// It returns what it added: all of o unless err, the first failure, is
+	// set. The caller removes exactly what was added to roll back.
+	Install(o *tun.Objects) (tun.Objects, error)
+	// Remove deletes o: rules, then routes that do not go with the link,
+	// then the link with its addresses and routes. Objects already gone are
+	// not errors; it goes on past errors and returns them all.
+	Remove(o *tun.Objects) error
+	// Read reports what the kernel holds of q now.
+	Read(q tun.Query) (*tun.State, error)
+	// Restore puts back what r lists and reports what it really restored.
+	Restore(r *tun.Repair) (tun.Repair, error)
+	// Watch reports changes that f selects until ctx is cancelled: gone is
+	// closed once the link is gone, changed gets a token whenever something
+	// f selects changed other than by vpnd's own requests. A link deleted
+	// before Watch was called may go unnoticed: call it before configuring
+	// the link, so that a configuration that succeeds proves the link
+	// outlived the registration.
+	Watch(ctx context.Context, f tun.ChangeFilter) (gone, changed <-chan struct{}, err error)
+	// Occupants describes every route in table and every rule at one of
+	// priorities: things vpnd would share its table or priorities with.
+	Occupants(table int, priorities ...int) ([]string, error)
+	// HostPrefixes lists the addresses and on-link prefixes of every link
+	// but the one with index except.
+	HostPrefixes(except int) ([]tun.HostPrefix, error)
 	// CheckSocket returns an *errs.Error with code 2203004 unless fd is an
 	// AF_INET/AF_INET6 stream or datagram socket with no pending error.
 	CheckSocket(fd int) error

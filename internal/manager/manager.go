@@ -1,13 +1,13 @@
 // Package manager owns vpnd's single VPN slot: it decides who may set up,
 // protect and destroy, brings the VPN up through a Kernel with a full
-// rollback on failure, tears it down on every way a VPN can end, and tells
-// subscribers about each change.
+// rollback on failure, tears it down on every way a VPN can end, keeps it
+// as it was set up (self-healing), and tells subscribers about each change.
 package manager
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -25,7 +25,7 @@ import (
 	"github.com/vpnd/vpnd/protocol"
 )
 
-// Options are the kernel-facing choices of §7, set by vpnd's flags.
+// Options are the kernel-facing choices set by vpnd's flags.
 type Options struct {
 	// IfName is the TUN device's name ("vpn-tun").
 	IfName string
@@ -44,12 +44,16 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Caller is who is calling, as vpnd learnt it from the kernel.
+// Caller is who is calling, as vpnd learnt it from the kernel and the
+// account policy in force.
 type Caller struct {
 	UID  uint32
 	PID  int32
 	User string // "" if the uid has no passwd entry
 	Type auth.Type
+	// AddressPools are the prefixes a NORMAL caller's VPN addresses must lie
+	// in (the policy's addressPools).
+	AddressPools []netip.Prefix
 	// Conn identifies the caller's connection; the VPN ends when the
 	// owner's connection closes.
 	Conn uint64
@@ -64,15 +68,18 @@ type Manager struct {
 	// mu serialises every change of the slot, including the kernel work of
 	// bring-up and teardown, so that a second setUp sees 2203002 and never
 	// races with a teardown that still holds the rule priority.
+	// Self-healing does not take it.
 	mu  sync.Mutex
 	vpn *vpn
 	// current is the VpnInfo of m.vpn (nil when there is none), set with
-	// m.vpn under mu. Status and protect read it without the lock, so they
-	// do not wait for a bring-up of 10,000 routes to finish.
+	// m.vpn under mu, and cleared as soon as a teardown begins. Status and
+	// protect read it without the lock, so they never wait for a bring-up
+	// or a teardown.
 	current atomic.Pointer[protocol.VpnInfo]
 	nextID  uint64
 	subs    map[uint64]func(protocol.StateChanged)
 	nextSub uint64
+	healing sync.WaitGroup
 }
 
 // vpn is the live VPN and everything vpnd added to the kernel for it.
@@ -82,9 +89,16 @@ type vpn struct {
 	ownerUID  uint32
 	ownerConn uint64
 	index     int
-	routes    []tun.Route
-	rules     []tun.Rule
+	// want is what the VPN holds in the kernel: what Install added. It is
+	// never changed after set-up.
+	want      tun.Objects
 	stopWatch context.CancelFunc
+
+	// kmu orders self-healing's kernel writes with the teardown: a repair
+	// writes one chunk at a time under it and stops once ending is set, so a
+	// teardown waits at most one chunk and no repair runs after it.
+	kmu    sync.Mutex
+	ending bool
 }
 
 // New returns a Manager with an empty slot.
@@ -98,28 +112,23 @@ func New(k Kernel, opt Options) *Manager {
 	return &Manager{k: k, opt: opt, log: opt.Log, subs: make(map[uint64]func(protocol.StateChanged))}
 }
 
-// SetUp creates the VPN for c. It checks in the contract's order what is
-// left after parameter validation: account type (2203001), application
-// lists naming other users without ADMIN (201), an existing VPN (2203002),
-// then brings it up (19900002 after a full rollback). On success the caller
-// must hand the returned file to the client and close it; if the hand-off
-// fails it calls Abort with the returned id.
+// SetUp creates the VPN for c. It checks, in this order, what is left
+// after parameter validation: account type (2203001), application lists
+// naming other users without ADMIN (201), a NORMAL caller's addresses
+// outside its pools or overlapping the host's (201), an existing VPN
+// (2203002), then brings it up (19900002 after a full rollback). On success
+// the caller must hand the returned file to the client and close it; if
+// the hand-off fails it calls Abort with the returned id.
 func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnInfo, uint64, error) {
 	if c.Type == auth.Guest {
 		return nil, nil, 0, errs.New(errs.CodeGuestDenied, "user %s (uid %d) is a guest account", userName(c), c.UID)
 	}
 	if c.Type != auth.Admin {
-		for _, l := range []struct {
-			name  string
-			users []config.User
-		}{{"trustedApplications", cfg.Trusted}, {"blockedApplications", cfg.Blocked}} {
-			for i, u := range l.users {
-				if u.UID != c.UID {
-					return nil, nil, 0, errs.New(errs.CodePermission,
-						"%s[%d]: naming another user (uid %d) needs an admin account; caller uid %d is %s",
-						l.name, i, u.UID, c.UID, c.Type)
-				}
-			}
+		if err := checkLists(c, cfg); err != nil {
+			return nil, nil, 0, err
+		}
+		if err := m.checkAddresses(c, cfg); err != nil {
+			return nil, nil, 0, err
 		}
 	}
 
@@ -138,12 +147,8 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 	}
 	if len(occupants) > 0 {
 		m.log.Warn("vpn table or rule priority in use by someone else", zap.Strings("occupants", occupants))
-		shown := occupants
-		if len(shown) > 5 {
-			shown = append(shown[:5:5], fmt.Sprintf("and %d more", len(occupants)-5))
-		}
 		return nil, nil, 0, errs.New(errs.CodeInternal, "routing table %d or rule priority %d is in use by someone else: %s",
-			m.opt.Table, m.opt.RulePriority, strings.Join(shown, "; "))
+			m.opt.Table, m.opt.RulePriority, firstFew(occupants, 5))
 	}
 	m.nextID++
 	v := &vpn{id: m.nextID, ownerUID: c.UID, ownerConn: c.Conn}
@@ -155,63 +160,127 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 	m.vpn = v
 	m.current.Store(&v.info)
 	m.log.Info("vpn up", zap.String("ifname", v.info.Interface), zap.Int("index", v.index),
-		zap.Uint32("uid", c.UID), zap.Int32("pid", c.PID), zap.Int("routes", len(v.routes)), zap.Int("rules", len(v.rules)))
+		zap.Uint32("uid", c.UID), zap.Int32("pid", c.PID), zap.Int("addresses", len(v.want.Addrs())),
+		zap.Int("routes", len(v.want.Routes)), zap.Int("rules", len(v.want.Rules)))
 	m.notify(protocol.ReasonSetUp, v)
 	info := v.info
 	return f, &info, v.id, nil
 }
 
+// checkLists refuses a non-ADMIN caller whose application lists name
+// another user (201).
+func checkLists(c Caller, cfg *config.Config) error {
+	for _, l := range []struct {
+		name  string
+		users []config.User
+	}{{"trustedApplications", cfg.Trusted}, {"blockedApplications", cfg.Blocked}} {
+		for i, u := range l.users {
+			if u.UID != c.UID {
+				return errs.New(errs.CodePermission,
+					"%s[%d]: naming another user (uid %d) needs an admin account; caller uid %d is %s",
+					l.name, i, u.UID, c.UID, c.Type)
+			}
+		}
+	}
+	return nil
+}
+
+// checkAddresses confines a NORMAL caller's addresses (201). An address
+// also becomes a local address for every user of the host (the kernel's
+// local table, which no rule can hide from other uids), so a NORMAL user
+// must not claim one outside the policy's pools, nor one that overlaps an
+// address or on-link prefix of another interface: that would capture, or
+// impersonate, other users' destinations.
+func (m *Manager) checkAddresses(c Caller, cfg *config.Config) error {
+	for i, a := range cfg.Addresses {
+		if !inPools(c.AddressPools, a) {
+			return errs.New(errs.CodePermission, "addresses[%d]: %s is outside the address pools allowed to non-admin users (%s); caller uid %d is %s",
+				i, a, prefixList(c.AddressPools), c.UID, c.Type)
+		}
+	}
+	except := 0
+	if info := m.current.Load(); info != nil {
+		except = info.Index
+	}
+	host, err := m.k.HostPrefixes(except)
+	if err != nil {
+		return errs.Wrap(errs.CodeInternal, err, "read the host's addresses")
+	}
+	for i, a := range cfg.Addresses {
+		for _, h := range host {
+			if a.Overlaps(h.Prefix) {
+				return errs.New(errs.CodePermission, "addresses[%d]: %s overlaps %s on %s, and a non-admin user's VPN address must not overlap the host's own networks; caller uid %d is %s",
+					i, a, h.Prefix, h.Ifname, c.UID, c.Type)
+			}
+		}
+	}
+	return nil
+}
+
+// inPools reports whether the whole prefix of a lies inside one of pools.
+func inPools(pools []netip.Prefix, a netip.Prefix) bool {
+	for _, p := range pools {
+		if p.Bits() <= a.Bits() && p.Contains(a.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+func prefixList(ps []netip.Prefix) string {
+	if len(ps) == 0 {
+		return "none"
+	}
+	return strings.Join(strs(ps), ", ")
+}
+
+// firstFew joins up to n of ss, saying how many more there are.
+func firstFew[T any](ss []T, n int) string {
+	var b strings.Builder
+	for i, s := range ss {
+		if i == n {
+			fmt.Fprintf(&b, "; and %d more", len(ss)-n)
+			break
+		}
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprint(&b, s)
+	}
+	return b.String()
+}
+
 // bringUp does the kernel work of SetUp, recording in v what it added. On
-// failure it removes what it added the way a teardown does (rules, the
-// link with its addresses and device routes, throw routes), so the kernel
-// ends as it was. It fills v and returns the TUN file. Kernel errors
-// already name the step and its object ("add route 198.51.100.0/24 ...:
-// file exists"), so they are returned as they are.
+// failure it removes what was added and closes the TUN, so the kernel ends
+// as it was. Kernel errors already name the step and its object ("add route
+// 198.51.100.0/24 ...: file exists"), so they are returned as they are.
 func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err error) {
 	f, index, err := m.k.CreateTUN(m.opt.IfName, cfg.Blocking)
 	if err != nil {
 		return nil, err
 	}
 	v.index = index
+	ctx, cancel := context.WithCancel(context.Background())
+	v.stopWatch = cancel
 	defer func() {
 		if err != nil {
-			if v.stopWatch != nil {
-				v.stopWatch()
+			cancel()
+			if rerr := m.k.Remove(&v.want); rerr != nil {
+				m.log.Error("rollback incomplete", zap.Error(rerr))
 			}
-			m.removeFromKernel(v)
 			f.Close()
 		}
 	}()
-	for _, a := range cfg.Addresses {
-		if err := m.k.AddAddress(index, a); err != nil {
-			return nil, err
-		}
-	}
-	if err := m.k.SetMTU(index, cfg.MTU); err != nil {
-		return nil, err
-	}
-	if err := m.k.SetUp(index); err != nil {
-		return nil, err
-	}
-	v.routes, err = m.k.AddRoutes(m.routesFor(index, cfg))
-	if err != nil {
-		return nil, err
-	}
-	for _, r := range m.rulesFor(c, cfg) {
-		if err := m.k.AddRule(r); err != nil {
-			return nil, err
-		}
-		v.rules = append(v.rules, r)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	v.stopWatch = cancel
-	gone, err := m.k.WatchLink(ctx, index)
+	// Watch before configuring: a configuration that succeeds proves the
+	// link outlived the registration, so no deletion can be missed.
+	gone, changed, err := m.k.Watch(ctx, m.changeFilter(index))
 	if err != nil {
 		return nil, fmt.Errorf("watch link %d: %w", index, err)
 	}
-	changes, err := m.k.WatchChanges(ctx, m.changeFilter(index))
+	plan := m.plan(index, c, cfg)
+	v.want, err = m.k.Install(&plan)
 	if err != nil {
-		return nil, fmt.Errorf("watch routing changes: %w", err)
+		return nil, err
 	}
 	go func() {
 		select {
@@ -220,28 +289,63 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 		case <-ctx.Done():
 		}
 	}()
-	go m.heal(ctx, v, changes)
+	m.healing.Add(1)
+	go func() {
+		defer m.healing.Done()
+		m.heal(ctx, v, changed)
+	}()
 	v.info = m.describe(v, c, cfg)
 	return f, nil
 }
 
-// routesFor lists the table routes of cfg: included routes on the TUN,
-// excluded routes as throw routes so that their traffic leaves the table.
+// plan lists what a VPN puts in the kernel: the link's MTU and addresses,
+// then its routes and rules.
+func (m *Manager) plan(index int, c Caller, cfg *config.Config) tun.Objects {
+	return tun.Objects{
+		Link:   &tun.Link{Index: index, MTU: cfg.MTU, Addrs: cfg.Addresses},
+		Routes: m.routesFor(index, cfg),
+		Rules:  m.rulesFor(c, cfg),
+	}
+}
+
+// routesFor lists the table routes of cfg: each address's prefix route
+// (the kernel was told not to put it into main, where it would serve every
+// uid), included routes on the TUN, and excluded routes as throw routes so
+// that their traffic leaves the table. A route the config gives for an
+// address's prefix, included or excluded, takes the place of the prefix
+// route; host addresses (/32, /128) and addresses of a family the VPN does
+// not accept get none.
 func (m *Manager) routesFor(index int, cfg *config.Config) []tun.Route {
-	rs := make([]tun.Route, 0, len(cfg.Routes)+len(cfg.ExcludedRoutes))
+	rs := make([]tun.Route, 0, len(cfg.Addresses)+len(cfg.Routes)+len(cfg.ExcludedRoutes))
+	given := make(map[netip.Prefix]bool, len(cfg.Routes)+len(cfg.ExcludedRoutes))
+	for _, r := range cfg.Routes {
+		given[r.Dst] = true
+	}
+	for _, p := range cfg.ExcludedRoutes {
+		given[p] = true
+	}
+	for _, a := range cfg.Addresses {
+		p := a.Masked()
+		accepted := (a.Addr().Is4() && cfg.IPv4) || (a.Addr().Is6() && cfg.IPv6)
+		if !accepted || p.Bits() == a.Addr().BitLen() || given[p] {
+			continue
+		}
+		given[p] = true
+		rs = append(rs, tun.Route{Table: m.opt.Table, Dst: p, LinkIndex: index})
+	}
 	for _, r := range cfg.Routes {
 		rs = append(rs, tun.Route{Table: m.opt.Table, Dst: r.Dst, Gateway: r.Gateway, LinkIndex: index})
 	}
 	for _, p := range cfg.ExcludedRoutes {
-		rs = append(rs, tun.Route{Table: m.opt.Table, Dst: p, Throw: true})
+		rs = append(rs, tun.Route{Table: m.opt.Table, Dst: p, Kind: tun.Throw})
 	}
 	return rs
 }
 
-// rulesFor lists the policy rules of §7, one set per accepted family. The
-// owner's own uid gets the fwmark match so that its protected sockets
-// bypass the VPN; the other covered uids (ADMIN owners only) get none, so
-// that a socket some other user protected cannot escape an ADMIN's VPN.
+// rulesFor lists the policy rules, one set per accepted family. The owner's
+// own uid gets the fwmark match so that its protected sockets bypass the
+// VPN; the other covered uids (ADMIN owners only) get none, so that a
+// socket some other user protected cannot escape an ADMIN's VPN.
 func (m *Manager) rulesFor(c Caller, cfg *config.Config) []tun.Rule {
 	covered := uidrange.Covered(c.UID, c.Type == auth.Admin, uids(cfg.Trusted), uids(cfg.Blocked))
 	var fams []int
@@ -304,17 +408,15 @@ func (m *Manager) Destroy(c Caller) error {
 		return errs.New(errs.CodeGuestDenied, "user %s (uid %d) is a guest account", userName(c), c.UID)
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	v := m.vpn
 	if v == nil {
-		m.mu.Unlock()
 		return nil
 	}
 	if v.ownerUID != c.UID && c.Type != auth.Admin {
-		m.mu.Unlock()
 		return errs.New(errs.CodePermission, "the VPN is owned by uid %d; caller uid %d is neither its owner nor admin", v.ownerUID, c.UID)
 	}
 	m.teardownLocked(v, protocol.ReasonDestroy)
-	m.mu.Unlock()
 	return nil
 }
 
@@ -372,13 +474,15 @@ func (m *Manager) ConnClosed(conn uint64) {
 	}
 }
 
-// Shutdown ends the VPN, if any, because vpnd is stopping.
+// Shutdown ends the VPN, if any, because vpnd is stopping, and waits for
+// self-healing to stop.
 func (m *Manager) Shutdown() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if v := m.vpn; v != nil {
 		m.teardownLocked(v, protocol.ReasonShutdown)
 	}
+	m.mu.Unlock()
+	m.healing.Wait()
 }
 
 // end tears down the VPN with this id, if it is still the current one.
@@ -390,53 +494,22 @@ func (m *Manager) end(id uint64, reason string) {
 	}
 }
 
-// teardownLocked removes everything v added, empties the slot and tells
-// the subscribers why.
+// teardownLocked empties the slot, removes everything v added and tells
+// the subscribers why. Status says "disconnected" from the first moment.
 func (m *Manager) teardownLocked(v *vpn, reason string) {
-	v.stopWatch()
-	failed := m.removeFromKernel(v)
 	m.vpn = nil
 	m.current.Store(nil)
+	v.stopWatch()
+	v.kmu.Lock()
+	v.ending = true
+	err := m.k.Remove(&v.want)
+	v.kmu.Unlock()
+	if err != nil {
+		m.log.Error("vpn teardown incomplete", zap.String("ifname", v.info.Interface), zap.Error(err))
+	}
 	m.log.Info("vpn down", zap.String("ifname", v.info.Interface), zap.String("reason", reason),
-		zap.Uint32("uid", v.ownerUID), zap.Int("failed", failed))
+		zap.Uint32("uid", v.ownerUID), zap.Bool("complete", err == nil))
 	m.notify(reason, nil)
-}
-
-// removeFromKernel removes what v added, for a teardown or a failed
-// bring-up, and returns how many removals failed. Rules go first, so that
-// from then on no traffic looks up the table; then the throw routes, which
-// no link takes along; then the link, which takes its addresses and every
-// route through it (deleting 10,000 of those one by one took 700 ms) and
-// detaches the client's fd even if the client still holds it. Only if the
-// link cannot be deleted are its routes deleted one by one. It goes on past
-// errors so that one stuck item does not keep the others in place; an item
-// that is already gone is not an error.
-func (m *Manager) removeFromKernel(v *vpn) (failed int) {
-	for i := len(v.rules) - 1; i >= 0; i-- {
-		if err := m.k.DeleteRule(v.rules[i]); err != nil && !isGone(err) {
-			failed++
-			m.log.Error("delete rule failed", zap.Stringer("rule", v.rules[i]), zap.Error(err))
-		}
-	}
-	deleteRoutes := func(throw bool) {
-		for i := len(v.routes) - 1; i >= 0; i-- {
-			r := v.routes[i]
-			if r.Throw != throw {
-				continue
-			}
-			if err := m.k.DeleteRoute(r); err != nil && !isGone(err) {
-				failed++
-				m.log.Error("delete route failed", zap.Stringer("route", r), zap.Error(err))
-			}
-		}
-	}
-	deleteRoutes(true)
-	if err := m.k.DeleteLink(v.index); err != nil && !isGone(err) {
-		failed++
-		m.log.Error("delete link failed", zap.Int("index", v.index), zap.Error(err))
-		deleteRoutes(false)
-	}
-	return failed
 }
 
 // notify tells every subscriber; the caller holds m.mu.
@@ -449,12 +522,6 @@ func (m *Manager) notify(reason string, v *vpn) {
 	for _, fn := range m.subs {
 		fn(ev)
 	}
-}
-
-// isGone reports whether err says the object is already absent, which is
-// what teardown wants anyway (the link took it, or someone else removed it).
-func isGone(err error) bool {
-	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EADDRNOTAVAIL)
 }
 
 func userName(c Caller) string {

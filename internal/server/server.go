@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
@@ -439,6 +440,9 @@ func (ss *session) caller() (manager.Caller, error) {
 		User: id.User,
 		Type: ss.s.cfg.Policy.Load().TypeOf(id),
 		Conn: ss.id,
+		// TEMPORARY until the policy carries addressPools.
+		AddressPools: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("100.64.0.0/10"),
+			netip.MustParsePrefix("172.16.0.0/12"), netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("fc00::/7")},
 	}, nil
 }
 
