@@ -302,11 +302,16 @@ func BenchmarkTeardown(b *testing.B) {
 
 // armTeardown sets up a VPN for one ending and returns the function that
 // triggers it. The owner is the test process (uid 0) except for
-// ownerKilled, where it is a rawclient holding fd and connection.
-func armTeardown(b *testing.B, d *daemon, way, params string) func() {
+// ownerKilled, where it is a rawclient of uid killedOwner (uidNormal if
+// not given) holding fd and connection.
+func armTeardown(b testing.TB, d *daemon, way, params string, killedOwner ...uint32) func() {
 	b.Helper()
 	if way == "ownerKilled" {
-		c := d.dial(b, uidNormal)
+		uid := uint32(uidNormal)
+		if len(killedOwner) > 0 {
+			uid = killedOwner[0]
+		}
+		c := d.dial(b, uid)
 		setUpOK(b, c.response(c.send("setUp", params, "")))
 		return func() { c.cmd.Process.Signal(syscall.SIGKILL) }
 	}

@@ -9,14 +9,20 @@ import (
 	"time"
 )
 
-const healParams = `{"addresses":["10.8.0.2/24","fd00::2/64"],"routes":["198.51.100.0/24","2001:db8::/32",
+const healParams = `{"addresses":["10.8.0.2/24","fd00::2/64"],"mtu":1400,"routes":["198.51.100.0/24","2001:db8::/32",
 	{"destination":{"address":{"address":"198.51.100.0"},"prefixLength":28},"isExcludedRoute":true}]}`
 
-// kernelView renders vpnd's rules and table routes as sorted text, read
-// from the kernel.
+// kernelView renders, read from the kernel, everything self-healing keeps:
+// vpnd's link (up state, MTU, addresses), its rules and its table's routes.
 func (d *daemon) kernelView(t testing.TB) string {
 	t.Helper()
 	var lines []string
+	if l := d.link(t, d.ifname); l != nil {
+		lines = append(lines, fmt.Sprintf("link %s up=%t mtu=%d", d.ifname, l.hasFlag("UP"), l.MTU))
+		for _, a := range d.globalAddrs(t) {
+			lines = append(lines, "address "+a)
+		}
+	}
 	for _, r := range d.vpnRules(t) {
 		lines = append(lines, r.String())
 	}
@@ -25,55 +31,86 @@ func (d *daemon) kernelView(t testing.TB) string {
 	return strings.Join(lines, "\n")
 }
 
-// TestSelfHealing deletes and changes vpnd's rules and routes behind its
-// back, as systemd-networkd or a firewall reload would, and checks that
-// vpnd puts them back, logs what it restored, and leaves foreign objects.
+// repairs counts the self-healing warnings in vpnd's log.
+func (d *daemon) repairs() int { return len(d.logEntries("self-healing restored vpn state")) }
+
+// TestSelfHealing changes vpnd's link, rules and routes behind its back, as
+// systemd-networkd, a firewall reload or an administrator would, and
+// checks that vpnd puts everything back, with one warning per repair that
+// counts and names what it restored, and leaves foreign objects alone.
 func TestSelfHealing(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)
 	c := d.dial(t, uidRoot)
 	setUpOK(t, c.call("setUp", healParams, ""))
 	want := d.kernelView(t)
-	if n := strings.Count(want, "\n") + 1; n != 7 {
-		t.Fatalf("expected 4 rules and 3 routes, got:\n%s", want)
+	// 1 link + 2 addresses + 4 rules + 5 routes (two of them the addresses' prefix routes)
+	if n := strings.Count(want, "\n") + 1; n != 12 {
+		t.Fatalf("unexpected initial state:\n%s", want)
 	}
-	restored := func(what string) {
-		t.Helper()
-		eventually(t, what+" restored", func() (bool, string) {
-			got := d.kernelView(t)
-			return got == want, got
+	for i, tc := range []struct {
+		name   string
+		change []string
+		logs   []string // substrings of the repair's warning
+	}{
+		{"ipv4 owner rule deleted", []string{"-4", "rule", "del", "priority", "10000", "uidrange", "0-0"}, []string{`"rules":1`, "uidrange 0-0"}},
+		{"ipv6 rule deleted", []string{"-6", "rule", "del", "priority", "10000", "uidrange", "1-4294967294"}, []string{`"rules":1`}},
+		{"throw route deleted", []string{"route", "del", "throw", "198.51.100.0/28", "table", "98"}, []string{`"routes":1`, "throw 198.51.100.0/28"}},
+		{"route changed to a blackhole", []string{"route", "replace", "blackhole", "2001:db8::/32", "table", "98"}, []string{`"routes":1`, "2001:db8::/32"}},
+		{"prefix route deleted", []string{"route", "del", "10.8.0.0/24", "table", "98"}, []string{`"routes":1`, "10.8.0.0/24"}},
+		{"ipv4 table flushed", []string{"-4", "route", "flush", "table", "98"}, []string{`"routes":3`}},
+		{"ipv6 table flushed", []string{"-6", "route", "flush", "table", "98"}, []string{`"routes":2`}},
+		{"ipv4 address deleted", []string{"addr", "del", "10.8.0.2/24", "dev", "vpn-tun"}, []string{`"addresses":1`, "address 10.8.0.2/24"}},
+		{"ipv6 address deleted", []string{"addr", "del", "fd00::2/64", "dev", "vpn-tun"}, []string{`"addresses":1`, "address fd00::2/64"}},
+		// A link set down loses its routes and its IPv6 addresses.
+		{"link set down", []string{"link", "set", "vpn-tun", "down"}, []string{`"link_up":true`, "address fd00::2/64"}},
+		{"mtu changed", []string{"link", "set", "vpn-tun", "mtu", "1280"}, []string{`"mtu":1400`}},
+	} {
+		repair := i + 1
+		t.Run(tc.name, func(t *testing.T) {
+			if repair > 4 {
+				time.Sleep(2 * time.Second) // the bucket holds 5 repairs: refill one
+			}
+			before := d.repairs()
+			d.ip(t, tc.change...)
+			eventually(t, "restored", func() (bool, string) {
+				got := d.kernelView(t)
+				return got == want, got
+			})
+			eventually(t, "one warning", func() (bool, string) {
+				return d.repairs() == before+1, fmt.Sprintf("%d warnings since the change", d.repairs()-before)
+			})
+			time.Sleep(50 * time.Millisecond) // would vpnd repair its own repair?
+			if n := d.repairs() - before; n != 1 {
+				t.Errorf("%d repairs for one change, want 1", n)
+			}
+			entries := d.logEntries("self-healing restored vpn state")
+			last := fmt.Sprint(entries[len(entries)-1])
+			line := ""
+			for _, l := range strings.Split(d.stderr.String(), "\n") {
+				if strings.Contains(l, "self-healing restored vpn state") {
+					line = l
+				}
+			}
+			for _, s := range tc.logs {
+				if !strings.Contains(line, s) {
+					t.Errorf("warning %s does not say %q", last, s)
+				}
+			}
 		})
 	}
 
-	d.ip(t, "-4", "rule", "del", "priority", "10000", "uidrange", "0-0")
-	restored("ipv4 owner rule")
-	if !d.logContains("restored rule", "uidrange 0-0") {
-		t.Errorf("no warning naming the restored rule in the log:\n%s", d.stderr.String())
-	}
-	d.ip(t, "-6", "rule", "del", "priority", "10000", "uidrange", "1-4294967294")
-	restored("ipv6 rule")
-	d.ip(t, "route", "del", "throw", "198.51.100.0/28", "table", "98")
-	restored("throw route")
-	if !d.logContains("restored route", "throw 198.51.100.0/28") {
-		t.Errorf("no warning naming the restored route in the log")
-	}
-	// A changed route: same destination, now a blackhole.
-	d.ip(t, "route", "replace", "blackhole", "2001:db8::/32", "table", "98")
-	restored("replaced route")
-	// A flush of the whole table (several events at once).
-	d.ip(t, "route", "flush", "table", "98")
-	restored("flushed table")
-	// The link set down loses its IPv4 routes; vpnd brings it back.
-	d.ip(t, "link", "set", "vpn-tun", "down")
-	restored("routes after link down")
-
 	// Foreign rules at other priorities and routes in other tables are
 	// neither touched nor a reason to repair.
+	before := d.repairs()
 	d.ip(t, "rule", "add", "priority", "10001", "uidrange", "5-5", "lookup", "99")
 	d.ip(t, "route", "add", "throw", "203.0.113.0/24", "table", "99")
 	time.Sleep(100 * time.Millisecond)
 	if got := d.ip(t, "rule", "show", "priority", "10001"); !strings.Contains(got, "uidrange 5-5") {
 		t.Errorf("foreign rule gone: %q", got)
+	}
+	if d.repairs() != before {
+		t.Errorf("a foreign change caused a repair")
 	}
 	d.ip(t, "rule", "del", "priority", "10001")
 	d.ip(t, "route", "flush", "table", "99")
@@ -82,10 +119,10 @@ func TestSelfHealing(t *testing.T) {
 	d.waitClean(t, "destroy after healing")
 }
 
-// TestSelfHealingThrottled fights vpnd from a shell loop that deletes its
-// rule as fast as it can for a while: vpnd's repairs are bounded by its
-// token bucket (5, then one per 2 s), it says so once in the log, and the
-// rule is back once the fight stops.
+// TestSelfHealingThrottled fights vpnd from a loop that deletes its rule as
+// fast as it can for a while: vpnd's repairs are bounded by its token
+// bucket (5, then one per 2 s), it says so once in the log, and the rule is
+// back once the fight stops.
 func TestSelfHealingThrottled(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)
@@ -101,7 +138,7 @@ func TestSelfHealingThrottled(t *testing.T) {
 	}
 	elapsed := time.Since(start)
 	t.Logf("%d deletions in %v", deletes, elapsed)
-	n := strings.Count(d.stderr.String(), "restored rule")
+	n := d.repairs()
 	if max := 5 + int(elapsed/(2*time.Second)) + 2; n > max {
 		t.Errorf("%d repairs in %v, want at most %d", n, elapsed, max)
 	}
@@ -113,6 +150,6 @@ func TestSelfHealingThrottled(t *testing.T) {
 	}
 	eventually(t, "rule restored after the fight", func() (bool, string) {
 		got := d.kernelView(t)
-		return got == want, fmt.Sprintf("%s (repairs so far: %d)", got, strings.Count(d.stderr.String(), "restored rule"))
+		return got == want, fmt.Sprintf("%s (repairs so far: %d)", got, d.repairs())
 	})
 }

@@ -61,7 +61,32 @@ func (d *daemon) wantTUNLink(t testing.TB, mtu int) ipLink {
 	if l.MTU != mtu {
 		t.Errorf("link %s mtu %d, want %d", d.ifname, l.MTU, mtu)
 	}
+	// Addresses carry noprefixroute: nothing of the VPN's may be in the
+	// main table, where it would serve every uid, and the link has no
+	// IPv6 link-local address of the kernel's own.
+	if got := d.mainRoutesVia(t, d.ifname); len(got) > 0 {
+		t.Errorf("main table has routes via %s: %v", d.ifname, got)
+	}
+	for _, a := range d.addrs(t, d.ifname) {
+		if a.Scope == "link" {
+			t.Errorf("link %s has a link-local address %s/%d", d.ifname, a.Local, a.Prefixlen)
+		}
+	}
 	return *l
+}
+
+// mainRoutesVia lists the main table's routes through the link.
+func (d *daemon) mainRoutesVia(t testing.TB, ifname string) []string {
+	t.Helper()
+	var out []string
+	for _, fam := range []string{"-4", "-6"} {
+		var rs []ipRoute
+		nsJSON(t, d.ns, &rs, fam, "route", "show", "table", "main", "dev", ifname)
+		for _, r := range rs {
+			out = append(out, fam+" "+r.String())
+		}
+	}
+	return out
 }
 
 // globalAddrs lists the link's non-link-local addresses as CIDR strings.
@@ -205,7 +230,7 @@ func TestSetUpHappyPath(t *testing.T) {
 	if got := d.globalAddrs(t); !equalStrings(got, []string{"10.8.0.2/24"}) {
 		t.Errorf("addresses %v, want [10.8.0.2/24]", got)
 	}
-	if got, want := d.routeStrings(t), []string{"ipv4 198.51.100.0/24 dev vpn-tun"}; !equalStrings(got, want) {
+	if got, want := d.routeStrings(t), sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun"); !equalStrings(got, want) {
 		t.Errorf("table 98: %v, want %v", got, want)
 	}
 	// root is ADMIN: its own traffic enters unless protected, every other
@@ -297,7 +322,8 @@ func TestSetUpConfigForms(t *testing.T) {
 	want := kernelSnapshot{
 		mtu: 1400, up: true,
 		addrs:  sorted("10.8.0.2/24", "fd00::2/64"),
-		routes: sorted("ipv4 198.51.100.0/24 dev vpn-tun", "ipv4 203.0.113.9 dev vpn-tun", "ipv6 2001:db8::/32 dev vpn-tun"),
+		routes: sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun", "ipv4 203.0.113.9 dev vpn-tun",
+			"ipv6 2001:db8::/32 dev vpn-tun", "ipv6 fd00::/64 dev vpn-tun"),
 	}
 	var snaps []kernelSnapshot
 	for _, name := range []string{"CIDR strings", "objects"} {
@@ -349,7 +375,7 @@ func TestSetUpKernelDetails(t *testing.T) {
 			name:   "no routes: a default route per accepted family",
 			params: `{"addresses":["10.8.0.2/24","fd00::2/64"]}`,
 			mtu:    1500, addrs: sorted("10.8.0.2/24", "fd00::2/64"),
-			routes:   sorted("ipv4 default dev vpn-tun", "ipv6 default dev vpn-tun"),
+			routes:   sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 default dev vpn-tun", "ipv6 default dev vpn-tun", "ipv6 fd00::/64 dev vpn-tun"),
 			rules:    ownerBoth,
 			nonblock: true,
 			check: func(t *testing.T, info vpnInfo) {
@@ -365,7 +391,7 @@ func TestSetUpKernelDetails(t *testing.T) {
 			name:   "IPv6 only",
 			params: `{"addresses":["fd00::2/64"],"mtu":1280}`,
 			mtu:    1280, addrs: []string{"fd00::2/64"},
-			routes:   []string{"ipv6 default dev vpn-tun"},
+			routes:   sorted("ipv6 default dev vpn-tun", "ipv6 fd00::/64 dev vpn-tun"),
 			rules:    []ruleCheck{{family: unix.AF_INET6, owner: 0, ownerCovered: true, covered: []uint32{1}}},
 			nonblock: true,
 		},
@@ -373,7 +399,7 @@ func TestSetUpKernelDetails(t *testing.T) {
 			name:   "isIPv6Accepted false",
 			params: `{"addresses":["10.8.0.2/24","fd00::2/64"],"isIPv6Accepted":false}`,
 			mtu:    1500, addrs: sorted("10.8.0.2/24", "fd00::2/64"),
-			routes:   []string{"ipv4 default dev vpn-tun"},
+			routes:   sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 default dev vpn-tun"),
 			rules:    []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true, covered: []uint32{1}}},
 			nonblock: true,
 		},
@@ -384,7 +410,7 @@ func TestSetUpKernelDetails(t *testing.T) {
 				`{"destination":{"address":{"address":"198.51.100.0"},"prefixLength":24},"isExcludedRoute":true},` +
 				`{"destination":{"address":{"address":"203.0.113.0"},"prefixLength":24},"gateway":{"address":"10.8.0.1"}}]}`,
 			mtu: 1500, addrs: []string{"10.8.0.2/24"},
-			routes: sorted("ipv4 default dev vpn-tun", "ipv4 throw 198.51.100.0/24",
+			routes: sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 default dev vpn-tun", "ipv4 throw 198.51.100.0/24",
 				"ipv4 203.0.113.0/24 via 10.8.0.1 dev vpn-tun"),
 			rules:    []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true, covered: []uint32{1}}},
 			nonblock: true,
@@ -401,7 +427,7 @@ func TestSetUpKernelDetails(t *testing.T) {
 			name:   "only excluded routes: defaults still installed",
 			params: `{"addresses":["10.8.0.2/24"],"routes":[{"destination":{"address":{"address":"198.51.100.0"},"prefixLength":24},"isExcludedRoute":true}]}`,
 			mtu:    1500, addrs: []string{"10.8.0.2/24"},
-			routes:   sorted("ipv4 default dev vpn-tun", "ipv4 throw 198.51.100.0/24"),
+			routes:   sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 default dev vpn-tun", "ipv4 throw 198.51.100.0/24"),
 			rules:    []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true, covered: []uint32{1}}},
 			nonblock: true,
 		},
@@ -409,7 +435,7 @@ func TestSetUpKernelDetails(t *testing.T) {
 			name:   "/31 and /32 addresses, mtu 576, blocking",
 			params: `{"addresses":["10.8.0.0/31","10.9.0.1/32"],"routes":["198.51.100.0/24"],"mtu":576,"isBlocking":true}`,
 			mtu:    576, addrs: sorted("10.8.0.0/31", "10.9.0.1/32"),
-			routes:   []string{"ipv4 198.51.100.0/24 dev vpn-tun"},
+			routes:   sorted("ipv4 10.8.0.0/31 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun"),
 			rules:    []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true, covered: []uint32{1}}},
 			nonblock: false,
 		},
@@ -417,7 +443,7 @@ func TestSetUpKernelDetails(t *testing.T) {
 			name:   "mtu 65535, dns, search domains, metered",
 			params: `{"addresses":["10.8.0.2/24"],"routes":["198.51.100.0/24"],"mtu":65535,"dnsAddresses":["10.8.0.1","fd00::1"],"searchDomains":["corp.example"],"isMetered":true}`,
 			mtu:    65535, addrs: []string{"10.8.0.2/24"},
-			routes:   []string{"ipv4 198.51.100.0/24 dev vpn-tun"},
+			routes:   sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun"),
 			rules:    []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true, covered: []uint32{1}}},
 			nonblock: true,
 			check: func(t *testing.T, info vpnInfo) {
@@ -498,7 +524,7 @@ func TestCustomKernelNames(t *testing.T) {
 	setUpOK(t, m)
 	wantTUNFD(t, m, "vpntest0", true)
 	d.wantTUNLink(t, 1500)
-	if got, want := d.routeStrings(t), []string{"ipv4 198.51.100.0/24 dev vpntest0"}; !equalStrings(got, want) {
+	if got, want := d.routeStrings(t), sorted("ipv4 10.8.0.0/24 dev vpntest0", "ipv4 198.51.100.0/24 dev vpntest0"); !equalStrings(got, want) {
 		t.Errorf("table 77: %v, want %v", got, want)
 	}
 	d.checkRules(t, []ruleCheck{{family: unix.AF_INET, owner: uidNormal, ownerCovered: true, notCovered: []uint32{0}}})

@@ -550,8 +550,8 @@ func TestTrafficTunnelRoundTrip(t *testing.T) {
 	fwd.wait(t, "READY")
 
 	// Full tunnel: both default routes, and the owner's rules.
-	if got := w.d.routeStrings(t); !equalStrings(got, []string{"ipv4 0.0.0.0/0 dev vpn-tun", "ipv6 ::/0 dev vpn-tun"}) &&
-		!equalStrings(got, []string{"ipv4 default dev vpn-tun", "ipv6 default dev vpn-tun"}) {
+	if got := w.d.routeStrings(t); !equalStrings(got, sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 default dev vpn-tun",
+		"ipv6 default dev vpn-tun", "ipv6 fd00:8::/64 dev vpn-tun")) {
 		t.Errorf("full-tunnel routes %q", got)
 	}
 

@@ -30,9 +30,12 @@ import (
 const (
 	healBurst  = 5
 	healRefill = 2 * time.Second
-	// healSettle lets a burst of netlink events (a flush removes many
-	// things) arrive before the kernel is read once.
-	healSettle = 10 * time.Millisecond
+	// healSettle lets a burst of changes (`ip route flush` deletes a
+	// table in rounds) end before the kernel is read once: a repair waits
+	// until no change came for healSettle, but no longer than
+	// healSettleMax after the first.
+	healSettle    = 10 * time.Millisecond
+	healSettleMax = 250 * time.Millisecond
 	// healChunk bounds the objects restored under vpn.kmu at a time.
 	healChunk = 2048
 	// healLogged is how many restored objects the warning names.
@@ -78,13 +81,32 @@ func (m *Manager) heal(ctx context.Context, v *vpn, changed <-chan struct{}) {
 				continue // a throttled repair is already scheduled
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !settle(ctx, changed) {
 			return
-		case <-time.After(healSettle):
 		}
 		if wait := m.repair(v, lim, &throttled); wait > 0 {
 			retry = time.After(wait)
+		}
+	}
+}
+
+// settle waits until changed has been quiet for healSettle (or
+// healSettleMax has passed). It reports false if ctx ended.
+func settle(ctx context.Context, changed <-chan struct{}) bool {
+	limit := time.NewTimer(healSettleMax)
+	defer limit.Stop()
+	quiet := time.NewTimer(healSettle)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-limit.C:
+			return true
+		case <-quiet.C:
+			return true
+		case <-changed:
+			quiet.Reset(healSettle)
 		}
 	}
 }

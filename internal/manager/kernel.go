@@ -45,8 +45,8 @@ type Kernel interface {
 	// priorities: things vpnd would share its table or priorities with.
 	Occupants(table int, priorities ...int) ([]string, error)
 	// HostPrefixes lists the addresses and on-link prefixes of every link
-	// but the one with index except.
-	HostPrefixes(except int) ([]tun.HostPrefix, error)
+	// but the one named except (vpnd's own).
+	HostPrefixes(except string) ([]tun.HostPrefix, error)
 	// CheckSocket returns an *errs.Error with code 2203004 unless fd is an
 	// AF_INET/AF_INET6 stream or datagram socket with no pending error.
 	CheckSocket(fd int) error

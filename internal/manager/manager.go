@@ -198,11 +198,7 @@ func (m *Manager) checkAddresses(c Caller, cfg *config.Config) error {
 				i, a, prefixList(c.AddressPools), c.UID, c.Type)
 		}
 	}
-	except := 0
-	if info := m.current.Load(); info != nil {
-		except = info.Index
-	}
-	host, err := m.k.HostPrefixes(except)
+	host, err := m.k.HostPrefixes(m.opt.IfName)
 	if err != nil {
 		return errs.Wrap(errs.CodeInternal, err, "read the host's addresses")
 	}
@@ -260,6 +256,8 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 		return nil, err
 	}
 	v.index = index
+	// Until Install says more, the link is all there is to remove.
+	v.want = tun.Objects{Link: &tun.Link{Index: index}}
 	ctx, cancel := context.WithCancel(context.Background())
 	v.stopWatch = cancel
 	defer func() {
@@ -278,7 +276,10 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 		return nil, fmt.Errorf("watch link %d: %w", index, err)
 	}
 	plan := m.plan(index, c, cfg)
-	v.want, err = m.k.Install(&plan)
+	added, err := m.k.Install(&plan)
+	if added.Link != nil {
+		v.want = added
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -500,6 +501,7 @@ func (m *Manager) teardownLocked(v *vpn, reason string) {
 	m.vpn = nil
 	m.current.Store(nil)
 	v.stopWatch()
+	start := time.Now()
 	v.kmu.Lock()
 	v.ending = true
 	err := m.k.Remove(&v.want)
@@ -508,7 +510,7 @@ func (m *Manager) teardownLocked(v *vpn, reason string) {
 		m.log.Error("vpn teardown incomplete", zap.String("ifname", v.info.Interface), zap.Error(err))
 	}
 	m.log.Info("vpn down", zap.String("ifname", v.info.Interface), zap.String("reason", reason),
-		zap.Uint32("uid", v.ownerUID), zap.Bool("complete", err == nil))
+		zap.Uint32("uid", v.ownerUID), zap.Bool("complete", err == nil), zap.Duration("took", time.Since(start)))
 	m.notify(reason, nil)
 }
 

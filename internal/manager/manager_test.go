@@ -36,10 +36,14 @@ const (
 	mark     = 0x20000
 )
 
+// pools are the default address pools of a NORMAL user.
+var pools = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("172.16.0.0/12"), netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("fc00::/7")}
+
 var (
 	root   = manager.Caller{UID: 0, PID: 100, User: "root", Type: auth.Admin, Conn: 1}
-	alice  = manager.Caller{UID: 1000, PID: 200, User: "alice", Type: auth.Normal, Conn: 2}
-	bob    = manager.Caller{UID: 1001, PID: 300, User: "bob", Type: auth.Normal, Conn: 3}
+	alice  = manager.Caller{UID: 1000, PID: 200, User: "alice", Type: auth.Normal, Conn: 2, AddressPools: pools}
+	bob    = manager.Caller{UID: 1001, PID: 300, User: "bob", Type: auth.Normal, Conn: 3, AddressPools: pools}
 	guest  = manager.Caller{UID: 65534, PID: 400, User: "nobody", Type: auth.Guest, Conn: 4}
 	admin2 = manager.Caller{UID: 4002, PID: 500, Type: auth.Admin, Conn: 5}
 )
@@ -153,10 +157,14 @@ func TestSetUpAppliesConfig(t *testing.T) {
 		t.Fatalf("links = %+v", s.Links)
 	}
 	idx := s.Links[0].Index
+	// Each address's prefix route is in vpnd's table, where only the
+	// covered uids see it.
 	wantRoutes := []tun.Route{
+		{Table: table, Dst: mustPrefix("10.8.0.0/24"), LinkIndex: idx},
 		{Table: table, Dst: mustPrefix("198.51.100.0/24"), LinkIndex: idx},
-		{Table: table, Dst: mustPrefix("198.51.100.128/25"), Throw: true},
+		{Table: table, Dst: mustPrefix("198.51.100.128/25"), Kind: tun.Throw},
 		{Table: table, Dst: mustPrefix("2001:db8::/32"), LinkIndex: idx},
+		{Table: table, Dst: mustPrefix("fd00::/64"), LinkIndex: idx},
 	}
 	tuntest.SortRoutes(wantRoutes)
 	if fmt.Sprint(s.Routes) != fmt.Sprint(wantRoutes) {
@@ -185,6 +193,40 @@ func TestSetUpAppliesConfig(t *testing.T) {
 	ev.waitReasons(t, protocol.ReasonSetUp, protocol.ReasonDestroy)
 	if st := m.Status(); st.State != protocol.StateDisconnected || st.VPN != nil {
 		t.Errorf("status = %+v", st)
+	}
+}
+
+// TestPrefixRoutes: which prefix routes an address brings into the table.
+func TestPrefixRoutes(t *testing.T) {
+	for _, tc := range []struct {
+		name, cfg string
+		want      []string // routes in the table, sorted
+	}{
+		{"host addresses bring none", `{"addresses":["10.8.0.2/32","fd00::2/128"],"routes":["198.51.100.0/24","2001:db8::/32"]}`,
+			[]string{"198.51.100.0/24 dev #2 table 98", "2001:db8::/32 dev #2 table 98"}},
+		{"two addresses in one subnet bring one", `{"addresses":["10.8.0.2/24","10.8.0.3/24"],"routes":["198.51.100.0/24"]}`,
+			[]string{"10.8.0.0/24 dev #2 table 98", "198.51.100.0/24 dev #2 table 98"}},
+		{"a route for the prefix takes its place", `{"addresses":["10.8.0.2/24"],"routes":[{"destination":{"address":{"address":"10.8.0.0"},"prefixLength":24},"gateway":{"address":"10.8.0.1"}},"198.51.100.0/24"]}`,
+			[]string{"10.8.0.0/24 via 10.8.0.1 dev #2 table 98", "198.51.100.0/24 dev #2 table 98"}},
+		{"an excluded prefix takes its place", `{"addresses":["10.8.0.2/24"],"routes":["0.0.0.0/0",{"destination":{"address":{"address":"10.8.0.0"},"prefixLength":24},"isExcludedRoute":true}]}`,
+			[]string{"throw 10.8.0.0/24 table 98", "0.0.0.0/0 dev #2 table 98"}},
+		{"a family not accepted brings none", `{"addresses":["10.8.0.2/24","fd00::2/64"],"isIPv6Accepted":false,"routes":["198.51.100.0/24"]}`,
+			[]string{"10.8.0.0/24 dev #2 table 98", "198.51.100.0/24 dev #2 table 98"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, k, _ := newManager(t)
+			setUp(t, m, root, tc.cfg)
+			var got []string
+			for _, r := range k.Snapshot().Routes {
+				got = append(got, r.String())
+			}
+			slices.Sort(got)
+			want := slices.Clone(tc.want)
+			slices.Sort(want)
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("routes = %q\nwant %q", got, want)
+			}
+		})
 	}
 }
 
@@ -253,6 +295,52 @@ func TestSetUpCheckOrder(t *testing.T) {
 	if !k.Snapshot().Equal(before) {
 		t.Fatal("refused setUp changed the kernel")
 	}
+}
+
+// TestAddressConfinement: a NORMAL owner's addresses must lie in the
+// policy's pools and must not overlap the host's networks (201); an ADMIN
+// is not confined. The check comes after the lists and before 2203002.
+func TestAddressConfinement(t *testing.T) {
+	normal := alice
+	normal.AddressPools = []netip.Prefix{mustPrefix("10.0.0.0/8"), mustPrefix("fc00::/7")}
+	m, k, _ := newManager(t)
+	k.SetHostPrefixes(tun.HostPrefix{Prefix: mustPrefix("10.1.2.3/16"), Ifname: "eth0"},
+		tun.HostPrefix{Prefix: mustPrefix("fd00:1::/64"), Ifname: "eth1"})
+	for _, tc := range []struct {
+		cfg, detail string
+	}{
+		{`{"addresses":["8.8.8.8/32"]}`, "addresses[0]: 8.8.8.8/32 is outside the address pools allowed to non-admin users (10.0.0.0/8, fc00::/7)"},
+		{`{"addresses":["10.8.0.2/24","129.0.0.1/1"]}`, "addresses[1]: 129.0.0.1/1 is outside"},
+		{`{"addresses":["10.8.0.2/7"]}`, "addresses[0]: 10.8.0.2/7 is outside"},
+		{`{"addresses":["2000::1/3"]}`, "addresses[0]: 2000::1/3 is outside"},
+		{`{"addresses":["10.1.200.1/24"]}`, "addresses[0]: 10.1.200.1/24 overlaps 10.1.2.3/16 on eth0"},
+		{`{"addresses":["10.0.0.1/8"]}`, "overlaps 10.1.2.3/16 on eth0"},
+		{`{"addresses":["fd00:1::5/120"]}`, "overlaps fd00:1::/64 on eth1"},
+	} {
+		_, _, _, err := m.SetUp(normal, parse(t, tc.cfg))
+		wantCode(t, err, errs.CodePermission)
+		if !strings.Contains(err.Error(), tc.detail) {
+			t.Errorf("%s: %v, want detail containing %q", tc.cfg, err, tc.detail)
+		}
+	}
+	if s := k.Snapshot(); len(s.Links) != 0 {
+		t.Fatalf("refused setUp touched the kernel: %+v", s)
+	}
+	// Outside the pools but ADMIN: fine.
+	f, _ := setUp(t, m, root, `{"addresses":["8.8.8.8/32","10.1.200.1/24"]}`)
+	// With a VPN up, a confined address still gets 201 before 2203002;
+	// the VPN's own addresses do not count as the host's.
+	_, _, _, err := m.SetUp(normal, parse(t, `{"addresses":["192.0.2.77/25"]}`))
+	wantCode(t, err, errs.CodePermission)
+	_, _, _, err = m.SetUp(normal, parse(t, `{"addresses":["10.8.0.2/24"]}`))
+	wantCode(t, err, errs.CodeVPNExists)
+	f.Close()
+	m.Destroy(root)
+	// A host-prefix read failure refuses with 19900002 rather than guess.
+	k.FailOn("HostPrefixes", k.Calls("HostPrefixes")+1, errors.New("injected"))
+	_, _, _, err = m.SetUp(normal, parse(t, `{"addresses":["10.8.0.2/24"]}`))
+	wantCode(t, err, errs.CodeInternal)
+	setUp(t, m, normal, `{"addresses":["10.8.0.2/24","fd00:2::2/64"]}`)
 }
 
 func TestDestroyCheckOrder(t *testing.T) {
@@ -350,7 +438,7 @@ func TestRollbackAtEveryStep(t *testing.T) {
 	f.Close()
 	m.Shutdown()
 	probe.Close()
-	if steps < 10 {
+	if steps < 15 {
 		t.Fatalf("only %d steps; the config should need more", steps)
 	}
 	injected := errors.New("injected failure")
@@ -369,7 +457,7 @@ func TestRollbackAtEveryStep(t *testing.T) {
 			}
 			fake.ClearFailures()
 			if after := fake.Snapshot(); !after.Equal(before) {
-				t.Fatalf("kernel after failed step %d:\n%+v\nbefore:\n%+v\ncalls: %v", k, after, before, fake.Calls())
+				t.Fatalf("kernel after failed step %d:\n%+v\nbefore:\n%+v\nsteps: %v", k, after, before, fake.Log())
 			}
 			if st := m.Status(); st.State != protocol.StateDisconnected {
 				t.Fatalf("slot not free: %+v", st)
@@ -383,7 +471,7 @@ func TestRollbackAtEveryStep(t *testing.T) {
 	}
 	t.Run("watch", func(t *testing.T) {
 		m, fake, _ := newManager(t)
-		fake.FailOn("WatchLink", 1, injected)
+		fake.FailOn("Watch", 1, injected)
 		_, _, _, err := m.SetUp(root, parse(t, cfg))
 		wantCode(t, err, errs.CodeInternal)
 		fake.ClearFailures()
@@ -411,7 +499,7 @@ func TestLinkGone(t *testing.T) {
 	t.Run("deleted", func(t *testing.T) {
 		m, k, ev := newManager(t)
 		_, info := setUp(t, m, alice, `{"addresses":["10.8.0.2/24"],"routes":["198.51.100.0/24"]}`)
-		k.DeleteLinkExternally(info.Index)
+		k.External().DeleteLink(info.Index)
 		ev.waitReasons(t, protocol.ReasonSetUp, protocol.ReasonLinkGone)
 		if s := k.Snapshot(); len(s.Links)+len(s.Routes)+len(s.Rules) != 0 {
 			t.Fatalf("left behind: %+v", s)
@@ -480,14 +568,8 @@ func TestConcurrentSetUp(t *testing.T) {
 		t.Fatalf("%d setUps succeeded, want 1", wins)
 	}
 	// Only the winner touched the kernel: one TUN was created.
-	creates := 0
-	for _, c := range k.Calls() {
-		if c.Method == "CreateTUN" {
-			creates++
-		}
-	}
-	if creates != 1 || k.Steps() == before {
-		t.Fatalf("%d TUNs created, want 1", creates)
+	if creates := k.Calls("create tun"); creates != 1 || k.Steps() == before {
+		t.Fatalf("%d TUNs created, want 1", k.Calls("create tun"))
 	}
 }
 
@@ -503,129 +585,4 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-}
-
-func TestSelfHealing(t *testing.T) {
-	m, k, _ := newManager(t)
-	_, info := setUp(t, m, root, `{"addresses":["10.8.0.2/24","fd00::2/64"],"routes":["198.51.100.0/24","2001:db8::/32",
-		{"destination":{"address":{"address":"198.51.100.0"},"prefixLength":28},"isExcludedRoute":true}]}`)
-	want := k.Snapshot()
-	if len(want.Rules) != 4 || len(want.Routes) != 3 {
-		t.Fatalf("unexpected initial state %+v", want)
-	}
-	intact := func() bool { return k.Snapshot().Equal(want) }
-
-	t.Run("rule deleted", func(t *testing.T) {
-		if !k.DeleteRuleExternally(want.Rules[1]) {
-			t.Fatal("rule not found")
-		}
-		waitFor(t, "rule restored", func() bool { return len(k.Snapshot().Rules) == 4 })
-	})
-	t.Run("route deleted", func(t *testing.T) {
-		if !k.DeleteRouteExternally(table, "198.51.100.0/28") {
-			t.Fatal("route not found")
-		}
-		waitFor(t, "route restored", func() bool { return len(k.Snapshot().Routes) == 3 })
-	})
-	t.Run("route changed", func(t *testing.T) {
-		changed := tun.Route{Table: table, Dst: mustPrefix("198.51.100.0/24"), Throw: true}
-		k.AddExternally([]tun.Route{changed}, nil)
-		waitFor(t, "route replaced", func() bool {
-			return slices.Contains(k.Snapshot().Routes, tun.Route{Table: table, Dst: mustPrefix("198.51.100.0/24"), LinkIndex: info.Index})
-		})
-	})
-	waitFor(t, "state intact", intact)
-	// Rules vpnd did not add are left alone by the repair.
-	foreign := tun.Rule{Family: unix.AF_INET, Priority: priority, Table: 99, UIDStart: 7, UIDEnd: 7}
-	k.AddExternally(nil, []tun.Rule{foreign})
-	k.DeleteRuleExternally(want.Rules[0])
-	waitFor(t, "rule restored next to a foreign one", func() bool { return len(k.Snapshot().Rules) == 5 })
-	if !k.DeleteRuleExternally(foreign) {
-		t.Fatal("foreign rule was removed by vpnd")
-	}
-}
-
-// TestSelfHealingThrottled: a daemon that deletes vpnd's rule again and
-// again gets a bounded number of repairs, and the last state is repaired.
-func TestSelfHealingThrottled(t *testing.T) {
-	m, k, _ := newManager(t)
-	setUp(t, m, alice, `{"addresses":["10.8.0.2/24"]}`)
-	rule := k.Snapshot().Rules[0]
-	restores := func() int {
-		n := 0
-		for _, c := range k.Calls() {
-			if c.Method == "AddRule" && c.Err == nil {
-				n++
-			}
-		}
-		return n - 1 // the bring-up's own
-	}
-	start := time.Now()
-	for time.Since(start) < 500*time.Millisecond {
-		k.DeleteRuleExternally(rule)
-		time.Sleep(time.Millisecond)
-	}
-	elapsed := time.Since(start)
-	// The bucket holds 5 repairs and refills one per 2 s.
-	if n, max := restores(), 5+int(elapsed/(2*time.Second))+1; n > max {
-		t.Fatalf("%d repairs in %v, want at most %d", n, elapsed, max)
-	}
-	waitFor(t, "final repair", func() bool { return slices.Contains(k.Snapshot().Rules, rule) })
-}
-
-func TestTableOrPriorityInUse(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		routes []tun.Route
-		rules  []tun.Rule
-		detail string
-	}{
-		{"foreign route in the table", []tun.Route{{Table: table, Dst: mustPrefix("203.0.113.0/24"), Throw: true}}, nil,
-			"route throw 203.0.113.0/24 table 98"},
-		{"foreign rule at the priority", nil, []tun.Rule{{Family: unix.AF_INET6, Priority: priority, Table: 200, UIDStart: 5, UIDEnd: 9}},
-			"rule ipv6 10000: uidrange 5-9 lookup 200"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			m, k, _ := newManager(t)
-			k.AddExternally(tc.routes, tc.rules)
-			before := k.Snapshot()
-			_, _, _, err := m.SetUp(root, parse(t, `{"addresses":["10.8.0.2/24","fd00::2/64"]}`))
-			wantCode(t, err, errs.CodeInternal)
-			var e *errs.Error
-			if !errors.As(err, &e) || !strings.Contains(e.Detail, tc.detail) || !strings.Contains(e.Detail, "in use by someone else") {
-				t.Fatalf("detail = %q, want it to name %q", e.Detail, tc.detail)
-			}
-			if !k.Snapshot().Equal(before) {
-				t.Fatal("refused setUp changed the kernel")
-			}
-			// Clean up the foreign objects for the leak check.
-			for _, r := range tc.rules {
-				k.DeleteRuleExternally(r)
-			}
-			for _, r := range tc.routes {
-				k.DeleteRouteExternally(r.Table, r.Dst.String())
-			}
-		})
-	}
-}
-
-// TestSelfHealingAfterWatchFailure: when the change watch fails outright,
-// the manager re-opens it and goes on repairing.
-func TestSelfHealingAfterWatchFailure(t *testing.T) {
-	m, k, _ := newManager(t)
-	setUp(t, m, alice, `{"addresses":["10.8.0.2/24"]}`)
-	rule := k.Snapshot().Rules[0]
-	watches := func() int {
-		n := 0
-		for _, c := range k.Calls() {
-			if c.Method == "WatchChanges" && c.Err == nil {
-				n++
-			}
-		}
-		return n
-	}
-	k.BreakChangeWatches()
-	waitFor(t, "change watch re-opened", func() bool { return watches() == 2 })
-	k.DeleteRuleExternally(rule)
-	waitFor(t, "rule restored after the re-open", func() bool { return slices.Contains(k.Snapshot().Rules, rule) })
 }

@@ -36,7 +36,7 @@ type Link struct {
 	Index     int
 	MTU       int
 	Up        bool
-	Addresses []netip.Prefix // in the order they were added
+	Addresses []netip.Prefix // sorted
 }
 
 // State is everything the model holds. Links are sorted by index; routes
@@ -64,7 +64,7 @@ type Options struct {
 	// its object.
 	Inject func(what string, obj any) error
 	// HostPrefixes answers HostPrefixes; nil means the host has none.
-	HostPrefixes func(except int) ([]tun.HostPrefix, error)
+	HostPrefixes func(except string) ([]tun.HostPrefix, error)
 	// Packet, if set, is called with each packet the client writes into a
 	// simulated TUN, with the link it came in on; what it returns is
 	// written back to the client, one packet per message.
@@ -80,9 +80,13 @@ type Kernel struct {
 	links     map[int]*link
 	routes    []tun.Route
 	rules     []tun.Rule // kernel order
-	marks     map[sockID]uint32
 	watches   map[*watch]struct{}
 	readers   sync.WaitGroup
+
+	// marksMu guards marks apart from the model: protect never waits for
+	// a batch, as with the real kernel.
+	marksMu sync.Mutex
+	marks   map[sockID]uint32
 }
 
 type link struct {
@@ -125,7 +129,14 @@ func (k *Kernel) Snapshot() State {
 	var s State
 	for _, l := range k.links {
 		c := l.Link
+		// The kernel's address order is its own business: sort.
 		c.Addresses = slices.Clone(l.Addresses)
+		slices.SortFunc(c.Addresses, func(a, b netip.Prefix) int {
+			if c := a.Addr().Compare(b.Addr()); c != 0 {
+				return c
+			}
+			return a.Bits() - b.Bits()
+		})
 		s.Links = append(s.Links, c)
 	}
 	slices.SortFunc(s.Links, func(a, b Link) int { return a.Index - b.Index })
@@ -344,8 +355,9 @@ func (k *Kernel) delAddrLocked(index int, p netip.Prefix) error {
 
 // addRouteLocked adds r as the kernel does: a second route to the same
 // destination in the same table is EEXIST (unless replace); a missing link
-// ENODEV; a link that is down ENETDOWN; a gateway that is not directly
-// reachable through the link ENETUNREACH.
+// ENODEV; a link that is down ENETDOWN; a gateway that is one of the link's
+// own addresses EINVAL (vpnd's gateway routes are "onlink": any other
+// gateway is taken to be on the link).
 func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 	if err := r.Validate(); err != nil {
 		return err
@@ -358,8 +370,8 @@ func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 			return err
 		case !l.Up:
 			return unix.ENETDOWN
-		case r.Gateway.IsValid() && !k.onLinkLocked(l, r.Table, r.Gateway):
-			return unix.ENETUNREACH
+		case r.Gateway.IsValid() && slices.ContainsFunc(l.Addresses, func(a netip.Prefix) bool { return a.Addr() == r.Gateway }):
+			return unix.EINVAL
 		}
 	}
 	i := slices.IndexFunc(k.routes, func(o tun.Route) bool { return o.Table == r.Table && o.Dst == r.Dst })
@@ -372,15 +384,6 @@ func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 		k.routes = append(k.routes, r)
 	}
 	return nil
-}
-
-// onLinkLocked is the kernel's gateway check, simplified: the gateway must
-// be reachable through the link by a gateway-less route through it in the
-// new route's own table (vpnd's addresses add no route to main).
-func (k *Kernel) onLinkLocked(l *link, table int, gw netip.Addr) bool {
-	return slices.ContainsFunc(k.routes, func(o tun.Route) bool {
-		return o.Table == table && o.Kind == tun.Unicast && o.LinkIndex == l.Index && !o.Gateway.IsValid() && o.Dst.Contains(gw)
-	})
 }
 
 func (k *Kernel) delRouteLocked(r tun.Route) error {
@@ -659,7 +662,7 @@ func (k *Kernel) Occupants(table int, priorities ...int) ([]string, error) {
 }
 
 // HostPrefixes answers from Options.HostPrefixes.
-func (k *Kernel) HostPrefixes(except int) ([]tun.HostPrefix, error) {
+func (k *Kernel) HostPrefixes(except string) ([]tun.HostPrefix, error) {
 	if k.opt.HostPrefixes == nil {
 		return nil, nil
 	}
@@ -674,8 +677,8 @@ func (k *Kernel) CheckSocket(fd int) error { return tun.CheckSocket(fd) }
 // socket starts from its real SO_MARK, so other bits are kept as in the
 // kernel.
 func (k *Kernel) MarkSocket(fd int, mark uint32) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	k.marksMu.Lock()
+	defer k.marksMu.Unlock()
 	if err := k.inject("mark socket", fd); err != nil {
 		return err
 	}
@@ -701,8 +704,8 @@ func (k *Kernel) Mark(fd int) (uint32, bool) {
 	if err != nil {
 		return 0, false
 	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	k.marksMu.Lock()
+	defer k.marksMu.Unlock()
 	m, ok := k.marks[id]
 	return m, ok
 }

@@ -43,7 +43,16 @@ func (m *msgBuf) route(typ, flags uint16, r Route) {
 		table = uint8(r.Table)
 	}
 	m.bytes(uint8(r.Family()), uint8(dst.Bits()), 0, 0, table, unix.RTPROT_STATIC, scope, rtType)
-	m.u32(0) // rtm_flags
+	// A TUN is a point-to-point link without neighbours: every gateway is
+	// on it. "onlink" says so, so that the kernel does not look for a
+	// route to the gateway, which would make a route's success depend on
+	// its position in the batch (or fail for a route to the gateway's own
+	// prefix).
+	var rtFlags uint32
+	if r.Kind == Unicast && r.Gateway.IsValid() {
+		rtFlags = unix.RTNH_F_ONLINK
+	}
+	m.u32(rtFlags)
 	m.attrU32(unix.RTA_TABLE, uint32(r.Table))
 	if dst.Bits() > 0 {
 		m.attr(unix.RTA_DST, dst.Addr().AsSlice())

@@ -644,45 +644,52 @@ func (n *Netlink) Occupants(table int, priorities ...int) ([]string, error) {
 }
 
 // HostPrefixes lists the addresses (with their prefix length) of every link
-// but the one with index except, and the on-link prefixes of the main table
+// but the one named except, and the on-link prefixes of the main table
 // (routes without a gateway) through those links: what a NORMAL user's VPN
 // address must not overlap.
-func (n *Netlink) HostPrefixes(except int) ([]HostPrefix, error) {
-	type entry struct {
-		p     netip.Prefix
-		index int
+func (n *Netlink) HostPrefixes(except string) ([]HostPrefix, error) {
+	names := map[int]string{}
+	err := n.dumpLinks(func() { clear(names) }, func(l LinkState) { names[l.Index] = l.Name })
+	if err != nil {
+		return nil, fmt.Errorf("list host links: %w", err)
 	}
-	var es []entry
-	err := n.dumpAddrs(0, func() { es = es[:0] }, func(index int, p netip.Prefix) {
-		if index != except {
-			es = append(es, entry{p, index})
+	var out []HostPrefix
+	err = n.dumpAddrs(0, func() { out = out[:0] }, func(index int, p netip.Prefix) {
+		if name, ok := names[index]; ok && name != except {
+			out = append(out, HostPrefix{Prefix: p, Ifname: name})
 		}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list host addresses: %w", err)
 	}
-	nAddrs := len(es)
-	err = n.dumpRoutes(unix.RT_TABLE_MAIN, func() { es = es[:nAddrs] }, func(k kRoute) {
-		if k.typ == unix.RTN_UNICAST && !k.gw.IsValid() && !k.multipath && k.oif > 0 && k.oif != except {
-			es = append(es, entry{k.dst, k.oif})
+	nAddrs := len(out)
+	err = n.dumpRoutes(unix.RT_TABLE_MAIN, func() { out = out[:nAddrs] }, func(k kRoute) {
+		if k.typ != unix.RTN_UNICAST || k.gw.IsValid() || k.multipath {
+			return
+		}
+		if name, ok := names[k.oif]; ok && name != except {
+			out = append(out, HostPrefix{Prefix: k.dst, Ifname: name})
 		}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list on-link prefixes: %w", err)
 	}
-	names := map[int]string{}
-	out := make([]HostPrefix, 0, len(es))
-	for _, e := range es {
-		name, ok := names[e.index]
-		if !ok {
-			if l, found, err := n.getLink(e.index); err == nil && found {
-				name = l.Name
-			} else {
-				name = fmt.Sprintf("#%d", e.index)
-			}
-			names[e.index] = name
-		}
-		out = append(out, HostPrefix{Prefix: e.p, Ifname: name})
-	}
 	return out, nil
+}
+
+// dumpLinks dumps every link, without statistics.
+func (n *Netlink) dumpLinks(reset func(), fn func(LinkState)) error {
+	var m msgBuf
+	m.begin(unix.RTM_GETLINK, unix.NLM_F_DUMP)
+	m.ifinfo(0, 0, 0)
+	m.attrU32(unix.IFLA_EXT_MASK, 0)
+	m.end()
+	return n.c.dump(&m, reset, func(h unix.NlMsghdr, d []byte) error {
+		if h.Type == unix.RTM_NEWLINK {
+			if l, ok := parseLink(d); ok {
+				fn(l)
+			}
+		}
+		return nil
+	})
 }

@@ -64,7 +64,9 @@ func (n *Netlink) Sweep(log *zap.Logger, s SweepSpec) ([]string, error) {
 	}
 
 	var m msgBuf
-	var what []string
+	// what describes each delete for the log: its message and field.
+	type removal struct{ msg, key, desc string }
+	var what []removal
 	var foreign error
 
 	var link LinkState
@@ -87,7 +89,7 @@ func (n *Netlink) Sweep(log *zap.Logger, s SweepSpec) ([]string, error) {
 	case !found:
 	case kind == "tun":
 		m.linkDel(link.Index)
-		what = append(what, fmt.Sprintf("link %s (index %d)", s.IfName, link.Index))
+		what = append(what, removal{"removed leftover link", "", fmt.Sprintf("link %s (index %d)", s.IfName, link.Index)})
 	default:
 		log.Warn("interface name taken by a foreign link; leaving it alone",
 			zap.String("ifname", s.IfName), zap.String("kind", kind), zap.Int("index", link.Index))
@@ -110,15 +112,18 @@ func (n *Netlink) Sweep(log *zap.Logger, s SweepSpec) ([]string, error) {
 		}
 		k.raw = bytes.Clone(k.raw)
 		k.delete(&m)
-		what = append(what, "rule "+k.String())
+		what = append(what, removal{"removed leftover rule", "rule", k.String()})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sweep: list rules: %w", err)
 	}
 	at, nWhat = m.mark(), len(what)
 	err = n.dumpRoutes(s.Table, restart, func(k kRoute) {
+		if found && kind == "tun" && k.oif == link.Index && k.typ == unix.RTN_UNICAST {
+			return // goes with the link
+		}
 		k.delete(&m)
-		what = append(what, "route "+k.String())
+		what = append(what, removal{"removed leftover route", "route", k.String()})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sweep: list routes in table %d: %w", s.Table, err)
@@ -134,11 +139,16 @@ func (n *Netlink) Sweep(log *zap.Logger, s SweepSpec) ([]string, error) {
 	var errs []error
 	for i, w := range what {
 		if e := results[i]; e != nil && !IsGone(e) {
-			errs = append(errs, fmt.Errorf("sweep: delete %s: %w", w, e))
+			errs = append(errs, fmt.Errorf("sweep: delete %s: %w", w.desc, e))
 			continue
 		}
-		log.Info("removed leftover", zap.String("object", w))
-		removed = append(removed, w)
+		if w.key == "" {
+			log.Info(w.msg, zap.String("ifname", s.IfName), zap.Int("index", link.Index))
+			removed = append(removed, w.desc)
+		} else {
+			log.Info(w.msg, zap.String(w.key, w.desc))
+			removed = append(removed, w.key+" "+w.desc)
+		}
 	}
 	if len(errs) > 0 {
 		return removed, errors.Join(errs...)

@@ -50,6 +50,7 @@ type Fake struct {
 	failOn map[string]map[int]error // method or step name → nth call → error
 	calls  map[string]int
 	hosts  []tun.HostPrefix
+	onStep func(what string)
 }
 
 // New returns an empty fake kernel. Like a fresh network namespace it has
@@ -69,7 +70,20 @@ func (f *Fake) inject(what string, obj any) error {
 		err = e
 	}
 	f.steps = append(f.steps, Step{What: what, Obj: fmt.Sprint(obj), Err: err})
+	if hook := f.onStep; hook != nil {
+		f.mu.Unlock()
+		hook(what)
+		f.mu.Lock()
+	}
 	return err
+}
+
+// OnStep calls fn at every step, before the step is made, with the model
+// locked: fn may block to hold a change in flight. nil removes it.
+func (f *Fake) OnStep(fn func(what string)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.onStep = fn
 }
 
 // FailAt makes the step-th change (counting from 1 over the fake's whole
@@ -131,7 +145,7 @@ func (f *Fake) SetHostPrefixes(ps ...tun.HostPrefix) {
 	f.hosts = slices.Clone(ps)
 }
 
-func (f *Fake) hostPrefixes(int) ([]tun.HostPrefix, error) {
+func (f *Fake) hostPrefixes(string) ([]tun.HostPrefix, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.hosts), nil
@@ -186,7 +200,7 @@ func (f *Fake) Occupants(table int, priorities ...int) ([]string, error) {
 }
 
 // HostPrefixes reports what SetHostPrefixes set, and can be failed.
-func (f *Fake) HostPrefixes(except int) ([]tun.HostPrefix, error) {
+func (f *Fake) HostPrefixes(except string) ([]tun.HostPrefix, error) {
 	if err := f.call("HostPrefixes"); err != nil {
 		return nil, err
 	}
@@ -203,3 +217,6 @@ func (f *Fake) CheckSocket(fd int) error {
 
 // MustPrefix parses a prefix or panics, for test tables.
 func MustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// SortRoutes sorts routes in Snapshot's order.
+func SortRoutes(rs []tun.Route) { sim.SortRoutes(rs) }

@@ -1,0 +1,181 @@
+package test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The largest configs: teardown must cost a bounded number of kernel round
+// trips whatever the size (the deletes go out in batches and the rule list
+// is read once), so every ending of a VPN at the limits finishes within
+// 100 ms on a quiet machine. The assertion here is loose (1 s, for a shared
+// CI machine); BenchmarkTeardownLarge keeps the real figures.
+
+// largeTeardownLimit is the loose CI bound on an ending of a largest config.
+const largeTeardownLimit = time.Second
+
+// largeConfigs are VPNs at the limits of a VpnConfig.
+var largeConfigs = []struct {
+	name   string
+	params func() string
+	owner  uint32 // who may set it up (for the ownerKilled ending)
+}{
+	{"9999 excluded routes", excludedConfig, uidNormal},
+	{"256 blocked users", blockedConfig, uidRoot},
+	{"2000 addresses and 10000 routes", maxConfig, uidNormal},
+}
+
+// excludedConfig has a default route and 9,999 excluded routes, which are
+// throw routes: they do not go with the link and must be deleted one by one.
+func excludedConfig() string {
+	var b strings.Builder
+	b.WriteString(`{"addresses":["10.200.0.2/16"],"routes":["0.0.0.0/0"`)
+	for i := range 9999 {
+		fmt.Fprintf(&b, `,{"destination":{"address":{"address":"10.%d.%d.0"},"prefixLength":24},"isExcludedRoute":true}`, i/256, i%256)
+	}
+	b.WriteString(`]}`)
+	return b.String()
+}
+
+// blockedConfig is an ADMIN's dual-stack VPN for everyone but 256 scattered
+// users: 257 uid ranges per family, over 500 rules.
+func blockedConfig() string {
+	var b strings.Builder
+	b.WriteString(`{"addresses":["10.8.0.2/24","fd00::2/64"],"blockedApplications":[`)
+	for i := range 256 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"%d"`, 10000+2*i)
+	}
+	b.WriteString(`]}`)
+	return b.String()
+}
+
+// maxConfig has 2,000 addresses (each a /24 of its own, so 2,000 prefix
+// routes too) and 10,000 routes, 100 of them excluded.
+func maxConfig() string {
+	var b strings.Builder
+	b.WriteString(`{"addresses":[`)
+	for i := range 2000 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"10.%d.%d.1/24"`, 100+i/256, i%256)
+	}
+	b.WriteString(`],"routes":[`)
+	for i := range 9900 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"172.%d.%d.0/24"`, 16+i/256, i%256)
+	}
+	for i := range 100 {
+		fmt.Fprintf(&b, `,{"destination":{"address":{"address":"172.%d.%d.128"},"prefixLength":25},"isExcludedRoute":true}`, 16+i/256, i%256)
+	}
+	b.WriteString(`]}`)
+	return b.String()
+}
+
+// TestLargeConfigEndings ends a VPN of each largest config in every way a
+// VPN can end and checks that the kernel is clean soon after the trigger.
+func TestLargeConfigEndings(t *testing.T) {
+	requireRoot(t)
+	for _, cfg := range largeConfigs {
+		params := cfg.params()
+		t.Run(cfg.name, func(t *testing.T) {
+			t.Parallel()
+			ns := newNetns(t)
+			probe := openProbe(t, ns)
+			var shared *daemon
+			for _, way := range teardownWays {
+				perDaemon := way == "SIGTERM" || way == "SIGINT"
+				d := shared
+				if perDaemon || d == nil {
+					d = startDaemon(t, inNetns(ns))
+					if !perDaemon {
+						shared = d
+					}
+				}
+				trigger := armTeardown(t, d, way, params, cfg.owner)
+				start := time.Now()
+				trigger()
+				took := probe.waitClean(t, d).Sub(start)
+				t.Logf("%s: %s: kernel clean %v after the trigger", cfg.name, way, took.Round(100*time.Microsecond))
+				if took > largeTeardownLimit {
+					t.Errorf("%s: %s took %v, more than %v", cfg.name, way, took, largeTeardownLimit)
+				}
+				if perDaemon {
+					if code := d.waitExit(t); code != 0 {
+						t.Fatalf("vpnd exited %d after %s", code, way)
+					}
+					d.stop(t)
+				}
+			}
+		})
+	}
+}
+
+// TestTeardownDuringRepair flushes a 10,000-route table and destroys the
+// VPN while vpnd repairs it: the destroy does not wait for the whole
+// repair, and nothing is restored after the teardown.
+func TestTeardownDuringRepair(t *testing.T) {
+	requireRoot(t)
+	d := startDaemon(t)
+	probe := openProbe(t, d.ns)
+	trigger := armTeardown(t, d, "destroy", excludedConfig())
+	d.ip(t, "route", "flush", "table", "98")
+	time.Sleep(healSettleGuess) // let the repair start
+	start := time.Now()
+	trigger()
+	took := probe.waitClean(t, d).Sub(start)
+	t.Logf("destroy during a repair: kernel clean %v after the trigger", took.Round(100*time.Microsecond))
+	if took > largeTeardownLimit {
+		t.Errorf("destroy during a repair took %v, more than %v", took, largeTeardownLimit)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if p := d.leftovers(t); len(p) > 0 {
+		t.Errorf("after the teardown, a repair put things back: %d objects, e.g. %v", len(p), p[0])
+	}
+}
+
+// healSettleGuess is a little more than vpnd's settle time before a repair.
+const healSettleGuess = 15 * time.Millisecond
+
+// TestSelfHealingLargeFlush flushes a 10,000-route table: vpnd puts it
+// back with one repair and one warning, and says how long it took.
+func TestSelfHealingLargeFlush(t *testing.T) {
+	requireRoot(t)
+	d := startDaemon(t)
+	c := d.dial(t, uidNormal)
+	setUpOK(t, c.call("setUp", excludedConfig(), ""))
+	want := d.kernelView(t)
+	start := time.Now()
+	d.ip(t, "route", "flush", "table", "98")
+	eventually(t, "table restored", func() (bool, string) {
+		got := d.kernelView(t)
+		return got == want, fmt.Sprintf("%d of %d lines", strings.Count(got, "\n"), strings.Count(want, "\n"))
+	})
+	t.Logf("flushed table of 10,000 routes restored within %v (including the test's reads)", time.Since(start).Round(time.Millisecond))
+	time.Sleep(100 * time.Millisecond)
+	// One warning per repair. `ip route flush` deletes in rounds, and a
+	// busy machine may let a repair run between two of them, so allow a
+	// few repairs, but never one warning per route.
+	entries := d.logEntries("self-healing restored vpn state")
+	if len(entries) == 0 || len(entries) > 3 {
+		t.Fatalf("%d warnings for one flush, want 1 (at most 3)", len(entries))
+	}
+	if entries[0]["routes"] != float64(10001) {
+		t.Errorf("warning %v does not count 10001 routes (9,999 excluded, the default and the prefix route)", entries[0])
+	}
+	for _, e := range entries {
+		t.Logf("repair of %v routes took %vs", e["routes"], e["took"])
+	}
+	if n := strings.Count(d.stderr.String(), "\n"); n > 200 {
+		t.Errorf("vpnd wrote %d log lines; a repair must not log per object above debug", n)
+	}
+	ok(t, c.call("destroy", "{}", ""))
+	d.waitClean(t, "destroy")
+}
