@@ -321,7 +321,7 @@ func TestSetUpConfigForms(t *testing.T) {
 	}
 	want := kernelSnapshot{
 		mtu: 1400, up: true,
-		addrs:  sorted("10.8.0.2/24", "fd00::2/64"),
+		addrs: sorted("10.8.0.2/24", "fd00::2/64"),
 		routes: sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun", "ipv4 203.0.113.9 dev vpn-tun",
 			"ipv6 2001:db8::/32 dev vpn-tun", "ipv6 fd00::/64 dev vpn-tun"),
 	}
