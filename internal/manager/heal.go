@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"net/netip"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,9 +21,11 @@ import (
 // MTU, its addresses (a link set down loses its IPv6 addresses), its routes
 // and its rules. It never touches anything it did not add.
 //
+// Lockdown's rules are kept the same way.
+//
 // Repairs do not take the manager's lock: status, protect and setUp never
 // wait for one, and a teardown waits at most for one chunk of restores
-// (healChunk objects) to finish (see vpn.kmu).
+// (healChunk objects) to finish (see guard.kmu).
 //
 // A fight with another daemon must not spin: repairs draw from a token
 // bucket (healBurst tokens, one more every healRefill). Without a token
@@ -59,14 +62,50 @@ func (l *limiter) take(now time.Time) (ok bool, wait time.Duration) {
 	return false, time.Duration((1 - l.tokens) * float64(healRefill))
 }
 
-// changeFilter selects the kernel changes that can touch a VPN on the link
-// with this index: the link itself, its table, its rule priority.
-func (m *Manager) changeFilter(index int) tun.ChangeFilter {
-	return tun.ChangeFilter{LinkIndex: index, Table: m.opt.Table, Priorities: []int{m.opt.RulePriority}}
+// guard is a set of kernel objects that self-healing keeps in place: a
+// VPN's, or lockdown's rules.
+type guard struct {
+	name string // "vpn" or "lockdown", for the log
+	// want is what the guard holds in the kernel. It is never changed
+	// after the guard is made.
+	want tun.Objects
+	// query reads back what want is made of.
+	query tun.Query
+	stop  context.CancelFunc
+
+	// kmu orders self-healing's kernel writes with the removal of want: a
+	// repair writes one chunk at a time under it and stops once ending is
+	// set, so a removal waits at most one chunk and no repair runs after
+	// it.
+	kmu    sync.Mutex
+	ending bool
 }
 
-// heal runs while v is up, until ctx is cancelled.
-func (m *Manager) heal(ctx context.Context, v *vpn, changed <-chan struct{}) {
+// filter selects the kernel changes that can touch g.
+func (g *guard) filter() tun.ChangeFilter {
+	return tun.ChangeFilter{LinkIndex: g.query.LinkIndex, Table: g.query.Table, Priorities: g.query.Priorities}
+}
+
+// remove stops g's self-healing and removes g's objects from the kernel.
+func (m *Manager) remove(g *guard) error {
+	g.stop()
+	g.kmu.Lock()
+	defer g.kmu.Unlock()
+	g.ending = true
+	return m.k.Remove(&g.want)
+}
+
+// startHealing keeps g in place until g.stop is called.
+func (m *Manager) startHealing(ctx context.Context, g *guard, changed <-chan struct{}) {
+	m.healing.Add(1)
+	go func() {
+		defer m.healing.Done()
+		m.heal(ctx, g, changed)
+	}()
+}
+
+// heal runs until ctx is cancelled.
+func (m *Manager) heal(ctx context.Context, g *guard, changed <-chan struct{}) {
 	lim := &limiter{tokens: healBurst, last: time.Now()}
 	var retry <-chan time.Time
 	throttled := false
@@ -84,7 +123,7 @@ func (m *Manager) heal(ctx context.Context, v *vpn, changed <-chan struct{}) {
 		if !settle(ctx, changed) {
 			return
 		}
-		if wait := m.repair(v, lim, &throttled); wait > 0 {
+		if wait := m.repair(g, lim, &throttled); wait > 0 {
 			retry = time.After(wait)
 		}
 	}
@@ -111,32 +150,34 @@ func settle(ctx context.Context, changed <-chan struct{}) bool {
 	}
 }
 
-// missing compares what the kernel holds with what v wants, in linear time
+// missing compares what the kernel holds with what g wants, in linear time
 // (maps keyed by each object's identity), and returns what to put back.
-func (v *vpn) missing(s *tun.State) tun.Repair {
-	rep := tun.Repair{LinkIndex: v.index}
-	if s.Link == nil {
-		return rep // gone: the link watch ends the VPN
-	}
-	want := v.want.Link
-	if s.Link.MTU != want.MTU {
-		rep.MTU = want.MTU
-	}
-	rep.Up = !s.Link.Up
-	haveAddrs := make(map[netip.Prefix]struct{}, len(s.Link.Addrs))
-	for _, a := range s.Link.Addrs {
-		haveAddrs[a] = struct{}{}
-	}
-	for _, a := range want.Addrs {
-		if _, ok := haveAddrs[a]; !ok {
-			rep.Addrs = append(rep.Addrs, a)
+func (g *guard) missing(s *tun.State) tun.Repair {
+	var rep tun.Repair
+	if want := g.want.Link; want != nil {
+		rep.LinkIndex = want.Index
+		if s.Link == nil {
+			return tun.Repair{} // gone: the link watch ends the VPN
+		}
+		if s.Link.MTU != want.MTU {
+			rep.MTU = want.MTU
+		}
+		rep.Up = !s.Link.Up
+		haveAddrs := make(map[netip.Prefix]struct{}, len(s.Link.Addrs))
+		for _, a := range s.Link.Addrs {
+			haveAddrs[a] = struct{}{}
+		}
+		for _, a := range want.Addrs {
+			if _, ok := haveAddrs[a]; !ok {
+				rep.Addrs = append(rep.Addrs, a)
+			}
 		}
 	}
 	haveRoutes := make(map[tun.Route]struct{}, len(s.Routes))
 	for _, r := range s.Routes {
 		haveRoutes[r] = struct{}{}
 	}
-	for _, r := range v.want.Routes {
+	for _, r := range g.want.Routes {
 		if _, ok := haveRoutes[r]; !ok {
 			rep.Routes = append(rep.Routes, r)
 		}
@@ -145,7 +186,7 @@ func (v *vpn) missing(s *tun.State) tun.Repair {
 	for _, r := range s.Rules {
 		haveRules[r] = struct{}{}
 	}
-	for _, r := range v.want.Rules {
+	for _, r := range g.want.Rules {
 		if _, ok := haveRules[r]; !ok {
 			rep.Rules = append(rep.Rules, r)
 		}
@@ -153,25 +194,24 @@ func (v *vpn) missing(s *tun.State) tun.Repair {
 	return rep
 }
 
-// repair puts back what of v's is missing or changed in the kernel and logs
+// repair puts back what of g's is missing or changed in the kernel and logs
 // one warning that counts what it restored and names the first few (debug
 // names them all). Without a token from lim it repairs nothing and returns
 // how long to wait for one; throttled makes it say so only once per fight.
-func (m *Manager) repair(v *vpn, lim *limiter, throttled *bool) time.Duration {
-	q := tun.Query{LinkIndex: v.index, Table: m.opt.Table, Priorities: []int{m.opt.RulePriority}}
-	s, err := m.k.Read(q)
+func (m *Manager) repair(g *guard, lim *limiter, throttled *bool) time.Duration {
+	s, err := m.k.Read(g.query)
 	if err != nil {
-		m.log.Error("self-healing: read kernel state failed", zap.Error(err))
+		m.log.Error("self-healing: read kernel state failed", zap.String("of", g.name), zap.Error(err))
 		return 0
 	}
-	rep := v.missing(s)
+	rep := g.missing(s)
 	if rep.Empty() {
 		*throttled = false
 		return 0
 	}
 	if ok, wait := lim.take(time.Now()); !ok {
 		if !*throttled {
-			m.log.Warn("self-healing throttled: vpnd's link, rules or routes keep being changed",
+			m.log.Warn("self-healing throttled: vpnd's link, rules or routes keep being changed", zap.String("of", g.name),
 				zap.Int("missing", len(rep.Addrs)+len(rep.Routes)+len(rep.Rules)), zap.Duration("next_repair_in", wait))
 			*throttled = true
 		}
@@ -181,13 +221,13 @@ func (m *Manager) repair(v *vpn, lim *limiter, throttled *bool) time.Duration {
 	var done tun.Repair
 	var failed error
 	for _, chunk := range chunks(rep, healChunk) {
-		v.kmu.Lock()
-		if v.ending {
-			v.kmu.Unlock()
+		g.kmu.Lock()
+		if g.ending {
+			g.kmu.Unlock()
 			return 0
 		}
 		got, err := m.k.Restore(&chunk)
-		v.kmu.Unlock()
+		g.kmu.Unlock()
 		done.MTU = max(done.MTU, got.MTU)
 		done.Up = done.Up || got.Up
 		done.Addrs = append(done.Addrs, got.Addrs...)
@@ -198,7 +238,7 @@ func (m *Manager) repair(v *vpn, lim *limiter, throttled *bool) time.Duration {
 		}
 	}
 	if failed != nil {
-		m.log.Error("self-healing: restore failed", zap.Error(failed))
+		m.log.Error("self-healing: restore failed", zap.String("of", g.name), zap.Error(failed))
 	}
 	if done.Empty() {
 		return 0
@@ -214,7 +254,7 @@ func (m *Manager) repair(v *vpn, lim *limiter, throttled *bool) time.Duration {
 		names = append(names, "rule "+r.String())
 	}
 	fields := []zap.Field{
-		zap.Bool("link_up", done.Up), zap.Int("mtu", done.MTU),
+		zap.String("of", g.name), zap.Bool("link_up", done.Up), zap.Int("mtu", done.MTU),
 		zap.Int("addresses", len(done.Addrs)), zap.Int("routes", len(done.Routes)), zap.Int("rules", len(done.Rules)),
 		zap.String("first", firstFew(names, healLogged)), zap.Duration("took", time.Since(start)),
 	}

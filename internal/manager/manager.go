@@ -89,16 +89,9 @@ type vpn struct {
 	ownerUID  uint32
 	ownerConn uint64
 	index     int
-	// want is what the VPN holds in the kernel: what Install added. It is
-	// never changed after set-up.
-	want      tun.Objects
-	stopWatch context.CancelFunc
-
-	// kmu orders self-healing's kernel writes with the teardown: a repair
-	// writes one chunk at a time under it and stops once ending is set, so a
-	// teardown waits at most one chunk and no repair runs after it.
-	kmu    sync.Mutex
-	ending bool
+	// guard holds what the VPN put in the kernel (what Install added) and
+	// keeps it in place.
+	guard *guard
 }
 
 // New returns a Manager with an empty slot.
@@ -160,8 +153,8 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 	m.vpn = v
 	m.current.Store(&v.info)
 	m.log.Info("vpn up", zap.String("ifname", v.info.Interface), zap.Int("index", v.index),
-		zap.Uint32("uid", c.UID), zap.Int32("pid", c.PID), zap.Int("addresses", len(v.want.Addrs())),
-		zap.Int("routes", len(v.want.Routes)), zap.Int("rules", len(v.want.Rules)))
+		zap.Uint32("uid", c.UID), zap.Int32("pid", c.PID), zap.Int("addresses", len(v.guard.want.Addrs())),
+		zap.Int("routes", len(v.guard.want.Routes)), zap.Int("rules", len(v.guard.want.Rules)))
 	m.notify(protocol.ReasonSetUp, v)
 	info := v.info
 	return f, &info, v.id, nil
@@ -256,14 +249,18 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 		return nil, err
 	}
 	v.index = index
-	// Until Install says more, the link is all there is to remove.
-	v.want = tun.Objects{Link: &tun.Link{Index: index}}
 	ctx, cancel := context.WithCancel(context.Background())
-	v.stopWatch = cancel
+	g := &guard{
+		name: "vpn",
+		// Until Install says more, the link is all there is to remove.
+		want:  tun.Objects{Link: &tun.Link{Index: index}},
+		query: tun.Query{LinkIndex: index, Table: m.opt.Table, Priorities: []int{m.opt.RulePriority}},
+		stop:  cancel,
+	}
+	v.guard = g
 	defer func() {
 		if err != nil {
-			cancel()
-			if rerr := m.k.Remove(&v.want); rerr != nil {
+			if rerr := m.remove(g); rerr != nil {
 				m.log.Error("rollback incomplete", zap.Error(rerr))
 			}
 			f.Close()
@@ -271,14 +268,14 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 	}()
 	// Watch before configuring: a configuration that succeeds proves the
 	// link outlived the registration, so no deletion can be missed.
-	gone, changed, err := m.k.Watch(ctx, m.changeFilter(index))
+	gone, changed, err := m.k.Watch(ctx, g.filter())
 	if err != nil {
 		return nil, fmt.Errorf("watch link %d: %w", index, err)
 	}
 	plan := m.plan(index, c, cfg)
 	added, err := m.k.Install(&plan)
 	if added.Link != nil {
-		v.want = added
+		g.want = added
 	}
 	if err != nil {
 		return nil, err
@@ -290,11 +287,7 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 		case <-ctx.Done():
 		}
 	}()
-	m.healing.Add(1)
-	go func() {
-		defer m.healing.Done()
-		m.heal(ctx, v, changed)
-	}()
+	m.startHealing(ctx, g, changed)
 	v.info = m.describe(v, c, cfg)
 	return f, nil
 }
@@ -500,12 +493,8 @@ func (m *Manager) end(id uint64, reason string) {
 func (m *Manager) teardownLocked(v *vpn, reason string) {
 	m.vpn = nil
 	m.current.Store(nil)
-	v.stopWatch()
 	start := time.Now()
-	v.kmu.Lock()
-	v.ending = true
-	err := m.k.Remove(&v.want)
-	v.kmu.Unlock()
+	err := m.remove(v.guard)
 	if err != nil {
 		m.log.Error("vpn teardown incomplete", zap.String("ifname", v.info.Interface), zap.Error(err))
 	}
