@@ -212,8 +212,9 @@ const (
 
 // StatusResult is the result of status.
 type StatusResult struct {
-	State string   `json:"state"`
-	VPN   *VpnInfo `json:"vpn"`
+	State    string   `json:"state"`
+	VPN      *VpnInfo `json:"vpn"`
+	Lockdown Lockdown `json:"lockdown"`
 }
 
 // Reasons of a vpnStateChanged notification.
@@ -231,4 +232,22 @@ type StateChanged struct {
 	Interface   string   `json:"interface"`
 	Reason      string   `json:"reason"`
 	VPN         *VpnInfo `json:"vpn"`
+	// Lockdown is set when lockdown changed (reason "lockdown").
+	Lockdown *Lockdown `json:"lockdown,omitempty"`
+}
+
+// MethodSetLockdown turns lockdown on or off: chosen users' traffic may
+// leave only through a VPN. ADMIN only.
+const MethodSetLockdown = "setLockdown"
+
+// ReasonLockdown is the reason of a notification sent because lockdown
+// changed.
+const ReasonLockdown = "lockdown"
+
+// Lockdown is lockdown's state, and the params of setLockdown.
+// Applications are user names or uids; when Enabled, at least one is
+// needed.
+type Lockdown struct {
+	Enabled      bool     `json:"enabled"`
+	Applications []string `json:"applications"`
 }

@@ -40,6 +40,8 @@ type Options struct {
 	// owner's rule excludes (0x20000, OpenHarmony's protectedFromVpn bit).
 	ProtectMark uint32
 	Log         *zap.Logger
+	// Store keeps lockdown's state across restarts; nil keeps it in memory.
+	Store Store
 	// Now is the clock for VpnInfo.Since; nil means time.Now.
 	Now func() time.Time
 }
@@ -80,6 +82,11 @@ type Manager struct {
 	subs    map[uint64]func(protocol.StateChanged)
 	nextSub uint64
 	healing sync.WaitGroup
+
+	// lockdown is lockdown's state, under mu; lockInfo its description for
+	// status, read without the lock.
+	lockdown lockdownState
+	lockInfo atomic.Pointer[protocol.Lockdown]
 }
 
 // vpn is the live VPN and everything vpnd added to the kernel for it.
@@ -433,14 +440,15 @@ func (m *Manager) Protect(c Caller, fd int) error {
 	return nil
 }
 
-// Status reports the slot.
+// Status reports the slot and lockdown.
 func (m *Manager) Status() protocol.StatusResult {
+	lock := *m.lockdownInfo()
 	info := m.current.Load()
 	if info == nil {
-		return protocol.StatusResult{State: protocol.StateDisconnected}
+		return protocol.StatusResult{State: protocol.StateDisconnected, Lockdown: lock}
 	}
 	cp := *info // the slices are never changed after set-up
-	return protocol.StatusResult{State: protocol.StateConnected, VPN: &cp}
+	return protocol.StatusResult{State: protocol.StateConnected, VPN: &cp, Lockdown: lock}
 }
 
 // Subscribe calls fn with every state change until cancel is called. fn
@@ -469,13 +477,15 @@ func (m *Manager) ConnClosed(conn uint64) {
 }
 
 // Shutdown ends the VPN, if any, because vpnd is stopping, and waits for
-// self-healing to stop.
+// self-healing to stop. Lockdown's rules stay in the kernel: lockdown
+// fails closed while vpnd is away.
 func (m *Manager) Shutdown() {
 	m.mu.Lock()
 	if v := m.vpn; v != nil {
 		m.teardownLocked(v, protocol.ReasonShutdown)
 	}
 	m.mu.Unlock()
+	m.stopLockdown()
 	m.healing.Wait()
 }
 
