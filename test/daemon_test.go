@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -17,14 +18,18 @@ import (
 // namespace of its own, and returns its exit code and output.
 func runVpndToExit(t testing.TB, sock string, flags ...string) (int, string) {
 	t.Helper()
-	return runVpndToExitIn(t, newNetns(t), nil, sock, flags...)
+	return runToExit(t, vpndCommand(t, newNetns(t), sock, flags...), flags)
 }
 
 // runVpndToExitIn is runVpndToExit in namespace ns, through prefix (see
 // vpndCommandPrefixed).
 func runVpndToExitIn(t testing.TB, ns string, prefix []string, sock string, flags ...string) (int, string) {
 	t.Helper()
-	cmd := vpndCommandPrefixed(t, ns, prefix, sock, flags...)
+	return runToExit(t, vpndCommandPrefixed(t, ns, prefix, sock, flags...), flags)
+}
+
+func runToExit(t testing.TB, cmd *exec.Cmd, flags []string) (int, string) {
+	t.Helper()
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
