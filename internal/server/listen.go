@@ -57,7 +57,8 @@ func (e *InUseError) Error() string {
 // directory (the socket's own or one on the way to it) that is a symbolic
 // link, that is owned by a uid other than root and vpnd's own effective
 // uid, or that group or others may write without the sticky bit. A missing
-// directory is created with mode 0755 exactly, whatever the umask.
+// directory is created with mode 0755 exactly, whatever the umask, and an
+// existing one keeps its mode.
 //
 // An existing socket file is probed: if a live process answers, Listen
 // refuses and names it (it may be a vpnd in another network namespace);
@@ -126,21 +127,15 @@ func openDirAt(parent int, path, name string) (int, error) {
 	const flags = unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	fd, err := unix.Openat(parent, name, unix.O_PATH|flags, 0)
 	if errors.Is(err, unix.ENOENT) {
-		created := true
-		if err := unix.Mkdirat(parent, name, DirMode); errors.Is(err, unix.EEXIST) {
-			created = false // someone else was faster: judge it like any directory
-		} else if err != nil {
-			return -1, fmt.Errorf("create socket directory %s: %w", path, err)
+		// With a umask of 0 the mode is DirMode from the start; a chmod
+		// afterwards would need a descriptor that a umask such as 0377
+		// keeps vpnd from opening unless it runs as root.
+		mkErr := withoutUmask(func() error { return unix.Mkdirat(parent, name, DirMode) })
+		if mkErr != nil && !errors.Is(mkErr, unix.EEXIST) {
+			return -1, fmt.Errorf("create socket directory %s: %w", path, mkErr)
 		}
-		// O_RDONLY, not O_PATH: fchmod needs a real open.
-		fd, err = unix.Openat(parent, name, unix.O_RDONLY|flags, 0)
-		if err == nil && created {
-			// mkdir applied the umask; the mode must be DirMode exactly.
-			if err := unix.Fchmod(fd, DirMode); err != nil {
-				unix.Close(fd)
-				return -1, fmt.Errorf("chmod socket directory %s: %w", path, err)
-			}
-		}
+		// EEXIST: someone else was faster; it is judged like any directory.
+		fd, err = unix.Openat(parent, name, unix.O_PATH|flags, 0)
 	}
 	if errors.Is(err, unix.ENOTDIR) {
 		// O_NOFOLLOW|O_DIRECTORY on a symbolic link fails with ENOTDIR too.
@@ -204,6 +199,9 @@ func removeStale(dirfd int, path, name string) error {
 }
 
 // bindSocket creates the listening socket file with mode SocketMode.
+// Linux creates the file at bind with the socket inode's mode less the
+// umask, so the mode is set on the socket and the umask cleared: no chmod
+// by path follows.
 func bindSocket(dirfd int, path, name string) (*net.UnixListener, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -211,11 +209,11 @@ func bindSocket(dirfd int, path, name string) (*net.UnixListener, error) {
 	}
 	f := os.NewFile(uintptr(fd), path)
 	defer f.Close() // net.FileListener dups it
-	// bind creates the file with the socket inode's mode less the umask.
 	if err := unix.Fchmod(fd, SocketMode); err != nil {
 		return nil, fmt.Errorf("fchmod socket: %w", err)
 	}
-	if err := bindWithoutUmask(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+	sa := &unix.SockaddrUnix{Name: path}
+	if err := withoutUmask(func() error { return unix.Bind(fd, sa) }); err != nil {
 		return nil, fmt.Errorf("bind %s: %w", path, err)
 	}
 	ln, err := func() (net.Listener, error) {
@@ -233,15 +231,14 @@ func bindSocket(dirfd int, path, name string) (*net.UnixListener, error) {
 	return ul, nil
 }
 
-// bindWithoutUmask binds fd with a umask of 0, so that the socket file
-// gets exactly the mode set on the socket. The umask is shared by every
-// thread of the process, and clearing it even briefly could widen a file
-// that another goroutine creates at that moment. So the bind runs on a
-// thread of its own that first unshares its file-system attributes
-// (CLONE_FS): the umask it clears is that thread's alone. The goroutine
-// exits without unlocking the thread, so the runtime ends the thread
-// instead of reusing it.
-func bindWithoutUmask(fd int, sa unix.Sockaddr) error {
+// withoutUmask runs f with a umask of 0, so that the files f creates get
+// exactly the modes it asks for. The umask is shared by every thread of the
+// process, and clearing it even briefly could widen a file that another
+// goroutine creates at that moment. So f runs on a thread of its own that
+// first unshares its file-system attributes (CLONE_FS): the umask it clears
+// is that thread's alone. The goroutine exits without unlocking the thread,
+// so the runtime ends the thread instead of reusing it.
+func withoutUmask(f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -250,7 +247,7 @@ func bindWithoutUmask(fd int, sa unix.Sockaddr) error {
 			return
 		}
 		unix.Umask(0)
-		errc <- unix.Bind(fd, sa)
+		errc <- f()
 	}()
 	return <-errc
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -63,6 +64,41 @@ func TestListenModesIgnoreUmask(t *testing.T) {
 		if m := mode(t, sock); m != os.ModeSocket|0o666 {
 			t.Errorf("umask %03o: socket mode %v, want srw-rw-rw-", umask, m)
 		}
+	}
+}
+
+// The same as a vpnd that runs as a user of its own (with CAP_NET_ADMIN
+// only, which grants nothing on files): a umask that denies the owner
+// access to a new directory must not keep Listen out of it.
+func TestListenModesIgnoreUmaskAsAnotherUser(t *testing.T) {
+	if os.Getenv("VPND_LISTEN_TEST_CHILD") != "" {
+		t.Skip("already the child")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a test as another uid")
+	}
+	// A copy of the test binary that the other uid may run.
+	dir, err := os.MkdirTemp("", "vpnd-listen-test-") // t.TempDir's parent is 0700
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	exe := filepath.Join(dir, "server.test")
+	b, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^TestListenModesIgnoreUmask$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "VPND_LISTEN_TEST_CHILD=1", "TMPDIR="+os.TempDir())
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: otherUID, Gid: otherUID, Groups: []uint32{}}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestListenModesIgnoreUmask") {
+		t.Fatalf("as uid %d: %v\n%s", otherUID, err, out)
 	}
 }
 
