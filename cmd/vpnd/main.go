@@ -180,8 +180,8 @@ func run(args []string, stderr io.Writer) int {
 	}
 	lock, err := ownership.Acquire(ownership.Resources(o.ifname, int(o.table), int(o.priority)))
 	if err != nil {
-		log.Error("another process owns this namespace's names", zap.Error(err))
-		fmt.Fprintf(stderr, "vpnd: another vpnd serves this network namespace: %v; stop it, or give this vpnd other --ifname, --table and --rule-priority\n", err)
+		log.Error("names taken in this network namespace", zap.Error(err))
+		fmt.Fprintf(stderr, "vpnd: %v: one vpnd at a time may serve a network namespace's interface, table and rule priorities; stop that one, or give this vpnd other --ifname, --table and --rule-priority\n", err)
 		return 1
 	}
 	defer lock.Close() // last: after the VPN is torn down
