@@ -294,12 +294,6 @@ func (c *client) send(method string, params any, fdKinds string) int {
 	return id
 }
 
-// sendLine sends an arbitrary line.
-func (c *client) sendLine(line string) {
-	c.t.Helper()
-	c.must("send - " + line)
-}
-
 // recv reads one message; ok is false on EOF.
 func (c *client) recv() (rpcMsg, bool) {
 	c.t.Helper()

@@ -2,7 +2,9 @@ package test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,7 +18,18 @@ import (
 // namespace of its own, and returns its exit code and output.
 func runVpndToExit(t testing.TB, sock string, flags ...string) (int, string) {
 	t.Helper()
-	cmd := vpndCommand(t, newNetns(t), sock, flags...)
+	return runToExit(t, vpndCommand(t, newNetns(t), sock, flags...), flags)
+}
+
+// runVpndToExitIn is runVpndToExit in namespace ns, through prefix (see
+// vpndCommandPrefixed).
+func runVpndToExitIn(t testing.TB, ns string, prefix []string, sock string, flags ...string) (int, string) {
+	t.Helper()
+	return runToExit(t, vpndCommandPrefixed(t, ns, prefix, sock, flags...), flags)
+}
+
+func runToExit(t testing.TB, cmd *exec.Cmd, flags []string) (int, string) {
+	t.Helper()
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -68,12 +81,30 @@ func TestSocketFile(t *testing.T) {
 		d.dial(t, uidNormal).status()
 	})
 
+	t.Run("under umask 077: directories 0755, socket 0666", func(t *testing.T) {
+		t.Parallel()
+		// Before, mkdir applied the umask: a 0700 directory that no
+		// other user could traverse.
+		dir := newDaemonDir(t)
+		sock := filepath.Join(dir, "run", "vpnd", "vpnd.sock")
+		d := startDaemon(t, withSocket(sock), withPrefix(execAfter("umask 077")...))
+		for _, p := range []string{filepath.Join(dir, "run"), filepath.Dir(sock)} {
+			if st, err := os.Stat(p); err != nil || st.Mode() != os.ModeDir|0o755 {
+				t.Errorf("%s: %v, want drwxr-xr-x (%v)", p, st.Mode(), err)
+			}
+		}
+		if st, err := os.Lstat(sock); err != nil || st.Mode() != os.ModeSocket|0o666 {
+			t.Errorf("%s: %v, want a socket with mode 0666 (%v)", sock, st.Mode(), err)
+		}
+		d.dial(t, uidNormal).status()
+	})
+
 	t.Run("refuses a socket a live vpnd serves", func(t *testing.T) {
 		t.Parallel()
 		d := startDaemon(t)
 		code, out := runVpndToExit(t, d.sock)
-		if code == 0 {
-			t.Errorf("second vpnd on a live socket exited 0: %s", out)
+		if code != 1 || !strings.Contains(out, fmt.Sprintf("already served by pid %d", d.pid)) {
+			t.Errorf("second vpnd on a live socket: exit %d, want 1 and a message naming pid %d: %s", code, d.pid, out)
 		}
 		if _, err := os.Lstat(d.sock); err != nil {
 			t.Fatalf("the second vpnd removed the live socket: %v", err)
@@ -88,16 +119,66 @@ func TestSocketFile(t *testing.T) {
 		t.Parallel()
 		dir := newDaemonDir(t)
 		sock := filepath.Join(dir, "stale.sock")
-		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
-			t.Fatal(err)
-		}
-		unix.Close(fd) // the file stays, nobody listens
+		staleSocketFile(t, sock)
 		d := startDaemon(t, withSocket(sock))
 		d.dial(t, uidRoot).status()
+	})
+
+	t.Run("refuses a directory that another user could change", func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			name    string
+			prepare func(t *testing.T, base string) (sock string)
+			want    string
+		}{
+			{"parent is a symbolic link into a user's directory", func(t *testing.T, base string) string {
+				home := filepath.Join(base, "home")
+				mkdirOwned(t, home, 0o755, uidNormal)
+				if err := os.Symlink(home, filepath.Join(base, "run")); err != nil {
+					t.Fatal(err)
+				}
+				return filepath.Join(base, "run", "vpnd.sock")
+			}, "/run is a symbolic link"},
+			{"directory of another uid, mode 0777, with a stale socket", func(t *testing.T, base string) string {
+				dir := filepath.Join(base, "vpnd")
+				mkdirOwned(t, dir, 0o777, uidNormal)
+				sock := filepath.Join(dir, "vpnd.sock")
+				staleSocketFile(t, sock)
+				return sock
+			}, "/vpnd is owned by uid 4000"},
+			{"ancestor of another uid", func(t *testing.T, base string) string {
+				mkdirOwned(t, filepath.Join(base, "home"), 0o755, uidNormal)
+				mkdirOwned(t, filepath.Join(base, "home", "vpnd"), 0o755, uidRoot)
+				return filepath.Join(base, "home", "vpnd", "vpnd.sock")
+			}, "/home is owned by uid 4000"},
+			{"root's directory writable by others", func(t *testing.T, base string) string {
+				mkdirOwned(t, filepath.Join(base, "vpnd"), 0o777, uidRoot)
+				return filepath.Join(base, "vpnd", "vpnd.sock")
+			}, "/vpnd has mode 0777"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				base := newDaemonDir(t)
+				sock := tc.prepare(t, base)
+				_, staleErr := os.Lstat(sock)
+				ns := newNetns(t)
+				plantLeftovers(t, ns)
+				code, out := runVpndToExitIn(t, ns, nil, sock)
+				if code != 1 {
+					t.Errorf("exit %d, want 1: %s", code, out)
+				}
+				if !strings.Contains(out, "vpnd: listen: unsafe socket directory: "+base+tc.want) {
+					t.Errorf("the message does not say %q:\n%s", base+tc.want, out)
+				}
+				if !strings.Contains(out, `"msg":"socket refused"`) {
+					t.Errorf("the refusal was not logged:\n%s", out)
+				}
+				if _, err := os.Lstat(sock); (err == nil) != (staleErr == nil) {
+					t.Errorf("the socket file changed: before %v, after %v", staleErr, err)
+				}
+				wantNotSwept(t, ns)
+			})
+		}
 	})
 
 	t.Run("ifname longer than 15 bytes is refused", func(t *testing.T) {
@@ -107,6 +188,32 @@ func TestSocketFile(t *testing.T) {
 			t.Errorf("vpnd accepted --ifname of 17 bytes: %s", out)
 		}
 	})
+}
+
+func mkdirOwned(t testing.TB, p string, perm os.FileMode, uid int) {
+	t.Helper()
+	if err := os.MkdirAll(p, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, perm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(p, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// staleSocketFile leaves a socket file at p that no one listens on.
+func staleSocketFile(t testing.TB, p string) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: p}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // §6 Account types from a policy file.

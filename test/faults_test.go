@@ -133,8 +133,7 @@ func TestStartupSweepLogsExactly(t *testing.T) {
 		{{"-4", "route", "add", "203.0.113.0/24", "dev", "lo", "table", "97"}, {"-4", "route", "del", "203.0.113.0/24", "table", "97"}},
 		{{"link", "add", "foreign0", "type", "bridge"}, {"link", "del", "foreign0"}},
 	}
-	var foreignState func() string
-	foreignState = func() string {
+	foreignState := func() string {
 		var b strings.Builder
 		for _, r := range d1.rules(t) {
 			if r.Priority != defaultPriority || r.Table != "98" {

@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -76,9 +75,11 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// go test puts its own go command first in PATH.
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		fmt.Fprintln(os.Stderr, "find the go command:", err)
+		return 1
 	}
 	for _, b := range []struct{ name, pkg string }{
 		{"vpnd", "./cmd/vpnd"},
@@ -432,6 +433,7 @@ type daemon struct {
 	ns     string
 	dir    string // 0755 temp dir holding the socket and policy file
 	sock   string
+	prefix []string
 	pid    int
 	cmd    *exec.Cmd
 	stderr *syncBuffer
@@ -463,6 +465,7 @@ type daemonOpts struct {
 	mark        uint32
 	beforeStart func(t testing.TB, ns string)
 	noLeakCheck bool
+	prefix      []string // command that execs vpnd in the namespace
 }
 
 type daemonOpt func(*daemonOpts)
@@ -489,6 +492,9 @@ func withKernelNames(ifname string, table, priority int, mark uint32) daemonOpt 
 	}
 }
 
+// withPrefix runs vpnd through a command that execs it (vpndCommandPrefixed).
+func withPrefix(prefix ...string) daemonOpt { return func(o *daemonOpts) { o.prefix = prefix } }
+
 // beforeStart runs f in the namespace's setup phase, before vpnd starts.
 func beforeStart(f func(t testing.TB, ns string)) daemonOpt {
 	return func(o *daemonOpts) { o.beforeStart = f }
@@ -511,10 +517,22 @@ func newDaemonDir(t testing.TB) string {
 // vpndCommand builds `ip netns exec NS vpnd --socket ... FLAGS`. ip execs
 // vpnd without forking, so the child's pid is vpnd's.
 func vpndCommand(t testing.TB, ns, sock string, flags ...string) *exec.Cmd {
-	args := []string{"netns", "exec", ns, bin(t, "vpnd"), "--socket", sock,
-		"--log-format", "json", "--log-level", "debug"}
+	return vpndCommandPrefixed(t, ns, nil, sock, flags...)
+}
+
+// vpndCommandPrefixed is vpndCommand with a command that runs first in
+// the namespace and execs vpnd (e.g. setpriv, unshare), so that the
+// child's pid is still vpnd's.
+func vpndCommandPrefixed(t testing.TB, ns string, prefix []string, sock string, flags ...string) *exec.Cmd {
+	args := append([]string{"netns", "exec", ns}, prefix...)
+	args = append(args, bin(t, "vpnd"), "--socket", sock, "--log-format", "json", "--log-level", "debug")
 	args = append(args, flags...)
 	return exec.Command("ip", args...)
+}
+
+// execAfter is a prefix that runs the shell script before it execs vpnd.
+func execAfter(script string) []string {
+	return []string{"sh", "-c", script + ` && exec "$0" "$@"`}
 }
 
 // startDaemon starts vpnd in a fresh namespace (or opts' one) and waits
@@ -537,7 +555,7 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 	}
 	d := &daemon{
 		t: t, ns: ns, dir: newDaemonDir(t), stderr: &syncBuffer{}, exitedCh: make(chan struct{}),
-		ifname: o.ifname, table: o.table, priority: o.priority, mark: o.mark,
+		ifname: o.ifname, table: o.table, priority: o.priority, mark: o.mark, prefix: o.prefix,
 	}
 	d.sock = o.socket
 	if d.sock == "" {
@@ -565,7 +583,7 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 // and waits until it serves.
 func (d *daemon) launch(tb testing.TB, flags ...string) {
 	tb.Helper()
-	d.cmd = vpndCommand(tb, d.ns, d.sock, flags...)
+	d.cmd = vpndCommandPrefixed(tb, d.ns, d.prefix, d.sock, flags...)
 	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
 	if err := d.cmd.Start(); err != nil {
 		tb.Fatalf("start vpnd: %v", err)
@@ -585,8 +603,10 @@ func (d *daemon) launch(tb testing.TB, flags ...string) {
 	d.checkNamespace(tb)
 }
 
-// waitReady polls the socket until it accepts a connection. This is
-// readiness, not a timing assertion; hangGuard only stops a hung start.
+// waitReady polls the socket until vpnd answers a status request. A
+// connect alone is not enough: vpnd listens before its start-up sweep and
+// serves after it. This is readiness, not a timing assertion; hangGuard
+// only stops a hung start.
 func (d *daemon) waitReady(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(hangGuard)
@@ -597,8 +617,7 @@ func (d *daemon) waitReady(t testing.TB) {
 			t.Fatalf("vpnd exited during start-up (%v):\n%s", d.waitErr, d.stderr.String())
 		default:
 		}
-		if c, err := wire.Dial(d.sock); err == nil {
-			c.Close()
+		if answers(d.sock) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -609,6 +628,24 @@ func (d *daemon) waitReady(t testing.TB) {
 			wait *= 2
 		}
 	}
+}
+
+// answers reports whether a status request on sock gets an answer.
+func answers(sock string) bool {
+	c, err := wire.Dial(sock)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	tv := unix.NsecToTimeval(hangGuard.Nanoseconds())
+	if err := unix.SetsockoptTimeval(c.FD(), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return false
+	}
+	if err := c.Send([]byte(`{"jsonrpc":"2.0","id":1,"method":"status"}` + "\n")); err != nil {
+		return false
+	}
+	_, err = c.ReadLine()
+	return err == nil
 }
 
 // checkNamespace makes sure vpnd is not in the host's namespace. It is

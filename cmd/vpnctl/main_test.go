@@ -220,10 +220,10 @@ type fakeDaemon struct {
 	calls  []string
 	closed bool
 	conns  []*rpc.Conn
-	handle func(c *rpc.Conn, req protocol.Request, files []*os.File) (any, error, []*os.File)
+	handle func(c *rpc.Conn, req protocol.Request, files []*os.File) (any, []*os.File, error)
 }
 
-func newFakeDaemon(t *testing.T, handle func(c *rpc.Conn, req protocol.Request, files []*os.File) (any, error, []*os.File)) *fakeDaemon {
+func newFakeDaemon(t *testing.T, handle func(c *rpc.Conn, req protocol.Request, files []*os.File) (any, []*os.File, error)) *fakeDaemon {
 	d := &fakeDaemon{path: filepath.Join(t.TempDir(), "vpnd.sock"), handle: handle}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: d.path, Net: "unix"})
 	if err != nil {
@@ -266,7 +266,7 @@ func (d *fakeDaemon) serve(c *rpc.Conn) {
 		d.mu.Lock()
 		d.calls = append(d.calls, req.Method)
 		d.mu.Unlock()
-		res, err, files := d.handle(c, req, m.Files)
+		res, files, err := d.handle(c, req, m.Files)
 		for _, f := range m.Files {
 			f.Close()
 		}
@@ -307,7 +307,7 @@ var testInfo = protocol.VpnInfo{
 }
 
 func TestStatus(t *testing.T) {
-	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, error, []*os.File) {
+	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
 		return protocol.StatusResult{State: "connected", VPN: &testInfo}, nil, nil
 	})
 	code, out, stderr := vpnctl(t, context.Background(), "", "--socket", d.path, "status")
@@ -323,8 +323,8 @@ func TestStatus(t *testing.T) {
 }
 
 func TestFailedCallMessage(t *testing.T) {
-	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, error, []*os.File) {
-		return nil, errs.New(errs.CodePermission, "uid 1001 does not own the VPN"), nil
+	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
+		return nil, nil, errs.New(errs.CodePermission, "uid 1001 does not own the VPN")
 	})
 	code, out, stderr := vpnctl(t, context.Background(), "", "--socket", d.path, "down")
 	if code != 1 || out != "" || stderr != "vpnctl: 201 Permission denied. (uid 1001 does not own the VPN)\n" {
@@ -338,9 +338,9 @@ func TestFailedCallMessage(t *testing.T) {
 
 func TestProtectCommand(t *testing.T) {
 	var got atomic.Uint64
-	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, files []*os.File) (any, error, []*os.File) {
+	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, files []*os.File) (any, []*os.File, error) {
 		if req.Method != "protect" || req.FDs != 1 || len(files) != 1 {
-			return nil, errs.New(errs.CodeInvalidFD, "no fd"), nil
+			return nil, nil, errs.New(errs.CodeInvalidFD, "no fd")
 		}
 		fi, _ := files[0].Stat()
 		got.Store(fi.Sys().(*syscall.Stat_t).Ino)
@@ -363,14 +363,14 @@ func TestProtectCommand(t *testing.T) {
 // VPN after CMD exits, exits with CMD's status and keeps no copy of the fd.
 func TestUpWithCommand(t *testing.T) {
 	readEnds := make(chan *os.File, 3)
-	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, error, []*os.File) {
+	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
 		if req.Method == "setUp" {
 			r, w, err := os.Pipe() // stands in for the TUN device
 			if err != nil {
 				t.Error(err)
 			}
 			readEnds <- r
-			return testInfo, nil, []*os.File{w} // closed once sent
+			return testInfo, []*os.File{w}, nil // closed once sent
 		}
 		return struct{}{}, nil, nil
 	})
@@ -410,8 +410,8 @@ func TestUpWithCommand(t *testing.T) {
 }
 
 func TestUpSetUpFails(t *testing.T) {
-	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, error, []*os.File) {
-		return nil, errs.New(errs.CodeVPNExists, ""), nil
+	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
+		return nil, nil, errs.New(errs.CodeVPNExists, "")
 	})
 	code, _, stderr := vpnctl(t, context.Background(), "", "--socket", d.path, "up", "--address", "10.8.0.2/24")
 	if code != 1 || stderr != "vpnctl: 2203002 VPN already exists.\n" {
@@ -429,7 +429,7 @@ func TestHold(t *testing.T) {
 		t.Cleanup(func() { cl.Close() })
 		return cl
 	}
-	ok := func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, error, []*os.File) {
+	ok := func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
 		return struct{}{}, nil, nil
 	}
 	g := &globals{io: stdio{out: io.Discard, err: &bytes.Buffer{}}}
@@ -455,7 +455,7 @@ func TestHold(t *testing.T) {
 }
 
 func TestWatch(t *testing.T) {
-	d := newFakeDaemon(t, func(c *rpc.Conn, req protocol.Request, _ []*os.File) (any, error, []*os.File) {
+	d := newFakeDaemon(t, func(c *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
 		go func() {
 			time.Sleep(10 * time.Millisecond) // after the response
 			b, _ := json.Marshal(protocol.Response{JSONRPC: "2.0", Method: protocol.MethodStateChanged,
@@ -535,7 +535,7 @@ func TestForwardInterrupt(t *testing.T) {
 	if !isTerminal(pts) {
 		t.Fatal("a pty is not a terminal")
 	}
-	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, error, []*os.File) {
+	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
 		return struct{}{}, nil, nil
 	})
 	for _, tc := range []struct {

@@ -19,6 +19,8 @@ import (
 	"github.com/vpnd/vpnd/internal/auth"
 	"github.com/vpnd/vpnd/internal/config"
 	"github.com/vpnd/vpnd/internal/manager"
+	"github.com/vpnd/vpnd/internal/ownership"
+	"github.com/vpnd/vpnd/internal/preflight"
 	"github.com/vpnd/vpnd/internal/server"
 	"github.com/vpnd/vpnd/internal/tun"
 	"github.com/vpnd/vpnd/protocol"
@@ -60,10 +62,27 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 		fmt.Fprint(stderr, `Usage: vpnd [flags]
 
 vpnd is the VPN manager daemon. It serves setUp, protect, destroy, status
-and subscribe on a Unix socket and must run as root (CAP_NET_ADMIN). At
-start it removes what a killed vpnd left behind (its interface, its rules
-at its priority, the routes in its table). While a VPN is up it restores
-its rules and routes if something else deletes or changes them.
+and subscribe on a Unix socket.
+
+Start-up, in this order; any failure exits 1 with a message and touches
+nothing further:
+  1. vpnd needs CAP_NET_ADMIN (run it as root, or grant it, e.g.
+     AmbientCapabilities=CAP_NET_ADMIN) and a /dev/net/tun it can open.
+  2. At most one vpnd serves a network namespace's --ifname, --table and
+     --rule-priority (and --rule-priority+1, for lockdown rules). vpnd
+     claims each with an abstract socket, e.g. @vpnd/table/98; a second
+     vpnd, whatever its --socket, names the running one (pid and command
+     line) and exits.
+  3. The socket's directory, and each directory on the way to it, must
+     not be a symbolic link, must be owned by root or vpnd's own user, and
+     must not be writable by group or others unless it is sticky. Missing
+     directories are created 0755, the socket 0666, whatever the umask. A
+     socket another process serves on (a vpnd in another namespace, too)
+     is refused; a stale one is replaced.
+  4. Only then does vpnd remove what a killed vpnd left behind (its
+     interface, its rules at its priority, the routes in its table), and
+     serve. While a VPN is up it restores its rules and routes if
+     something else deletes or changes them.
 
 Signals: SIGTERM or SIGINT ends the VPN, removes the socket and exits 0;
 SIGHUP reloads the --accounts policy (a bad file keeps the old policy);
@@ -148,17 +167,44 @@ func run(args []string, stderr io.Writer) int {
 	var holder auth.Holder
 	holder.Store(policy)
 
+	// Start-up order: nothing in the kernel or the file system is touched
+	// before vpnd knows that it can work, that no other vpnd owns its
+	// names here, and that its socket path is its own. Only then does it
+	// sweep what a killed vpnd left behind.
+	if missing := preflight.Check(preflight.TUNPath); len(missing) > 0 {
+		for _, err := range missing {
+			log.Error("start-up check failed", zap.Error(err))
+			fmt.Fprintf(stderr, "vpnd: %v\n", err)
+		}
+		return 1
+	}
 	kernel, err := tun.New(log)
 	if err != nil {
 		fmt.Fprintf(stderr, "vpnd: netlink: %v\n", err)
 		return 1
 	}
 	defer kernel.Close()
+	lock, err := ownership.Acquire(ownership.Resources(o.ifname, int(o.table), int(o.priority)))
+	if err != nil {
+		log.Error("names taken in this network namespace", zap.Error(err))
+		fmt.Fprintf(stderr, "vpnd: %v: one vpnd at a time may serve a network namespace's interface, table and rule priorities; stop that one, or give this vpnd other --ifname, --table and --rule-priority\n", err)
+		return 1
+	}
+	defer lock.Close() // last: after the VPN is torn down
+	ln, err := server.Listen(o.socket)
+	if err != nil {
+		log.Error("socket refused", zap.String("socket", o.socket), zap.Error(err))
+		fmt.Fprintf(stderr, "vpnd: listen: %v\n", err)
+		return 1
+	}
+
 	removed, err := kernel.Sweep(log.Named("sweep"), tun.SweepSpec{IfName: o.ifname, Table: int(o.table), Priority: int(o.priority)})
 	if errors.Is(err, tun.ErrLinkExists) {
 		// Not ours to remove: setUp answers 19900002 until it is gone.
 		log.Warn("interface name taken by a foreign link", zap.String("ifname", o.ifname), zap.Error(err))
 	} else if err != nil {
+		ln.Close()
+		os.Remove(o.socket)
 		fmt.Fprintf(stderr, "vpnd: start-up sweep: %v\n", err)
 		return 1
 	}
@@ -166,11 +212,6 @@ func run(args []string, stderr io.Writer) int {
 		log.Info("start-up sweep removed leftovers", zap.Strings("removed", removed))
 	}
 
-	ln, err := server.Listen(o.socket)
-	if err != nil {
-		fmt.Fprintf(stderr, "vpnd: listen: %v\n", err)
-		return 1
-	}
 	mgr := manager.New(kernel, manager.Options{
 		IfName:       o.ifname,
 		Table:        int(o.table),

@@ -70,8 +70,6 @@ const (
 	numEnds
 )
 
-var endNames = [numEnds]string{"destroy", "connClose", "tunClose", "kill"}
-
 func main() {
 	if len(os.Args) == 3 && os.Args[1] == "-child" {
 		os.Exit(child(os.Args[2]))
