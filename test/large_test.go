@@ -90,8 +90,12 @@ func TestLargeConfigEndings(t *testing.T) {
 			ns := newNetns(t)
 			probe := openProbe(t, ns)
 			var shared *daemon
-			for _, way := range teardownWays {
+			for _, way := range teardownWays { // SIGTERM and SIGINT come last
 				perDaemon := way == "SIGTERM" || way == "SIGINT"
+				if perDaemon && shared != nil {
+					shared.stop(t) // one vpnd per namespace
+					shared = nil
+				}
 				d := shared
 				if perDaemon || d == nil {
 					d = startDaemon(t, inNetns(ns))
