@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -526,8 +527,40 @@ func vpndCommand(t testing.TB, ns, sock string, flags ...string) *exec.Cmd {
 func vpndCommandPrefixed(t testing.TB, ns string, prefix []string, sock string, flags ...string) *exec.Cmd {
 	args := append([]string{"netns", "exec", ns}, prefix...)
 	args = append(args, bin(t, "vpnd"), "--socket", sock, "--log-format", "json", "--log-level", "debug")
+	if !slices.Contains(flags, "--state-dir") {
+		args = append(args, "--state-dir", stateDirFor(t, ns))
+	}
 	args = append(args, flags...)
 	return exec.Command("ip", args...)
+}
+
+var (
+	stateDirsMu sync.Mutex
+	stateDirs   = map[string]string{}
+)
+
+// stateDirFor returns the state directory of the vpnds of namespace ns:
+// one per namespace, so that a vpnd restarted there finds what the last
+// one stored (lockdown), and never the host's /var/lib/vpnd. It goes away
+// when the test that made it ends.
+func stateDirFor(t testing.TB, ns string) string {
+	stateDirsMu.Lock()
+	defer stateDirsMu.Unlock()
+	if d, ok := stateDirs[ns]; ok {
+		return d
+	}
+	d, err := os.MkdirTemp("", "vpndtest-state-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateDirs[ns] = d
+	t.Cleanup(func() {
+		stateDirsMu.Lock()
+		delete(stateDirs, ns)
+		stateDirsMu.Unlock()
+		os.RemoveAll(d)
+	})
+	return d
 }
 
 // execAfter is a prefix that runs the shell script before it execs vpnd.

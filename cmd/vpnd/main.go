@@ -22,6 +22,7 @@ import (
 	"github.com/vpnd/vpnd/internal/ownership"
 	"github.com/vpnd/vpnd/internal/preflight"
 	"github.com/vpnd/vpnd/internal/server"
+	"github.com/vpnd/vpnd/internal/state"
 	"github.com/vpnd/vpnd/internal/tun"
 	"github.com/vpnd/vpnd/protocol"
 )
@@ -38,6 +39,7 @@ type options struct {
 	logFormat   string
 	maxConns    int
 	maxPerUser  int
+	stateDir    string
 }
 
 func main() {
@@ -52,7 +54,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.StringVar(&o.accounts, "accounts", "", "account policy JSON file (default: the embedded policy: uid 0 admin, nobody and groups guest/guests guest, others normal)")
 	fs.StringVar(&o.ifname, "ifname", "vpn-tun", "name of the TUN interface (1-15 bytes)")
 	fs.UintVar(&o.table, "table", 98, "routing table for the VPN's routes (not 0, 253, 254 or 255)")
-	fs.UintVar(&o.priority, "rule-priority", 10000, "priority of the VPN's policy rules (1-32765)")
+	fs.UintVar(&o.priority, "rule-priority", 10000, "priority of the VPN's policy rules (1-32764); lockdown's rules use the next one")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/vpnd", "directory for what must outlive vpnd (lockdown's state)")
 	fs.StringVar(&o.protectMark, "protect-mark", "0x20000", "SO_MARK bit(s) that protect sets and the owner's rule excludes")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "console", "log format: json or console")
@@ -108,8 +111,9 @@ Flags:
 	if o.table > 1<<32-1 {
 		return nil, 0, fmt.Errorf("--table %d: out of range", o.table)
 	}
-	if o.priority < 1 || o.priority > 32765 {
-		return nil, 0, fmt.Errorf("--rule-priority %d: out of range 1-32765", o.priority)
+	// Priority+1 holds lockdown's rules, and must stay before main's 32766.
+	if o.priority < 1 || o.priority > 32764 {
+		return nil, 0, fmt.Errorf("--rule-priority %d: out of range 1-32764", o.priority)
 	}
 	mark, err := strconv.ParseUint(o.protectMark, 0, 32)
 	if err != nil || mark == 0 {
@@ -184,6 +188,18 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer kernel.Close()
+	state, err := state.Open(o.stateDir)
+	if err != nil {
+		fmt.Fprintf(stderr, "vpnd: %v\n", err)
+		return 1
+	}
+	lockdown, err := state.LoadLockdown()
+	if err != nil {
+		// Refusing to start keeps whatever lockdown rules are in the
+		// kernel: it fails closed.
+		fmt.Fprintf(stderr, "vpnd: %v\n", err)
+		return 1
+	}
 	lock, err := ownership.Acquire(ownership.Resources(o.ifname, int(o.table), int(o.priority)))
 	if err != nil {
 		log.Error("names taken in this network namespace", zap.Error(err))
@@ -198,7 +214,16 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 
-	removed, err := kernel.Sweep(log.Named("sweep"), tun.SweepSpec{IfName: o.ifname, Table: int(o.table), Priority: int(o.priority)})
+	mgr := manager.New(kernel, manager.Options{
+		IfName:       o.ifname,
+		Table:        int(o.table),
+		RulePriority: int(o.priority),
+		ProtectMark:  mark,
+		Log:          log.Named("manager"),
+		Store:        state,
+	})
+	removed, err := kernel.Sweep(log.Named("sweep"), tun.SweepSpec{IfName: o.ifname, Table: int(o.table), Priority: int(o.priority),
+		LockdownPriority: mgr.LockdownPriority(), Keep: mgr.LockdownKeep(lockdown)})
 	if errors.Is(err, tun.ErrLinkExists) {
 		// Not ours to remove: setUp answers 19900002 until it is gone.
 		log.Warn("interface name taken by a foreign link", zap.String("ifname", o.ifname), zap.Error(err))
@@ -211,14 +236,14 @@ func run(args []string, stderr io.Writer) int {
 	if len(removed) > 0 {
 		log.Info("start-up sweep removed leftovers", zap.Strings("removed", removed))
 	}
-
-	mgr := manager.New(kernel, manager.Options{
-		IfName:       o.ifname,
-		Table:        int(o.table),
-		RulePriority: int(o.priority),
-		ProtectMark:  mark,
-		Log:          log.Named("manager"),
-	})
+	// Lockdown is in force before vpnd serves: a listed user is never
+	// free while vpnd (re)starts.
+	if err := mgr.StartLockdown(lockdown); err != nil {
+		ln.Close()
+		os.Remove(o.socket)
+		fmt.Fprintf(stderr, "vpnd: lockdown: %v\n", err)
+		return 1
+	}
 	srv := server.New(server.Config{
 		Manager:         mgr,
 		Policy:          &holder,

@@ -21,6 +21,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--table", "0"}, "reserved table", 0},
 		{[]string{"--rule-priority", "0"}, "out of range", 0},
 		{[]string{"--rule-priority", "32766"}, "out of range", 0},
+		{[]string{"--rule-priority", "32765"}, "out of range", 0}, // lockdown would take 32766, main's
 		{[]string{"--protect-mark", "0"}, "--protect-mark", 0},
 		{[]string{"--protect-mark", "0x100000000"}, "--protect-mark", 0},
 		{[]string{"--max-connections", "0"}, "--max-connections", 0},

@@ -416,6 +416,16 @@ func (ss *session) call(req request, files []*os.File) (any, *os.File, uint64, e
 			return nil, nil, 0, err
 		}
 		return m.Status(), nil, 0, nil
+	case protocol.MethodSetLockdown:
+		l, err := config.ParseLockdown(req.params, ss.s.cfg.Users)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		c, err := ss.caller()
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		return struct{}{}, nil, 0, m.SetLockdown(c, l)
 	case protocol.MethodSubscribe:
 		if err := emptyParams(req.params); err != nil {
 			return nil, nil, 0, err

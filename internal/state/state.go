@@ -1,0 +1,137 @@
+// Package state keeps what must outlive vpnd in its state directory
+// (--state-dir, /var/lib/vpnd by default): lockdown's state, so that
+// lockdown holds across restarts and a SIGKILL.
+//
+// Files are written atomically: a temporary file in the same directory,
+// fsync, rename, fsync of the directory. A crash leaves the old file or the
+// new one, never half of one.
+package state
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/vpnd/vpnd/internal/config"
+)
+
+// Dir is a state directory.
+type Dir struct {
+	path string
+}
+
+// lockdownFile holds lockdown's state.
+const lockdownFile = "lockdown.json"
+
+// Open opens the state directory at path, creating it (0700: what it holds
+// is root's business) if it does not exist.
+func Open(path string) (*Dir, error) {
+	if err := os.MkdirAll(path, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("state directory %s is not a directory", path)
+	}
+	return &Dir{path: path}, nil
+}
+
+// Path returns the directory's path.
+func (d *Dir) Path() string { return d.path }
+
+// storedLockdown is the file's form. Users are stored by uid, which is what
+// the kernel's rules match; names are kept for people reading the file and
+// for status.
+type storedLockdown struct {
+	Enabled bool         `json:"enabled"`
+	Users   []storedUser `json:"users"`
+}
+
+type storedUser struct {
+	UID  uint32 `json:"uid"`
+	Name string `json:"name,omitempty"`
+}
+
+// LoadLockdown reads lockdown's state; a missing file is lockdown off.
+func (d *Dir) LoadLockdown() (config.Lockdown, error) {
+	var l config.Lockdown
+	b, err := os.ReadFile(filepath.Join(d.path, lockdownFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return l, nil
+	}
+	if err != nil {
+		return l, fmt.Errorf("read lockdown state: %w", err)
+	}
+	var s storedLockdown
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return l, fmt.Errorf("lockdown state %s: %w", filepath.Join(d.path, lockdownFile), err)
+	}
+	if s.Enabled && len(s.Users) == 0 {
+		return l, fmt.Errorf("lockdown state %s: enabled with no users", filepath.Join(d.path, lockdownFile))
+	}
+	l.Enabled = s.Enabled
+	for _, u := range s.Users {
+		l.Users = append(l.Users, config.User{UID: u.UID, Name: u.Name})
+	}
+	return l, nil
+}
+
+// SaveLockdown writes lockdown's state atomically and durably.
+func (d *Dir) SaveLockdown(l config.Lockdown) error {
+	s := storedLockdown{Enabled: l.Enabled, Users: []storedUser{}}
+	for _, u := range l.Users {
+		s.Users = append(s.Users, storedUser{UID: u.UID, Name: u.Name})
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(d.path, lockdownFile, append(b, '\n'), 0o600)
+}
+
+// writeAtomic replaces dir/name with data.
+func writeAtomic(dir, name string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(dir, "."+name+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	ok = true
+	if dh, err := os.Open(dir); err == nil {
+		dh.Sync()
+		dh.Close()
+	}
+	return nil
+}
