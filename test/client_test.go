@@ -110,8 +110,12 @@ type vpnInfo struct {
 }
 
 type statusResult struct {
-	State string   `json:"state"`
-	VPN   *vpnInfo `json:"vpn"`
+	State    string   `json:"state"`
+	VPN      *vpnInfo `json:"vpn"`
+	Lockdown struct {
+		Enabled      bool     `json:"enabled"`
+		Applications []string `json:"applications"`
+	} `json:"lockdown"`
 }
 
 // ---------------------------------------------------------------------------

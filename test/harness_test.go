@@ -313,6 +313,9 @@ func (r ipRule) String() string {
 	if r.Action != "" {
 		s += " " + r.Action
 	}
+	if r.Table == "" {
+		return s
+	}
 	return s + " lookup " + r.Table
 }
 
