@@ -361,7 +361,7 @@ var refVpnConfigMembers = []string{
 	"trustedApplications", "blockedApplications",
 }
 
-// Parse validates params, the VpnConfig of a setUp request (contract §5),
+// refParse validates params, the VpnConfig of a setUp request,
 // and returns it in canonical form. Any violation is an *errs.Error with
 // code 19900001 whose detail names the JSON path and the rule, e.g.
 // "routes[3].destination.prefixLength: 33 out of range 0-32". users
@@ -806,7 +806,7 @@ func (p *refParser) flags() *errs.Error {
 }
 
 // defaultRoutes adds a default route per accepted family when no included
-// route was given (§5; OpenHarmony's fe80::/7 for IPv6 is deliberately not
+// route was given (OpenHarmony's fe80::/7 for IPv6 is deliberately not
 // copied).
 func (p *refParser) defaultRoutes() {
 	if len(p.cfg.Routes) > 0 {
