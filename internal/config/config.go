@@ -44,8 +44,13 @@ type Config struct {
 	IPv6           bool // isIPv6Accepted, after defaults
 	Blocking       bool
 	Metered        bool
-	Trusted        []User
-	Blocked        []User
+	// AllowFamilyBypass is allowFamilyBypass: for an address family the
+	// VPN does not accept, let the covered users' traffic of that family
+	// take the normal path instead of failing closed (unreachable), the
+	// default that keeps it from leaking outside the VPN.
+	AllowFamilyBypass bool
+	Trusted           []User
+	Blocked           []User
 }
 
 // UserResolver resolves a trustedApplications/blockedApplications entry,

@@ -11,7 +11,7 @@
 //   - Checks run in a fixed order and the first violation is reported:
 //     unknown members, then addresses, routes, dnsAddresses, searchDomains,
 //     mtu, isIPv4Accepted, isIPv6Accepted, isBlocking, isMetered, isLegacy,
-//     trustedApplications, blockedApplications. A rule relating two members
+//     allowFamilyBypass, trustedApplications, blockedApplications. A rule relating two members
 //     is checked with the later one: "route family accepted" right after the
 //     isIPv*Accepted flags, "lists are mutually exclusive" after
 //     blockedApplications. An array's length is checked before its entries,
@@ -36,6 +36,8 @@
 //     merged, keeping the first; the same prefix included and excluded, or
 //     included with two gateways, is rejected naming both indexes. Default
 //     routes are added only when no included route remains at all.
+//   - allowFamilyBypass (vpnd's own member, like Android's allowFamily): a
+//     boolean, false by default, checked after the other flags.
 //   - dnsAddresses: any IP but the unspecified address; duplicates merged.
 //   - searchDomains: kept as given (case and one trailing dot preserved);
 //     letters, digits and hyphens only (no underscore); duplicates merged
@@ -75,6 +77,7 @@ const (
 	mBlocking
 	mMetered
 	mLegacy
+	mAllowFamilyBypass
 	mTrusted
 	mBlocked
 	numMembers
@@ -82,7 +85,7 @@ const (
 
 var vpnConfigMembers = [numMembers]string{
 	"addresses", "routes", "dnsAddresses", "searchDomains", "mtu",
-	"isIPv4Accepted", "isIPv6Accepted", "isBlocking", "isMetered", "isLegacy",
+	"isIPv4Accepted", "isIPv6Accepted", "isBlocking", "isMetered", "isLegacy", "allowFamilyBypass",
 	"trustedApplications", "blockedApplications",
 }
 
@@ -868,7 +871,8 @@ func (p *parser) flags() *errs.Error {
 	if legacy {
 		return invalid(memberPath("isLegacy"), "legacy VPN types are not supported")
 	}
-	return nil
+	p.cfg.AllowFamilyBypass, _, err = p.flag(mAllowFamilyBypass, false)
+	return err
 }
 
 // defaultRoutes adds a default route per accepted family when no included

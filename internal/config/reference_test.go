@@ -357,7 +357,7 @@ func refIsDigits(s string) bool {
 // The members of VpnConfig, in the order Parse checks them.
 var refVpnConfigMembers = []string{
 	"addresses", "routes", "dnsAddresses", "searchDomains", "mtu",
-	"isIPv4Accepted", "isIPv6Accepted", "isBlocking", "isMetered", "isLegacy",
+	"isIPv4Accepted", "isIPv6Accepted", "isBlocking", "isMetered", "isLegacy", "allowFamilyBypass",
 	"trustedApplications", "blockedApplications",
 }
 
@@ -801,6 +801,9 @@ func (p *refParser) flags() *errs.Error {
 	}
 	if legacy {
 		return refInvalid("isLegacy", "legacy VPN types are not supported")
+	}
+	if p.cfg.AllowFamilyBypass, _, err = p.o.optBool("allowFamilyBypass", false); err != nil {
+		return refAsErr(err)
 	}
 	return nil
 }
