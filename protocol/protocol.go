@@ -158,10 +158,15 @@ type RouteInfo struct {
 	IsDefaultRoute  bool        `json:"isDefaultRoute,omitempty"`
 }
 
-// VpnConfig is the setUp parameter object (§5), in OpenHarmony's field
-// names. Pointer booleans distinguish "absent, use the default" from false.
+// VpnConfig is the setUp parameter object, in OpenHarmony's field names.
+// Pointer booleans distinguish "absent, use the default" from false.
 // vpnd also accepts CIDR strings for addresses and routes; this type always
 // sends the object form.
+//
+// AllowFamilyBypass is vpnd's own member (Android's allowFamily): for an
+// address family the VPN does not accept, vpnd makes the covered users'
+// traffic of that family fail closed, so that it cannot leak outside the
+// VPN; true lets that traffic take the normal path instead.
 type VpnConfig struct {
 	Addresses           []LinkAddress `json:"addresses"`
 	Routes              []RouteInfo   `json:"routes,omitempty"`
@@ -173,6 +178,7 @@ type VpnConfig struct {
 	IsBlocking          bool          `json:"isBlocking,omitempty"`
 	IsMetered           bool          `json:"isMetered,omitempty"`
 	IsLegacy            bool          `json:"isLegacy,omitempty"`
+	AllowFamilyBypass   bool          `json:"allowFamilyBypass,omitempty"`
 	TrustedApplications []string      `json:"trustedApplications,omitempty"`
 	BlockedApplications []string      `json:"blockedApplications,omitempty"`
 }
@@ -198,6 +204,7 @@ type VpnInfo struct {
 	IsIPv4Accepted      bool     `json:"isIPv4Accepted"`
 	IsIPv6Accepted      bool     `json:"isIPv6Accepted"`
 	IsMetered           bool     `json:"isMetered"`
+	AllowFamilyBypass   bool     `json:"allowFamilyBypass"`
 	TrustedApplications []string `json:"trustedApplications"`
 	BlockedApplications []string `json:"blockedApplications"`
 	Owner               Owner    `json:"owner"`

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -37,5 +38,32 @@ func TestParseLinkAddress(t *testing.T) {
 	}
 	if _, err := ParseLinkAddress("10.0.0.1"); err == nil {
 		t.Fatal("address without prefix accepted")
+	}
+}
+
+// allowFamilyBypass is sent only when true, as the other optional flags,
+// and VpnInfo always reports it.
+func TestAllowFamilyBypassJSON(t *testing.T) {
+	addr, _ := ParseLinkAddress("10.8.0.2/24")
+	for _, tc := range []struct {
+		v    any
+		want string
+	}{
+		{VpnConfig{Addresses: []LinkAddress{addr}}, `{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24}]}`},
+		{VpnConfig{Addresses: []LinkAddress{addr}, IsLegacy: false, AllowFamilyBypass: true},
+			`{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24}],"allowFamilyBypass":true}`},
+	} {
+		b, err := json.Marshal(tc.v)
+		if err != nil || string(b) != tc.want {
+			t.Errorf("Marshal(%+v) = %s, %v; want %s", tc.v, b, err, tc.want)
+		}
+	}
+	b, _ := json.Marshal(VpnInfo{})
+	if !strings.Contains(string(b), `"isMetered":false,"allowFamilyBypass":false,"trustedApplications"`) {
+		t.Errorf("VpnInfo = %s, want allowFamilyBypass after isMetered", b)
+	}
+	var info VpnInfo
+	if err := json.Unmarshal([]byte(`{"allowFamilyBypass":true}`), &info); err != nil || !info.AllowFamilyBypass {
+		t.Errorf("Unmarshal: %+v, %v", info, err)
 	}
 }

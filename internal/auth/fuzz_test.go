@@ -3,6 +3,7 @@ package auth
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"reflect"
 	"testing"
 )
@@ -10,7 +11,9 @@ import (
 // FuzzParsePolicy checks that ParsePolicy never panics, that it returns
 // exactly one of a policy and an error, and that a policy survives
 // MarshalJSON and ParsePolicy unchanged: same canonical bytes, same
-// decisions. The seed corpus is in testdata/fuzz/FuzzParsePolicy.
+// decisions, same address pools. InPools must agree with a second way of
+// saying "inside one pool". The seed corpus is in
+// testdata/fuzz/FuzzParsePolicy.
 func FuzzParsePolicy(f *testing.F) {
 	f.Add([]byte(`{"default":"normal","users":{"root":"admin","1002":"guest"},"groups":{"guests":"guest"}}`))
 	f.Add(defaultPolicyJSON)
@@ -36,6 +39,16 @@ func FuzzParsePolicy(f *testing.F) {
 		again, _ := json.Marshal(q)
 		if !bytes.Equal(canon, again) {
 			t.Fatalf("canonical form not stable: %s then %s", canon, again)
+		}
+		for _, addr := range probePrefixes(p) {
+			if got, want := p.InPools(addr), inPoolsByOverlap(p.AddressPools(), addr); got != want {
+				t.Fatalf("InPools(%s) = %v for pools %v, want %v", addr, got, p.AddressPools(), want)
+			}
+		}
+		for _, pool := range p.AddressPools() {
+			if !p.InPools(pool) {
+				t.Fatalf("pool %s does not lie in the pools", pool)
+			}
 		}
 		for _, id := range probeIdentities(p) {
 			a, b := p.TypeOf(id), q.TypeOf(id)
@@ -66,4 +79,37 @@ func probeIdentities(p *Policy) []Identity {
 		all.GroupNames = append(all.GroupNames, name)
 	}
 	return append(ids, all)
+}
+
+// inPoolsByOverlap says whether addr's whole prefix lies in one of pools,
+// put another way than InPools: the pool overlaps it and is no longer.
+func inPoolsByOverlap(pools []netip.Prefix, addr netip.Prefix) bool {
+	if !addr.IsValid() {
+		return false
+	}
+	for _, pool := range pools {
+		if pool.Overlaps(addr) && pool.Bits() <= addr.Bits() {
+			return true
+		}
+	}
+	return false
+}
+
+// probePrefixes builds prefixes around the policy's pools: each pool, one
+// bit longer and shorter, a host at each end, and some fixed ones.
+func probePrefixes(p *Policy) []netip.Prefix {
+	probes := []netip.Prefix{
+		netip.MustParsePrefix("10.8.0.2/24"), netip.MustParsePrefix("8.8.8.8/32"),
+		netip.MustParsePrefix("fd00::2/64"), netip.MustParsePrefix("::ffff:10.0.0.1/128"),
+		netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"), {},
+	}
+	for _, pool := range p.AddressPools() {
+		a, bits := pool.Addr(), pool.Bits()
+		probes = append(probes, pool, netip.PrefixFrom(a, max(bits-1, 0)), netip.PrefixFrom(a, min(bits+1, a.BitLen())),
+			netip.PrefixFrom(a, a.BitLen()))
+		if prev := a.Prev(); prev.IsValid() {
+			probes = append(probes, netip.PrefixFrom(prev, prev.BitLen()))
+		}
+	}
+	return probes
 }

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,8 +22,9 @@ import (
 // the bound only stops `--accounts /dev/zero` from eating memory.
 const MaxPolicySize = 1 << 20
 
-// Policy maps callers to account types (contract §6). It is immutable
-// after ParsePolicy, so one *Policy may be shared by every goroutine.
+// Policy maps callers to account types, and says where a NORMAL user's VPN
+// addresses may lie. It is immutable after ParsePolicy, so one *Policy may
+// be shared by every goroutine.
 //
 // Numeric keys are ids and are matched against the caller's uid or gids.
 // Other keys are names, matched against the names the user database gives
@@ -33,6 +36,50 @@ type Policy struct {
 	userNames  map[string]Type
 	groupIDs   map[uint32]Type
 	groupNames map[string]Type
+	pools      []netip.Prefix // addressPools, in the order given; never nil
+}
+
+// MaxAddressPools bounds addressPools. InPools looks at each pool for
+// each address of a setUp, so a policy cannot make that slow.
+const MaxAddressPools = 256
+
+// DefaultAddressPools are the address pools of a policy that names none:
+// the private and shared address space that no host on the internet uses,
+// so that a NORMAL user's VPN cannot claim another host's address (an
+// address of the VPN becomes local for every user of the machine).
+// RFC 1918 (10/8, 172.16/12, 192.168/16), RFC 6598 (100.64/10) and
+// RFC 4193 unique local IPv6 (fc00::/7).
+func DefaultAddressPools() []netip.Prefix {
+	return []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("100.64.0.0/10"),
+		netip.MustParsePrefix("172.16.0.0/12"),
+		netip.MustParsePrefix("192.168.0.0/16"),
+		netip.MustParsePrefix("fc00::/7"),
+	}
+}
+
+// AddressPools returns the prefixes inside which a NORMAL user's VPN
+// addresses must lie, in the policy's order. An empty list means that a
+// NORMAL user may use no address at all.
+func (p *Policy) AddressPools() []netip.Prefix { return slices.Clone(p.pools) }
+
+// InPools reports whether the whole of addr lies inside one address pool:
+// the address with its prefix length, since an interface address brings
+// its prefix along (10.8.0.2/24 needs 10.8.0.0/24 inside a pool). An
+// IPv4 prefix never lies inside an IPv6 pool nor the other way round, and
+// an invalid prefix lies nowhere.
+func (p *Policy) InPools(addr netip.Prefix) bool {
+	if !addr.IsValid() {
+		return false
+	}
+	addr = addr.Masked()
+	for _, pool := range p.pools {
+		if pool.Bits() <= addr.Bits() && pool.Contains(addr.Addr()) {
+			return true
+		}
+	}
+	return false
 }
 
 //go:embed default-policy.json
@@ -78,7 +125,8 @@ func LoadPolicy(path string) (*Policy, error) {
 
 // ParsePolicy parses a policy document:
 //
-//	{"default":"normal","users":{"root":"admin","1002":"guest"},"groups":{"guests":"guest"}}
+//	{"default":"normal","users":{"root":"admin","1002":"guest"},"groups":{"guests":"guest"},
+//	 "addressPools":["10.0.0.0/8","fd00::/8"]}
 //
 // It is strict, because a typo in an access policy must not pass
 // silently: unknown or repeated members, repeated keys (also "7" and "07",
@@ -87,6 +135,15 @@ func LoadPolicy(path string) (*Policy, error) {
 // name the offending member, e.g.
 //
 //	users["bob"]: unknown account type "superuser" (want admin, normal or guest)
+//	addressPools[2]: "10.1.0.0/8" has host bits set; write 10.0.0.0/8
+//
+// addressPools is optional; without it the pools are DefaultAddressPools.
+// Each pool is a CIDR string in canonical form: an IP address without a
+// zone (IPv4 written as IPv4, not IPv4-mapped IPv6), a '/' and a prefix
+// length in plain decimal, 0-32 or 0-128, with no host bits set, since
+// "10.1.0.0/8" is more likely a mistake than a way to write 10.0.0.0/8.
+// The same pool twice is an error too; pools that overlap are fine. An
+// empty list is allowed and means that a NORMAL user may use no address.
 //
 // Parsing does not consult the user database.
 func ParsePolicy(data []byte) (*Policy, error) {
@@ -96,6 +153,7 @@ func ParsePolicy(data []byte) (*Policy, error) {
 		userNames:  map[string]Type{},
 		groupIDs:   map[uint32]Type{},
 		groupNames: map[string]Type{},
+		pools:      DefaultAddressPools(),
 	}
 	// The token API, unlike Unmarshal, sees repeated keys and keeps the
 	// position of every value for the error message.
@@ -135,8 +193,12 @@ func ParsePolicy(data []byte) (*Policy, error) {
 			if err := readTable(dec, "groups", "gid", p.groupIDs, p.groupNames); err != nil {
 				return nil, err
 			}
+		case "addressPools":
+			if p.pools, err = readPools(dec); err != nil {
+				return nil, err
+			}
 		default:
-			return nil, fmt.Errorf("unknown member %q (want default, users or groups)", member)
+			return nil, fmt.Errorf("unknown member %q (want default, users, groups or addressPools)", member)
 		}
 	}
 	if _, err := next(dec); err != nil { // the closing '}'
@@ -193,6 +255,73 @@ func readTable(dec *json.Decoder, table, idKind string, ids map[uint32]Type, nam
 	}
 	_, err = next(dec) // the closing '}'
 	return err
+}
+
+// readPools reads the array of addressPools.
+func readPools(dec *json.Decoder) ([]netip.Prefix, error) {
+	tok, err := next(dec)
+	if err != nil {
+		return nil, err
+	}
+	if tok != json.Delim('[') {
+		return nil, fmt.Errorf("addressPools: want an array of CIDR strings, got %s", describe(tok))
+	}
+	pools := []netip.Prefix{}
+	for dec.More() {
+		if len(pools) == MaxAddressPools {
+			return nil, fmt.Errorf("addressPools: more than %d entries", MaxAddressPools)
+		}
+		where := fmt.Sprintf("addressPools[%d]", len(pools))
+		tok, err := next(dec)
+		if err != nil {
+			return nil, err
+		}
+		s, ok := tok.(string)
+		if !ok {
+			return nil, fmt.Errorf("%s: want a CIDR string, got %s", where, describe(tok))
+		}
+		pool, err := parsePool(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		if i := slices.Index(pools, pool); i >= 0 {
+			return nil, fmt.Errorf("%s: %s duplicates addressPools[%d]", where, pool, i)
+		}
+		pools = append(pools, pool)
+	}
+	_, err = next(dec) // the closing ']'
+	return pools, err
+}
+
+// parsePool parses one entry of addressPools: a canonical CIDR string.
+// The wording of its errors follows the setUp parameters' own.
+func parsePool(s string) (netip.Prefix, error) {
+	addrPart, bitsPart, ok := strings.Cut(s, "/")
+	if !ok {
+		return netip.Prefix{}, fmt.Errorf("%q is not in CIDR form address/prefixLength", s)
+	}
+	if strings.Contains(addrPart, "%") {
+		return netip.Prefix{}, fmt.Errorf("%q has a zone; zones are not allowed", addrPart)
+	}
+	a, err := netip.ParseAddr(addrPart)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP address", addrPart)
+	}
+	if a.Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("%q is an IPv4-mapped IPv6 address; write it as %s", addrPart, a.Unmap())
+	}
+	if bitsPart == "" || strings.Trim(bitsPart, "0123456789") != "" || len(bitsPart) > 1 && bitsPart[0] == '0' {
+		return netip.Prefix{}, fmt.Errorf("%q has an invalid prefix length %q", s, bitsPart)
+	}
+	bits, err := strconv.Atoi(bitsPart)
+	if err != nil || bits > a.BitLen() {
+		return netip.Prefix{}, fmt.Errorf("prefix length %s out of range 0-%d", bitsPart, a.BitLen())
+	}
+	pool := netip.PrefixFrom(a, bits)
+	if pool != pool.Masked() {
+		return netip.Prefix{}, fmt.Errorf("%q has host bits set; write %s", s, pool.Masked())
+	}
+	return pool, nil
 }
 
 // parseKey tells an id from a name. A key of decimal digits only is an
@@ -282,21 +411,28 @@ func describe(tok json.Token) string {
 	return fmt.Sprintf("%T", tok)
 }
 
-// policyJSON is the canonical form of a Policy.
+// policyJSON is the canonical form of a Policy. addressPools is always
+// written, since leaving it out would mean the default pools.
 type policyJSON struct {
-	Default Type            `json:"default"`
-	Users   map[string]Type `json:"users,omitempty"`
-	Groups  map[string]Type `json:"groups,omitempty"`
+	Default      Type            `json:"default"`
+	Users        map[string]Type `json:"users,omitempty"`
+	Groups       map[string]Type `json:"groups,omitempty"`
+	AddressPools []string        `json:"addressPools"`
 }
 
-// MarshalJSON renders p in canonical form, ids in plain decimal and keys
-// sorted, for logging the policy in force. ParsePolicy reads it back to an
-// equal policy.
+// MarshalJSON renders p in canonical form, ids in plain decimal, keys
+// sorted and pools in their order, for logging the policy in force.
+// ParsePolicy reads it back to an equal policy.
 func (p *Policy) MarshalJSON() ([]byte, error) {
+	pools := make([]string, len(p.pools))
+	for i, pool := range p.pools {
+		pools[i] = pool.String()
+	}
 	return json.Marshal(policyJSON{
-		Default: p.def,
-		Users:   joinKeys(p.userIDs, p.userNames),
-		Groups:  joinKeys(p.groupIDs, p.groupNames),
+		Default:      p.def,
+		Users:        joinKeys(p.userIDs, p.userNames),
+		Groups:       joinKeys(p.groupIDs, p.groupNames),
+		AddressPools: pools,
 	})
 }
 
@@ -314,7 +450,7 @@ func joinKeys(ids map[uint32]Type, names map[string]Type) map[string]Type {
 	return m
 }
 
-// TypeOf returns the account type of the caller id (contract §6):
+// TypeOf returns the account type of the caller id:
 //
 //  1. A users entry wins: the one for the uid, else the one for the user
 //     name. The uid entry goes first because it names exactly the uid the
@@ -326,7 +462,7 @@ func joinKeys(ids map[uint32]Type, names map[string]Type) map[string]Type {
 //     enough to lock them out, whatever other groups they are in.
 //  3. Otherwise the policy's default.
 //
-// Contract §6 only ranks guest and admin among groups; a group that says
+// The account rules only rank guest and admin among groups; a group that says
 // "normal" is ranked after them, so that it means normal even under a
 // policy whose default is guest.
 func (p *Policy) TypeOf(id Identity) Type {

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"encoding/json"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -56,7 +57,7 @@ func TestTypeText(t *testing.T) {
 	}
 }
 
-// TestTypeOf checks the resolution order of contract §6.
+// TestTypeOf checks the resolution order of account types.
 func TestTypeOf(t *testing.T) {
 	const doc = `{
 		"default": "normal",
@@ -120,12 +121,21 @@ func TestParsePolicy(t *testing.T) {
 		{"names with dots, dashes, dollars, unicode", `{"users":{"a.b-c_d$":"admin","jürgen":"guest"}}`,
 			policyJSON{Default: Normal, Users: map[string]Type{"a.b-c_d$": Admin, "jürgen": Guest}}},
 		{"whitespace around", " \n\t{\"default\" : \"admin\"}\n\n", policyJSON{Default: Admin}},
+		{"address pools", `{"addressPools":["192.0.2.0/24","2001:db8::/32","10.8.0.0/16","10.0.0.0/8","0.0.0.0/0","::/0","198.51.100.7/32"]}`,
+			policyJSON{Default: Normal, AddressPools: []string{"192.0.2.0/24", "2001:db8::/32", "10.8.0.0/16", "10.0.0.0/8", "0.0.0.0/0", "::/0", "198.51.100.7/32"}}},
+		{"no address pools", `{"addressPools":[]}`, policyJSON{Default: Normal, AddressPools: []string{}}},
+		{"address pools, not canonical IPv6 text", `{"addressPools":["FD00:0:0::/8","2001:db8:0:0:0:0:0:0/64"]}`,
+			policyJSON{Default: Normal, AddressPools: []string{"fd00::/8", "2001:db8::/64"}}},
+		{"address pools, escapes", `{"address\u0050ools":["10.0.0.0\/8"]}`, policyJSON{Default: Normal, AddressPools: []string{"10.0.0.0/8"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := mustParse(t, tc.doc)
 			got, err := json.Marshal(p)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if tc.want.AddressPools == nil {
+				tc.want.AddressPools = defaultPools
 			}
 			want, _ := json.Marshal(tc.want)
 			if string(got) != string(want) {
@@ -151,8 +161,33 @@ func TestParsePolicyErrors(t *testing.T) {
 		{`{"default":"normal"} x`, `unexpected data after the policy object at byte 21`},
 		{`{"default":"normal"}{}`, `unexpected data after the policy object at byte 20`},
 		{`{"default":"normal"}}`, `unexpected data after the policy object at byte 20`},
-		{`{"Default":"normal"}`, `unknown member "Default" (want default, users or groups)`},
-		{`{"accounts":{}}`, `unknown member "accounts" (want default, users or groups)`},
+		{`{"Default":"normal"}`, `unknown member "Default" (want default, users, groups or addressPools)`},
+		{`{"accounts":{}}`, `unknown member "accounts" (want default, users, groups or addressPools)`},
+		{`{"addresspools":[]}`, `unknown member "addresspools" (want default, users, groups or addressPools)`},
+		{`{"addressPools":[],"addressPools":[]}`, `duplicate member "addressPools"`},
+		{`{"addressPools":null}`, `addressPools: want an array of CIDR strings, got null`},
+		{`{"addressPools":"10.0.0.0/8"}`, `addressPools: want an array of CIDR strings, got a string`},
+		{`{"addressPools":{"10.0.0.0/8":true}}`, `addressPools: want an array of CIDR strings, got an object`},
+		{`{"addressPools":["10.0.0.0/8",8]}`, `addressPools[1]: want a CIDR string, got a number`},
+		{`{"addressPools":[null]}`, `addressPools[0]: want a CIDR string, got null`},
+		{`{"addressPools":[["10.0.0.0/8"]]}`, `addressPools[0]: want a CIDR string, got an array`},
+		{`{"addressPools":["10.0.0.0/8","100.64.0.0/10","10.0.0.0"]}`, `addressPools[2]: "10.0.0.0" is not in CIDR form address/prefixLength`},
+		{`{"addressPools":["10.0.0.300/8"]}`, `addressPools[0]: "10.0.0.300" is not an IP address`},
+		{`{"addressPools":["fe80::%eth0/64"]}`, `addressPools[0]: "fe80::%eth0" has a zone; zones are not allowed`},
+		{`{"addressPools":["::ffff:10.0.0.0/104"]}`, `addressPools[0]: "::ffff:10.0.0.0" is an IPv4-mapped IPv6 address; write it as 10.0.0.0`},
+		{`{"addressPools":["10.0.0.0/33"]}`, `addressPools[0]: prefix length 33 out of range 0-32`},
+		{`{"addressPools":["fd00::/129"]}`, `addressPools[0]: prefix length 129 out of range 0-128`},
+		{`{"addressPools":["fd00::/99999999999999999999"]}`, `addressPools[0]: prefix length 99999999999999999999 out of range 0-128`},
+		{`{"addressPools":["10.0.0.0/08"]}`, `addressPools[0]: "10.0.0.0/08" has an invalid prefix length "08"`},
+		{`{"addressPools":["10.0.0.0/"]}`, `addressPools[0]: "10.0.0.0/" has an invalid prefix length ""`},
+		{`{"addressPools":["10.0.0.0/+8"]}`, `addressPools[0]: "10.0.0.0/+8" has an invalid prefix length "+8"`},
+		{`{"addressPools":["10.0.0.0/8/8"]}`, `addressPools[0]: "10.0.0.0/8/8" has an invalid prefix length "8/8"`},
+		{`{"addressPools":["10.1.0.0/8"]}`, `addressPools[0]: "10.1.0.0/8" has host bits set; write 10.0.0.0/8`},
+		{`{"addressPools":["fd00::1/8"]}`, `addressPools[0]: "fd00::1/8" has host bits set; write fd00::/8`},
+		{`{"addressPools":["10.0.0.0/8","fc00::/7","10.0.0.0/8"]}`, `addressPools[2]: 10.0.0.0/8 duplicates addressPools[0]`},
+		{`{"addressPools":["fc00::/7","FC00:0::/7"]}`, `addressPools[1]: fc00::/7 duplicates addressPools[0]`},
+		{`{"addressPools":["10.0.0.0/8",]}`, `invalid JSON at byte 30: invalid character ']' looking for beginning of value`},
+		{`{"addressPools":["10.0.0.0/8"`, `invalid JSON: unexpected end of document`},
 		{`{"default":"normal","default":"admin"}`, `duplicate member "default"`},
 		{`{"users":{},"users":{}}`, `duplicate member "users"`},
 		{`{"default":"superuser"}`, `default: unknown account type "superuser" (want admin, normal or guest)`},
@@ -194,7 +229,7 @@ func TestParsePolicyErrors(t *testing.T) {
 	}
 }
 
-// TestDefaultPolicy checks the embedded policy of contract §6.
+// TestDefaultPolicy checks the embedded policy.
 func TestDefaultPolicy(t *testing.T) {
 	p := DefaultPolicy()
 	for _, tc := range []struct {
@@ -223,7 +258,8 @@ func TestDefaultPolicy(t *testing.T) {
 		t.Error("DefaultPolicy parses the embedded file again on each call")
 	}
 	got, _ := json.Marshal(p)
-	const want = `{"default":"normal","users":{"0":"admin","65534":"guest"},"groups":{"guest":"guest","guests":"guest"}}`
+	const want = `{"default":"normal","users":{"0":"admin","65534":"guest"},"groups":{"guest":"guest","guests":"guest"},` +
+		`"addressPools":["10.0.0.0/8","100.64.0.0/10","172.16.0.0/12","192.168.0.0/16","fc00::/7"]}`
 	if string(got) != want {
 		t.Errorf("default policy = %s, want %s", got, want)
 	}
@@ -284,7 +320,7 @@ func unwrapAll(err error) error {
 	}
 }
 
-// TestHolder checks the SIGHUP rule of §6: a bad policy leaves the old
+// TestHolder checks the SIGHUP rule: a bad policy leaves the old
 // one in force.
 func TestHolder(t *testing.T) {
 	var zero Holder
@@ -388,5 +424,81 @@ func contains(list []string, s string) bool {
 func BenchmarkLookup(b *testing.B) {
 	for b.Loop() {
 		Lookup(0, 0)
+	}
+}
+
+var defaultPools = []string{"10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"}
+
+func TestDefaultAddressPools(t *testing.T) {
+	var got []string
+	for _, p := range DefaultPolicy().AddressPools() {
+		got = append(got, p.String())
+	}
+	if !reflect.DeepEqual(got, defaultPools) {
+		t.Errorf("default policy's pools = %v, want %v", got, defaultPools)
+	}
+	if !reflect.DeepEqual(DefaultPolicy().AddressPools(), DefaultAddressPools()) {
+		t.Error("the embedded policy's pools are not DefaultAddressPools()")
+	}
+	if !reflect.DeepEqual(mustParse(t, `{}`).AddressPools(), DefaultAddressPools()) {
+		t.Error("a policy without addressPools does not get DefaultAddressPools()")
+	}
+	// The policy is immutable: its callers get a copy.
+	p := mustParse(t, `{}`)
+	p.AddressPools()[0] = netip.MustParsePrefix("0.0.0.0/0")
+	if p.InPools(netip.MustParsePrefix("8.8.8.8/32")) {
+		t.Error("changing the slice AddressPools returned changed the policy")
+	}
+}
+
+// TestInPools checks which VPN addresses lie inside the pools: the whole
+// prefix of the address must lie inside one pool.
+func TestInPools(t *testing.T) {
+	def := DefaultPolicy()
+	custom := mustParse(t, `{"addressPools":["10.8.0.0/16","10.9.0.0/16","2001:db8::/32","198.51.100.7/32"]}`)
+	none := mustParse(t, `{"addressPools":[]}`)
+	all := mustParse(t, `{"addressPools":["0.0.0.0/0","::/0"]}`)
+	for _, tc := range []struct {
+		name string
+		p    *Policy
+		addr string
+		want bool
+	}{
+		{"default: 10/8 host", def, "10.8.0.2/24", true},
+		{"default: the whole pool", def, "10.0.0.2/8", true},
+		{"default: wider than the pool", def, "10.0.0.2/7", false},
+		{"default: CGNAT", def, "100.64.1.1/16", true},
+		{"default: just past CGNAT", def, "100.128.0.1/24", false},
+		{"default: 172.16/12 edge", def, "172.31.255.254/30", true},
+		{"default: past 172.16/12", def, "172.32.0.1/24", false},
+		{"default: 192.168/16", def, "192.168.1.2/24", true},
+		{"default: a public host", def, "8.8.8.8/32", false},
+		{"default: a public /24", def, "203.0.113.5/24", false},
+		{"default: ULA", def, "fd00::2/64", true},
+		{"default: ULA, fc half", def, "fc00::1/7", true},
+		{"default: wider than ULA", def, "fd00::2/6", false},
+		{"default: global IPv6", def, "2001:db8::2/64", false},
+		{"default: link-local", def, "fe80::1/64", false},
+		{"default: IPv4-mapped never matches IPv4 pools", def, "::ffff:10.8.0.2/120", false},
+		{"custom: inside one pool", custom, "10.8.3.4/24", true},
+		{"custom: across two pools", custom, "10.8.0.1/15", false},
+		{"custom: a /32 pool holds its host", custom, "198.51.100.7/32", true},
+		{"custom: a /32 pool, wider address", custom, "198.51.100.7/31", false},
+		{"custom: IPv6", custom, "2001:db8:1::2/64", true},
+		{"custom: default pools no longer apply", custom, "192.168.1.2/24", false},
+		{"no pools: nothing", none, "10.8.0.2/24", false},
+		{"no pools: nothing IPv6", none, "fd00::2/64", false},
+		{"everything: IPv4", all, "8.8.8.8/32", true},
+		{"everything: IPv6", all, "2001:db8::1/1", true},
+		{"everything: even /0", all, "8.8.8.8/0", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.p.InPools(netip.MustParsePrefix(tc.addr)); got != tc.want {
+				t.Errorf("InPools(%s) = %v, want %v", tc.addr, got, tc.want)
+			}
+		})
+	}
+	if def.InPools(netip.Prefix{}) {
+		t.Error("the zero prefix lies in a pool")
 	}
 }

@@ -1,10 +1,10 @@
-// Package config validates a setUp request's VpnConfig (contract §5) and
-// turns it into the canonical form that vpnd applies to the kernel.
+// Package config validates a setUp request's VpnConfig and turns it into
+// the canonical form that vpnd applies to the kernel.
 package config
 
 import "net/netip"
 
-// Limits of §5.
+// The limits of a VpnConfig.
 const (
 	MaxAddresses     = 2000
 	MaxRoutes        = 10000
@@ -31,8 +31,8 @@ type User struct {
 }
 
 // Config is a validated VpnConfig. Every slice is in the order given, with
-// duplicates merged; Routes already holds the default routes that §5 adds
-// when no included route was given.
+// duplicates merged; Routes already holds the default routes that Parse
+// adds when no included route was given.
 type Config struct {
 	Addresses      []netip.Prefix // host bits kept
 	Routes         []Route
@@ -44,8 +44,13 @@ type Config struct {
 	IPv6           bool // isIPv6Accepted, after defaults
 	Blocking       bool
 	Metered        bool
-	Trusted        []User
-	Blocked        []User
+	// AllowFamilyBypass is allowFamilyBypass: for an address family the
+	// VPN does not accept, let the covered users' traffic of that family
+	// take the normal path instead of failing closed (unreachable), the
+	// default that keeps it from leaking outside the VPN.
+	AllowFamilyBypass bool
+	Trusted           []User
+	Blocked           []User
 }
 
 // UserResolver resolves a trustedApplications/blockedApplications entry,

@@ -1,13 +1,13 @@
 package config
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,13 +17,24 @@ import (
 
 // FuzzParse checks that Parse never panics, that every failure is an
 // *errs.Error with a detail, and that every success satisfies the
-// invariants the manager and the kernel code rely on. The seed corpus is
-// in testdata/fuzz/FuzzParse.
+// invariants the manager and the kernel code rely on. It also holds Parse
+// to the reference parser (reference_test.go), which leaves the JSON to
+// encoding/json: both must accept the same Config, or refuse with the same
+// code and detail; and the reader's own syntax check must agree with
+// json.Valid. The seed corpus is in testdata/fuzz/FuzzParse.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"addresses":["10.8.0.2/24"]}`))
 	f.Fuzz(func(t *testing.T, params []byte) {
-		checkSplitter(t, params)
+		if got, want := valid(params), json.Valid(params); got != want {
+			t.Fatalf("valid(%q) = %v, json.Valid says %v", params, got, want)
+		}
+		if a, ok := parseDottedQuad(string(params)); ok {
+			if want, err := netip.ParseAddr(string(params)); err != nil || a != want {
+				t.Fatalf("parseDottedQuad(%q) = %v; netip says %v, %v", params, a, want, err)
+			}
+		}
 		cfg, err := Parse(json.RawMessage(params), testUsers)
+		compareWithReference(t, params, cfg, err)
 		if err != nil {
 			if cfg != nil {
 				t.Fatalf("Parse returned a config and an error")
@@ -46,53 +57,23 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// checkSplitter compares the hand-written scanner with encoding/json on
-// the top level of a valid JSON object or array.
-func checkSplitter(t *testing.T, params []byte) {
-	if !json.Valid(params) {
-		return
-	}
-	switch kindOf(params) {
-	case "object":
-		var want map[string]json.RawMessage
-		if err := json.Unmarshal(params, &want); err != nil {
-			t.Fatal(err)
+// compareWithReference fails t unless refParse gives the same answer for
+// params as Parse gave (cfg, err).
+func compareWithReference(t *testing.T, params []byte, cfg *Config, err error) {
+	t.Helper()
+	want, wantErr := refParse(json.RawMessage(params), testUsers)
+	switch {
+	case (err == nil) != (wantErr == nil):
+		t.Fatalf("params %q:\nParse     %+v, %v\nreference %+v, %v", params, cfg, err, want, wantErr)
+	case err != nil:
+		var got, exp *errs.Error
+		errors.As(err, &got)
+		errors.As(wantErr, &exp)
+		if got == nil || exp == nil || got.Code != exp.Code || got.Detail != exp.Detail {
+			t.Fatalf("params %q:\nParse     %v\nreference %v", params, err, wantErr)
 		}
-		got := make(map[string]json.RawMessage)
-		ok := splitContainer(params, '{', func(key, val []byte) bool {
-			var name string
-			if err := json.Unmarshal(key, &name); err != nil {
-				t.Fatalf("key %s: %v", key, err)
-			}
-			got[name] = val
-			return true
-		})
-		if !ok || len(got) != len(want) {
-			t.Fatalf("splitContainer ok=%v, %d members, encoding/json %d", ok, len(got), len(want))
-		}
-		for k, v := range want {
-			if string(got[k]) != string(bytes.TrimSpace(v)) {
-				t.Fatalf("member %q: got %s, want %s", k, got[k], v)
-			}
-		}
-	case "array":
-		var want []json.RawMessage
-		if err := json.Unmarshal(params, &want); err != nil {
-			t.Fatal(err)
-		}
-		var got []json.RawMessage
-		ok := splitContainer(params, '[', func(_, val []byte) bool {
-			got = append(got, val)
-			return true
-		})
-		if !ok || len(got) != len(want) {
-			t.Fatalf("splitContainer ok=%v, %d elements, encoding/json %d", ok, len(got), len(want))
-		}
-		for i := range want {
-			if string(got[i]) != string(bytes.TrimSpace(want[i])) {
-				t.Fatalf("element %d: got %s, want %s", i, got[i], want[i])
-			}
-		}
+	case !reflect.DeepEqual(cfg, want):
+		t.Fatalf("params %q:\nParse     %+v\nreference %+v", params, cfg, want)
 	}
 }
 

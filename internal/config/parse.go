@@ -1,18 +1,22 @@
-// Choices made where contract §5 is silent (keep docs/ in step with this):
+// Choices made where the VpnConfig schema is silent (keep docs/ in step
+// with this):
 //
 //   - params must be a JSON object ("params: expected object" for null or
 //     nothing). Members may appear in any order; a member that is null
 //     counts as absent (Go clients marshal nil slices as null). An unknown
 //     or repeated member is an error, at every level (params, LinkAddress,
 //     NetAddress, RouteInfo), reported before any other member of that
-//     object is checked.
+//     object is checked. Invalid JSON anywhere is reported before anything
+//     else, as "params: invalid JSON".
 //   - Checks run in a fixed order and the first violation is reported:
 //     unknown members, then addresses, routes, dnsAddresses, searchDomains,
 //     mtu, isIPv4Accepted, isIPv6Accepted, isBlocking, isMetered, isLegacy,
-//     trustedApplications, blockedApplications. A rule relating two members
+//     allowFamilyBypass, trustedApplications, blockedApplications. A rule relating two members
 //     is checked with the later one: "route family accepted" right after the
 //     isIPv*Accepted flags, "lists are mutually exclusive" after
-//     blockedApplications.
+//     blockedApplications. An array's length is checked before its entries,
+//     and an array longer than its limit is refused without reading its
+//     entries.
 //   - Integers are JSON numbers written as integers: 1500.0, 1.5e3 and
 //     "1500" are rejected.
 //   - IP addresses never carry a zone, and IPv4-mapped IPv6 addresses
@@ -32,6 +36,8 @@
 //     merged, keeping the first; the same prefix included and excluded, or
 //     included with two gateways, is rejected naming both indexes. Default
 //     routes are added only when no included route remains at all.
+//   - allowFamilyBypass (vpnd's own member, like Android's allowFamily): a
+//     boolean, false by default, checked after the other flags.
 //   - dnsAddresses: any IP but the unspecified address; duplicates merged.
 //   - searchDomains: kept as given (case and one trailing dot preserved);
 //     letters, digits and hyphens only (no underscore); duplicates merged
@@ -45,9 +51,12 @@
 package config
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -57,18 +66,49 @@ import (
 )
 
 // The members of VpnConfig, in the order Parse checks them.
-var vpnConfigMembers = []string{
+const (
+	mAddresses = iota
+	mRoutes
+	mDNSAddresses
+	mSearchDomains
+	mMTU
+	mIPv4Accepted
+	mIPv6Accepted
+	mBlocking
+	mMetered
+	mLegacy
+	mAllowFamilyBypass
+	mTrusted
+	mBlocked
+	numMembers
+)
+
+var vpnConfigMembers = [numMembers]string{
 	"addresses", "routes", "dnsAddresses", "searchDomains", "mtu",
-	"isIPv4Accepted", "isIPv6Accepted", "isBlocking", "isMetered", "isLegacy",
+	"isIPv4Accepted", "isIPv6Accepted", "isBlocking", "isMetered", "isLegacy", "allowFamilyBypass",
 	"trustedApplications", "blockedApplications",
 }
 
-// Parse validates params, the VpnConfig of a setUp request (contract §5),
-// and returns it in canonical form. Any violation is an *errs.Error with
-// code 19900001 whose detail names the JSON path and the rule, e.g.
+// memberIndex returns the index of a VpnConfig member, or -1.
+func memberIndex(name string) int {
+	for i, m := range vpnConfigMembers {
+		if m == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Parse validates params, the VpnConfig of a setUp request, and returns it
+// in canonical form. Any violation is an *errs.Error with code 19900001
+// whose detail names the JSON path and the rule, e.g.
 // "routes[3].destination.prefixLength: 33 out of range 0-32". users
 // resolves the application lists; whether the caller may name other users
 // is the manager's business, not Parse's.
+//
+// Parse reads params once and allocates no memory per route or address
+// beyond the Config's own slices, so that a 4 MiB request costs about
+// what its valid result needs, whatever it holds.
 func Parse(params json.RawMessage, users UserResolver) (*Config, error) {
 	cfg, err := parse(params, users)
 	if err != nil {
@@ -78,23 +118,35 @@ func Parse(params json.RawMessage, users UserResolver) (*Config, error) {
 }
 
 func parse(params json.RawMessage, users UserResolver) (*Config, *errs.Error) {
-	if isAbsent(params) {
-		return nil, invalid("params", "expected object")
+	p := &parser{users: users, cfg: &Config{}, firstV4: -1, firstV6: -1}
+	d := &p.d
+	d.b = params
+	d.ws()
+	if params == nil || d.peek() == 'n' {
+		return nil, invalid(memberPath(""), "expected object")
 	}
-	if !json.Valid(params) {
-		return nil, invalid("params", "invalid JSON")
+	kind := kindOf(params[d.i:])
+	if kind == "object" {
+		p.scan()
+	} else {
+		d.skip()
 	}
-	o, err := readObject(params, "", "object", vpnConfigMembers...)
-	if err != nil {
-		return nil, asErr(err)
+	d.ws()
+	if d.bad || d.i != len(params) {
+		return nil, invalid(memberPath(""), "invalid JSON")
 	}
-	p := parser{o: o, users: users, cfg: &Config{}}
-	for _, step := range []func() *errs.Error{
-		p.addresses, p.routes, p.dnsAddresses, p.searchDomains, p.mtu,
-		p.acceptedFamilies, p.routeFamilies, p.flags,
-		p.applications,
+	if kind != "object" {
+		return nil, invalid(memberPath(""), "expected object, got %s", kind)
+	}
+	if p.members.err != nil {
+		return nil, p.members.err
+	}
+	for _, step := range [...]func(*parser) *errs.Error{
+		(*parser).addresses, (*parser).routes, (*parser).dnsAddresses, (*parser).searchDomains,
+		(*parser).mtu, (*parser).acceptedFamilies, (*parser).routeFamilies, (*parser).flags,
+		(*parser).applications,
 	} {
-		if err := step(); err != nil {
+		if err := step(p); err != nil {
 			return nil, err
 		}
 	}
@@ -102,71 +154,188 @@ func parse(params json.RawMessage, users UserResolver) (*Config, *errs.Error) {
 	return p.cfg, nil
 }
 
-// parser carries the state of one Parse call between its steps.
+// parser carries the state of one Parse call.
 type parser struct {
-	o     *object
+	d     dec // reads params
+	sub   dec // reads a member's value again, after scan noted it
 	users UserResolver
 	cfg   *Config
 
-	hasV4, hasV6 bool
-	addrIndex    map[netip.Addr]int   // address → its index in addresses
-	subnets      map[netip.Prefix]int // masked address prefix → first index
-	subnetBits   []int                // the prefix lengths in subnets
-	routeIndex   []int                // routeIndex[i]: the index in routes of cfg.Routes[i]
-	exclIndex    []int                // the same for cfg.ExcludedRoutes
+	// The members of params, found by scan.
+	members members
+	vals    [numMembers][]byte      // each member's value as written; nil if absent
+	counts  [numMembers]int         // the number of elements of an array value
+	done    [numMembers]bool        // read in place by scan, with this result:
+	result  [numMembers]*errs.Error //
+	hasV4   bool                    // an IPv4 address is present
+	hasV6   bool                    // an IPv6 address is present
+	addrIdx map[netip.Addr]int      // address → its index in addresses
+	subnets map[netip.Prefix]int    // masked address prefix → first index
+	bits    []int                   // the prefix lengths in subnets
+	seen    routeSet                // route destination → where it was first given
+	okGW    netip.Addr              // the last gateway that passed checkGateway
+
+	// The first route of each family, for routeFamilies: its index in
+	// routes and its destination.
+	firstV4, firstV6       int
+	firstV4Dst, firstV6Dst netip.Prefix
 }
 
-// asErr converts the error helpers' result, always an *errs.Error or nil.
-func asErr(err error) *errs.Error {
-	if err == nil {
-		return nil
+// scan reads params, which is an object, once from start to end: it notes
+// every member and its value, counts the entries of arrays, and reads
+// routes in place as it passes them, since they make up nearly all of a
+// large config. The other members are read after scan, in check order,
+// from the values it noted; addresses before routes, when routes comes
+// after addresses in params, since a gateway must lie inside an address
+// prefix.
+func (p *parser) scan() {
+	d := &p.d
+	root := memberPath("")
+	if !d.openObject() {
+		return
 	}
-	var e *errs.Error
-	if errors.As(err, &e) {
-		return e
-	}
-	return errs.Wrap(errs.CodeInvalidParam, err, "")
-}
-
-func (p *parser) addresses() *errs.Error {
-	raw := p.o.get("addresses")
-	if raw == nil {
-		return invalid("addresses", "required")
-	}
-	items, err := readArray(raw, "addresses", "CIDR strings or LinkAddress objects", MaxAddresses)
-	if err != nil {
-		return asErr(err)
-	}
-	if len(items) == 0 {
-		return invalid("addresses", "at least 1 entry required")
-	}
-	p.addrIndex = make(map[netip.Addr]int, len(items))
-	p.subnets = make(map[netip.Prefix]int)
-	for i, item := range items {
-		path := index("addresses", i)
-		pfx, err := readPrefix(item, path, 1)
-		if err != nil {
-			return asErr(err)
+	for {
+		name := d.key()
+		if d.bad {
+			return
 		}
-		if why := hostProblem(pfx.Addr(), pfx); why != "" {
-			return invalid(path, "%s is %s", pfx, why)
-		}
-		if j, dup := p.addrIndex[pfx.Addr()]; dup {
-			return invalid(path, "%s duplicates addresses[%d] (%s)", pfx, j, p.cfg.Addresses[j])
-		}
-		p.addrIndex[pfx.Addr()] = i
-		if _, ok := p.subnets[pfx.Masked()]; !ok {
-			p.subnets[pfx.Masked()] = i
-			if !slices.Contains(p.subnetBits, pfx.Bits()) {
-				p.subnetBits = append(p.subnetBits, pfx.Bits())
-			}
-		}
-		p.cfg.Addresses = append(p.cfg.Addresses, pfx)
-		if pfx.Addr().Is4() {
-			p.hasV4 = true
+		i := memberIndex(name)
+		start := d.i
+		if !p.members.note(root, name, i) {
+			d.skip()
 		} else {
-			p.hasV6 = true
+			if i == mRoutes && d.peek() == '[' && p.vals[mAddresses] != nil && p.members.err == nil &&
+				p.addresses() == nil {
+				p.result[i], p.done[i] = p.readRoutes(d, -1), true
+			} else {
+				_, p.counts[i] = d.skip()
+			}
+			p.vals[i] = d.b[start:d.i]
 		}
+		if !d.next('}') {
+			return
+		}
+	}
+}
+
+// value points the second reader at member i's value, and reports whether
+// it is present and not null.
+func (p *parser) value(i int) (*dec, bool) {
+	val := p.vals[i]
+	if isAbsent(val) {
+		return nil, false
+	}
+	p.sub.b, p.sub.i, p.sub.depth, p.sub.bad = val, 0, 1, false
+	return &p.sub, true
+}
+
+// elements reads the array at d with read, one element at a time, until
+// read fails or limit elements were read; the rest of the array is only
+// checked and counted. It returns the number of elements and read's
+// error. read must consume its element whatever it finds.
+func (d *dec) elements(limit int, read func(i int) *errs.Error) (n int, err *errs.Error) {
+	if !d.openArray() {
+		return 0, nil
+	}
+	for {
+		if err == nil && n < limit {
+			err = read(n)
+		} else {
+			d.skip()
+		}
+		n++
+		if d.bad || !d.next(']') {
+			return n, err
+		}
+	}
+}
+
+// capHint is how many entries to make room for in the result before
+// reading an array at d of at most limit entries, each taking at least
+// minBytes bytes with its separator: count when scan has counted the
+// array, else as many as the bytes left could hold. Either way the room
+// is never more than the array's bytes allow, so that a short request
+// never makes vpnd reserve room for the limit, and never too little, so
+// that the slice never grows.
+func capHint(d *dec, count, limit, minBytes int) int {
+	if count >= 0 {
+		return min(count, limit)
+	}
+	return min(limit, (len(d.b)-d.i)/minBytes+1)
+}
+
+// tooMany is the error for an array longer than its limit.
+func tooMany(p path, n, limit int) *errs.Error {
+	return invalid(p, "%d entries, at most %d allowed", n, limit)
+}
+
+// addresses reads addresses once, from the value scan noted, and
+// returns the result again if asked again.
+func (p *parser) addresses() *errs.Error {
+	if !p.done[mAddresses] {
+		p.done[mAddresses] = true
+		if d, ok := p.value(mAddresses); ok {
+			p.result[mAddresses] = p.readAddresses(d, p.counts[mAddresses])
+		} else {
+			p.result[mAddresses] = invalid(memberPath("addresses"), "required")
+		}
+	}
+	return p.result[mAddresses]
+}
+
+// readAddresses reads the addresses array at d; count is its length if
+// scan counted it, else -1.
+func (p *parser) readAddresses(d *dec, count int) *errs.Error {
+	at := memberPath("addresses")
+	if d.peek() != '[' {
+		val, _ := d.skip()
+		return invalid(at, "expected array of CIDR strings or LinkAddress objects, got %s", kindOf(val))
+	}
+	if count > MaxAddresses {
+		return tooMany(at, count, MaxAddresses)
+	}
+	// The shortest address is "1::/1", 7 bytes and a comma.
+	hint := capHint(d, count, MaxAddresses, 8)
+	n, err := d.elements(MaxAddresses, func(i int) *errs.Error { return p.address(d, at.elem(i), hint) })
+	switch {
+	case d.bad:
+		return nil
+	case n > MaxAddresses:
+		return tooMany(at, n, MaxAddresses)
+	case n == 0:
+		return invalid(at, "at least 1 entry required")
+	}
+	return err
+}
+
+func (p *parser) address(d *dec, at path, hint int) *errs.Error {
+	pfx, err := prefixEntry(d, at, 1)
+	if err != nil || d.bad {
+		return err
+	}
+	if why := hostProblem(pfx.Addr(), pfx); why != "" {
+		return invalid(at, "%s is %s", pfx, why)
+	}
+	if p.addrIdx == nil {
+		p.addrIdx = make(map[netip.Addr]int, hint)
+		p.subnets = make(map[netip.Prefix]int)
+		p.cfg.Addresses = make([]netip.Prefix, 0, hint)
+	}
+	if j, dup := p.addrIdx[pfx.Addr()]; dup {
+		return invalid(at, "%s duplicates addresses[%d] (%s)", pfx, j, p.cfg.Addresses[j])
+	}
+	p.addrIdx[pfx.Addr()] = int(at.index)
+	if _, ok := p.subnets[pfx.Masked()]; !ok {
+		p.subnets[pfx.Masked()] = int(at.index)
+		if !slices.Contains(p.bits, pfx.Bits()) {
+			p.bits = append(p.bits, pfx.Bits())
+		}
+	}
+	p.cfg.Addresses = append(p.cfg.Addresses, pfx)
+	if pfx.Addr().Is4() {
+		p.hasV4 = true
+	} else {
+		p.hasV6 = true
 	}
 	return nil
 }
@@ -191,99 +360,276 @@ func (r route) describe() string {
 }
 
 func (p *parser) routes() *errs.Error {
-	raw := p.o.get("routes")
-	if raw == nil {
+	if p.done[mRoutes] {
+		return p.result[mRoutes]
+	}
+	d, ok := p.value(mRoutes)
+	if !ok {
 		return nil
 	}
-	items, err := readArray(raw, "routes", "CIDR strings or RouteInfo objects", MaxRoutes)
-	if err != nil {
-		return asErr(err)
+	return p.readRoutes(d, p.counts[mRoutes])
+}
+
+// readRoutes reads the routes array at d; count is its length if scan
+// counted it, else -1. addresses must have been read.
+func (p *parser) readRoutes(d *dec, count int) *errs.Error {
+	at := memberPath("routes")
+	if d.peek() != '[' {
+		val, _ := d.skip()
+		return invalid(at, "expected array of CIDR strings or RouteInfo objects, got %s", kindOf(val))
 	}
-	type firstSeen struct {
-		index int
-		r     route
+	if count > MaxRoutes {
+		return tooMany(at, count, MaxRoutes)
 	}
-	seen := make(map[netip.Prefix]firstSeen, len(items))
-	for i, item := range items {
-		path := index("routes", i)
-		r, err := p.route(item, path)
+	// The shortest route is "::/0", 6 bytes and a comma.
+	hint := capHint(d, count, MaxRoutes, 7)
+	n, err := d.elements(MaxRoutes, func(i int) *errs.Error { return p.route(d, at.elem(i), hint) })
+	switch {
+	case d.bad:
+		return nil
+	case n > MaxRoutes:
+		return tooMany(at, n, MaxRoutes)
+	}
+	return err
+}
+
+// route reads one entry of routes, a CIDR string or a RouteInfo object,
+// checks it and adds it to the Config unless it repeats an earlier one.
+func (p *parser) route(d *dec, at path, hint int) *errs.Error {
+	var r route
+	switch d.peek() {
+	case '"':
+		s := d.text()
+		if d.bad {
+			return nil
+		}
+		dst, err := parseCIDR(s, at, 0)
 		if err != nil {
 			return err
 		}
-		if f, ok := seen[r.dst]; ok {
-			if f.r == r {
-				continue // duplicate: merged
-			}
-			return invalid(path, "%s %s here but %s in routes[%d]", r.dst, r.describe(), f.r.describe(), f.index)
+		r.dst = dst.Masked()
+	case '{':
+		var err *errs.Error
+		if r, err = p.routeInfo(d, at); err != nil || d.bad {
+			return err
 		}
-		seen[r.dst] = firstSeen{i, r}
-		if r.excluded {
-			p.cfg.ExcludedRoutes = append(p.cfg.ExcludedRoutes, r.dst)
-			p.exclIndex = append(p.exclIndex, i)
-		} else {
-			p.cfg.Routes = append(p.cfg.Routes, Route{Dst: r.dst, Gateway: r.gw})
-			p.routeIndex = append(p.routeIndex, i)
+	default:
+		val, _ := d.skip()
+		return invalid(at, "expected CIDR string or RouteInfo object, got %s", kindOf(val))
+	}
+	if p.seen.slots == nil {
+		p.seen.init(hint)
+		p.cfg.Routes = make([]Route, 0, hint)
+	}
+	slot, found := p.findRoute(r.dst)
+	if found {
+		first := p.storedRoute(slot.ref)
+		if first == r {
+			return nil // a duplicate: merged
 		}
+		return invalid(at, "%s %s here but %s in routes[%d]", r.dst, r.describe(), first.describe(), slot.index)
+	}
+	if r.excluded {
+		p.cfg.ExcludedRoutes = append(p.cfg.ExcludedRoutes, r.dst)
+		slot.ref = -int32(len(p.cfg.ExcludedRoutes))
+	} else {
+		p.cfg.Routes = append(p.cfg.Routes, Route{Dst: r.dst, Gateway: r.gw})
+		slot.ref = int32(len(p.cfg.Routes))
+	}
+	slot.index = at.index
+	p.seen.added()
+	if r.dst.Addr().Is4() && p.firstV4 < 0 {
+		p.firstV4, p.firstV4Dst = int(at.index), r.dst
+	}
+	if r.dst.Addr().Is6() && p.firstV6 < 0 {
+		p.firstV6, p.firstV6Dst = int(at.index), r.dst
 	}
 	return nil
 }
 
-// route decodes and checks one entry of routes: a CIDR string or a
-// RouteInfo object.
-func (p *parser) route(raw json.RawMessage, path string) (route, *errs.Error) {
-	var r route
-	switch kindOf(raw) {
-	case "string":
-		s, _ := readString(raw, path)
-		dst, err := parseCIDR(s, path, 0)
-		if err != nil {
-			return r, asErr(err)
+// storedRoute returns the route that a routeSlot's ref points to.
+func (p *parser) storedRoute(ref int32) route {
+	if ref < 0 {
+		return route{dst: p.cfg.ExcludedRoutes[-ref-1], excluded: true}
+	}
+	r := p.cfg.Routes[ref-1]
+	return route{dst: r.Dst, gw: r.Gateway}
+}
+
+// routeSet remembers where each route destination was first given. It is
+// an open-addressing hash table sized once for the routes to come: a Go
+// map cost more than half of a 10,000-route parse, in hashing, growth and
+// memory. Hashes are seeded per process, so that no request can be made
+// of colliding destinations.
+type routeSet struct {
+	slots []routeSlot // a power of two of them
+	n     int         // slots in use
+}
+
+type routeSlot struct {
+	hash  uint32 // of the destination, to pass most other slots without looking at their route
+	ref   int32  // 0: empty; k > 0: Config.Routes[k-1]; k < 0: Config.ExcludedRoutes[-k-1]
+	index int32  // the route's index in routes
+}
+
+// routeKey seeds hashRoute, differently in each process.
+var routeKey = [2]uint64{rand.Uint64(), rand.Uint64()}
+
+// hashRoute hashes a route destination: one 64x64→128-bit multiplication
+// of the address halves mixed with the seed, as wyhash does. It is several
+// times cheaper than hash/maphash, and as unpredictable without the seed.
+func hashRoute(dst netip.Prefix) uint32 {
+	a := dst.Addr().As16()
+	x := binary.LittleEndian.Uint64(a[:8]) ^ routeKey[0]
+	y := binary.LittleEndian.Uint64(a[8:]) ^ routeKey[1] ^ uint64(dst.Bits())<<1
+	hi, lo := bits.Mul64(x, y)
+	h := hi ^ lo
+	return uint32(h ^ h>>32)
+}
+
+// init makes room for hint routes at a load of at most 2/3.
+func (s *routeSet) init(hint int) {
+	size := 8
+	for size < hint+hint/2 {
+		size *= 2
+	}
+	s.slots = make([]routeSlot, size)
+}
+
+// added notes that the slot findRoute returned is now in use, and grows
+// the table when it is more than 3/4 full (which the hint's bound should
+// rule out).
+func (s *routeSet) added() {
+	s.n++
+	if s.n*4 <= len(s.slots)*3 {
+		return
+	}
+	old := s.slots
+	s.slots = make([]routeSlot, 2*len(old))
+	mask := uint32(len(s.slots) - 1)
+	for _, o := range old {
+		if o.ref == 0 {
+			continue
 		}
-		r.dst = dst.Masked()
+		i := o.hash & mask
+		for s.slots[i].ref != 0 {
+			i = (i + 1) & mask
+		}
+		s.slots[i] = o
+	}
+}
+
+// findRoute returns the slot of destination dst and true, or the empty
+// slot where it belongs and false. The slot's hash is set either way.
+func (p *parser) findRoute(dst netip.Prefix) (*routeSlot, bool) {
+	h := hashRoute(dst)
+	slots := p.seen.slots
+	mask := uint32(len(slots) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		s := &slots[i]
+		if s.ref == 0 {
+			s.hash = h
+			return s, false
+		}
+		if s.hash == h && p.storedRoute(s.ref).dst == dst {
+			return s, true
+		}
+	}
+}
+
+// The members of OpenHarmony's RouteInfo. interface, hasGateway and
+// isDefaultRoute are type-checked and ignored.
+const (
+	riDestination = iota
+	riGateway
+	riExcluded
+	riInterface
+	riHasGateway
+	riIsDefault
+	numRouteInfo
+)
+
+var routeInfoMembers = []string{
+	"destination", "gateway", "isExcludedRoute", "interface", "hasGateway", "isDefaultRoute",
+}
+
+// routeInfo reads the RouteInfo object at d. destination and gateway are
+// read in place; everything is checked, in the order of the ri
+// constants, once the object is read.
+func (p *parser) routeInfo(d *dec, at path) (route, *errs.Error) {
+	var (
+		r       route
+		m       members
+		vals    [numRouteInfo][]byte
+		dst     netip.Prefix
+		dstErr  *errs.Error
+		dstRead bool // destination was an object, read into dst
+		gwErr   *errs.Error
+		gwRead  bool // gateway was an object, read into r.gw
+	)
+	if d.openObject() {
+		for i := -1; ; {
+			var name string
+			name, i = d.member(routeInfoMembers, i+1)
+			start := d.i
+			if !m.note(at, name, i) {
+				d.skip()
+			} else {
+				switch {
+				case i == riDestination && d.peek() == '{':
+					dst, dstErr = linkAddress(d, at.at(kDestination), 0)
+					dstRead = true
+				case i == riGateway && d.peek() == '{':
+					r.gw, gwErr = netAddress(d, at.at(kGateway), true)
+					gwRead = true
+				default:
+					d.skip()
+				}
+				vals[i] = d.b[start:d.i]
+			}
+			if !d.next('}') {
+				break
+			}
+		}
+	}
+	switch {
+	case d.bad:
 		return r, nil
-	case "object":
-	default:
-		return r, invalid(path, "expected CIDR string or RouteInfo object, got %s", kindOf(raw))
-	}
-	o, err := readObject(raw, path, "RouteInfo object",
-		"destination", "gateway", "isExcludedRoute", "interface", "hasGateway", "isDefaultRoute")
-	if err != nil {
-		return r, asErr(err)
-	}
-	dstRaw := o.get("destination")
-	if dstRaw == nil {
-		return r, invalid(o.at("destination"), "required")
-	}
-	if kindOf(dstRaw) != "object" {
-		return r, invalid(o.at("destination"), "expected LinkAddress object, got %s", kindOf(dstRaw))
-	}
-	dst, err := readLinkAddress(dstRaw, o.at("destination"), 0)
-	if err != nil {
-		return r, asErr(err)
+	case m.err != nil:
+		return r, m.err
+	case isAbsent(vals[riDestination]):
+		return r, invalid(at.at(kDestination), "required")
+	case !dstRead:
+		return r, invalid(at.at(kDestination), "expected LinkAddress object, got %s", kindOf(vals[riDestination]))
+	case dstErr != nil:
+		return r, dstErr
 	}
 	r.dst = dst.Masked()
-	if gwRaw := o.get("gateway"); gwRaw != nil {
-		if r.gw, err = readNetAddress(gwRaw, o.at("gateway"), true); err != nil {
-			return r, asErr(err)
+	gwPath := at.at(kGateway)
+	if !isAbsent(vals[riGateway]) {
+		if !gwRead {
+			return r, invalid(gwPath, "expected NetAddress object, got %s", kindOf(vals[riGateway]))
+		}
+		if gwErr != nil {
+			return r, gwErr
 		}
 	}
-	if r.excluded, _, err = o.optBool("isExcludedRoute", false); err != nil {
-		return r, asErr(err)
+	var err *errs.Error
+	if r.excluded, _, err = optBool(vals[riExcluded], at.at(kIsExcludedRoute), false); err != nil {
+		return r, err
 	}
-	if ifRaw := o.get("interface"); ifRaw != nil {
-		if _, err := readString(ifRaw, o.at("interface")); err != nil {
-			return r, asErr(err)
-		}
+	if v := vals[riInterface]; !isAbsent(v) && kindOf(v) != "string" {
+		return r, invalid(at.at(kInterface), "expected string, got %s", kindOf(v))
 	}
-	for _, key := range []string{"hasGateway", "isDefaultRoute"} {
-		if _, _, err := o.optBool(key, false); err != nil {
-			return r, asErr(err)
-		}
+	if _, _, err := optBool(vals[riHasGateway], at.at(kHasGateway), false); err != nil {
+		return r, err
+	}
+	if _, _, err := optBool(vals[riIsDefault], at.at(kIsDefaultRoute), false); err != nil {
+		return r, err
 	}
 	if !r.gw.IsValid() {
 		return r, nil
 	}
-	gwPath := o.at("gateway")
 	if r.excluded {
 		return r, invalid(gwPath, "an excluded route cannot have a gateway (got %s)", r.gw)
 	}
@@ -291,7 +637,14 @@ func (p *parser) route(raw json.RawMessage, path string) (route, *errs.Error) {
 		return r, invalid(gwPath, "%s is %s but the destination %s is %s",
 			r.gw, familyName(r.gw), r.dst, familyName(r.dst.Addr()))
 	}
-	return r, p.checkGateway(r.gw, gwPath)
+	if r.gw == p.okGW {
+		return r, nil // most routes share a gateway: it passed once
+	}
+	if err := p.checkGateway(r.gw, gwPath); err != nil {
+		return r, err
+	}
+	p.okGW = r.gw
+	return r, nil
 }
 
 // checkGateway requires gw to be a usable host on one of the VPN's address
@@ -299,13 +652,13 @@ func (p *parser) route(raw json.RawMessage, path string) (route, *errs.Error) {
 // would lead nowhere. It looks the gateway up per prefix length rather
 // than scanning the addresses, so 10000 routes over 2000 addresses stay
 // cheap.
-func (p *parser) checkGateway(gw netip.Addr, path string) *errs.Error {
-	if i, own := p.addrIndex[gw]; own {
-		return invalid(path, "%s is the VPN's own address addresses[%d]", gw, i)
+func (p *parser) checkGateway(gw netip.Addr, at path) *errs.Error {
+	if i, own := p.addrIdx[gw]; own {
+		return invalid(at, "%s is the VPN's own address addresses[%d]", gw, i)
 	}
 	first := -1 // the first address whose subnet holds gw, but not as a host
 	var why string
-	for _, bits := range p.subnetBits {
+	for _, bits := range p.bits {
 		subnet, err := gw.Prefix(bits)
 		if err != nil {
 			continue // the other family
@@ -324,68 +677,92 @@ func (p *parser) checkGateway(gw netip.Addr, path string) *errs.Error {
 		}
 	}
 	if first >= 0 {
-		return invalid(path, "%s", why)
+		return invalid(at, "%s", why)
 	}
-	return invalid(path, "%s is outside every address prefix", gw)
+	return invalid(at, "%s is outside every address prefix", gw)
 }
 
 func (p *parser) dnsAddresses() *errs.Error {
-	raw := p.o.get("dnsAddresses")
-	if raw == nil {
+	d, ok := p.value(mDNSAddresses)
+	if !ok {
 		return nil
 	}
-	items, err := readArray(raw, "dnsAddresses", "IP address strings", MaxDNS)
-	if err != nil {
-		return asErr(err)
+	at := memberPath("dnsAddresses")
+	if d.peek() != '[' {
+		val, _ := d.skip()
+		return invalid(at, "expected array of IP address strings, got %s", kindOf(val))
 	}
-	seen := make(map[netip.Addr]bool, len(items))
-	for i, item := range items {
-		path := index("dnsAddresses", i)
-		s, err := readString(item, path)
-		if err != nil {
-			return asErr(err)
+	count := p.counts[mDNSAddresses]
+	if count > MaxDNS {
+		return tooMany(at, count, MaxDNS)
+	}
+	p.cfg.DNSAddresses = make([]netip.Addr, 0, count)
+	_, err := d.elements(MaxDNS, func(i int) *errs.Error {
+		at := at.elem(i)
+		if d.peek() != '"' {
+			val, _ := d.skip()
+			return invalid(at, "expected string, got %s", kindOf(val))
 		}
-		a, err := parseIP(s, path)
-		if err != nil {
-			return asErr(err)
+		a, err := parseIP(d.text(), at)
+		if err != nil || d.bad {
+			return err
 		}
 		if a.IsUnspecified() {
-			return invalid(path, "%s is the unspecified address", a)
+			return invalid(at, "%s is the unspecified address", a)
 		}
-		if !seen[a] {
-			seen[a] = true
+		if !slices.Contains(p.cfg.DNSAddresses, a) {
 			p.cfg.DNSAddresses = append(p.cfg.DNSAddresses, a)
 		}
+		return nil
+	})
+	if len(p.cfg.DNSAddresses) == 0 {
+		p.cfg.DNSAddresses = nil
 	}
-	return nil
+	return err
 }
 
 func (p *parser) searchDomains() *errs.Error {
-	raw := p.o.get("searchDomains")
-	if raw == nil {
+	d, ok := p.value(mSearchDomains)
+	if !ok {
 		return nil
 	}
-	items, err := readArray(raw, "searchDomains", "DNS name strings", MaxSearchDomains)
-	if err != nil {
-		return asErr(err)
+	at := memberPath("searchDomains")
+	if d.peek() != '[' {
+		val, _ := d.skip()
+		return invalid(at, "expected array of DNS name strings, got %s", kindOf(val))
 	}
-	seen := make(map[string]bool, len(items))
-	for i, item := range items {
-		path := index("searchDomains", i)
-		s, err := readString(item, path)
-		if err != nil {
-			return asErr(err)
+	count := p.counts[mSearchDomains]
+	if count > MaxSearchDomains {
+		return tooMany(at, count, MaxSearchDomains)
+	}
+	p.cfg.SearchDomains = make([]string, 0, count)
+	_, err := d.elements(MaxSearchDomains, func(i int) *errs.Error {
+		at := at.elem(i)
+		if d.peek() != '"' {
+			val, _ := d.skip()
+			return invalid(at, "expected string, got %s", kindOf(val))
+		}
+		s := d.text()
+		if d.bad {
+			return nil
 		}
 		if why := dnsNameProblem(s); why != "" {
-			return invalid(path, "%q %s", s, why)
+			return invalid(at, "%q %s", s, why)
 		}
-		key := strings.ToLower(strings.TrimSuffix(s, "."))
-		if !seen[key] {
-			seen[key] = true
-			p.cfg.SearchDomains = append(p.cfg.SearchDomains, s)
+		// Names are ASCII now, so EqualFold is plain ASCII case folding.
+		key := strings.TrimSuffix(s, ".")
+		for _, had := range p.cfg.SearchDomains {
+			if strings.EqualFold(strings.TrimSuffix(had, "."), key) {
+				return nil
+			}
 		}
+		p.cfg.SearchDomains = append(p.cfg.SearchDomains, strings.Clone(s))
+		return nil
+	})
+	if len(p.cfg.SearchDomains) == 0 {
+		p.cfg.SearchDomains = nil
 	}
-	return nil
+	return err
 }
 
 // dnsNameProblem says why s is not an RFC 1123 host name, or "" if it is.
@@ -398,7 +775,7 @@ func dnsNameProblem(s string) string {
 	if len(name) > 253 {
 		return fmt.Sprintf("is %d characters long, at most 253 allowed", len(name))
 	}
-	for _, label := range strings.Split(name, ".") {
+	for label := range strings.SplitSeq(name, ".") {
 		switch {
 		case label == "":
 			return "has an empty label"
@@ -420,96 +797,87 @@ func dnsNameProblem(s string) string {
 
 func (p *parser) mtu() *errs.Error {
 	p.cfg.MTU = DefaultMTU
-	raw := p.o.get("mtu")
-	if raw == nil {
+	val := p.vals[mMTU]
+	if isAbsent(val) {
 		return nil
 	}
-	v, err := readInt(raw, "mtu", MinMTU, MaxMTU)
+	v, err := readInt(val, memberPath("mtu"), MinMTU, MaxMTU)
 	if err != nil {
-		return asErr(err)
+		return err
 	}
 	if p.hasV6 && v < MinMTUIPv6 {
-		return invalid("mtu", "%d below %d required with an IPv6 address", v, MinMTUIPv6)
+		return invalid(memberPath("mtu"), "%d below %d required with an IPv6 address", v, MinMTUIPv6)
 	}
 	p.cfg.MTU = int(v)
 	return nil
+}
+
+// flag reads the optional boolean member i: def when it is absent.
+func (p *parser) flag(i int, def bool) (v, present bool, err *errs.Error) {
+	return optBool(p.vals[i], memberPath(vpnConfigMembers[i]), def)
 }
 
 // acceptedFamilies resolves isIPv4Accepted and isIPv6Accepted: each
 // defaults to whether an address of its family is present, and true
 // requires one.
 func (p *parser) acceptedFamilies() *errs.Error {
-	var err error
+	var err *errs.Error
 	var set bool
-	if p.cfg.IPv4, set, err = p.o.optBool("isIPv4Accepted", p.hasV4); err != nil {
-		return asErr(err)
+	if p.cfg.IPv4, set, err = p.flag(mIPv4Accepted, p.hasV4); err != nil {
+		return err
 	}
 	if set && p.cfg.IPv4 && !p.hasV4 {
-		return invalid("isIPv4Accepted", "true requires an IPv4 address")
+		return invalid(memberPath("isIPv4Accepted"), "true requires an IPv4 address")
 	}
-	if p.cfg.IPv6, set, err = p.o.optBool("isIPv6Accepted", p.hasV6); err != nil {
-		return asErr(err)
+	if p.cfg.IPv6, set, err = p.flag(mIPv6Accepted, p.hasV6); err != nil {
+		return err
 	}
 	if set && p.cfg.IPv6 && !p.hasV6 {
-		return invalid("isIPv6Accepted", "true requires an IPv6 address")
+		return invalid(memberPath("isIPv6Accepted"), "true requires an IPv6 address")
 	}
 	if !p.cfg.IPv4 && !p.cfg.IPv6 {
-		return invalid("isIPv4Accepted, isIPv6Accepted", "no address family accepted")
+		return invalid(memberPath("isIPv4Accepted, isIPv6Accepted"), "no address family accepted")
 	}
 	return nil
 }
 
-// routeFamilies requires every route's family to be accepted. It runs after
-// acceptedFamilies, since it depends on the flags' values.
+// routeFamilies requires every route's family to be accepted, reporting
+// the first route, included or excluded, of a family that is not. It runs
+// after acceptedFamilies, since it depends on the flags' values.
 func (p *parser) routeFamilies() *errs.Error {
-	check := func(dst netip.Prefix, i int) *errs.Error {
-		if dst.Addr().Is4() && !p.cfg.IPv4 {
-			return invalid(index("routes", i), "%s is IPv4 but isIPv4Accepted is false", dst)
-		}
-		if dst.Addr().Is6() && !p.cfg.IPv6 {
-			return invalid(index("routes", i), "%s is IPv6 but isIPv6Accepted is false", dst)
-		}
-		return nil
+	v4 := p.firstV4 >= 0 && !p.cfg.IPv4
+	v6 := p.firstV6 >= 0 && !p.cfg.IPv6
+	if v4 && (!v6 || p.firstV4 < p.firstV6) {
+		return invalid(memberPath("routes").elem(p.firstV4), "%s is IPv4 but isIPv4Accepted is false", p.firstV4Dst)
 	}
-	// Report the lowest index among included and excluded routes.
-	ri, ei := 0, 0
-	for ri < len(p.cfg.Routes) || ei < len(p.cfg.ExcludedRoutes) {
-		if ei >= len(p.cfg.ExcludedRoutes) || ri < len(p.cfg.Routes) && p.routeIndex[ri] < p.exclIndex[ei] {
-			if err := check(p.cfg.Routes[ri].Dst, p.routeIndex[ri]); err != nil {
-				return err
-			}
-			ri++
-		} else {
-			if err := check(p.cfg.ExcludedRoutes[ei], p.exclIndex[ei]); err != nil {
-				return err
-			}
-			ei++
-		}
+	if v6 {
+		return invalid(memberPath("routes").elem(p.firstV6), "%s is IPv6 but isIPv6Accepted is false", p.firstV6Dst)
 	}
 	return nil
 }
 
 func (p *parser) flags() *errs.Error {
-	var err error
-	if p.cfg.Blocking, _, err = p.o.optBool("isBlocking", false); err != nil {
-		return asErr(err)
+	var err *errs.Error
+	if p.cfg.Blocking, _, err = p.flag(mBlocking, false); err != nil {
+		return err
 	}
-	if p.cfg.Metered, _, err = p.o.optBool("isMetered", false); err != nil {
-		return asErr(err)
+	if p.cfg.Metered, _, err = p.flag(mMetered, false); err != nil {
+		return err
 	}
-	legacy, _, err := p.o.optBool("isLegacy", false)
+	legacy, _, err := p.flag(mLegacy, false)
 	if err != nil {
-		return asErr(err)
+		return err
 	}
 	if legacy {
-		return invalid("isLegacy", "legacy VPN types are not supported")
+		return invalid(memberPath("isLegacy"), "legacy VPN types are not supported")
 	}
-	return nil
+	p.cfg.AllowFamilyBypass, _, err = p.flag(mAllowFamilyBypass, false)
+	return err
 }
 
 // defaultRoutes adds a default route per accepted family when no included
-// route was given (§5; OpenHarmony's fe80::/7 for IPv6 is deliberately not
-// copied).
+// route was given. OpenHarmony installs fe80::/7 for IPv6 here; vpnd
+// deliberately installs ::/0, so that IPv6 traffic really enters the VPN.
 func (p *parser) defaultRoutes() {
 	if len(p.cfg.Routes) > 0 {
 		return
@@ -524,10 +892,10 @@ func (p *parser) defaultRoutes() {
 
 func (p *parser) applications() *errs.Error {
 	var err *errs.Error
-	if p.cfg.Trusted, err = p.userList("trustedApplications"); err != nil {
+	if p.cfg.Trusted, err = p.userList(mTrusted); err != nil {
 		return err
 	}
-	if p.cfg.Blocked, err = p.userList("blockedApplications"); err != nil {
+	if p.cfg.Blocked, err = p.userList(mBlocked); err != nil {
 		return err
 	}
 	if len(p.cfg.Trusted) > 0 && len(p.cfg.Blocked) > 0 {
@@ -539,57 +907,66 @@ func (p *parser) applications() *errs.Error {
 // maxUID is the largest uid: (uid_t)-1 means "no uid" to the kernel.
 const maxUID = 4294967294
 
-// userList resolves an application list: user names or uids, given as
-// JSON numbers or decimal strings.
-func (p *parser) userList(member string) ([]User, *errs.Error) {
-	raw := p.o.get(member)
-	if raw == nil {
+// userList resolves an application list, member i: user names or uids,
+// given as JSON numbers or decimal strings.
+func (p *parser) userList(i int) ([]User, *errs.Error) {
+	d, ok := p.value(i)
+	if !ok {
 		return nil, nil
 	}
-	items, err := readArray(raw, member, "user names or uids", MaxApplications)
-	if err != nil {
-		return nil, asErr(err)
+	at := memberPath(vpnConfigMembers[i])
+	if d.peek() != '[' {
+		val, _ := d.skip()
+		return nil, invalid(at, "expected array of user names or uids, got %s", kindOf(val))
+	}
+	if count := p.counts[i]; count > MaxApplications {
+		return nil, tooMany(at, count, MaxApplications)
 	}
 	var list []User
-	seen := make(map[uint32]bool, len(items))
-	for i, item := range items {
-		path := index(member, i)
+	_, err := d.elements(MaxApplications, func(i int) *errs.Error {
+		at := at.elem(i)
 		var key string
-		switch kindOf(item) {
-		case "number":
-			v, err := readInt(item, path, 0, maxUID)
-			if err != nil {
-				return nil, asErr(err)
+		switch c := d.peek(); {
+		case c == '"':
+			s := d.text()
+			if d.bad {
+				return nil
 			}
-			key = strconv.FormatInt(v, 10)
-		case "string":
-			key, _ = readString(item, path)
-			if key == "" {
-				return nil, invalid(path, "empty user name")
+			if s == "" {
+				return invalid(at, "empty user name")
 			}
-			if isDigits(key) {
-				if v, err := strconv.ParseUint(key, 10, 64); err != nil || v > maxUID {
-					return nil, invalid(path, "uid %s out of range 0-%d", key, maxUID)
+			if isDigits(s) {
+				if v, err := strconv.ParseUint(s, 10, 64); err != nil || v > maxUID {
+					return invalid(at, "uid %s out of range 0-%d", s, maxUID)
 				}
 			}
+			key = strings.Clone(s) // the resolver may keep it
+		case c == '-' || c >= '0' && c <= '9':
+			val, _ := d.skip()
+			v, err := readInt(val, at, 0, maxUID)
+			if err != nil {
+				return err
+			}
+			key = strconv.FormatInt(v, 10)
 		default:
-			return nil, invalid(path, "expected user name or uid, got %s", kindOf(item))
+			val, _ := d.skip()
+			return invalid(at, "expected user name or uid, got %s", kindOf(val))
 		}
 		if p.users == nil {
-			return nil, errs.New(errs.CodeInternal, "%s: no user database", path)
+			return errs.New(errs.CodeInternal, "%s: no user database", at)
 		}
 		u, rerr := p.users.ResolveUser(key)
 		if rerr != nil {
 			var e *errs.Error
 			if errors.As(rerr, &e) {
-				return nil, &errs.Error{Code: e.Code, Detail: path + ": " + e.Detail, Err: e.Err}
+				return &errs.Error{Code: e.Code, Detail: at.String() + ": " + e.Detail, Err: e.Err}
 			}
-			return nil, &errs.Error{Code: errs.CodeInvalidParam, Detail: path + ": " + rerr.Error(), Err: rerr}
+			return &errs.Error{Code: errs.CodeInvalidParam, Detail: at.String() + ": " + rerr.Error(), Err: rerr}
 		}
-		if !seen[u.UID] {
-			seen[u.UID] = true
+		if !slices.ContainsFunc(list, func(had User) bool { return had.UID == u.UID }) {
 			list = append(list, u)
 		}
-	}
-	return list, nil
+		return nil
+	})
+	return list, err
 }

@@ -193,6 +193,10 @@ func TestParseRejects(t *testing.T) {
 		{"isMetered bool", `{` + v4 + `,"isMetered":0}`, "isMetered: expected boolean, got number"},
 		{"isLegacy bool", `{` + v4 + `,"isLegacy":{}}`, "isLegacy: expected boolean, got object"},
 		{"isLegacy rejected", `{` + v4 + `,"isLegacy":true}`, "isLegacy: legacy VPN types are not supported"},
+		{"allowFamilyBypass bool", `{` + v4 + `,"allowFamilyBypass":"true"}`, "allowFamilyBypass: expected boolean, got string"},
+		{"allowFamilyBypass not a number", `{` + v4 + `,"allowFamilyBypass":1}`, "allowFamilyBypass: expected boolean, got number"},
+		{"allowFamilyBypass is case-sensitive", `{` + v4 + `,"AllowFamilyBypass":true}`, "AllowFamilyBypass: unknown member"},
+		{"allowFamilyBypass repeated", `{` + v4 + `,"allowFamilyBypass":true,"allowFamilyBypass":true}`, "allowFamilyBypass: duplicate member"},
 
 		// applications
 		{"trustedApplications array", `{` + v4 + `,"trustedApplications":"alice"}`, "trustedApplications: expected array of user names or uids, got string"},
@@ -213,6 +217,8 @@ func TestParseRejects(t *testing.T) {
 		{"order: routes before mtu", `{` + v4 + `,"mtu":1,"routes":["x"]}`, `routes[0]: "x" is not in CIDR form address/prefixLength`},
 		{"order: mtu before isLegacy", `{` + v4 + `,"isLegacy":true,"mtu":1}`, "mtu: 1 out of range 576-65535"},
 		{"order: isLegacy before applications", `{` + v4 + `,"trustedApplications":["bob"],"isLegacy":true}`, "isLegacy: legacy VPN types are not supported"},
+		{"order: isLegacy before allowFamilyBypass", `{` + v4 + `,"allowFamilyBypass":1,"isLegacy":true}`, "isLegacy: legacy VPN types are not supported"},
+		{"order: allowFamilyBypass before applications", `{` + v4 + `,"trustedApplications":["bob"],"allowFamilyBypass":0}`, "allowFamilyBypass: expected boolean, got number"},
 		{"order: first element first", `{"addresses":["127.0.0.1/8","10.8.0.0/24"]}`, "addresses[0]: 127.0.0.1/8 is a loopback address"},
 	}
 	seen := make(map[string]bool)
@@ -380,8 +386,19 @@ func TestParseAccepts(t *testing.T) {
 				Blocked: []User{{"root", 0}}},
 		},
 		{
+			name:   "allowFamilyBypass true",
+			params: `{"addresses":["10.8.0.2/24"],"allowFamilyBypass":true}`,
+			want: Config{Addresses: []netip.Prefix{pfx("10.8.0.2/24")}, Routes: defaultV4, MTU: 1500, IPv4: true,
+				AllowFamilyBypass: true},
+		},
+		{
+			name:   "allowFamilyBypass false is the default",
+			params: `{"addresses":["10.8.0.2/24"],"allowFamilyBypass":false}`,
+			want:   Config{Addresses: []netip.Prefix{pfx("10.8.0.2/24")}, Routes: defaultV4, MTU: 1500, IPv4: true},
+		},
+		{
 			name:   "null members count as absent",
-			params: `{"addresses":["10.8.0.2/24"],"routes":null,"mtu":null,"isIPv4Accepted":null,"trustedApplications":null}`,
+			params: `{"addresses":["10.8.0.2/24"],"routes":null,"mtu":null,"isIPv4Accepted":null,"allowFamilyBypass":null,"trustedApplications":null}`,
 			want:   Config{Addresses: []netip.Prefix{pfx("10.8.0.2/24")}, Routes: defaultV4, MTU: 1500, IPv4: true},
 		},
 	}
@@ -414,6 +431,7 @@ func TestParseProtocolShape(t *testing.T) {
 		DNSAddresses:        []string{"10.8.0.1"},
 		MTU:                 1400,
 		IsIPv4Accepted:      &yes,
+		AllowFamilyBypass:   true,
 		TrustedApplications: []string{"alice"},
 	}
 	params, err := json.Marshal(vc)
@@ -425,13 +443,14 @@ func TestParseProtocolShape(t *testing.T) {
 		t.Fatalf("Parse(%s): %v", params, err)
 	}
 	want := Config{
-		Addresses:      []netip.Prefix{pfx("10.8.0.2/24")},
-		Routes:         []Route{{Dst: pfx("0.0.0.0/0"), Gateway: addr("10.8.0.1")}},
-		ExcludedRoutes: []netip.Prefix{pfx("10.8.0.0/24")},
-		DNSAddresses:   []netip.Addr{addr("10.8.0.1")},
-		MTU:            1400,
-		IPv4:           true,
-		Trusted:        []User{{"alice", 1000}},
+		Addresses:         []netip.Prefix{pfx("10.8.0.2/24")},
+		Routes:            []Route{{Dst: pfx("0.0.0.0/0"), Gateway: addr("10.8.0.1")}},
+		ExcludedRoutes:    []netip.Prefix{pfx("10.8.0.0/24")},
+		DNSAddresses:      []netip.Addr{addr("10.8.0.1")},
+		MTU:               1400,
+		IPv4:              true,
+		AllowFamilyBypass: true,
+		Trusted:           []User{{"alice", 1000}},
 	}
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", *cfg, want)
