@@ -46,6 +46,9 @@ var goldenCases = []goldenCase{
 	// Families.
 	{"ipv4-only", uidNormal, `{"addresses":["10.8.0.2/24"],"routes":["198.51.100.0/24"]}`},
 	{"ipv6-only", uidNormal, `{"addresses":["fd00:8::2/64"],"routes":["2001:db8:100::/64"]}`},
+	{"ipv4-only-family-bypass", uidNormal, `{"addresses":["10.8.0.2/24"],"routes":["198.51.100.0/24"],"allowFamilyBypass":true}`},
+	{"ipv6-only-family-bypass", uidNormal, `{"addresses":["fd00:8::2/64"],"routes":["2001:db8:100::/64"],"allowFamilyBypass":true}`},
+	{"ipv4-only-admin", uidRoot, `{"addresses":["10.8.0.2/24"]}`},
 	{"dual-stack", uidNormal, `{"addresses":["10.8.0.2/24","fd00:8::2/64"],"routes":["198.51.100.0/24","2001:db8:100::/64"]}`},
 	{"dual-stack-ipv6-refused", uidNormal, `{"addresses":["10.8.0.2/24","fd00:8::2/64"],"isIPv6Accepted":false,` +
 		`"routes":["198.51.100.0/24"]}`},

@@ -171,11 +171,16 @@ func TestSelfHealingLargeFlush(t *testing.T) {
 	if len(entries) == 0 || len(entries) > 3 {
 		t.Fatalf("%d warnings for one flush, want 1 (at most 3)", len(entries))
 	}
-	if entries[0]["routes"] != float64(10001) {
-		t.Errorf("warning %v does not count 10001 routes (9,999 excluded, the default and the prefix route)", entries[0])
-	}
+	total := 0.0
 	for _, e := range entries {
 		t.Logf("repair of %v routes took %vs", e["routes"], e["took"])
+		total += e["routes"].(float64)
+	}
+	// 9,999 excluded routes, the default and the prefix route (the IPv6
+	// unreachable default is not flushed by `ip route flush`, which is
+	// IPv4 only); a repair between the flush's rounds restores some twice.
+	if total < 10001 {
+		t.Errorf("the repairs put back %v routes, want at least 10001: %v", total, entries)
 	}
 	if n := strings.Count(d.stderr.String(), "\n"); n > 200 {
 		t.Errorf("vpnd wrote %d log lines; a repair must not log per object above debug", n)

@@ -28,15 +28,26 @@ func (d *daemon) lockdownRules(t testing.TB) []string {
 	return out
 }
 
+// Errors of a refused sendto: a lockdown rule ("unreachable" action)
+// answers ENETUNREACH; an unreachable route, EHOSTUNREACH.
+const (
+	errNetUnreach  = "network is unreachable"
+	errHostUnreach = "no route to host"
+)
+
 // wantRefused sends a datagram from a fresh unprotected socket of sender
-// and expects ENETUNREACH at once, and nothing at B.
-func (w *world) wantRefused(t *testing.T, f twFamily, sender *client, dst, what string) {
+// and expects ENETUNREACH at once (errHostUnreach if given), and nothing at B.
+func (w *world) wantRefused(t *testing.T, f twFamily, sender *client, dst, what string, errText ...string) {
 	t.Helper()
+	want := errNetUnreach
+	if len(errText) > 0 {
+		want = errText[0]
+	}
 	tok := w.token(what)
 	sender.newSock(tok, f.udp)
 	_, err := sender.do(fmt.Sprintf("sendto %s %s %s %s", tok, dst, twSinkPort, tok))
-	if err == nil || !strings.Contains(err.Error(), "network is unreachable") {
-		t.Errorf("%s: sendto %s = %v, want ENETUNREACH", what, dst, err)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("%s: sendto %s = %v, want %q", what, dst, err, want)
 	}
 	if l, ok := w.sink.find(tok); ok {
 		t.Errorf("%s: refused datagram reached B: %q", what, l)

@@ -114,6 +114,10 @@ func (d *daemon) routeStrings(t testing.TB) []string {
 	return out
 }
 
+// v6Unreachable is the IPv6 default of an IPv4-only VPN's table: IPv6
+// fails closed.
+const v6Unreachable = "ipv6 unreachable default dev lo"
+
 func sorted(s ...string) []string {
 	out := append([]string(nil), s...)
 	sort.Strings(out)
@@ -230,12 +234,14 @@ func TestSetUpHappyPath(t *testing.T) {
 	if got := d.globalAddrs(t); !equalStrings(got, []string{"10.8.0.2/24"}) {
 		t.Errorf("addresses %v, want [10.8.0.2/24]", got)
 	}
-	if got, want := d.routeStrings(t), sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun"); !equalStrings(got, want) {
+	if got, want := d.routeStrings(t), sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun", v6Unreachable); !equalStrings(got, want) {
 		t.Errorf("table 98: %v, want %v", got, want)
 	}
 	// root is ADMIN: its own traffic enters unless protected, every other
-	// uid's traffic enters regardless of marks; IPv6 is not accepted.
+	// uid's traffic enters regardless of marks; IPv6 is not accepted, and
+	// fails closed for the same uids.
 	d.checkRules(t, []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true,
+		covered: []uint32{1, 2, 4000, 65534, 1 << 31}}, {family: unix.AF_INET6, owner: 0, ownerCovered: true,
 		covered: []uint32{1, 2, 4000, 65534, 1 << 31}}})
 	var ownerRule *ipRule
 	for _, r := range d.vpnRules(t) {
@@ -391,16 +397,16 @@ func TestSetUpKernelDetails(t *testing.T) {
 			name:   "IPv6 only",
 			params: `{"addresses":["fd00::2/64"],"mtu":1280}`,
 			mtu:    1280, addrs: []string{"fd00::2/64"},
-			routes:   sorted("ipv6 default dev vpn-tun", "ipv6 fd00::/64 dev vpn-tun"),
-			rules:    []ruleCheck{{family: unix.AF_INET6, owner: 0, ownerCovered: true, covered: []uint32{1}}},
+			routes:   sorted("ipv4 unreachable default", "ipv6 default dev vpn-tun", "ipv6 fd00::/64 dev vpn-tun"),
+			rules:    ownerBoth, // IPv4 fails closed
 			nonblock: true,
 		},
 		{
 			name:   "isIPv6Accepted false",
 			params: `{"addresses":["10.8.0.2/24","fd00::2/64"],"isIPv6Accepted":false}`,
 			mtu:    1500, addrs: sorted("10.8.0.2/24", "fd00::2/64"),
-			routes:   sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 default dev vpn-tun"),
-			rules:    []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true, covered: []uint32{1}}},
+			routes:   sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 default dev vpn-tun", v6Unreachable),
+			rules:    ownerBoth, // IPv6 fails closed
 			nonblock: true,
 		},
 		{
@@ -411,8 +417,8 @@ func TestSetUpKernelDetails(t *testing.T) {
 				`{"destination":{"address":{"address":"203.0.113.0"},"prefixLength":24},"gateway":{"address":"10.8.0.1"}}]}`,
 			mtu: 1500, addrs: []string{"10.8.0.2/24"},
 			routes: sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 default dev vpn-tun", "ipv4 throw 198.51.100.0/24",
-				"ipv4 203.0.113.0/24 via 10.8.0.1 dev vpn-tun"),
-			rules:    []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true, covered: []uint32{1}}},
+				"ipv4 203.0.113.0/24 via 10.8.0.1 dev vpn-tun", v6Unreachable),
+			rules:    ownerBoth, // IPv6 fails closed
 			nonblock: true,
 			check: func(t *testing.T, info vpnInfo) {
 				if !equalStrings(info.ExcludedRoutes, []string{"198.51.100.0/24"}) {
@@ -427,24 +433,24 @@ func TestSetUpKernelDetails(t *testing.T) {
 			name:   "only excluded routes: defaults still installed",
 			params: `{"addresses":["10.8.0.2/24"],"routes":[{"destination":{"address":{"address":"198.51.100.0"},"prefixLength":24},"isExcludedRoute":true}]}`,
 			mtu:    1500, addrs: []string{"10.8.0.2/24"},
-			routes:   sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 default dev vpn-tun", "ipv4 throw 198.51.100.0/24"),
-			rules:    []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true, covered: []uint32{1}}},
+			routes:   sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 default dev vpn-tun", "ipv4 throw 198.51.100.0/24", v6Unreachable),
+			rules:    ownerBoth, // IPv6 fails closed
 			nonblock: true,
 		},
 		{
 			name:   "/31 and /32 addresses, mtu 576, blocking",
 			params: `{"addresses":["10.8.0.0/31","10.9.0.1/32"],"routes":["198.51.100.0/24"],"mtu":576,"isBlocking":true}`,
 			mtu:    576, addrs: sorted("10.8.0.0/31", "10.9.0.1/32"),
-			routes:   sorted("ipv4 10.8.0.0/31 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun"),
-			rules:    []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true, covered: []uint32{1}}},
+			routes:   sorted("ipv4 10.8.0.0/31 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun", v6Unreachable),
+			rules:    ownerBoth, // IPv6 fails closed
 			nonblock: false,
 		},
 		{
 			name:   "mtu 65535, dns, search domains, metered",
 			params: `{"addresses":["10.8.0.2/24"],"routes":["198.51.100.0/24"],"mtu":65535,"dnsAddresses":["10.8.0.1","fd00::1"],"searchDomains":["corp.example"],"isMetered":true}`,
 			mtu:    65535, addrs: []string{"10.8.0.2/24"},
-			routes:   sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun"),
-			rules:    []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true, covered: []uint32{1}}},
+			routes:   sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun", v6Unreachable),
+			rules:    ownerBoth, // IPv6 fails closed
 			nonblock: true,
 			check: func(t *testing.T, info vpnInfo) {
 				if !info.IsMetered || !equalStrings(info.DNSAddresses, []string{"10.8.0.1", "fd00::1"}) ||
@@ -507,7 +513,11 @@ func TestRulesByAccountType(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := d.dial(t, tc.uid)
 			setUpOK(t, c.call("setUp", tc.params, ""))
-			d.checkRules(t, []ruleCheck{tc.rules})
+			// The VPN carries IPv4 only; the same uids get IPv6 rules too,
+			// where the table's default is unreachable (fails closed).
+			v6 := tc.rules
+			v6.family = unix.AF_INET6
+			d.checkRules(t, []ruleCheck{tc.rules, v6})
 			ok(t, c.call("destroy", "{}", ""))
 			d.waitClean(t, "destroy")
 		})
@@ -524,10 +534,11 @@ func TestCustomKernelNames(t *testing.T) {
 	setUpOK(t, m)
 	wantTUNFD(t, m, "vpntest0", true)
 	d.wantTUNLink(t, 1500)
-	if got, want := d.routeStrings(t), sorted("ipv4 10.8.0.0/24 dev vpntest0", "ipv4 198.51.100.0/24 dev vpntest0"); !equalStrings(got, want) {
+	if got, want := d.routeStrings(t), sorted("ipv4 10.8.0.0/24 dev vpntest0", "ipv4 198.51.100.0/24 dev vpntest0", v6Unreachable); !equalStrings(got, want) {
 		t.Errorf("table 77: %v, want %v", got, want)
 	}
-	d.checkRules(t, []ruleCheck{{family: unix.AF_INET, owner: uidNormal, ownerCovered: true, notCovered: []uint32{0}}})
+	d.checkRules(t, []ruleCheck{{family: unix.AF_INET, owner: uidNormal, ownerCovered: true, notCovered: []uint32{0}},
+		{family: unix.AF_INET6, owner: uidNormal, ownerCovered: true, notCovered: []uint32{0}}})
 	if p := nsLeftovers(t, d.ns, "vpn-tun", 98, 10000); len(p) > 0 {
 		t.Errorf("the default names were used: %v", p)
 	}

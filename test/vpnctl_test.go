@@ -95,7 +95,7 @@ func TestVpnctl(t *testing.T) {
 		if got := d.globalAddrs(t); !equalStrings(got, []string{"10.8.0.2/24"}) {
 			t.Errorf("addresses %v", got)
 		}
-		if got := d.routeStrings(t); !equalStrings(got, sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun")) {
+		if got := d.routeStrings(t); !equalStrings(got, sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun", v6Unreachable)) {
 			t.Errorf("routes %v", got)
 		}
 		cmd.Process.Signal(syscall.SIGINT)

@@ -69,12 +69,15 @@ func (p *Policy) AddressPools() []netip.Prefix { return slices.Clone(p.pools) }
 // its prefix along (10.8.0.2/24 needs 10.8.0.0/24 inside a pool). An
 // IPv4 prefix never lies inside an IPv6 pool nor the other way round, and
 // an invalid prefix lies nowhere.
-func (p *Policy) InPools(addr netip.Prefix) bool {
+func (p *Policy) InPools(addr netip.Prefix) bool { return InPools(p.pools, addr) }
+
+// InPools is Policy.InPools for a list of pools.
+func InPools(pools []netip.Prefix, addr netip.Prefix) bool {
 	if !addr.IsValid() {
 		return false
 	}
 	addr = addr.Masked()
-	for _, pool := range p.pools {
+	for _, pool := range pools {
 		if pool.Bits() <= addr.Bits() && pool.Contains(addr.Addr()) {
 			return true
 		}

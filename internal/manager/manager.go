@@ -193,7 +193,7 @@ func checkLists(c Caller, cfg *config.Config) error {
 // impersonate, other users' destinations.
 func (m *Manager) checkAddresses(c Caller, cfg *config.Config) error {
 	for i, a := range cfg.Addresses {
-		if !inPools(c.AddressPools, a) {
+		if !auth.InPools(c.AddressPools, a) {
 			return errs.New(errs.CodePermission, "addresses[%d]: %s is outside the address pools allowed to non-admin users (%s); caller uid %d is %s",
 				i, a, prefixList(c.AddressPools), c.UID, c.Type)
 		}
@@ -211,16 +211,6 @@ func (m *Manager) checkAddresses(c Caller, cfg *config.Config) error {
 		}
 	}
 	return nil
-}
-
-// inPools reports whether the whole prefix of a lies inside one of pools.
-func inPools(pools []netip.Prefix, a netip.Prefix) bool {
-	for _, p := range pools {
-		if p.Bits() <= a.Bits() && p.Contains(a.Addr()) {
-			return true
-		}
-	}
-	return false
 }
 
 func prefixList(ps []netip.Prefix) string {
@@ -340,20 +330,34 @@ func (m *Manager) routesFor(index int, cfg *config.Config) []tun.Route {
 	for _, p := range cfg.ExcludedRoutes {
 		rs = append(rs, tun.Route{Table: m.opt.Table, Dst: p, Kind: tun.Throw})
 	}
+	// The other family fails closed: its default in the table is
+	// unreachable, so the covered uids' traffic of a family the VPN does
+	// not carry gets ENETUNREACH at once instead of leaving outside the
+	// VPN (the classic IPv6 leak of an IPv4-only VPN).
+	if !cfg.AllowFamilyBypass {
+		if !cfg.IPv4 {
+			rs = append(rs, tun.Route{Table: m.opt.Table, Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Kind: tun.Unreachable})
+		}
+		if !cfg.IPv6 {
+			rs = append(rs, tun.Route{Table: m.opt.Table, Dst: netip.PrefixFrom(netip.IPv6Unspecified(), 0), Kind: tun.Unreachable})
+		}
+	}
 	return rs
 }
 
-// rulesFor lists the policy rules, one set per accepted family. The owner's
-// own uid gets the fwmark match so that its protected sockets bypass the
-// VPN; the other covered uids (ADMIN owners only) get none, so that a
-// socket some other user protected cannot escape an ADMIN's VPN.
+// rulesFor lists the policy rules, one set per family: the accepted ones,
+// and the others too unless allowFamilyBypass, so that their traffic meets
+// the table's unreachable default (see routesFor). The owner's own uid gets
+// the fwmark match so that its protected sockets bypass the VPN; the other
+// covered uids (ADMIN owners only) get none, so that a socket some other
+// user protected cannot escape an ADMIN's VPN.
 func (m *Manager) rulesFor(c Caller, cfg *config.Config) []tun.Rule {
 	covered := uidrange.Covered(c.UID, c.Type == auth.Admin, uids(cfg.Trusted), uids(cfg.Blocked))
 	var fams []int
-	if cfg.IPv4 {
+	if cfg.IPv4 || !cfg.AllowFamilyBypass {
 		fams = append(fams, unix.AF_INET)
 	}
-	if cfg.IPv6 {
+	if cfg.IPv6 || !cfg.AllowFamilyBypass {
 		fams = append(fams, unix.AF_INET6)
 	}
 	var rules []tun.Rule
@@ -386,6 +390,7 @@ func (m *Manager) describe(v *vpn, c Caller, cfg *config.Config) protocol.VpnInf
 		IsIPv4Accepted:      cfg.IPv4,
 		IsIPv6Accepted:      cfg.IPv6,
 		IsMetered:           cfg.Metered,
+		AllowFamilyBypass:   cfg.AllowFamilyBypass,
 		TrustedApplications: userStrs(cfg.Trusted),
 		BlockedApplications: userStrs(cfg.Blocked),
 		Owner:               protocol.Owner{UID: c.UID, PID: c.PID, User: c.User},

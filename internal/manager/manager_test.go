@@ -204,13 +204,13 @@ func TestPrefixRoutes(t *testing.T) {
 	}{
 		{"host addresses bring none", `{"addresses":["10.8.0.2/32","fd00::2/128"],"routes":["198.51.100.0/24","2001:db8::/32"]}`,
 			[]string{"198.51.100.0/24 dev #2 table 98", "2001:db8::/32 dev #2 table 98"}},
-		{"two addresses in one subnet bring one", `{"addresses":["10.8.0.2/24","10.8.0.3/24"],"routes":["198.51.100.0/24"]}`,
+		{"two addresses in one subnet bring one", `{"addresses":["10.8.0.2/24","10.8.0.3/24"],"routes":["198.51.100.0/24"],"allowFamilyBypass":true}`,
 			[]string{"10.8.0.0/24 dev #2 table 98", "198.51.100.0/24 dev #2 table 98"}},
-		{"a route for the prefix takes its place", `{"addresses":["10.8.0.2/24"],"routes":[{"destination":{"address":{"address":"10.8.0.0"},"prefixLength":24},"gateway":{"address":"10.8.0.1"}},"198.51.100.0/24"]}`,
+		{"a route for the prefix takes its place", `{"addresses":["10.8.0.2/24"],"allowFamilyBypass":true,"routes":[{"destination":{"address":{"address":"10.8.0.0"},"prefixLength":24},"gateway":{"address":"10.8.0.1"}},"198.51.100.0/24"]}`,
 			[]string{"10.8.0.0/24 via 10.8.0.1 dev #2 table 98", "198.51.100.0/24 dev #2 table 98"}},
-		{"an excluded prefix takes its place", `{"addresses":["10.8.0.2/24"],"routes":["0.0.0.0/0",{"destination":{"address":{"address":"10.8.0.0"},"prefixLength":24},"isExcludedRoute":true}]}`,
+		{"an excluded prefix takes its place", `{"addresses":["10.8.0.2/24"],"allowFamilyBypass":true,"routes":["0.0.0.0/0",{"destination":{"address":{"address":"10.8.0.0"},"prefixLength":24},"isExcludedRoute":true}]}`,
 			[]string{"throw 10.8.0.0/24 table 98", "0.0.0.0/0 dev #2 table 98"}},
-		{"a family not accepted brings none", `{"addresses":["10.8.0.2/24","fd00::2/64"],"isIPv6Accepted":false,"routes":["198.51.100.0/24"]}`,
+		{"a family not accepted brings none", `{"addresses":["10.8.0.2/24","fd00::2/64"],"isIPv6Accepted":false,"routes":["198.51.100.0/24"],"allowFamilyBypass":true}`,
 			[]string{"10.8.0.0/24 dev #2 table 98", "198.51.100.0/24 dev #2 table 98"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -258,10 +258,14 @@ func TestRulesByOwner(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m, k, _ := newManager(t)
 			setUp(t, m, tc.caller, tc.cfg)
+			// An IPv4-only VPN has the same rules for IPv6, where the
+			// table's default is unreachable: the other family fails closed.
 			var want []tun.Rule
-			for _, r := range tc.want {
-				r.Family, r.Priority, r.Table = unix.AF_INET, priority, table
-				want = append(want, r)
+			for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+				for _, r := range tc.want {
+					r.Family, r.Priority, r.Table = fam, priority, table
+					want = append(want, r)
+				}
 			}
 			if got := k.Snapshot().Rules; fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("rules = %v\nwant  %v", got, want)
@@ -294,6 +298,61 @@ func TestSetUpCheckOrder(t *testing.T) {
 	}
 	if !k.Snapshot().Equal(before) {
 		t.Fatal("refused setUp changed the kernel")
+	}
+}
+
+// TestOtherFamilyFailsClosed: for a family the VPN does not accept, the
+// covered uids get rules too and the table an unreachable default, unless
+// allowFamilyBypass.
+func TestOtherFamilyFailsClosed(t *testing.T) {
+	for _, tc := range []struct {
+		name, cfg    string
+		routes       []string
+		ruleFamilies []int
+	}{
+		{"ipv4 only", `{"addresses":["10.8.0.2/24"]}`,
+			[]string{"0.0.0.0/0 dev #2 table 98", "10.8.0.0/24 dev #2 table 98", "unreachable ::/0 table 98"},
+			[]int{unix.AF_INET, unix.AF_INET6}},
+		{"ipv6 only", `{"addresses":["fd00::2/64"],"mtu":1280}`,
+			[]string{"::/0 dev #2 table 98", "fd00::/64 dev #2 table 98", "unreachable 0.0.0.0/0 table 98"},
+			[]int{unix.AF_INET, unix.AF_INET6}},
+		{"ipv6 address, not accepted", `{"addresses":["10.8.0.2/24","fd00::2/64"],"isIPv6Accepted":false}`,
+			[]string{"0.0.0.0/0 dev #2 table 98", "10.8.0.0/24 dev #2 table 98", "unreachable ::/0 table 98"},
+			[]int{unix.AF_INET, unix.AF_INET6}},
+		{"ipv4 only, bypass allowed", `{"addresses":["10.8.0.2/24"],"allowFamilyBypass":true}`,
+			[]string{"0.0.0.0/0 dev #2 table 98", "10.8.0.0/24 dev #2 table 98"},
+			[]int{unix.AF_INET}},
+		{"dual stack: nothing to fail", `{"addresses":["10.8.0.2/24","fd00::2/64"]}`,
+			[]string{"0.0.0.0/0 dev #2 table 98", "10.8.0.0/24 dev #2 table 98", "::/0 dev #2 table 98", "fd00::/64 dev #2 table 98"},
+			[]int{unix.AF_INET, unix.AF_INET6}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, k, _ := newManager(t)
+			_, info := setUp(t, m, alice, tc.cfg)
+			var got []string
+			for _, r := range k.Snapshot().Routes {
+				got = append(got, r.String())
+			}
+			slices.Sort(got)
+			want := slices.Clone(tc.routes)
+			slices.Sort(want)
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("routes = %q\nwant %q", got, want)
+			}
+			var fams []int
+			for _, r := range k.Snapshot().Rules {
+				fams = append(fams, r.Family)
+				if r.UIDStart != alice.UID || r.Mask != mark {
+					t.Errorf("rule %v is not the owner's", r)
+				}
+			}
+			if fmt.Sprint(fams) != fmt.Sprint(tc.ruleFamilies) {
+				t.Errorf("rule families %v, want %v", fams, tc.ruleFamilies)
+			}
+			if want := strings.Contains(tc.cfg, "allowFamilyBypass"); info.AllowFamilyBypass != want {
+				t.Errorf("VpnInfo allowFamilyBypass %v", info.AllowFamilyBypass)
+			}
+		})
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"sync"
@@ -444,15 +443,14 @@ func (ss *session) caller() (manager.Caller, error) {
 	if err != nil {
 		return manager.Caller{}, errs.Wrap(errs.CodeInternal, err, "user database")
 	}
+	policy := ss.s.cfg.Policy.Load()
 	return manager.Caller{
-		UID:  ss.uid,
-		PID:  ss.pid,
-		User: id.User,
-		Type: ss.s.cfg.Policy.Load().TypeOf(id),
-		Conn: ss.id,
-		// TEMPORARY until the policy carries addressPools.
-		AddressPools: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("100.64.0.0/10"),
-			netip.MustParsePrefix("172.16.0.0/12"), netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("fc00::/7")},
+		UID:          ss.uid,
+		PID:          ss.pid,
+		User:         id.User,
+		Type:         policy.TypeOf(id),
+		AddressPools: policy.AddressPools(),
+		Conn:         ss.id,
 	}, nil
 }
 
