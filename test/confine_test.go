@@ -24,7 +24,6 @@ func (w *world) ipRouteGet(t testing.TB, dst string, uid uint32) string {
 	return strings.TrimSpace(out)
 }
 
-
 // TestConfinedAddressesRefused: the addresses an attacker used to capture
 // other users' traffic get 201 from a NORMAL user, and change nothing.
 func TestConfinedAddressesRefused(t *testing.T) {
