@@ -500,7 +500,8 @@ func validate(o *tun.Objects) error {
 }
 
 // Remove deletes o as tun.Netlink does: rules (skipping, with
-// ErrAmbiguousRule, one whose delete would hit another rule first), routes
+// ErrAmbiguousRule, one that is there but whose delete would hit another
+// rule first), routes
 // that do not go with the link, then the link; if the link cannot be
 // deleted, its routes and addresses one by one. Gone objects are no errors.
 func (k *Kernel) Remove(o *tun.Objects) error {
@@ -521,8 +522,8 @@ func (k *Kernel) Remove(o *tun.Objects) error {
 	for i := len(o.Rules) - 1; i >= 0; i-- {
 		r := o.Rules[i]
 		j := slices.IndexFunc(k.rules, r.MatchesDelete)
-		if j < 0 {
-			continue
+		if j < 0 || !slices.Contains(k.rules[j:], r) {
+			continue // gone already
 		}
 		if k.rules[j] != r {
 			errs = append(errs, fmt.Errorf("delete rule %s: %w: %s", r, tun.ErrAmbiguousRule, k.rules[j]))

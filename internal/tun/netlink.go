@@ -317,7 +317,8 @@ func (n *Netlink) present(o *Objects) Objects {
 // fwmark": so a delete of "uidrange 5-5 lookup 98" would also hit "uidrange
 // 5-5 fwmark 0x0/0x20000 lookup 98" if that came first. Remove therefore
 // reads the rules at o's priorities once, and skips (with ErrAmbiguousRule)
-// a rule whose delete would hit another rule first.
+// a rule whose delete would hit another rule first. A rule that is not
+// there is gone, whatever its delete would hit: nothing is sent for it.
 func (n *Netlink) Remove(o *Objects) error {
 	var errs []error
 	var m msgBuf
@@ -330,7 +331,7 @@ func (n *Netlink) Remove(o *Objects) error {
 		for i := len(o.Rules) - 1; i >= 0 && err == nil; i-- {
 			r := o.Rules[i]
 			j := slices.IndexFunc(rules, func(k kRule) bool { return k.matchedBy(r) })
-			if j < 0 {
+			if j < 0 || !slices.ContainsFunc(rules[j:], func(k kRule) bool { got, ok := k.vpnd(); return ok && got == r }) {
 				continue // gone already
 			}
 			if got, ok := rules[j].vpnd(); !ok || got != r {

@@ -488,11 +488,26 @@ func TestRemoveRuleExact(t *testing.T) {
 	if got := rules(); !slices.Equal(got, []tun.Rule{masked}) {
 		t.Fatalf("rules %v, want only %v", got, masked)
 	}
+	// Gone already, though a delete of it would hit the masked rule: no
+	// request, no error.
+	must(t, n.Remove(&tun.Objects{Rules: []tun.Rule{plain}}))
+	if got := rules(); !slices.Equal(got, []tun.Rule{masked}) {
+		t.Fatalf("rules %v, want only %v", got, masked)
+	}
 	must(t, n.Remove(&tun.Objects{Rules: []tun.Rule{masked}}))
+
+	// A foreign rule with more selectors than vpnd's would be deleted by
+	// a request for vpnd's: with vpnd's rule gone, nothing is sent.
+	third := tun.Rule{Family: v4, Priority: prio, Table: table, UIDStart: 3000, UIDEnd: 3000}
+	netnstest.IP(t, "rule", "add", "priority", "10000", "from", "10.0.0.0/8", "uidrange", "3000-3000", "lookup", "98")
+	must(t, n.Remove(&tun.Objects{Rules: []tun.Rule{third}}))
+	if out := netnstest.IP(t, "rule", "show", "priority", "10000"); !strings.Contains(out, "from 10.0.0.0/8") {
+		t.Errorf("foreign rule deleted:\n%s", out)
+	}
+	netnstest.IP(t, "rule", "del", "priority", "10000", "from", "10.0.0.0/8", "uidrange", "3000-3000", "lookup", "98")
 
 	// A foreign rule with any fwmark in front of vpnd's rule would be
 	// deleted by vpnd's request: refused, and kept.
-	third := tun.Rule{Family: v4, Priority: prio, Table: table, UIDStart: 3000, UIDEnd: 3000}
 	netnstest.IP(t, "rule", "add", "priority", "10000", "fwmark", "0x1/0x1", "uidrange", "3000-3000", "lookup", "98")
 	_, err = n.Install(&tun.Objects{Rules: []tun.Rule{third}})
 	must(t, err)
