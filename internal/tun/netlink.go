@@ -127,21 +127,33 @@ func (n *Netlink) describeLinkNamed(name string) string {
 }
 
 // linkKind reads IFLA_LINKINFO/IFLA_INFO_KIND ("tun", "veth", ...) from an
-// RTM_NEWLINK; "device" when it has none.
+// RTM_NEWLINK; "device" when it has none. The TUN driver calls its TAP
+// devices "tun" too: for those the kind is "tap", from IFLA_TUN_TYPE.
 func linkKind(d []byte) string {
 	kind := "device"
 	if len(d) < unix.SizeofIfInfomsg {
 		return kind
 	}
+	var tunType uint8
 	eachAttr(d[unix.SizeofIfInfomsg:], func(typ uint16, v []byte) {
 		if typ == unix.IFLA_LINKINFO {
 			eachAttr(v, func(typ uint16, v []byte) {
-				if typ == unix.IFLA_INFO_KIND {
+				switch typ {
+				case unix.IFLA_INFO_KIND:
 					kind = cString(v)
+				case unix.IFLA_INFO_DATA:
+					eachAttr(v, func(typ uint16, v []byte) {
+						if typ == unix.IFLA_TUN_TYPE && len(v) == 1 {
+							tunType = v[0]
+						}
+					})
 				}
 			})
 		}
 	})
+	if kind == "tun" && tunType == unix.IFF_TAP {
+		return "tap"
+	}
 	return kind
 }
 

@@ -121,6 +121,10 @@ func TestCreateTUN(t *testing.T) {
 	if _, _, err := n.CreateTUN("foreign0", false); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "a bridge link (index ") {
 		t.Errorf("CreateTUN over a bridge: %v, want ErrLinkExists naming a bridge link", err)
 	}
+	netnstest.IP(t, "tuntap", "add", "tap0", "mode", "tap")
+	if _, _, err := n.CreateTUN("tap0", false); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "a tap link (index ") {
+		t.Errorf("CreateTUN over a tap: %v, want ErrLinkExists naming a tap link", err)
+	}
 	if _, _, err := n.CreateTUN("lo", false); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "(index 1)") {
 		t.Errorf("CreateTUN(lo): %v, want ErrLinkExists naming index 1", err)
 	}
@@ -849,6 +853,7 @@ func TestSweep(t *testing.T) {
 	// Any other link under the name is left alone and reported, after the
 	// rest of the sweep is done.
 	for _, args := range [][]string{
+		{"tuntap", "add", "vpn-tun", "mode", "tap"},
 		{"link", "add", "vpn-tun", "type", "bridge"},
 		{"link", "add", "vpn-tun", "type", "veth", "peer", "name", "vpn-peer"},
 	} {
