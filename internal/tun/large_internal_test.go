@@ -1,6 +1,7 @@
 package tun
 
 import (
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -136,11 +137,21 @@ func TestLargestVPN(t *testing.T) {
 	o, _, _ = install()
 	sends = n.c.sends.Load()
 	start = time.Now()
-	_, err = n.Sweep(nil, SweepSpec{IfName: "vpn-tun", Table: 98, Priority: 10000})
+	removed, err := n.Sweep(nil, SweepSpec{IfName: "vpn-tun", Table: 98, Priority: 10000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("Sweep: %v, %d sendmsg", time.Since(start), n.c.sends.Load()-sends)
 	leftovers("Sweep")
+	// The link, the rules, and the routes that do not go with the link.
+	throws := 0
+	for _, r := range o.Routes {
+		if r.Kind == Throw {
+			throws++
+		}
+	}
+	if want := 1 + len(o.Rules) + throws; len(removed) != want || !strings.Contains(removed[0], fmt.Sprintf("with the %d routes through it", len(o.Routes)-throws)) {
+		t.Errorf("Sweep reports %d objects, first %q; want %d, the link with the %d routes through it", len(removed), removed[0], want, len(o.Routes)-throws)
+	}
 
 }

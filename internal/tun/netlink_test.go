@@ -808,8 +808,13 @@ func TestSweep(t *testing.T) {
 
 	removed, err := n.Sweep(nil, spec)
 	must(t, err)
-	if !slices.Contains(removed, "link vpn-tun (index "+strconv.Itoa(index)+")") {
-		t.Errorf("removed %q, want the link named", removed)
+	// The link takes the routes through it along; the others are deleted
+	// one by one: the link, 6+2 rules, 4 routes of the VPN and 3 others.
+	if len(removed) != 1+8+4+3 {
+		t.Errorf("removed %d things, want 16:\n%s", len(removed), strings.Join(removed, "\n"))
+	}
+	if !slices.Contains(removed, "link vpn-tun (index "+strconv.Itoa(index)+") with the 7 routes through it") {
+		t.Errorf("removed %q, want the link named with its 7 routes", removed)
 	}
 	if after := kernelState(t); after != before {
 		t.Errorf("sweep did not restore the state before vpnd:\nbefore:\n%s\nafter:\n%s", before, after)
