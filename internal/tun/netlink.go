@@ -218,6 +218,9 @@ func (n *Netlink) Install(o *Objects) (Objects, error) {
 		m.rule(unix.RTM_NEWRULE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, r)
 		ops = append(ops, op{what: "add rule", obj: r, apply: func(o *Objects) { o.Rules = append(o.Rules, r) }})
 	}
+	if o.Link != nil {
+		n.mon.expect(o.Link.Index, o.Link.MTU, true, o.Link.Addrs)
+	}
 	results, err := n.c.exchange(&m)
 	if err != nil {
 		// The answers were lost: ask the kernel what is there.
@@ -603,6 +606,7 @@ func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 	if len(ops) == 0 {
 		return done, nil
 	}
+	n.mon.expect(rep.LinkIndex, rep.MTU, rep.Up, rep.Addrs)
 	results, err := n.c.exchange(&m)
 	if err != nil {
 		return done, fmt.Errorf("restore: %w", err)
