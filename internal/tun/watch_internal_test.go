@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/internal/netnstest"
@@ -298,6 +300,115 @@ func TestWatchChanged(t *testing.T) {
 		}
 	}
 
+	f.Close()
+	waitClosed(t, gone, "fd closed")
+}
+
+// When the monitor's socket fails, the monitor opens a new one and tells
+// every watch that something may have changed. When the kernel drops
+// announcements because the socket's buffer is full (ENOBUFS), every
+// watch is told, and a watched link that went meanwhile is found gone:
+// its deletion was among the lost announcements.
+func TestMonitorOverflow(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	n := openNetlink(t, zap.New(core))
+	_, index := makeTUN(t, n, "vpn-tun")
+	gone, changed, err := n.Watch(t.Context(), ChangeFilter{LinkIndex: index, Table: 98, Priorities: []int{10000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Install(smallVPN(index)); err != nil {
+		t.Fatal(err)
+	}
+	settled(t, n, "vpn-tun", "fd00:8::2")
+	noToken(t, n, changed, "Install")
+
+	// The socket fails: a new one (with the smallest buffer the kernel
+	// allows) replaces it, and the watch hears that it may have missed
+	// something.
+	n.mon.mu.Lock()
+	n.mon.rcvBuf = 1
+	old := n.mon.f
+	n.mon.mu.Unlock()
+	old.Close()
+	select {
+	case <-changed:
+	case <-time.After(hangGuard):
+		t.Fatal("changed was not signalled after the monitor's socket was replaced")
+	}
+	if logs.FilterMessage("netlink monitor failed; re-opening it").Len() != 1 {
+		t.Errorf("logs: %v", logs.All())
+	}
+	n.mon.mu.Lock()
+	if n.mon.f == old {
+		t.Fatal("the monitor kept its closed socket")
+	}
+	rc, err := n.mon.f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size int
+	rc.Control(func(fd uintptr) { size, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) })
+	n.mon.mu.Unlock()
+	if err != nil || size > 16<<10 {
+		t.Fatalf("the new socket's SO_RCVBUF is %d (%v), want the kernel's minimum", size, err)
+	}
+
+	// Keep the monitor from reading while another program floods the
+	// kernel with changes and then deletes the link: the deletion's
+	// announcement has no room left in the socket's buffer.
+	flood := openNetlink(t, zap.NewNop())
+	var o Objects
+	for i := range 2000 {
+		o.Routes = append(o.Routes, Route{Table: 97, Dst: netip.PrefixFrom(netip.AddrFrom4([4]byte{20, byte(i >> 8), byte(i), 0}), 24), Kind: Throw})
+	}
+	n.mon.mu.Lock()
+	if _, err := flood.Install(&o); err != nil {
+		n.mon.mu.Unlock()
+		t.Fatal(err)
+	}
+	ipCmd(t, "link", "del", "vpn-tun")
+	n.mon.mu.Unlock()
+
+	waitClosed(t, gone, "link deleted while announcements were lost")
+	n.mon.drain()
+	if logs.FilterMessage("netlink monitor overflowed; resyncing").Len() == 0 {
+		t.Fatal("the monitor never overflowed; the test proves nothing")
+	}
+	select {
+	case <-changed:
+	default:
+		t.Error("changed was not signalled after lost announcements")
+	}
+
+	// The monitor goes on: a new VPN's watch hears its changes and its
+	// link going.
+	if err := n.Remove(smallVPN(index)); err != nil {
+		t.Fatal(err)
+	}
+	f, index := makeTUN(t, n, "vpn-tun")
+	gone, changed, err = n.Watch(t.Context(), ChangeFilter{LinkIndex: index, Table: 98, Priorities: []int{10000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Install(smallVPN(index)); err != nil {
+		t.Fatal(err)
+	}
+	n.mon.drain()
+	select {
+	case <-changed: // an overflow, maybe: the buffer is tiny
+	default:
+	}
+	ipCmd(t, "rule", "del", "priority", "10000", "uidrange", "0-999", "lookup", "98")
+	n.mon.drain()
+	select {
+	case <-changed:
+	default:
+		t.Error("changed was not signalled for a deleted rule")
+	}
 	f.Close()
 	waitClosed(t, gone, "fd closed")
 }
