@@ -99,6 +99,12 @@ type watch struct {
 
 type sockID struct{ dev, ino uint64 }
 
+// linkRef names a link in errors and in the fault injector's log as
+// tun.Netlink does: "configure link #3".
+type linkRef int
+
+func (l linkRef) String() string { return fmt.Sprintf("#%d", int(l)) }
+
 // New returns an empty model. Like a fresh network namespace it has a
 // loopback link, index 1, which is not in Snapshot.
 func New(opt Options) *Kernel {
@@ -451,13 +457,13 @@ func (k *Kernel) Install(o *tun.Objects) (tun.Objects, error) {
 	}
 	if l := o.Link; l != nil {
 		added.Link = &tun.Link{Index: l.Index, MTU: l.MTU, Addrs: []netip.Prefix{}}
-		step("configure link", l.Index, func() error { return k.setMTULocked(l.Index, l.MTU) })
+		step("configure link", linkRef(l.Index), func() error { return k.setMTULocked(l.Index, l.MTU) })
 		for _, a := range l.Addrs {
 			if step("add address", a, func() error { return k.addAddrLocked(l.Index, a) }) {
 				added.Link.Addrs = append(added.Link.Addrs, a)
 			}
 		}
-		step("set up link", l.Index, func() error { return k.setUpLocked(l.Index, true) })
+		step("set up link", linkRef(l.Index), func() error { return k.setUpLocked(l.Index, true) })
 	}
 	added.Routes = []tun.Route{}
 	for _, r := range o.Routes {
@@ -537,7 +543,7 @@ func (k *Kernel) Remove(o *tun.Objects) error {
 		}
 	}
 	if l := o.Link; l != nil {
-		deleted := step("delete link", l.Index, func() error {
+		deleted := step("delete link", linkRef(l.Index), func() error {
 			if !k.removeLinkLocked(l.Index) {
 				return unix.ENODEV
 			}
@@ -602,10 +608,10 @@ func (k *Kernel) Restore(r *tun.Repair) (tun.Repair, error) {
 		}
 		return false
 	}
-	if r.MTU > 0 && step("set mtu of link", r.LinkIndex, func() error { return k.setMTULocked(r.LinkIndex, r.MTU) }) {
+	if r.MTU > 0 && step("set mtu of link", linkRef(r.LinkIndex), func() error { return k.setMTULocked(r.LinkIndex, r.MTU) }) {
 		done.MTU = r.MTU
 	}
-	if r.Up && step("set up link", r.LinkIndex, func() error { return k.setUpLocked(r.LinkIndex, true) }) {
+	if r.Up && step("set up link", linkRef(r.LinkIndex), func() error { return k.setUpLocked(r.LinkIndex, true) }) {
 		done.Up = true
 	}
 	for _, a := range r.Addrs {

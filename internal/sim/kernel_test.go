@@ -2,6 +2,7 @@ package sim_test
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 
@@ -55,5 +56,24 @@ func TestRemoveRuleExact(t *testing.T) {
 	}
 	if got := rules(); !slices.Equal(got, []tun.Rule{masked}) {
 		t.Errorf("rules %v, want only %v", got, masked)
+	}
+}
+
+// Errors name the step and its object in tun.Netlink's words, which end up
+// in the details of the manager's errors: "configure link #2".
+func TestErrorWords(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, err = k.Install(&tun.Objects{Link: &tun.Link{Index: index, MTU: 67}})
+	if want := fmt.Sprintf("configure link #%d: invalid argument", index); err == nil || err.Error() != want {
+		t.Errorf("Install with MTU 67 = %v, want %q", err, want)
+	}
+	_, err = k.Restore(&tun.Repair{LinkIndex: 99, MTU: 1400, Up: true})
+	if want := "set mtu of link #99: no such device\nset up link #99: no such device"; err == nil || err.Error() != want {
+		t.Errorf("Restore on a missing link = %q, want %q", err, want)
 	}
 }
