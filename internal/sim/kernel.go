@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"os"
 	"slices"
@@ -580,12 +581,26 @@ func (k *Kernel) Read(q tun.Query) (*tun.State, error) {
 			}
 		}
 	}
-	for _, r := range k.rules {
+	for r := range k.rulesLocked() {
 		if slices.Contains(q.Priorities, r.Priority) {
 			s.Rules = append(s.Rules, r)
 		}
 	}
 	return s, nil
+}
+
+// rulesLocked yields the rules as a kernel dump of both families does:
+// IPv4's, then IPv6's, each in the kernel's order.
+func (k *Kernel) rulesLocked() iter.Seq[tun.Rule] {
+	return func(yield func(tun.Rule) bool) {
+		for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+			for _, r := range k.rules {
+				if r.Family == fam && !yield(r) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // Restore puts back what r lists, as tun.Netlink does.
@@ -652,7 +667,7 @@ func (k *Kernel) Occupants(table int, priorities ...int) ([]string, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	var out []string
-	for _, r := range k.rules {
+	for r := range k.rulesLocked() {
 		if slices.Contains(priorities, r.Priority) {
 			out = append(out, "rule "+r.String())
 		}

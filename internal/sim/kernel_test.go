@@ -77,3 +77,35 @@ func TestErrorWords(t *testing.T) {
 		t.Errorf("Restore on a missing link = %q, want %q", err, want)
 	}
 }
+
+// Read and Occupants report rules as a kernel dump does: IPv4's, then
+// IPv6's, each family in its evaluation order.
+func TestRuleOrder(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	rules := []tun.Rule{
+		{Family: unix.AF_INET6, Priority: 10000, Table: 98, UIDStart: 1, UIDEnd: 1},
+		{Family: unix.AF_INET, Priority: 10001, Table: 98, UIDStart: 2, UIDEnd: 2},
+		{Family: unix.AF_INET, Priority: 10000, Table: 98, UIDStart: 3, UIDEnd: 3},
+		{Family: unix.AF_INET6, Priority: 10000, Table: 98, UIDStart: 4, UIDEnd: 4},
+		{Family: unix.AF_INET, Priority: 10000, Table: 98, UIDStart: 5, UIDEnd: 5},
+	}
+	if _, err := k.Install(&tun.Objects{Rules: rules}); err != nil {
+		t.Fatal(err)
+	}
+	want := []tun.Rule{rules[2], rules[4], rules[1], rules[0], rules[3]}
+	s, err := k.Read(tun.Query{Priorities: []int{10000, 10001}})
+	if err != nil || !slices.Equal(s.Rules, want) {
+		t.Errorf("Read = %v, %v; want %v", s.Rules, err, want)
+	}
+	occ, err := k.Occupants(98, 10000, 10001)
+	var wantOcc []string
+	for _, r := range want {
+		wantOcc = append(wantOcc, "rule "+r.String())
+	}
+	if err != nil || !slices.Equal(occ, wantOcc) {
+		t.Errorf("Occupants = %q, %v; want %q", occ, err, wantOcc)
+	}
+	if snap := k.Snapshot().Rules; !slices.Equal(snap, want) {
+		t.Errorf("Snapshot rules %v, want %v", snap, want)
+	}
+}
