@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -662,7 +663,8 @@ func (k *Kernel) Watch(ctx context.Context, f tun.ChangeFilter) (gone, changed <
 	return w.gone, w.changed, nil
 }
 
-// Occupants lists every route in table and every rule at priorities.
+// Occupants lists every rule at priorities and every route in table, in
+// tun.Netlink's words: a route names its link, if the link exists.
 func (k *Kernel) Occupants(table int, priorities ...int) ([]string, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -674,7 +676,11 @@ func (k *Kernel) Occupants(table int, priorities ...int) ([]string, error) {
 	}
 	for _, r := range k.routes {
 		if r.Table == table {
-			out = append(out, "route "+r.String())
+			s := r.String()
+			if l, ok := k.links[r.LinkIndex]; ok {
+				s = strings.Replace(s, fmt.Sprintf("dev #%d", r.LinkIndex), "dev "+l.Name, 1)
+			}
+			out = append(out, "route "+s)
 		}
 	}
 	return out, nil

@@ -3,6 +3,7 @@ package sim_test
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -107,5 +108,27 @@ func TestRuleOrder(t *testing.T) {
 	}
 	if snap := k.Snapshot().Rules; !slices.Equal(snap, want) {
 		t.Errorf("Snapshot rules %v, want %v", snap, want)
+	}
+}
+
+// Occupants names a route's link, as tun.Netlink does: the words reach
+// setUp's error detail.
+func TestOccupantsNameLinks(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	routes := []tun.Route{
+		{Table: 98, Dst: netip.MustParsePrefix("10.8.0.0/24"), LinkIndex: index},
+		{Table: 98, Dst: netip.MustParsePrefix("192.168.0.0/16"), Kind: tun.Throw},
+	}
+	if _, err := k.Install(&tun.Objects{Link: &tun.Link{Index: index, MTU: 1400}, Routes: routes}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"route 10.8.0.0/24 dev vpn-tun table 98", "route throw 192.168.0.0/16 table 98"}
+	if got, err := k.Occupants(98, 10000); err != nil || !slices.Equal(got, want) {
+		t.Errorf("Occupants = %q, %v; want %q", got, err, want)
 	}
 }
