@@ -352,8 +352,10 @@ func (k *Kernel) delAddrLocked(index int, p netip.Prefix) error {
 
 // addRouteLocked adds r as the kernel does: a second route to the same
 // destination in the same table is EEXIST (unless replace); a missing link
-// ENODEV; a link that is down ENETDOWN; a gateway that is not directly
-// reachable through the link ENETUNREACH.
+// ENODEV; an IPv6 gateway that is a local address EINVAL; a gateway that
+// is not directly reachable through the link ENETUNREACH (IPv4) or
+// EHOSTUNREACH (IPv6), checked before the link's state; then a link that
+// is down ENETDOWN.
 func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 	if err := r.Validate(); err != nil {
 		return err
@@ -364,10 +366,14 @@ func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 		switch {
 		case err != nil:
 			return err
+		case r.Gateway.Is6() && k.localLocked(r.Gateway):
+			return unix.EINVAL // "Gateway can not be a local address"
+		case r.Gateway.Is4() && !k.onLinkLocked(l, r.Table, r.Gateway):
+			return unix.ENETUNREACH
+		case r.Gateway.Is6() && !k.onLinkLocked(l, r.Table, r.Gateway):
+			return unix.EHOSTUNREACH
 		case !l.Up:
 			return unix.ENETDOWN
-		case r.Gateway.IsValid() && !k.onLinkLocked(l, r.Table, r.Gateway):
-			return unix.ENETUNREACH
 		}
 	}
 	i := slices.IndexFunc(k.routes, func(o tun.Route) bool { return o.Table == r.Table && o.Dst == r.Dst })
@@ -389,6 +395,16 @@ func (k *Kernel) onLinkLocked(l *link, table int, gw netip.Addr) bool {
 	return slices.ContainsFunc(k.routes, func(o tun.Route) bool {
 		return o.Table == table && o.Kind == tun.Unicast && o.LinkIndex == l.Index && !o.Gateway.IsValid() && o.Dst.Contains(gw)
 	})
+}
+
+// localLocked reports whether a is an address of one of the links.
+func (k *Kernel) localLocked(a netip.Addr) bool {
+	for _, l := range k.links {
+		if slices.ContainsFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr() == a }) {
+			return true
+		}
+	}
+	return false
 }
 
 func (k *Kernel) delRouteLocked(r tun.Route) error {
