@@ -192,3 +192,27 @@ func TestGatewayChecks(t *testing.T) {
 		}
 	}
 }
+
+// External's DeleteRule is `ip rule del`: the kernel deletes the first
+// rule that matches the selectors given, which need not be the rule named.
+func TestExternalDeleteRuleFirstMatch(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	masked := tun.Rule{Family: unix.AF_INET, Priority: 10000, Table: 98, UIDStart: 5, UIDEnd: 5, Mask: 0x20000}
+	plain := masked
+	plain.Mask = 0
+	if err := k.External().AddRule(masked); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.External().DeleteRule(plain); err != nil {
+		t.Errorf("delete of %s with only %s there: %v, want it deleted", plain, masked, err)
+	}
+	if rules := k.Snapshot().Rules; len(rules) != 0 {
+		t.Errorf("rules %v left", rules)
+	}
+	if err := k.External().AddRule(plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.External().DeleteRule(masked); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("delete of %s with only %s there: %v, want ENOENT", masked, plain, err)
+	}
+}
