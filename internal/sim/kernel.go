@@ -665,11 +665,16 @@ func (k *Kernel) Restore(r *tun.Repair) (tun.Repair, error) {
 }
 
 // Watch registers a watch. Changes made through the Kernel interface are
-// vpnd's own and are not reported; changes made through External are.
+// vpnd's own and are not reported; changes made through External are. As
+// with tun.Netlink, a watch of a link that is already gone is gone at once.
 func (k *Kernel) Watch(ctx context.Context, f tun.ChangeFilter) (gone, changed <-chan struct{}, err error) {
 	w := &watch{f: f, gone: make(chan struct{}), changed: make(chan struct{}, 1)}
 	k.mu.Lock()
 	k.watches[w] = struct{}{}
+	if _, ok := k.links[f.LinkIndex]; f.LinkIndex != 0 && !ok {
+		w.isGone = true
+		close(w.gone)
+	}
 	k.mu.Unlock()
 	context.AfterFunc(ctx, func() {
 		k.mu.Lock()

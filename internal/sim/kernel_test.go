@@ -216,3 +216,50 @@ func TestExternalDeleteRuleFirstMatch(t *testing.T) {
 		t.Errorf("delete of %s with only %s there: %v, want ENOENT", masked, plain, err)
 	}
 }
+
+// A watch of a link that is gone already is gone at once; a watch of a
+// live link is gone when the link is deleted, by vpnd or by someone else.
+func TestWatchGone(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	gone, _, err := k.Watch(t.Context(), tun.ChangeFilter{LinkIndex: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gone:
+	default:
+		t.Error("a watch of a missing link is not gone")
+	}
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	gone, _, err = k.Watch(t.Context(), tun.ChangeFilter{LinkIndex: index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gone:
+		t.Fatal("a watch of a live link is gone")
+	default:
+	}
+	if !k.External().DeleteLink(index) {
+		t.Fatal("DeleteLink found no link")
+	}
+	select {
+	case <-gone:
+	default:
+		t.Error("a watch of a deleted link is not gone")
+	}
+	// A watch with no link never goes.
+	gone, _, err = k.Watch(t.Context(), tun.ChangeFilter{Table: 98})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gone:
+		t.Error("a watch of no link is gone")
+	default:
+	}
+}
