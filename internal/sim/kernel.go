@@ -288,6 +288,10 @@ func sameAddress(a, b netip.Prefix) bool {
 
 // ops: the model's single steps, each as the kernel would answer it.
 
+// ipv6MinMTU is IPv6's minimum MTU: below it the kernel takes IPv6 off a
+// link.
+const ipv6MinMTU = 1280
+
 func (k *Kernel) setMTULocked(index, mtu int) error {
 	l, err := k.linkLocked(index)
 	if err == nil && (mtu < 68 || mtu > 65535) {
@@ -297,6 +301,14 @@ func (k *Kernel) setMTULocked(index, mtu int) error {
 		return err
 	}
 	l.MTU = mtu
+	if mtu < ipv6MinMTU {
+		// IPv6 leaves the link with its addresses and routes; raising the
+		// MTU again brings IPv6 back without them.
+		k.routes = slices.DeleteFunc(k.routes, func(r tun.Route) bool {
+			return r.Kind == tun.Unicast && r.LinkIndex == index && r.Dst.Addr().Is6()
+		})
+		l.Addresses = slices.DeleteFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
+	}
 	return nil
 }
 
@@ -322,6 +334,9 @@ func (k *Kernel) addAddrLocked(index int, p netip.Prefix) error {
 	l, err := k.linkLocked(index)
 	if err != nil {
 		return err
+	}
+	if p.Addr().Is6() && l.MTU < ipv6MinMTU {
+		return unix.EINVAL // no IPv6 on the link
 	}
 	if slices.ContainsFunc(l.Addresses, func(a netip.Prefix) bool { return sameAddress(a, p) }) {
 		return unix.EEXIST
@@ -366,6 +381,8 @@ func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 		switch {
 		case err != nil:
 			return err
+		case r.Dst.Addr().Is6() && l.MTU < ipv6MinMTU:
+			return unix.ENODEV // no IPv6 on the link
 		case r.Gateway.Is6() && k.localLocked(r.Gateway):
 			return unix.EINVAL // "Gateway can not be a local address"
 		case r.Gateway.Is4() && !k.onLinkLocked(l, r.Table, r.Gateway):

@@ -263,3 +263,45 @@ func TestWatchGone(t *testing.T) {
 	default:
 	}
 }
+
+// An MTU below 1280 takes IPv6 off the link, with its IPv6 addresses and
+// routes, as in the kernel; until the MTU is raised, IPv6 addresses are
+// refused (EINVAL) and so are IPv6 routes through the link (ENODEV).
+func TestMTUBelowIPv6Minimum(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := netip.MustParsePrefix
+	o := &tun.Objects{
+		Link: &tun.Link{Index: index, MTU: 1400, Addrs: []netip.Prefix{p("10.8.0.2/24"), p("fd00:8::2/64")}},
+		Routes: []tun.Route{
+			{Table: 98, Dst: p("10.8.0.0/24"), LinkIndex: index},
+			{Table: 98, Dst: p("fd00:8::/64"), LinkIndex: index},
+			{Table: 98, Dst: p("2001:db8::/48"), Kind: tun.Throw},
+		},
+	}
+	if _, err := k.Install(o); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.External().SetMTU(index, 1279); err != nil {
+		t.Fatal(err)
+	}
+	s, err := k.Read(tun.Query{LinkIndex: index, Table: 98})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(s.Link.Addrs, o.Link.Addrs[:1]) || !slices.Equal(s.Routes, []tun.Route{o.Routes[0], o.Routes[2]}) {
+		t.Errorf("at MTU 1279: addresses %v, routes %v; want IPv6's gone", s.Link.Addrs, s.Routes)
+	}
+	_, err = k.Restore(&tun.Repair{LinkIndex: index, Addrs: o.Link.Addrs[1:], Routes: o.Routes[1:2]})
+	if !errors.Is(err, unix.EINVAL) || !errors.Is(err, unix.ENODEV) {
+		t.Errorf("IPv6 on a link at MTU 1279: %v, want EINVAL for the address and ENODEV for the route", err)
+	}
+	done, err := k.Restore(&tun.Repair{LinkIndex: index, MTU: 1400, Addrs: o.Link.Addrs[1:], Routes: o.Routes[1:2]})
+	if err != nil || done.MTU != 1400 || len(done.Addrs) != 1 || len(done.Routes) != 1 {
+		t.Errorf("Restore = %+v, %v; want the MTU, the address and the route", done, err)
+	}
+}
