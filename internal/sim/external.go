@@ -4,8 +4,6 @@ import (
 	"net/netip"
 	"slices"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/vpnd/vpnd/internal/tun"
 )
 
@@ -98,12 +96,8 @@ func (e External) AddRule(r tun.Rule) error {
 	return e.do(-1, r.Table, r.Priority, func() error { return e.k.addRuleLocked(r) })
 }
 
-// DeleteRule deletes the kernel's first match for a delete of r.
+// DeleteRule deletes the kernel's first match for a delete of r, as `ip
+// rule del` does: that may be another rule than r, and r need not exist.
 func (e External) DeleteRule(r tun.Rule) error {
-	return e.do(-1, r.Table, r.Priority, func() error {
-		if !slices.Contains(e.k.rules, r) {
-			return unix.ENOENT
-		}
-		return e.k.delRuleLocked(r)
-	})
+	return e.do(-1, r.Table, r.Priority, func() error { return e.k.delRuleLocked(r) })
 }

@@ -17,9 +17,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -102,6 +104,12 @@ type watch struct {
 }
 
 type sockID struct{ dev, ino uint64 }
+
+// linkRef names a link in errors and in the fault injector's log as
+// tun.Netlink does: "configure link #3".
+type linkRef int
+
+func (l linkRef) String() string { return fmt.Sprintf("#%d", int(l)) }
 
 // New returns an empty model. Like a fresh network namespace it has a
 // loopback link, index 1, which is not in Snapshot.
@@ -291,6 +299,10 @@ func sameAddress(a, b netip.Prefix) bool {
 
 // ops: the model's single steps, each as the kernel would answer it.
 
+// ipv6MinMTU is IPv6's minimum MTU: below it the kernel takes IPv6 off a
+// link.
+const ipv6MinMTU = 1280
+
 func (k *Kernel) setMTULocked(index, mtu int) error {
 	l, err := k.linkLocked(index)
 	if err == nil && (mtu < 68 || mtu > 65535) {
@@ -300,6 +312,14 @@ func (k *Kernel) setMTULocked(index, mtu int) error {
 		return err
 	}
 	l.MTU = mtu
+	if mtu < ipv6MinMTU {
+		// IPv6 leaves the link with its addresses and routes; raising the
+		// MTU again brings IPv6 back without them.
+		k.routes = slices.DeleteFunc(k.routes, func(r tun.Route) bool {
+			return r.Kind == tun.Unicast && r.LinkIndex == index && r.Dst.Addr().Is6()
+		})
+		l.Addresses = slices.DeleteFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
+	}
 	return nil
 }
 
@@ -325,6 +345,9 @@ func (k *Kernel) addAddrLocked(index int, p netip.Prefix) error {
 	l, err := k.linkLocked(index)
 	if err != nil {
 		return err
+	}
+	if p.Addr().Is6() && l.MTU < ipv6MinMTU {
+		return unix.EINVAL // no IPv6 on the link
 	}
 	if slices.ContainsFunc(l.Addresses, func(a netip.Prefix) bool { return sameAddress(a, p) }) {
 		return unix.EEXIST
@@ -355,9 +378,9 @@ func (k *Kernel) delAddrLocked(index int, p netip.Prefix) error {
 
 // addRouteLocked adds r as the kernel does: a second route to the same
 // destination in the same table is EEXIST (unless replace); a missing link
-// ENODEV; a link that is down ENETDOWN; a gateway that is one of the link's
-// own addresses EINVAL (vpnd's gateway routes are "onlink": any other
-// gateway is taken to be on the link).
+// ENODEV; a gateway that is a local address EINVAL; a link that is down
+// ENETDOWN. vpnd's gateway routes are "onlink": any other gateway is taken
+// to be on the link.
 func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 	if err := r.Validate(); err != nil {
 		return err
@@ -368,10 +391,14 @@ func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 		switch {
 		case err != nil:
 			return err
+		case r.Dst.Addr().Is6() && l.MTU < ipv6MinMTU:
+			return unix.ENODEV // no IPv6 on the link
+		case r.Gateway.Is4() && !l.Up:
+			return unix.ENETDOWN // IPv4 checks an onlink gateway's link first
+		case r.Gateway.IsValid() && k.localLocked(r.Gateway):
+			return unix.EINVAL // "Gateway can not be a local address"
 		case !l.Up:
 			return unix.ENETDOWN
-		case r.Gateway.IsValid() && slices.ContainsFunc(l.Addresses, func(a netip.Prefix) bool { return a.Addr() == r.Gateway }):
-			return unix.EINVAL
 		}
 	}
 	i := slices.IndexFunc(k.routes, func(o tun.Route) bool { return o.Table == r.Table && o.Dst == r.Dst })
@@ -384,6 +411,16 @@ func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 		k.routes = append(k.routes, r)
 	}
 	return nil
+}
+
+// localLocked reports whether a is an address of one of the links.
+func (k *Kernel) localLocked(a netip.Addr) bool {
+	for _, l := range k.links {
+		if slices.ContainsFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr() == a }) {
+			return true
+		}
+	}
+	return false
 }
 
 func (k *Kernel) delRouteLocked(r tun.Route) error {
@@ -454,13 +491,13 @@ func (k *Kernel) Install(o *tun.Objects) (tun.Objects, error) {
 	}
 	if l := o.Link; l != nil {
 		added.Link = &tun.Link{Index: l.Index, MTU: l.MTU, Addrs: []netip.Prefix{}}
-		step("configure link", l.Index, func() error { return k.setMTULocked(l.Index, l.MTU) })
+		step("configure link", linkRef(l.Index), func() error { return k.setMTULocked(l.Index, l.MTU) })
 		for _, a := range l.Addrs {
 			if step("add address", a, func() error { return k.addAddrLocked(l.Index, a) }) {
 				added.Link.Addrs = append(added.Link.Addrs, a)
 			}
 		}
-		step("set up link", l.Index, func() error { return k.setUpLocked(l.Index, true) })
+		step("set up link", linkRef(l.Index), func() error { return k.setUpLocked(l.Index, true) })
 	}
 	added.Routes = []tun.Route{}
 	for _, r := range o.Routes {
@@ -503,7 +540,8 @@ func validate(o *tun.Objects) error {
 }
 
 // Remove deletes o as tun.Netlink does: rules (skipping, with
-// ErrAmbiguousRule, one whose delete would hit another rule first), routes
+// ErrAmbiguousRule, one that is there but whose delete would hit another
+// rule first), routes
 // that do not go with the link, then the link; if the link cannot be
 // deleted, its routes and addresses one by one. Gone objects are no errors.
 func (k *Kernel) Remove(o *tun.Objects) error {
@@ -524,8 +562,8 @@ func (k *Kernel) Remove(o *tun.Objects) error {
 	for i := len(o.Rules) - 1; i >= 0; i-- {
 		r := o.Rules[i]
 		j := slices.IndexFunc(k.rules, r.MatchesDelete)
-		if j < 0 {
-			continue
+		if j < 0 || !slices.Contains(k.rules[j:], r) {
+			continue // gone already
 		}
 		if k.rules[j] != r {
 			errs = append(errs, fmt.Errorf("delete rule %s: %w: %s", r, tun.ErrAmbiguousRule, k.rules[j]))
@@ -539,7 +577,7 @@ func (k *Kernel) Remove(o *tun.Objects) error {
 		}
 	}
 	if l := o.Link; l != nil {
-		deleted := step("delete link", l.Index, func() error {
+		deleted := step("delete link", linkRef(l.Index), func() error {
 			if !k.removeLinkLocked(l.Index) {
 				return unix.ENODEV
 			}
@@ -576,12 +614,26 @@ func (k *Kernel) Read(q tun.Query) (*tun.State, error) {
 			}
 		}
 	}
-	for _, r := range k.rules {
+	for r := range k.rulesLocked() {
 		if slices.Contains(q.Priorities, r.Priority) {
 			s.Rules = append(s.Rules, r)
 		}
 	}
 	return s, nil
+}
+
+// rulesLocked yields the rules as a kernel dump of both families does:
+// IPv4's, then IPv6's, each in the kernel's order.
+func (k *Kernel) rulesLocked() iter.Seq[tun.Rule] {
+	return func(yield func(tun.Rule) bool) {
+		for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+			for _, r := range k.rules {
+				if r.Family == fam && !yield(r) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // Restore puts back what r lists, as tun.Netlink does.
@@ -604,10 +656,10 @@ func (k *Kernel) Restore(r *tun.Repair) (tun.Repair, error) {
 		}
 		return false
 	}
-	if r.MTU > 0 && step("set mtu of link", r.LinkIndex, func() error { return k.setMTULocked(r.LinkIndex, r.MTU) }) {
+	if r.MTU > 0 && step("set mtu of link", linkRef(r.LinkIndex), func() error { return k.setMTULocked(r.LinkIndex, r.MTU) }) {
 		done.MTU = r.MTU
 	}
-	if r.Up && step("set up link", r.LinkIndex, func() error { return k.setUpLocked(r.LinkIndex, true) }) {
+	if r.Up && step("set up link", linkRef(r.LinkIndex), func() error { return k.setUpLocked(r.LinkIndex, true) }) {
 		done.Up = true
 	}
 	for _, a := range r.Addrs {
@@ -629,11 +681,16 @@ func (k *Kernel) Restore(r *tun.Repair) (tun.Repair, error) {
 }
 
 // Watch registers a watch. Changes made through the Kernel interface are
-// vpnd's own and are not reported; changes made through External are.
+// vpnd's own and are not reported; changes made through External are. As
+// with tun.Netlink, a watch of a link that is already gone is gone at once.
 func (k *Kernel) Watch(ctx context.Context, f tun.ChangeFilter) (gone, changed <-chan struct{}, err error) {
 	w := &watch{f: f, gone: make(chan struct{}), changed: make(chan struct{}, 1)}
 	k.mu.Lock()
 	k.watches[w] = struct{}{}
+	if _, ok := k.links[f.LinkIndex]; f.LinkIndex != 0 && !ok {
+		w.isGone = true
+		close(w.gone)
+	}
 	k.mu.Unlock()
 	context.AfterFunc(ctx, func() {
 		k.mu.Lock()
@@ -643,19 +700,24 @@ func (k *Kernel) Watch(ctx context.Context, f tun.ChangeFilter) (gone, changed <
 	return w.gone, w.changed, nil
 }
 
-// Occupants lists every route in table and every rule at priorities.
+// Occupants lists every rule at priorities and every route in table, in
+// tun.Netlink's words: a route names its link, if the link exists.
 func (k *Kernel) Occupants(table int, priorities ...int) ([]string, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	var out []string
-	for _, r := range k.rules {
+	for r := range k.rulesLocked() {
 		if slices.Contains(priorities, r.Priority) {
 			out = append(out, "rule "+r.String())
 		}
 	}
 	for _, r := range k.routes {
 		if r.Table == table {
-			out = append(out, "route "+r.String())
+			s := r.String()
+			if l, ok := k.links[r.LinkIndex]; ok {
+				s = strings.Replace(s, fmt.Sprintf("dev #%d", r.LinkIndex), "dev "+l.Name, 1)
+			}
+			out = append(out, "route "+s)
 		}
 	}
 	return out, nil

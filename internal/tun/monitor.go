@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"sync"
@@ -25,6 +26,15 @@ import (
 //
 // A change that vpnd itself asked for arrives with vpnd's request socket's
 // port id and is ignored: self-healing must not repair its own repairs.
+// Not all of them do, though: the kernel announces a link's MTU and up
+// state through the device notifier, and an IPv6 address once its
+// duplicate address detection ends (in a work queue, even with
+// IFA_F_NODAD), with port id 0, whoever asked. So the monitor keeps a
+// view of each watched link: its last announced MTU and up state, and
+// what vpnd itself set (Install and Restore tell it before they send). A
+// link announcement matters only if it moves the MTU or the up state to
+// something vpnd did not set; a kernel announcement of an address
+// matters only if vpnd did not add that address.
 // When the kernel drops notifications because the socket's buffer was full
 // (ENOBUFS), any of them might have mattered, so every watch is told that
 // something changed and every watched link is checked directly.
@@ -53,8 +63,59 @@ type monitor struct {
 	rcvBuf  int // SO_RCVBUF, 0 for monitorRcvBuf (tests shrink it)
 	buf     []byte
 	watches map[*watch]struct{}
+	links   map[int]*linkView // by index, for every link a watch selects
 	closed  bool
 	done    chan struct{} // closed when the reader has exited
+}
+
+// linkView is what the monitor knows of a watched link, to tell the
+// kernel's announcements of vpnd's own changes from other changes.
+type linkView struct {
+	watches int // how many watches select the link
+	known   bool
+	mtu     int // as last announced, if known
+	up      bool
+	// What vpnd set: always the VPN's wanted state, so an announcement
+	// that moves the link there needs no repair.
+	ownMTU   int // 0: none
+	ownUp    bool
+	ownAddrs map[netip.Prefix]struct{}
+}
+
+// announced records an RTM_NEWLINK and reports whether it moved the MTU
+// or the up state somewhere vpnd did not set.
+func (v *linkView) announced(l LinkState) (changed bool) {
+	if v.known {
+		changed = l.MTU != v.mtu && (v.ownMTU == 0 || l.MTU != v.ownMTU) ||
+			l.Up != v.up && (!v.ownUp || !l.Up)
+	} else {
+		// Nothing to compare with: the watch has just begun (and this may
+		// be an old announcement, such as the link's creation), or
+		// announcements were lost (which was signalled). Only a state
+		// that vpnd did not set counts.
+		changed = v.ownMTU != 0 && l.MTU != v.ownMTU || v.ownUp && !l.Up
+	}
+	v.known, v.mtu, v.up = true, l.MTU, l.Up
+	return changed
+}
+
+// expect records what vpnd is about to set on a link: its MTU (0: none),
+// the up state, and addresses. It must be called before the request is
+// sent, so that the kernel's announcements find it.
+func (m *monitor) expect(index, mtu int, up bool, addrs []netip.Prefix) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v := m.links[index]
+	if v == nil {
+		return // no watch: nobody to tell apart for
+	}
+	if mtu > 0 {
+		v.ownMTU = mtu
+	}
+	v.ownUp = v.ownUp || up
+	for _, a := range addrs {
+		v.ownAddrs[a] = struct{}{}
+	}
 }
 
 // watch is one registration.
@@ -66,7 +127,7 @@ type watch struct {
 }
 
 func newMonitor(log *zap.Logger, n *Netlink) (*monitor, error) {
-	m := &monitor{log: log, n: n, buf: make([]byte, 64<<10), watches: map[*watch]struct{}{}, done: make(chan struct{})}
+	m := &monitor{log: log, n: n, buf: make([]byte, 64<<10), watches: map[*watch]struct{}{}, links: map[int]*linkView{}, done: make(chan struct{})}
 	f, err := m.open()
 	if err != nil {
 		return nil, err
@@ -213,6 +274,15 @@ func (m *monitor) eventLocked(h unix.NlMsghdr, d []byte) error {
 			return errors.New("short link message")
 		}
 		index := int(int32(binary.NativeEndian.Uint32(d[4:8])))
+		v := m.links[index]
+		if v == nil {
+			return nil // no watch selects this link
+		}
+		changed := false
+		if h.Type == unix.RTM_NEWLINK {
+			l, _ := parseLink(d)
+			changed = v.announced(l) && !own
+		}
 		for w := range m.watches {
 			if w.f.LinkIndex != index || w.isGone {
 				continue
@@ -222,7 +292,7 @@ func (m *monitor) eventLocked(h unix.NlMsghdr, d []byte) error {
 				close(w.gone)
 				continue
 			}
-			if !own {
+			if changed {
 				w.signal()
 			}
 		}
@@ -234,6 +304,15 @@ func (m *monitor) eventLocked(h unix.NlMsghdr, d []byte) error {
 			return errors.New("short address message")
 		}
 		index := int(binary.NativeEndian.Uint32(d[4:8]))
+		v := m.links[index]
+		if v == nil {
+			return nil // no watch selects this link
+		}
+		if _, p, ok := parseAddr(d); ok && h.Type == unix.RTM_NEWADDR && h.Pid == 0 {
+			if _, mine := v.ownAddrs[p]; mine {
+				return nil // the kernel finishing an address vpnd added
+			}
+		}
 		for w := range m.watches {
 			if w.f.LinkIndex == index {
 				w.signal()
@@ -272,6 +351,9 @@ func (m *monitor) eventLocked(h unix.NlMsghdr, d []byte) error {
 // overflowLocked handles lost notifications: every watch may have missed
 // something, and a watched link may be gone.
 func (m *monitor) overflowLocked() {
+	for _, v := range m.links {
+		v.known = false
+	}
 	for w := range m.watches {
 		if w.isGone {
 			continue
@@ -308,8 +390,9 @@ func (m *monitor) close() {
 // a non-persistent TUN was closed. changed gets a token (at most one
 // waits) whenever something f selects changed, other than by vpnd's own
 // requests, or may have changed (lost notifications): the reader re-reads
-// the kernel's state anyway. Cancelling ctx stops the watch without closing
-// either channel.
+// the kernel's state anyway. Of the link, that is its MTU, its up state
+// and its addresses: what self-healing restores. Cancelling ctx stops the
+// watch without closing either channel.
 func (n *Netlink) Watch(ctx context.Context, f ChangeFilter) (gone, changed <-chan struct{}, err error) {
 	w := &watch{f: f, gone: make(chan struct{}), changed: make(chan struct{}, 1)}
 	m := n.mon
@@ -319,27 +402,43 @@ func (n *Netlink) Watch(ctx context.Context, f ChangeFilter) (gone, changed <-ch
 		return nil, nil, errors.New("watch: netlink monitor closed")
 	}
 	m.watches[w] = struct{}{}
+	if f.LinkIndex != 0 {
+		v := m.links[f.LinkIndex]
+		if v == nil {
+			v = &linkView{ownAddrs: map[netip.Prefix]struct{}{}}
+			m.links[f.LinkIndex] = v
+		}
+		v.watches++
+	}
 	m.mu.Unlock()
 	context.AfterFunc(ctx, func() {
 		m.mu.Lock()
 		delete(m.watches, w)
+		if v := m.links[f.LinkIndex]; v != nil {
+			if v.watches--; v.watches == 0 {
+				delete(m.links, f.LinkIndex)
+			}
+		}
 		m.mu.Unlock()
 	})
 	if f.LinkIndex != 0 {
 		// The registration is live, so a deletion after this check cannot
 		// be missed; one before it is seen here.
-		_, ok, err := n.getLink(f.LinkIndex)
+		l, ok, err := n.getLink(f.LinkIndex)
 		if err != nil {
 			return nil, nil, fmt.Errorf("watch link %d: %w", f.LinkIndex, err)
 		}
-		if !ok {
-			m.mu.Lock()
-			if !w.isGone {
-				w.isGone = true
-				close(w.gone)
-			}
-			m.mu.Unlock()
+		m.mu.Lock()
+		if v := m.links[f.LinkIndex]; ok && v != nil && !v.known {
+			// The state the next announcement is compared with, unless
+			// one came first.
+			v.known, v.mtu, v.up = true, l.MTU, l.Up
 		}
+		if !ok && !w.isGone {
+			w.isGone = true
+			close(w.gone)
+		}
+		m.mu.Unlock()
 	}
 	return w.gone, w.changed, nil
 }

@@ -127,21 +127,33 @@ func (n *Netlink) describeLinkNamed(name string) string {
 }
 
 // linkKind reads IFLA_LINKINFO/IFLA_INFO_KIND ("tun", "veth", ...) from an
-// RTM_NEWLINK; "device" when it has none.
+// RTM_NEWLINK; "device" when it has none. The TUN driver calls its TAP
+// devices "tun" too: for those the kind is "tap", from IFLA_TUN_TYPE.
 func linkKind(d []byte) string {
 	kind := "device"
 	if len(d) < unix.SizeofIfInfomsg {
 		return kind
 	}
+	var tunType uint8
 	eachAttr(d[unix.SizeofIfInfomsg:], func(typ uint16, v []byte) {
 		if typ == unix.IFLA_LINKINFO {
 			eachAttr(v, func(typ uint16, v []byte) {
-				if typ == unix.IFLA_INFO_KIND {
+				switch typ {
+				case unix.IFLA_INFO_KIND:
 					kind = cString(v)
+				case unix.IFLA_INFO_DATA:
+					eachAttr(v, func(typ uint16, v []byte) {
+						if typ == unix.IFLA_TUN_TYPE && len(v) == 1 {
+							tunType = v[0]
+						}
+					})
 				}
 			})
 		}
 	})
+	if kind == "tun" && tunType == unix.IFF_TAP {
+		return "tap"
+	}
 	return kind
 }
 
@@ -205,6 +217,9 @@ func (n *Netlink) Install(o *Objects) (Objects, error) {
 	for _, r := range o.Rules {
 		m.rule(unix.RTM_NEWRULE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, r)
 		ops = append(ops, op{what: "add rule", obj: r, apply: func(o *Objects) { o.Rules = append(o.Rules, r) }})
+	}
+	if o.Link != nil {
+		n.mon.expect(o.Link.Index, o.Link.MTU, true, o.Link.Addrs)
 	}
 	results, err := n.c.exchange(&m)
 	if err != nil {
@@ -317,7 +332,8 @@ func (n *Netlink) present(o *Objects) Objects {
 // fwmark": so a delete of "uidrange 5-5 lookup 98" would also hit "uidrange
 // 5-5 fwmark 0x0/0x20000 lookup 98" if that came first. Remove therefore
 // reads the rules at o's priorities once, and skips (with ErrAmbiguousRule)
-// a rule whose delete would hit another rule first.
+// a rule whose delete would hit another rule first. A rule that is not
+// there is gone, whatever its delete would hit: nothing is sent for it.
 func (n *Netlink) Remove(o *Objects) error {
 	var errs []error
 	var m msgBuf
@@ -330,7 +346,7 @@ func (n *Netlink) Remove(o *Objects) error {
 		for i := len(o.Rules) - 1; i >= 0 && err == nil; i-- {
 			r := o.Rules[i]
 			j := slices.IndexFunc(rules, func(k kRule) bool { return k.matchedBy(r) })
-			if j < 0 {
+			if j < 0 || !slices.ContainsFunc(rules[j:], func(k kRule) bool { got, ok := k.vpnd(); return ok && got == r }) {
 				continue // gone already
 			}
 			if got, ok := rules[j].vpnd(); !ok || got != r {
@@ -590,6 +606,7 @@ func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 	if len(ops) == 0 {
 		return done, nil
 	}
+	n.mon.expect(rep.LinkIndex, rep.MTU, rep.Up, rep.Addrs)
 	results, err := n.c.exchange(&m)
 	if err != nil {
 		return done, fmt.Errorf("restore: %w", err)

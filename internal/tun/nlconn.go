@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,6 +46,8 @@ type nlConn struct {
 	pid  uint32 // the port id the kernel gave the socket; notifications of our own changes carry it
 	seq  uint32
 	rbuf []byte
+	// sends counts sendmsg calls: the round trips that tests measure.
+	sends atomic.Int64
 }
 
 func openNLConn() (*nlConn, error) {
@@ -221,6 +224,7 @@ func (c *nlConn) exchange(m *msgBuf) ([]error, error) {
 
 func (c *nlConn) send(b []byte) error {
 	for {
+		c.sends.Add(1)
 		err := unix.Sendto(c.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
 		if errors.Is(err, unix.EINTR) {
 			continue

@@ -45,8 +45,10 @@ type SweepSpec struct {
 //   - every route, of both families and all types, in Table.
 //
 // It touches no other link, no other rule, and no other table. The deletes
-// go out as one batch. It returns a description of each thing it removed
-// and logs each one. The caller must own the namespace's vpnd objects first
+// go out as one batch. The routes through the TUN link go with the link,
+// as in Remove: they get no request of their own (a killed vpnd may have
+// left 10,000), unless the link cannot be deleted. It returns a
+// description of each thing it removed and logs each one. The caller must own the namespace's vpnd objects first
 // (see internal/ownership): a sweep run while another vpnd serves would
 // destroy that vpnd's VPN.
 func (n *Netlink) Sweep(log *zap.Logger, s SweepSpec) ([]string, error) {
@@ -72,6 +74,7 @@ func (n *Netlink) Sweep(log *zap.Logger, s SweepSpec) ([]string, error) {
 	var link LinkState
 	var kind string
 	found := false
+	linkOp := -1 // the link's delete in m, if any
 	var q msgBuf
 	q.begin(unix.RTM_GETLINK, 0)
 	q.ifinfo(0, 0, 0)
@@ -88,6 +91,7 @@ func (n *Netlink) Sweep(log *zap.Logger, s SweepSpec) ([]string, error) {
 		return nil, fmt.Errorf("sweep: look up link %s: %w", s.IfName, err)
 	case !found:
 	case kind == "tun":
+		linkOp = m.n()
 		m.linkDel(link.Index)
 		what = append(what, removal{"removed leftover link", "", fmt.Sprintf("link %s (index %d)", s.IfName, link.Index)})
 	default:
@@ -118,9 +122,14 @@ func (n *Netlink) Sweep(log *zap.Logger, s SweepSpec) ([]string, error) {
 		return nil, fmt.Errorf("sweep: list rules: %w", err)
 	}
 	at, nWhat = m.mark(), len(what)
-	err = n.dumpRoutes(s.Table, restart, func(k kRoute) {
-		if found && kind == "tun" && k.oif == link.Index && k.typ == unix.RTN_UNICAST {
-			return // goes with the link
+	var viaLink msgBuf // deletes of the routes through the link, if it stays
+	var viaWhat []removal
+	err = n.dumpRoutes(s.Table, func() { restart(); viaLink.reset(); viaWhat = viaWhat[:0] }, func(k kRoute) {
+		if linkOp >= 0 && k.typ == unix.RTN_UNICAST && !k.multipath && k.oif == link.Index {
+			// Goes with the link, unless the link cannot be deleted.
+			k.delete(&viaLink)
+			viaWhat = append(viaWhat, removal{"removed leftover route", "route", k.String()})
+			return
 		}
 		k.delete(&m)
 		what = append(what, removal{"removed leftover route", "route", k.String()})
@@ -134,6 +143,17 @@ func (n *Netlink) Sweep(log *zap.Logger, s SweepSpec) ([]string, error) {
 	results, err := n.c.exchange(&m)
 	if err != nil {
 		return nil, fmt.Errorf("sweep: %w", err)
+	}
+	if linkOp >= 0 && len(viaWhat) > 0 {
+		if e := results[linkOp]; e == nil || IsGone(e) {
+			what[linkOp].desc += fmt.Sprintf(" with the %d routes through it", len(viaWhat))
+		} else if more, err := n.c.exchange(&viaLink); err != nil {
+			return nil, fmt.Errorf("sweep: %w", err)
+		} else {
+			// The link stays: its routes were deleted one by one.
+			what = append(what, viaWhat...)
+			results = append(results, more...)
+		}
 	}
 	var removed []string
 	var errs []error

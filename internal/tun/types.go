@@ -197,8 +197,8 @@ type HostPrefix struct {
 	Ifname string
 }
 
-// ChangeFilter says which kernel changes matter to a watcher: anything on
-// the link with index LinkIndex (its state and addresses), routes in Table,
+// ChangeFilter says which kernel changes matter to a watcher: the link
+// with index LinkIndex (its MTU, up state and addresses), routes in Table,
 // and rules at one of Priorities or looking up Table. Zero fields match
 // nothing.
 type ChangeFilter struct {

@@ -1,0 +1,307 @@
+package sim_test
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+
+	"github.com/vpnd/vpnd/internal/sim"
+	"github.com/vpnd/vpnd/internal/tun"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newKernel(t *testing.T, opt sim.Options) *sim.Kernel {
+	t.Helper()
+	k := sim.New(opt)
+	t.Cleanup(k.Close)
+	return k
+}
+
+// Remove refuses a rule delete that would hit another rule first, as the
+// kernel's rule lookup would, but only for a rule that is there: one that
+// is gone is not an error, whatever a delete of it would hit.
+func TestRemoveRuleExact(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	masked := tun.Rule{Family: unix.AF_INET, Priority: 10000, Table: 98, UIDStart: 5, UIDEnd: 5, Mask: 0x20000}
+	plain := masked
+	plain.Mask = 0
+	rules := func() []tun.Rule { return k.Snapshot().Rules }
+
+	if _, err := k.Install(&tun.Objects{Rules: []tun.Rule{masked, plain}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Remove(&tun.Objects{Rules: []tun.Rule{plain}}); !errors.Is(err, tun.ErrAmbiguousRule) {
+		t.Errorf("Remove(plain) behind masked = %v, want ErrAmbiguousRule", err)
+	}
+	if got := rules(); !slices.Equal(got, []tun.Rule{masked, plain}) {
+		t.Fatalf("rules %v after a refused delete", got)
+	}
+	if err := k.Remove(&tun.Objects{Rules: []tun.Rule{plain, masked}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Install(&tun.Objects{Rules: []tun.Rule{plain, masked}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Remove(&tun.Objects{Rules: []tun.Rule{plain}}); err != nil {
+		t.Fatal(err)
+	}
+	// Gone already: no error, and the masked rule stays.
+	if err := k.Remove(&tun.Objects{Rules: []tun.Rule{plain}}); err != nil {
+		t.Errorf("Remove of a gone rule = %v, want nil", err)
+	}
+	if got := rules(); !slices.Equal(got, []tun.Rule{masked}) {
+		t.Errorf("rules %v, want only %v", got, masked)
+	}
+}
+
+// Errors name the step and its object in tun.Netlink's words, which end up
+// in the details of the manager's errors: "configure link #2".
+func TestErrorWords(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, err = k.Install(&tun.Objects{Link: &tun.Link{Index: index, MTU: 67}})
+	if want := fmt.Sprintf("configure link #%d: invalid argument", index); err == nil || err.Error() != want {
+		t.Errorf("Install with MTU 67 = %v, want %q", err, want)
+	}
+	_, err = k.Restore(&tun.Repair{LinkIndex: 99, MTU: 1400, Up: true})
+	if want := "set mtu of link #99: no such device\nset up link #99: no such device"; err == nil || err.Error() != want {
+		t.Errorf("Restore on a missing link = %q, want %q", err, want)
+	}
+}
+
+// Read and Occupants report rules as a kernel dump does: IPv4's, then
+// IPv6's, each family in its evaluation order.
+func TestRuleOrder(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	rules := []tun.Rule{
+		{Family: unix.AF_INET6, Priority: 10000, Table: 98, UIDStart: 1, UIDEnd: 1},
+		{Family: unix.AF_INET, Priority: 10001, Table: 98, UIDStart: 2, UIDEnd: 2},
+		{Family: unix.AF_INET, Priority: 10000, Table: 98, UIDStart: 3, UIDEnd: 3},
+		{Family: unix.AF_INET6, Priority: 10000, Table: 98, UIDStart: 4, UIDEnd: 4},
+		{Family: unix.AF_INET, Priority: 10000, Table: 98, UIDStart: 5, UIDEnd: 5},
+	}
+	if _, err := k.Install(&tun.Objects{Rules: rules}); err != nil {
+		t.Fatal(err)
+	}
+	want := []tun.Rule{rules[2], rules[4], rules[1], rules[0], rules[3]}
+	s, err := k.Read(tun.Query{Priorities: []int{10000, 10001}})
+	if err != nil || !slices.Equal(s.Rules, want) {
+		t.Errorf("Read = %v, %v; want %v", s.Rules, err, want)
+	}
+	occ, err := k.Occupants(98, 10000, 10001)
+	var wantOcc []string
+	for _, r := range want {
+		wantOcc = append(wantOcc, "rule "+r.String())
+	}
+	if err != nil || !slices.Equal(occ, wantOcc) {
+		t.Errorf("Occupants = %q, %v; want %q", occ, err, wantOcc)
+	}
+	if snap := k.Snapshot().Rules; !slices.Equal(snap, want) {
+		t.Errorf("Snapshot rules %v, want %v", snap, want)
+	}
+}
+
+// Occupants names a route's link, as tun.Netlink does: the words reach
+// setUp's error detail.
+func TestOccupantsNameLinks(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	routes := []tun.Route{
+		{Table: 98, Dst: netip.MustParsePrefix("10.8.0.0/24"), LinkIndex: index},
+		{Table: 98, Dst: netip.MustParsePrefix("192.168.0.0/16"), Kind: tun.Throw},
+	}
+	if _, err := k.Install(&tun.Objects{Link: &tun.Link{Index: index, MTU: 1400}, Routes: routes}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"route 10.8.0.0/24 dev vpn-tun table 98", "route throw 192.168.0.0/16 table 98"}
+	if got, err := k.Occupants(98, 10000); err != nil || !slices.Equal(got, want) {
+		t.Errorf("Occupants = %q, %v; want %q", got, err, want)
+	}
+}
+
+// A route through a gateway is refused as the kernel refuses it: an IPv4
+// gateway that no gateway-less route through the link in the route's own
+// table covers with ENETUNREACH, an IPv6 one with EHOSTUNREACH, an IPv6
+// gateway that is a local address with EINVAL; the gateway is checked
+// before the link's state.
+func TestGatewayChecks(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := netip.MustParsePrefix
+	route := func(dst, gw string) tun.Route {
+		return tun.Route{Table: 98, Dst: p(dst), Gateway: netip.MustParseAddr(gw), LinkIndex: index}
+	}
+	_, err = k.Install(&tun.Objects{
+		Link: &tun.Link{Index: index, MTU: 1400, Addrs: []netip.Prefix{p("10.8.0.2/24"), p("fd00:8::2/64")}},
+		Routes: []tun.Route{
+			{Table: 98, Dst: p("10.8.0.0/24"), LinkIndex: index},
+			{Table: 98, Dst: p("fd00:8::/64"), LinkIndex: index},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		r    tun.Route
+		want error
+	}{
+		{route("10.9.0.0/16", "10.8.0.1"), nil},
+		{route("10.10.0.0/16", "10.7.0.1"), unix.ENETUNREACH},
+		{route("10.11.0.0/16", "10.8.0.2"), nil}, // IPv4 allows a local gateway
+		{route("2001:db8:1::/48", "fd00:8::1"), nil},
+		{route("2001:db8:2::/48", "fd00:7::1"), unix.EHOSTUNREACH},
+		{route("2001:db8:3::/48", "fd00:8::2"), unix.EINVAL},
+	} {
+		if _, err := k.Install(&tun.Objects{Routes: []tun.Route{tc.r}}); !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Errorf("add %s: %v, want %v", tc.r, err, tc.want)
+		}
+	}
+	// Down, the link has lost its routes: a gateway is not reachable, and
+	// a route without one meets the link's state.
+	if err := k.External().SetDown(index); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		r    tun.Route
+		want error
+	}{
+		{route("10.12.0.0/16", "10.8.0.1"), unix.ENETUNREACH},
+		{route("2001:db8:4::/48", "fd00:8::1"), unix.EHOSTUNREACH},
+		{tun.Route{Table: 98, Dst: p("10.13.0.0/16"), LinkIndex: index}, unix.ENETDOWN},
+	} {
+		if _, err := k.Restore(&tun.Repair{LinkIndex: index, Routes: []tun.Route{tc.r}}); !errors.Is(err, tc.want) {
+			t.Errorf("restore %s on a down link: %v, want %v", tc.r, err, tc.want)
+		}
+	}
+}
+
+// External's DeleteRule is `ip rule del`: the kernel deletes the first
+// rule that matches the selectors given, which need not be the rule named.
+func TestExternalDeleteRuleFirstMatch(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	masked := tun.Rule{Family: unix.AF_INET, Priority: 10000, Table: 98, UIDStart: 5, UIDEnd: 5, Mask: 0x20000}
+	plain := masked
+	plain.Mask = 0
+	if err := k.External().AddRule(masked); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.External().DeleteRule(plain); err != nil {
+		t.Errorf("delete of %s with only %s there: %v, want it deleted", plain, masked, err)
+	}
+	if rules := k.Snapshot().Rules; len(rules) != 0 {
+		t.Errorf("rules %v left", rules)
+	}
+	if err := k.External().AddRule(plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.External().DeleteRule(masked); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("delete of %s with only %s there: %v, want ENOENT", masked, plain, err)
+	}
+}
+
+// A watch of a link that is gone already is gone at once; a watch of a
+// live link is gone when the link is deleted, by vpnd or by someone else.
+func TestWatchGone(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	gone, _, err := k.Watch(t.Context(), tun.ChangeFilter{LinkIndex: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gone:
+	default:
+		t.Error("a watch of a missing link is not gone")
+	}
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	gone, _, err = k.Watch(t.Context(), tun.ChangeFilter{LinkIndex: index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gone:
+		t.Fatal("a watch of a live link is gone")
+	default:
+	}
+	if !k.External().DeleteLink(index) {
+		t.Fatal("DeleteLink found no link")
+	}
+	select {
+	case <-gone:
+	default:
+		t.Error("a watch of a deleted link is not gone")
+	}
+	// A watch with no link never goes.
+	gone, _, err = k.Watch(t.Context(), tun.ChangeFilter{Table: 98})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gone:
+		t.Error("a watch of no link is gone")
+	default:
+	}
+}
+
+// An MTU below 1280 takes IPv6 off the link, with its IPv6 addresses and
+// routes, as in the kernel; until the MTU is raised, IPv6 addresses are
+// refused (EINVAL) and so are IPv6 routes through the link (ENODEV).
+func TestMTUBelowIPv6Minimum(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := netip.MustParsePrefix
+	o := &tun.Objects{
+		Link: &tun.Link{Index: index, MTU: 1400, Addrs: []netip.Prefix{p("10.8.0.2/24"), p("fd00:8::2/64")}},
+		Routes: []tun.Route{
+			{Table: 98, Dst: p("10.8.0.0/24"), LinkIndex: index},
+			{Table: 98, Dst: p("fd00:8::/64"), LinkIndex: index},
+			{Table: 98, Dst: p("2001:db8::/48"), Kind: tun.Throw},
+		},
+	}
+	if _, err := k.Install(o); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.External().SetMTU(index, 1279); err != nil {
+		t.Fatal(err)
+	}
+	s, err := k.Read(tun.Query{LinkIndex: index, Table: 98})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(s.Link.Addrs, o.Link.Addrs[:1]) || !slices.Equal(s.Routes, []tun.Route{o.Routes[0], o.Routes[2]}) {
+		t.Errorf("at MTU 1279: addresses %v, routes %v; want IPv6's gone", s.Link.Addrs, s.Routes)
+	}
+	_, err = k.Restore(&tun.Repair{LinkIndex: index, Addrs: o.Link.Addrs[1:], Routes: o.Routes[1:2]})
+	if !errors.Is(err, unix.EINVAL) || !errors.Is(err, unix.ENODEV) {
+		t.Errorf("IPv6 on a link at MTU 1279: %v, want EINVAL for the address and ENODEV for the route", err)
+	}
+	done, err := k.Restore(&tun.Repair{LinkIndex: index, MTU: 1400, Addrs: o.Link.Addrs[1:], Routes: o.Routes[1:2]})
+	if err != nil || done.MTU != 1400 || len(done.Addrs) != 1 || len(done.Routes) != 1 {
+		t.Errorf("Restore = %+v, %v; want the MTU, the address and the route", done, err)
+	}
+}
