@@ -133,11 +133,9 @@ func TestOccupantsNameLinks(t *testing.T) {
 	}
 }
 
-// A route through a gateway is refused as the kernel refuses it: an IPv4
-// gateway that no gateway-less route through the link in the route's own
-// table covers with ENETUNREACH, an IPv6 one with EHOSTUNREACH, an IPv6
-// gateway that is a local address with EINVAL; the gateway is checked
-// before the link's state.
+// A route through a gateway is refused as the kernel refuses an onlink
+// one: a gateway that is a local address with EINVAL, any route through a
+// link that is down with ENETDOWN.
 func TestGatewayChecks(t *testing.T) {
 	k := newKernel(t, sim.Options{})
 	f, index, err := k.CreateTUN("vpn-tun", false)
@@ -163,19 +161,21 @@ func TestGatewayChecks(t *testing.T) {
 		r    tun.Route
 		want error
 	}{
+		// vpnd's gateway routes are onlink: any gateway but a local
+		// address is taken to be on the link (checked against the kernel
+		// with `ip route add ... onlink`).
 		{route("10.9.0.0/16", "10.8.0.1"), nil},
-		{route("10.10.0.0/16", "10.7.0.1"), unix.ENETUNREACH},
-		{route("10.11.0.0/16", "10.8.0.2"), nil}, // IPv4 allows a local gateway
+		{route("10.10.0.0/16", "10.7.0.1"), nil},
+		{route("10.11.0.0/16", "10.8.0.2"), unix.EINVAL},
 		{route("2001:db8:1::/48", "fd00:8::1"), nil},
-		{route("2001:db8:2::/48", "fd00:7::1"), unix.EHOSTUNREACH},
+		{route("2001:db8:2::/48", "fd00:7::1"), nil},
 		{route("2001:db8:3::/48", "fd00:8::2"), unix.EINVAL},
 	} {
 		if _, err := k.Install(&tun.Objects{Routes: []tun.Route{tc.r}}); !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
 			t.Errorf("add %s: %v, want %v", tc.r, err, tc.want)
 		}
 	}
-	// Down, the link has lost its routes: a gateway is not reachable, and
-	// a route without one meets the link's state.
+	// Down, the link refuses every route.
 	if err := k.External().SetDown(index); err != nil {
 		t.Fatal(err)
 	}
@@ -183,8 +183,8 @@ func TestGatewayChecks(t *testing.T) {
 		r    tun.Route
 		want error
 	}{
-		{route("10.12.0.0/16", "10.8.0.1"), unix.ENETUNREACH},
-		{route("2001:db8:4::/48", "fd00:8::1"), unix.EHOSTUNREACH},
+		{route("10.12.0.0/16", "10.8.0.1"), unix.ENETDOWN},
+		{route("2001:db8:4::/48", "fd00:8::1"), unix.ENETDOWN},
 		{tun.Route{Table: 98, Dst: p("10.13.0.0/16"), LinkIndex: index}, unix.ENETDOWN},
 	} {
 		if _, err := k.Restore(&tun.Repair{LinkIndex: index, Routes: []tun.Route{tc.r}}); !errors.Is(err, tc.want) {

@@ -760,7 +760,7 @@ func TestHostPrefixes(t *testing.T) {
 	must(t, err)
 	for _, a := range fullVPN(index).Link.Addrs {
 		if !strings.Contains(render(got), a.String()+" vpn-tun") {
-			t.Errorf("HostPrefixes("") lacks %s on vpn-tun:\n%s", a, render(got))
+			t.Errorf("HostPrefixes(\"\") lacks %s on vpn-tun:\n%s", a, render(got))
 		}
 	}
 }
