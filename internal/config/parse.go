@@ -15,8 +15,7 @@
 //     is checked with the later one: "route family accepted" right after the
 //     isIPv*Accepted flags, "lists are mutually exclusive" after
 //     blockedApplications. An array's length is checked before its entries,
-//     and an array longer than its limit is refused without reading its
-//     entries.
+//     and no entry past an array's limit is built.
 //   - Integers are JSON numbers written as integers: 1500.0, 1.5e3 and
 //     "1500" are rejected.
 //   - IP addresses never carry a zone, and IPv4-mapped IPv6 addresses
@@ -194,12 +193,12 @@ type parser struct {
 }
 
 // scan reads params, which is an object, once from start to end: it notes
-// every member and its value, counts the entries of arrays, and reads
+// every member and its value, and counts the entries of arrays. It reads
 // routes in place as it passes them, since they make up nearly all of a
-// large config. The other members are read after scan, in check order,
-// from the values it noted; addresses before routes, when routes comes
-// after addresses in params, since a gateway must lie inside an address
-// prefix.
+// large config; for that it reads addresses first, from the value it
+// noted, since a gateway must lie inside an address prefix. When routes
+// comes before addresses, or addresses is wrong, routes is read after
+// scan, with the other members, in check order.
 func (p *parser) scan() {
 	d := &p.d
 	root := memberPath(-1)
@@ -216,8 +215,7 @@ func (p *parser) scan() {
 		if !p.members.note(root, name, i) {
 			d.skip()
 		} else {
-			if i == mRoutes && d.peek() == '[' && p.vals[mAddresses] != nil && p.members.err == nil &&
-				p.addresses() == nil {
+			if i == mRoutes && d.peek() == '[' && p.vals[mAddresses] != nil && p.addresses() == nil {
 				p.result[i], p.done[i] = p.readRoutes(d, -1), true
 			} else {
 				_, p.counts[i] = d.skip()
