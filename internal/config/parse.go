@@ -677,9 +677,9 @@ func (p *parser) checkRouteInfo(f *routeInfoRead, at path) (route, *errs.Error) 
 //
 // with family, gateway and isExcludedRoute optional, and IP addresses
 // made of hex digits, dots and colons. It is how vpnd's own client and
-// vpnctl send routes, and it reads them in a third of the general
-// reader's time, comparing whole runs of bytes instead of reading token
-// by token. It runs the same checks, in the same order, on what it read.
+// vpnctl send routes, and comparing whole runs of bytes instead of reading
+// token by token takes a fifth off a 10,000-route parse. It runs the same
+// checks, in the same order, on what it read.
 // For anything else, and for a route that fails a check, it returns false
 // having read nothing, and the general reader reads the object again
 // (and reports the error).
