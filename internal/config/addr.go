@@ -112,26 +112,24 @@ func parseCIDR(s string, p path, minBits int) (netip.Prefix, *errs.Error) {
 // address means "no address" and returns the zero Addr: OpenHarmony apps
 // send {"address":""} or "0.0.0.0" for a route without a gateway.
 func netAddress(d *dec, p path, allowNone bool) (netip.Addr, *errs.Error) {
-	var m members
-	var addr, family, port []byte // as written; addr is only a marker when it is a string, then in s
-	var s string
+	var f netAddressRead
 	if d.openObject() {
 		for i := -1; ; {
 			var name string
 			name, i = d.member(netAddressMembers, i+1)
 			start := d.i
 			switch {
-			case !m.note(p, name, i):
+			case !f.m.note(p, name, i):
 				d.skip()
 			case i == 0 && d.peek() == '"':
-				s = d.text()
-				addr = d.b[start:d.i]
+				f.s = d.text()
+				f.addr = d.b[start:d.i]
 			case i == 0:
-				addr, _ = d.skip()
+				f.addr, _ = d.skip()
 			case i == 1:
-				family, _ = d.skip()
+				f.family, _ = d.skip()
 			default:
-				port, _ = d.skip()
+				f.port, _ = d.skip()
 			}
 			if !d.next('}') {
 				break
@@ -141,36 +139,48 @@ func netAddress(d *dec, p path, allowNone bool) (netip.Addr, *errs.Error) {
 	if d.bad {
 		return netip.Addr{}, nil
 	}
-	if m.err != nil {
-		return netip.Addr{}, m.err
+	return f.check(p, allowNone)
+}
+
+// netAddressRead is a NetAddress object as read, before its checks.
+type netAddressRead struct {
+	m                  members
+	addr, family, port []byte // each member's value as written; nil if absent
+	s                  string // addr's value, when it is a string
+}
+
+// check runs a NetAddress's checks in their order (see netAddress).
+func (f *netAddressRead) check(p path, allowNone bool) (netip.Addr, *errs.Error) {
+	if f.m.err != nil {
+		return netip.Addr{}, f.m.err
 	}
-	if isAbsent(addr) {
+	if isAbsent(f.addr) {
 		return netip.Addr{}, invalid(p.at(kAddress), "required")
 	}
-	if k := kindOf(addr); k != "string" {
+	if k := kindOf(f.addr); k != "string" {
 		return netip.Addr{}, invalid(p.at(kAddress), "expected string, got %s", k)
 	}
 	var a netip.Addr
-	if !(allowNone && s == "") {
+	if !(allowNone && f.s == "") {
 		var err *errs.Error
-		if a, err = parseIP(s, p.at(kAddress)); err != nil {
+		if a, err = parseIP(f.s, p.at(kAddress)); err != nil {
 			return netip.Addr{}, err
 		}
 	}
-	if !isAbsent(family) {
-		fam, _, err := intLiteral(family, p.at(kFamily))
+	if !isAbsent(f.family) {
+		fam, _, err := intLiteral(f.family, p.at(kFamily))
 		if err != nil {
 			return netip.Addr{}, err
 		}
 		if fam != familyIPv4 && fam != familyIPv6 {
-			return netip.Addr{}, invalid(p.at(kFamily), "%s is not 1 (IPv4) or 2 (IPv6)", family)
+			return netip.Addr{}, invalid(p.at(kFamily), "%s is not 1 (IPv4) or 2 (IPv6)", f.family)
 		}
 		if a.IsValid() && (fam == familyIPv4) != a.Is4() {
 			return netip.Addr{}, invalid(p.at(kFamily), "%d does not match %s address %s", fam, familyName(a), a)
 		}
 	}
-	if !isAbsent(port) {
-		if _, err := readInt(port, p.at(kPort), 0, 65535); err != nil {
+	if !isAbsent(f.port) {
+		if _, err := readInt(f.port, p.at(kPort), 0, 65535); err != nil {
 			return netip.Addr{}, err
 		}
 	}
@@ -191,51 +201,62 @@ var (
 // prefixLength} at d, keeping host bits. prefixLength must be minBits up
 // to the family's maximum.
 func linkAddress(d *dec, p path, minBits int) (netip.Prefix, *errs.Error) {
-	var m members
-	var addrVal, bitsVal []byte // as written; addrVal is only a marker when addrRead
-	var addrRead bool           // address was an object, read in place into a
-	var a netip.Addr
-	var addrErr *errs.Error
+	var f linkAddressRead
 	if d.openObject() {
 		for i := -1; ; {
 			var name string
 			name, i = d.member(linkAddressMembers, i+1)
+			start := d.i
 			switch {
-			case !m.note(p, name, i):
+			case !f.m.note(p, name, i):
 				d.skip()
 			case i == 0 && d.peek() == '{':
-				start := d.i
-				a, addrErr = netAddress(d, p.at(kAddress), false)
-				addrRead, addrVal = true, d.b[start:d.i]
+				f.a, f.addrErr = netAddress(d, p.at(kAddress), false)
+				f.addrRead, f.addr = true, d.b[start:d.i]
 			case i == 0:
-				addrVal, _ = d.skip()
+				f.addr, _ = d.skip()
 			default:
-				bitsVal, _ = d.skip()
+				f.bits, _ = d.skip()
 			}
 			if !d.next('}') {
 				break
 			}
 		}
 	}
-	switch {
-	case d.bad:
+	if d.bad {
 		return netip.Prefix{}, nil
-	case m.err != nil:
-		return netip.Prefix{}, m.err
-	case isAbsent(addrVal):
+	}
+	return f.check(p, minBits)
+}
+
+// linkAddressRead is a LinkAddress object as read, before its checks.
+type linkAddressRead struct {
+	m          members
+	addr, bits []byte      // each member's value as written; nil if absent
+	addrRead   bool        // address was an object, read into a or addrErr
+	a          netip.Addr  //
+	addrErr    *errs.Error //
+}
+
+// check runs a LinkAddress's checks in their order (see linkAddress).
+func (f *linkAddressRead) check(p path, minBits int) (netip.Prefix, *errs.Error) {
+	switch {
+	case f.m.err != nil:
+		return netip.Prefix{}, f.m.err
+	case isAbsent(f.addr):
 		return netip.Prefix{}, invalid(p.at(kAddress), "required")
-	case !addrRead:
-		return netip.Prefix{}, invalid(p.at(kAddress), "expected NetAddress object, got %s", kindOf(addrVal))
-	case addrErr != nil:
-		return netip.Prefix{}, addrErr
-	case isAbsent(bitsVal):
+	case !f.addrRead:
+		return netip.Prefix{}, invalid(p.at(kAddress), "expected NetAddress object, got %s", kindOf(f.addr))
+	case f.addrErr != nil:
+		return netip.Prefix{}, f.addrErr
+	case isAbsent(f.bits):
 		return netip.Prefix{}, invalid(p.at(kPrefixLength), "required")
 	}
-	bits, err := readInt(bitsVal, p.at(kPrefixLength), int64(minBits), int64(maxBits(a)))
+	bits, err := readInt(f.bits, p.at(kPrefixLength), int64(minBits), int64(maxBits(f.a)))
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	return netip.PrefixFrom(a, int(bits)), nil
+	return netip.PrefixFrom(f.a, int(bits)), nil
 }
 
 // prefixEntry reads an entry of addresses at d: a CIDR string or a

@@ -274,3 +274,44 @@ func TestParseDottedQuad(t *testing.T) {
 }
 
 func netipParse(s string) (netip.Addr, error) { return netip.ParseAddr(s) }
+
+// TestCompactRouteInfo checks that routes as vpnd's own client marshals
+// them take the compact reader, and that what it refuses or fails is left
+// to the general reader, which reports the same as the reference parser.
+func TestCompactRouteInfo(t *testing.T) {
+	p := &parser{cfg: &Config{}}
+	if err := p.readAddresses(&dec{b: []byte(`["10.8.0.2/24","fd00::2/64"]`), depth: 1}, 2); err != nil {
+		t.Fatal(err)
+	}
+	gw := &protocol.NetAddress{Address: "10.8.0.1", Family: 1}
+	for _, ri := range []protocol.RouteInfo{
+		{Destination: protocol.LinkAddress{Address: protocol.NetAddress{Address: "10.1.0.0", Family: 1}, PrefixLength: 16}},
+		{Destination: protocol.LinkAddress{Address: protocol.NetAddress{Address: "10.1.0.0"}, PrefixLength: 16}, Gateway: gw},
+		{Destination: protocol.LinkAddress{Address: protocol.NetAddress{Address: "10.1.0.0"}, PrefixLength: 16}, IsExcludedRoute: true},
+		{Destination: protocol.LinkAddress{Address: protocol.NetAddress{Address: "2001:DB8::", Family: 2}, PrefixLength: 32},
+			Gateway: &protocol.NetAddress{Address: "::"}},
+	} {
+		b, _ := json.Marshal(ri)
+		d := &dec{b: b, depth: 2}
+		if _, ok := p.compactRouteInfo(d, memberPath(mRoutes).elem(0)); !ok || d.i != len(b) {
+			t.Errorf("compact reader refused %s (read %d bytes)", b, d.i)
+		}
+	}
+	for _, route := range []string{
+		`{"destination":{"address":{"address":"10.1.0.0","family":2},"prefixLength":16}}`,                       // wrong family
+		`{"destination":{"address":{"address":"10.1.0.0"},"prefixLength":33}}`,                                  // out of range
+		`{"destination":{"address":{"address":"10.1.0.0"},"prefixLength":16},"gateway":{"address":"10.9.0.1"}}`, // outside
+		`{"destination":{"address":{"address":"10.1.0.0"},"prefixLength":16},"gateway":{"address":"10.8.0.1"},"isExcludedRoute":true}`,
+		`{"destination":{"address":{"address":"10.1.0.0"},"prefixLength":16},"isExcludedRoute":true,"x":1}`, // unknown member
+		`{"destination":{"address":{"address":"10.1.0.0"},"prefixLength":16.0}}`,                            // not an integer
+		`{"destination":{"address":{"address":"10.1.0.0"},"prefixLength":016}}`,                             // not JSON
+		`{"destination":{"address":{"address":"10.1.0.0","family":1,"port":0},"prefixLength":16}}`,          // port: general reader
+		`{"destination":{"address":{"address":"fe80::1%eth0"},"prefixLength":64}}`,                          // a zone
+		`{"destination":{"address":{"address":"10.1.0.0"},"prefixLength":16},"isExcludedRoute":false}`,      // accepted
+		`{"destination": {"address":{"address":"10.1.0.0"},"prefixLength":16}}`,                             // space: general reader
+	} {
+		params := `{"addresses":["10.8.0.2/24","fd00::2/64"],"routes":[` + route + `]}`
+		cfg, err := Parse(json.RawMessage(params), testUsers)
+		compareWithReference(t, []byte(params), cfg, err)
+	}
+}

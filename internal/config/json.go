@@ -446,13 +446,13 @@ func valid(b []byte) bool {
 }
 
 // path is where a value sits in params, e.g. routes[3].gateway.address.
-// It is a small value, built as the parser descends and turned into text
-// only for an error detail.
+// It is a small value without pointers, built as the parser descends and
+// turned into text only for an error detail.
 type path struct {
-	member string // a member of params, as the detail shows it; "" for params itself
-	index  int32  // the element of that member's array, or -1
-	n      uint8
-	keys   [3]key // members of nested objects
+	member int8  // the index of a member of params in vpnConfigMembers (see memberName); -1: params itself
+	n      uint8 // keys in use
+	keys   [3]key
+	index  int32 // the element of that member's array, or -1
 }
 
 // key names a member of a nested object, for paths.
@@ -477,7 +477,8 @@ var keyNames = [...]string{
 	kInterface: "interface", kHasGateway: "hasGateway", kIsDefaultRoute: "isDefaultRoute",
 }
 
-func memberPath(member string) path { return path{member: member, index: -1} }
+// memberPath returns the path of member i of params (-1: params itself).
+func memberPath(i int) path { return path{member: int8(i), index: -1} }
 
 // elem returns the path of element i of the array at p.
 func (p path) elem(i int) path { p.index = int32(i); return p }
@@ -486,10 +487,10 @@ func (p path) elem(i int) path { p.index = int32(i); return p }
 func (p path) at(k key) path { p.keys[p.n] = k; p.n++; return p }
 
 func (p path) String() string {
-	if p.member == "" && p.n == 0 {
+	if p.member < 0 {
 		return "params"
 	}
-	s := p.member
+	s := memberName(int(p.member))
 	if p.index >= 0 {
 		s += "[" + strconv.Itoa(int(p.index)) + "]"
 	}
@@ -559,7 +560,7 @@ func (m *members) note(p path, name string, i int) bool {
 // invalidMember returns the error for member name of the object at p.
 func invalidMember(p path, name, what string) *errs.Error {
 	where := child("", name) // a member of params itself
-	if p.member != "" || p.n > 0 {
+	if p.member >= 0 {
 		where = child(p.String(), name)
 	}
 	return errs.New(errs.CodeInvalidParam, "%s: %s", where, what)

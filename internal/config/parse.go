@@ -15,8 +15,7 @@
 //     is checked with the later one: "route family accepted" right after the
 //     isIPv*Accepted flags, "lists are mutually exclusive" after
 //     blockedApplications. An array's length is checked before its entries,
-//     and an array longer than its limit is refused without reading its
-//     entries.
+//     and no entry past an array's limit is built.
 //   - Integers are JSON numbers written as integers: 1500.0, 1.5e3 and
 //     "1500" are rejected.
 //   - IP addresses never carry a zone, and IPv4-mapped IPv6 addresses
@@ -81,12 +80,24 @@ const (
 	mTrusted
 	mBlocked
 	numMembers
+
+	// mBothFamilies is not a member: it names the two isIPv*Accepted
+	// flags together in a detail.
+	mBothFamilies = numMembers
 )
 
 var vpnConfigMembers = [numMembers]string{
 	"addresses", "routes", "dnsAddresses", "searchDomains", "mtu",
 	"isIPv4Accepted", "isIPv6Accepted", "isBlocking", "isMetered", "isLegacy", "allowFamilyBypass",
 	"trustedApplications", "blockedApplications",
+}
+
+// memberName returns the name of member i, as details show it.
+func memberName(i int) string {
+	if i == mBothFamilies {
+		return "isIPv4Accepted, isIPv6Accepted"
+	}
+	return vpnConfigMembers[i]
 }
 
 // memberIndex returns the index of a VpnConfig member, or -1.
@@ -123,7 +134,7 @@ func parse(params json.RawMessage, users UserResolver) (*Config, *errs.Error) {
 	d.b = params
 	d.ws()
 	if params == nil || d.peek() == 'n' {
-		return nil, invalid(memberPath(""), "expected object")
+		return nil, invalid(memberPath(-1), "expected object")
 	}
 	kind := kindOf(params[d.i:])
 	if kind == "object" {
@@ -133,10 +144,10 @@ func parse(params json.RawMessage, users UserResolver) (*Config, *errs.Error) {
 	}
 	d.ws()
 	if d.bad || d.i != len(params) {
-		return nil, invalid(memberPath(""), "invalid JSON")
+		return nil, invalid(memberPath(-1), "invalid JSON")
 	}
 	if kind != "object" {
-		return nil, invalid(memberPath(""), "expected object, got %s", kind)
+		return nil, invalid(memberPath(-1), "expected object, got %s", kind)
 	}
 	if p.members.err != nil {
 		return nil, p.members.err
@@ -182,15 +193,15 @@ type parser struct {
 }
 
 // scan reads params, which is an object, once from start to end: it notes
-// every member and its value, counts the entries of arrays, and reads
+// every member and its value, and counts the entries of arrays. It reads
 // routes in place as it passes them, since they make up nearly all of a
-// large config. The other members are read after scan, in check order,
-// from the values it noted; addresses before routes, when routes comes
-// after addresses in params, since a gateway must lie inside an address
-// prefix.
+// large config; for that it reads addresses first, from the value it
+// noted, since a gateway must lie inside an address prefix. When routes
+// comes before addresses, or addresses is wrong, routes is read after
+// scan, with the other members, in check order.
 func (p *parser) scan() {
 	d := &p.d
-	root := memberPath("")
+	root := memberPath(-1)
 	if !d.openObject() {
 		return
 	}
@@ -204,8 +215,7 @@ func (p *parser) scan() {
 		if !p.members.note(root, name, i) {
 			d.skip()
 		} else {
-			if i == mRoutes && d.peek() == '[' && p.vals[mAddresses] != nil && p.members.err == nil &&
-				p.addresses() == nil {
+			if i == mRoutes && d.peek() == '[' && p.vals[mAddresses] != nil && p.addresses() == nil {
 				p.result[i], p.done[i] = p.readRoutes(d, -1), true
 			} else {
 				_, p.counts[i] = d.skip()
@@ -277,7 +287,7 @@ func (p *parser) addresses() *errs.Error {
 		if d, ok := p.value(mAddresses); ok {
 			p.result[mAddresses] = p.readAddresses(d, p.counts[mAddresses])
 		} else {
-			p.result[mAddresses] = invalid(memberPath("addresses"), "required")
+			p.result[mAddresses] = invalid(memberPath(mAddresses), "required")
 		}
 	}
 	return p.result[mAddresses]
@@ -286,7 +296,7 @@ func (p *parser) addresses() *errs.Error {
 // readAddresses reads the addresses array at d; count is its length if
 // scan counted it, else -1.
 func (p *parser) readAddresses(d *dec, count int) *errs.Error {
-	at := memberPath("addresses")
+	at := memberPath(mAddresses)
 	if d.peek() != '[' {
 		val, _ := d.skip()
 		return invalid(at, "expected array of CIDR strings or LinkAddress objects, got %s", kindOf(val))
@@ -373,7 +383,7 @@ func (p *parser) routes() *errs.Error {
 // readRoutes reads the routes array at d; count is its length if scan
 // counted it, else -1. addresses must have been read.
 func (p *parser) readRoutes(d *dec, count int) *errs.Error {
-	at := memberPath("routes")
+	at := memberPath(mRoutes)
 	if d.peek() != '[' {
 		val, _ := d.skip()
 		return invalid(at, "expected array of CIDR strings or RouteInfo objects, got %s", kindOf(val))
@@ -557,94 +567,243 @@ var routeInfoMembers = []string{
 // read in place; everything is checked, in the order of the ri
 // constants, once the object is read.
 func (p *parser) routeInfo(d *dec, at path) (route, *errs.Error) {
-	var (
-		r       route
-		m       members
-		vals    [numRouteInfo][]byte
-		dst     netip.Prefix
-		dstErr  *errs.Error
-		dstRead bool // destination was an object, read into dst
-		gwErr   *errs.Error
-		gwRead  bool // gateway was an object, read into r.gw
-	)
+	if r, ok := p.compactRouteInfo(d, at); ok {
+		return r, nil
+	}
+	var f routeInfoRead
 	if d.openObject() {
 		for i := -1; ; {
 			var name string
 			name, i = d.member(routeInfoMembers, i+1)
 			start := d.i
-			if !m.note(at, name, i) {
+			if !f.m.note(at, name, i) {
 				d.skip()
 			} else {
 				switch {
 				case i == riDestination && d.peek() == '{':
-					dst, dstErr = linkAddress(d, at.at(kDestination), 0)
-					dstRead = true
+					f.dst, f.dstErr = linkAddress(d, at.at(kDestination), 0)
+					f.dstRead = true
 				case i == riGateway && d.peek() == '{':
-					r.gw, gwErr = netAddress(d, at.at(kGateway), true)
-					gwRead = true
+					f.gw, f.gwErr = netAddress(d, at.at(kGateway), true)
+					f.gwRead = true
 				default:
 					d.skip()
 				}
-				vals[i] = d.b[start:d.i]
+				f.vals[i] = d.b[start:d.i]
 			}
 			if !d.next('}') {
 				break
 			}
 		}
 	}
-	switch {
-	case d.bad:
-		return r, nil
-	case m.err != nil:
-		return r, m.err
-	case isAbsent(vals[riDestination]):
-		return r, invalid(at.at(kDestination), "required")
-	case !dstRead:
-		return r, invalid(at.at(kDestination), "expected LinkAddress object, got %s", kindOf(vals[riDestination]))
-	case dstErr != nil:
-		return r, dstErr
+	if d.bad {
+		return route{}, nil
 	}
-	r.dst = dst.Masked()
-	gwPath := at.at(kGateway)
-	if !isAbsent(vals[riGateway]) {
-		if !gwRead {
-			return r, invalid(gwPath, "expected NetAddress object, got %s", kindOf(vals[riGateway]))
+	return p.checkRouteInfo(&f, at)
+}
+
+// routeInfoRead is a RouteInfo object as read, before its checks.
+type routeInfoRead struct {
+	m       members
+	vals    [numRouteInfo][]byte // each member's value as written; nil if absent
+	dstRead bool                 // destination was an object, read into dst or dstErr
+	dst     netip.Prefix
+	dstErr  *errs.Error
+	gwRead  bool // gateway was an object, read into gw or gwErr
+	gw      netip.Addr
+	gwErr   *errs.Error
+}
+
+// checkRouteInfo runs a RouteInfo's checks in their order.
+func (p *parser) checkRouteInfo(f *routeInfoRead, at path) (route, *errs.Error) {
+	r := route{gw: f.gw}
+	switch {
+	case f.m.err != nil:
+		return r, f.m.err
+	case isAbsent(f.vals[riDestination]):
+		return r, invalid(at.at(kDestination), "required")
+	case !f.dstRead:
+		return r, invalid(at.at(kDestination), "expected LinkAddress object, got %s", kindOf(f.vals[riDestination]))
+	case f.dstErr != nil:
+		return r, f.dstErr
+	}
+	r.dst = f.dst.Masked()
+	if !isAbsent(f.vals[riGateway]) {
+		if !f.gwRead {
+			return r, invalid(at.at(kGateway), "expected NetAddress object, got %s", kindOf(f.vals[riGateway]))
 		}
-		if gwErr != nil {
-			return r, gwErr
+		if f.gwErr != nil {
+			return r, f.gwErr
 		}
 	}
 	var err *errs.Error
-	if r.excluded, _, err = optBool(vals[riExcluded], at.at(kIsExcludedRoute), false); err != nil {
+	if r.excluded, _, err = optBool(f.vals[riExcluded], at.at(kIsExcludedRoute), false); err != nil {
 		return r, err
 	}
-	if v := vals[riInterface]; !isAbsent(v) && kindOf(v) != "string" {
+	if v := f.vals[riInterface]; !isAbsent(v) && kindOf(v) != "string" {
 		return r, invalid(at.at(kInterface), "expected string, got %s", kindOf(v))
 	}
-	if _, _, err := optBool(vals[riHasGateway], at.at(kHasGateway), false); err != nil {
+	if _, _, err := optBool(f.vals[riHasGateway], at.at(kHasGateway), false); err != nil {
 		return r, err
 	}
-	if _, _, err := optBool(vals[riIsDefault], at.at(kIsDefaultRoute), false); err != nil {
+	if _, _, err := optBool(f.vals[riIsDefault], at.at(kIsDefaultRoute), false); err != nil {
 		return r, err
 	}
 	if !r.gw.IsValid() {
 		return r, nil
 	}
 	if r.excluded {
-		return r, invalid(gwPath, "an excluded route cannot have a gateway (got %s)", r.gw)
+		return r, invalid(at.at(kGateway), "an excluded route cannot have a gateway (got %s)", r.gw)
 	}
 	if r.gw.Is4() != r.dst.Addr().Is4() {
-		return r, invalid(gwPath, "%s is %s but the destination %s is %s",
+		return r, invalid(at.at(kGateway), "%s is %s but the destination %s is %s",
 			r.gw, familyName(r.gw), r.dst, familyName(r.dst.Addr()))
 	}
 	if r.gw == p.okGW {
 		return r, nil // most routes share a gateway: it passed once
 	}
-	if err := p.checkGateway(r.gw, gwPath); err != nil {
+	if err := p.checkGateway(r.gw, at.at(kGateway)); err != nil {
 		return r, err
 	}
 	p.okGW = r.gw
 	return r, nil
+}
+
+// compactRouteInfo reads the RouteInfo object at d if it is written
+// exactly as encoding/json writes a protocol.RouteInfo, without space:
+//
+//	{"destination":{"address":{"address":"10.0.0.0","family":1},"prefixLength":8},
+//	 "gateway":{"address":"10.8.0.1","family":1},"isExcludedRoute":true}
+//
+// with family, gateway and isExcludedRoute optional, and IP addresses
+// made of hex digits, dots and colons. It is how vpnd's own client and
+// vpnctl send routes, and comparing whole runs of bytes instead of reading
+// token by token takes a fifth off a 10,000-route parse. It runs the same
+// checks, in the same order, on what it read.
+// For anything else, and for a route that fails a check, it returns false
+// having read nothing, and the general reader reads the object again
+// (and reports the error).
+func (p *parser) compactRouteInfo(d *dec, at path) (route, bool) {
+	var f routeInfoRead
+	b, j := d.b, d.i
+	const open, dstOpen = `{"destination":`, `{"address":`
+	if !hasAt(b, j, open+dstOpen) {
+		return route{}, false
+	}
+	j += len(open)
+	var dst linkAddressRead
+	var ok bool
+	dstStart := j
+	j += len(dstOpen)
+	addrStart := j
+	var na netAddressRead
+	if j, ok = compactNetAddress(b, j, &na); !ok {
+		return route{}, false
+	}
+	dst.addrRead, dst.addr = true, b[addrStart:j]
+	dst.a, dst.addrErr = na.check(at.at(kDestination).at(kAddress), false)
+	const bitsKey = `,"prefixLength":`
+	if !hasAt(b, j, bitsKey) {
+		return route{}, false
+	}
+	j += len(bitsKey)
+	end, ok := intAt(b, j)
+	if !ok || end >= len(b) || b[end] != '}' {
+		return route{}, false
+	}
+	dst.bits, j = b[j:end], end+1
+	f.dst, f.dstErr = dst.check(at.at(kDestination), 0)
+	f.dstRead, f.vals[riDestination] = true, b[dstStart:j]
+	const gwKey = `,"gateway":`
+	if hasAt(b, j, gwKey) {
+		j += len(gwKey)
+		gwStart := j
+		var gw netAddressRead
+		if j, ok = compactNetAddress(b, j, &gw); !ok {
+			return route{}, false
+		}
+		f.gw, f.gwErr = gw.check(at.at(kGateway), true)
+		f.gwRead, f.vals[riGateway] = true, b[gwStart:j]
+	}
+	const exclKey = `,"isExcludedRoute":`
+	switch {
+	case hasAt(b, j, exclKey+"true"):
+		f.vals[riExcluded] = b[j+len(exclKey) : j+len(exclKey)+4]
+		j += len(exclKey) + 4
+	case hasAt(b, j, exclKey+"false"):
+		f.vals[riExcluded] = b[j+len(exclKey) : j+len(exclKey)+5]
+		j += len(exclKey) + 5
+	}
+	if j >= len(b) || b[j] != '}' {
+		return route{}, false
+	}
+	r, err := p.checkRouteInfo(&f, at)
+	if err != nil {
+		return route{}, false
+	}
+	d.i = j + 1
+	return r, true
+}
+
+// compactNetAddress reads {"address":"A"} or {"address":"A","family":N}
+// at b[j], A made of hex digits, dots and colons, into f, and returns the
+// index after it.
+func compactNetAddress(b []byte, j int, f *netAddressRead) (int, bool) {
+	const open = `{"address":"`
+	if !hasAt(b, j, open) {
+		return 0, false
+	}
+	j += len(open)
+	start := j
+	for j < len(b) && isIPByte(b[j]) {
+		j++
+	}
+	if j >= len(b) || b[j] != '"' {
+		return 0, false
+	}
+	f.addr, f.s = b[start-1:j+1], view(b[start:j])
+	j++
+	const famKey = `,"family":`
+	if hasAt(b, j, famKey) {
+		j += len(famKey)
+		end, ok := intAt(b, j)
+		if !ok {
+			return 0, false
+		}
+		f.family, j = b[j:end], end
+	}
+	if j >= len(b) || b[j] != '}' {
+		return 0, false
+	}
+	return j + 1, true
+}
+
+// hasAt reports whether b holds s at j.
+func hasAt(b []byte, j int, s string) bool {
+	return len(b)-j >= len(s) && string(b[j:j+len(s)]) == s
+}
+
+func isIPByte(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' || c == '.' || c == ':'
+}
+
+// intAt reads a JSON integer at b[j] (-?(0|[1-9][0-9]*), not followed by
+// a fraction or an exponent) and returns the index after it.
+func intAt(b []byte, j int) (int, bool) {
+	if j < len(b) && b[j] == '-' {
+		j++
+	}
+	start := j
+	for j < len(b) && b[j] >= '0' && b[j] <= '9' {
+		j++
+	}
+	if j == start || j-start > 1 && b[start] == '0' {
+		return 0, false
+	}
+	if j < len(b) && (b[j] == '.' || b[j] == 'e' || b[j] == 'E') {
+		return 0, false
+	}
+	return j, true
 }
 
 // checkGateway requires gw to be a usable host on one of the VPN's address
@@ -687,7 +846,7 @@ func (p *parser) dnsAddresses() *errs.Error {
 	if !ok {
 		return nil
 	}
-	at := memberPath("dnsAddresses")
+	at := memberPath(mDNSAddresses)
 	if d.peek() != '[' {
 		val, _ := d.skip()
 		return invalid(at, "expected array of IP address strings, got %s", kindOf(val))
@@ -726,7 +885,7 @@ func (p *parser) searchDomains() *errs.Error {
 	if !ok {
 		return nil
 	}
-	at := memberPath("searchDomains")
+	at := memberPath(mSearchDomains)
 	if d.peek() != '[' {
 		val, _ := d.skip()
 		return invalid(at, "expected array of DNS name strings, got %s", kindOf(val))
@@ -801,12 +960,12 @@ func (p *parser) mtu() *errs.Error {
 	if isAbsent(val) {
 		return nil
 	}
-	v, err := readInt(val, memberPath("mtu"), MinMTU, MaxMTU)
+	v, err := readInt(val, memberPath(mMTU), MinMTU, MaxMTU)
 	if err != nil {
 		return err
 	}
 	if p.hasV6 && v < MinMTUIPv6 {
-		return invalid(memberPath("mtu"), "%d below %d required with an IPv6 address", v, MinMTUIPv6)
+		return invalid(memberPath(mMTU), "%d below %d required with an IPv6 address", v, MinMTUIPv6)
 	}
 	p.cfg.MTU = int(v)
 	return nil
@@ -814,7 +973,7 @@ func (p *parser) mtu() *errs.Error {
 
 // flag reads the optional boolean member i: def when it is absent.
 func (p *parser) flag(i int, def bool) (v, present bool, err *errs.Error) {
-	return optBool(p.vals[i], memberPath(vpnConfigMembers[i]), def)
+	return optBool(p.vals[i], memberPath(i), def)
 }
 
 // acceptedFamilies resolves isIPv4Accepted and isIPv6Accepted: each
@@ -827,16 +986,16 @@ func (p *parser) acceptedFamilies() *errs.Error {
 		return err
 	}
 	if set && p.cfg.IPv4 && !p.hasV4 {
-		return invalid(memberPath("isIPv4Accepted"), "true requires an IPv4 address")
+		return invalid(memberPath(mIPv4Accepted), "true requires an IPv4 address")
 	}
 	if p.cfg.IPv6, set, err = p.flag(mIPv6Accepted, p.hasV6); err != nil {
 		return err
 	}
 	if set && p.cfg.IPv6 && !p.hasV6 {
-		return invalid(memberPath("isIPv6Accepted"), "true requires an IPv6 address")
+		return invalid(memberPath(mIPv6Accepted), "true requires an IPv6 address")
 	}
 	if !p.cfg.IPv4 && !p.cfg.IPv6 {
-		return invalid(memberPath("isIPv4Accepted, isIPv6Accepted"), "no address family accepted")
+		return invalid(memberPath(mBothFamilies), "no address family accepted")
 	}
 	return nil
 }
@@ -848,10 +1007,10 @@ func (p *parser) routeFamilies() *errs.Error {
 	v4 := p.firstV4 >= 0 && !p.cfg.IPv4
 	v6 := p.firstV6 >= 0 && !p.cfg.IPv6
 	if v4 && (!v6 || p.firstV4 < p.firstV6) {
-		return invalid(memberPath("routes").elem(p.firstV4), "%s is IPv4 but isIPv4Accepted is false", p.firstV4Dst)
+		return invalid(memberPath(mRoutes).elem(p.firstV4), "%s is IPv4 but isIPv4Accepted is false", p.firstV4Dst)
 	}
 	if v6 {
-		return invalid(memberPath("routes").elem(p.firstV6), "%s is IPv6 but isIPv6Accepted is false", p.firstV6Dst)
+		return invalid(memberPath(mRoutes).elem(p.firstV6), "%s is IPv6 but isIPv6Accepted is false", p.firstV6Dst)
 	}
 	return nil
 }
@@ -869,7 +1028,7 @@ func (p *parser) flags() *errs.Error {
 		return err
 	}
 	if legacy {
-		return invalid(memberPath("isLegacy"), "legacy VPN types are not supported")
+		return invalid(memberPath(mLegacy), "legacy VPN types are not supported")
 	}
 	p.cfg.AllowFamilyBypass, _, err = p.flag(mAllowFamilyBypass, false)
 	return err
@@ -914,7 +1073,7 @@ func (p *parser) userList(i int) ([]User, *errs.Error) {
 	if !ok {
 		return nil, nil
 	}
-	at := memberPath(vpnConfigMembers[i])
+	at := memberPath(i)
 	if d.peek() != '[' {
 		val, _ := d.skip()
 		return nil, invalid(at, "expected array of user names or uids, got %s", kindOf(val))
