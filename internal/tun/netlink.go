@@ -570,6 +570,13 @@ func (n *Netlink) Read(q Query) (*State, error) {
 // (replaced, so that a route someone changed is put back as it was) and
 // rules. It returns what it really restored: an address or rule that is
 // already there again does not count.
+//
+// An MTU below IPv6's minimum (1280) takes IPv6 off the link, and with it
+// the setting that keeps the kernel from generating an IPv6 link-local
+// address; raising the MTU brings IPv6 back with the kernel's defaults and
+// a fresh link-local address. So a restored MTU comes with Install's IPv6
+// setting again, and the link-local addresses the kernel made are deleted
+// after the batch.
 func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 	done := Repair{LinkIndex: rep.LinkIndex}
 	var m msgBuf
@@ -577,6 +584,10 @@ func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 	if rep.MTU > 0 {
 		m.linkMTU(rep.LinkIndex, rep.MTU)
 		ops = append(ops, op{what: "set mtu of link", obj: linkStringer(rep.LinkIndex), apply: func(*Objects) { done.MTU = rep.MTU }})
+		if n.ipv6 {
+			m.linkIPv6Settings(rep.LinkIndex)
+			ops = append(ops, op{what: "turn off IPv6 address generation on link", obj: linkStringer(rep.LinkIndex), optional: true})
+		}
 	}
 	if rep.Up {
 		m.linkUp(rep.LinkIndex)
@@ -614,6 +625,10 @@ func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 	var errs []error
 	for i, op := range ops {
 		switch e := results[i]; {
+		case op.optional:
+			if e != nil {
+				n.log.Debug("optional link setting refused", zap.String("what", op.what), zap.Error(e))
+			}
 		case e == nil:
 			op.apply(nil)
 		case errors.Is(e, unix.EEXIST):
@@ -622,7 +637,44 @@ func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 			errs = append(errs, fmt.Errorf("%s %s: %w", op.what, op.obj, e))
 		}
 	}
+	if done.MTU > 0 && n.ipv6 {
+		if err := n.deleteLinkLocal(rep.LinkIndex); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return done, errors.Join(errs...)
+}
+
+// deleteLinkLocal deletes the IPv6 link-local addresses of a link: vpnd
+// never gives its link one, so the kernel made them.
+func (n *Netlink) deleteLinkLocal(index int) error {
+	var ll []netip.Prefix
+	err := n.dumpAddrs(index, func() { ll = ll[:0] }, func(_ int, p netip.Prefix) {
+		if p.Addr().IsLinkLocalUnicast() {
+			ll = append(ll, p)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("read addresses of link %d: %w", index, err)
+	}
+	if len(ll) == 0 {
+		return nil
+	}
+	var m msgBuf
+	for _, p := range ll {
+		m.addr(unix.RTM_DELADDR, 0, index, p)
+	}
+	results, err := n.c.exchange(&m)
+	if err != nil {
+		return fmt.Errorf("delete link-local addresses: %w", err)
+	}
+	var errs []error
+	for i, e := range results {
+		if e != nil && !IsGone(e) {
+			errs = append(errs, fmt.Errorf("delete link-local address %s: %w", ll[i], e))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Occupants describes everything that sits where a new VPN would go: every

@@ -640,6 +640,37 @@ func TestRestore(t *testing.T) {
 	}
 	wantAll("after restoring the MTU, an address and a rule")
 
+	// An MTU below IPv6's minimum takes IPv6 off the link, and with it the
+	// setting that keeps the kernel from generating a link-local address:
+	// restoring the MTU must not leave the link with one.
+	netnstest.IP(t, "link", "set", "vpn-tun", "mtu", "1200")
+	s, err = n.Read(q)
+	must(t, err)
+	var v6Addrs []netip.Prefix
+	var v6Routes []tun.Route
+	for _, a := range o.Link.Addrs {
+		if a.Addr().Is6() {
+			v6Addrs = append(v6Addrs, a)
+		}
+	}
+	for _, r := range o.Routes {
+		if r.Dst.Addr().Is6() && r.Kind == tun.Unicast {
+			v6Routes = append(v6Routes, r)
+		}
+	}
+	if len(s.Link.Addrs) != 2 || len(s.Routes) != len(o.Routes)-len(v6Routes) {
+		t.Fatalf("at MTU 1200: addresses %v, routes %v; want IPv6's gone", s.Link.Addrs, s.Routes)
+	}
+	done, err = n.Restore(&tun.Repair{LinkIndex: index, MTU: 1400, Addrs: v6Addrs, Routes: v6Routes})
+	must(t, err)
+	if done.MTU != 1400 || strs(done.Addrs) != strs(v6Addrs) || strs(done.Routes) != strs(v6Routes) {
+		t.Errorf("Restore reports %+v", done)
+	}
+	if got := readFile(t, "/proc/sys/net/ipv6/conf/vpn-tun/addr_gen_mode"); got != "1" {
+		t.Errorf("after restoring the MTU, addr_gen_mode of vpn-tun is %s, want 1 (none)", got)
+	}
+	wantAll("after restoring an MTU below IPv6's minimum")
+
 	// Everything is there: addresses and rules answer EEXIST and do not
 	// count; the link's settings and replaced routes do.
 	done, err = n.Restore(&tun.Repair{LinkIndex: index, Addrs: o.Link.Addrs, Rules: o.Rules})
