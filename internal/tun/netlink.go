@@ -645,14 +645,31 @@ func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 	return done, errors.Join(errs...)
 }
 
-// deleteLinkLocal deletes the IPv6 link-local addresses of a link: vpnd
-// never gives its link one, so the kernel made them.
+// deleteLinkLocal deletes the IPv6 link-local addresses that the kernel
+// generated on a link, and the fe80::/64 route it put into main with them.
+// On a TUN device those addresses carry IFA_F_STABLE_PRIVACY (the kernel
+// uses random or stable-privacy generation there, never EUI-64); a VPN's
+// own link-local address carries IFA_F_NOPREFIXROUTE, and keeps the
+// kernel from deleting the route with the address.
 func (n *Netlink) deleteLinkLocal(index int) error {
 	var ll []netip.Prefix
-	err := n.dumpAddrs(index, func() { ll = ll[:0] }, func(_ int, p netip.Prefix) {
-		if p.Addr().IsLinkLocalUnicast() {
+	var m msgBuf
+	m.begin(unix.RTM_GETADDR, unix.NLM_F_DUMP)
+	m.bytes(unix.AF_INET6, 0, 0, 0)
+	m.u32(uint32(index))
+	m.end()
+	err := n.c.dump(&m, func() { ll = ll[:0] }, func(h unix.NlMsghdr, d []byte) error {
+		if h.Type != unix.RTM_NEWADDR {
+			return nil
+		}
+		i, p, ok := parseAddr(d)
+		if !ok || i != index || !p.Addr().IsLinkLocalUnicast() {
+			return nil
+		}
+		if flags := addrFlags(d); flags&unix.IFA_F_STABLE_PRIVACY != 0 && flags&unix.IFA_F_NOPREFIXROUTE == 0 {
 			ll = append(ll, p)
 		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("read addresses of link %d: %w", index, err)
@@ -660,10 +677,20 @@ func (n *Netlink) deleteLinkLocal(index int) error {
 	if len(ll) == 0 {
 		return nil
 	}
-	var m msgBuf
+	m.reset()
+	what := make([]string, 0, len(ll)+1)
 	for _, p := range ll {
 		m.addr(unix.RTM_DELADDR, 0, index, p)
+		what = append(what, "link-local address "+p.String())
 	}
+	m.begin(unix.RTM_DELROUTE, 0)
+	m.bytes(unix.AF_INET6, 64, 0, 0, unix.RT_TABLE_MAIN, unix.RTPROT_KERNEL, unix.RT_SCOPE_NOWHERE, unix.RTN_UNICAST)
+	m.u32(0)
+	m.attrU32(unix.RTA_TABLE, unix.RT_TABLE_MAIN)
+	m.attr(unix.RTA_DST, netip.MustParseAddr("fe80::").AsSlice())
+	m.attrU32(unix.RTA_OIF, uint32(index))
+	m.end()
+	what = append(what, "route fe80::/64 of the link-local addresses")
 	results, err := n.c.exchange(&m)
 	if err != nil {
 		return fmt.Errorf("delete link-local addresses: %w", err)
@@ -671,7 +698,7 @@ func (n *Netlink) deleteLinkLocal(index int) error {
 	var errs []error
 	for i, e := range results {
 		if e != nil && !IsGone(e) {
-			errs = append(errs, fmt.Errorf("delete link-local address %s: %w", ll[i], e))
+			errs = append(errs, fmt.Errorf("delete %s: %w", what[i], e))
 		}
 	}
 	return errors.Join(errs...)

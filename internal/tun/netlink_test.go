@@ -545,6 +545,8 @@ func TestRestore(t *testing.T) {
 	n := newNetlink(t)
 	_, index := createTUN(t, n, "vpn-tun")
 	o := fullVPN(index)
+	// A VPN may have a link-local address of its own.
+	o.Link.Addrs = append(o.Link.Addrs, pfx("fe80::8:2/64"))
 	_, err := n.Install(o)
 	must(t, err)
 	q := tun.Query{LinkIndex: index, Table: table, Priorities: []int{prio, lock}}
@@ -569,7 +571,7 @@ func TestRestore(t *testing.T) {
 			t.Errorf("%s: rules\n%s\nwant\n%s", what, got, want)
 		}
 		for _, a := range linkAddrs(t, "vpn-tun") {
-			if !a.NoPrefixRoute || a.Prefix.Addr().IsLinkLocalUnicast() {
+			if !a.NoPrefixRoute || !slices.Contains(o.Link.Addrs, a.Prefix) {
 				t.Errorf("%s: address %+v", what, a)
 			}
 		}
@@ -606,7 +608,7 @@ func TestRestore(t *testing.T) {
 			lostAddrs = append(lostAddrs, a)
 		}
 	}
-	if got := strs(lostAddrs); got != "fd00:8::2/64\nfd00:9::2/128" {
+	if got := strs(lostAddrs); got != "fd00:8::2/64\nfd00:9::2/128\nfe80::8:2/64" {
 		t.Errorf("a link set down lost addresses\n%s\nwant the IPv6 ones", got)
 	}
 	var lostRoutes []tun.Route
