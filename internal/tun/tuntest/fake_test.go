@@ -300,8 +300,7 @@ func install(tag string, objects func(w *world) *tun.Objects) func(w *world) (st
 	}
 }
 
-// remove removes what the Install with tag reported, or, with all, the
-// whole of objects.
+// remove removes what the Install with tag reported, as a rollback does.
 func remove(tag string) func(w *world) (string, error) {
 	return func(w *world) (string, error) {
 		o := w.added[tag]
@@ -309,6 +308,7 @@ func remove(tag string) func(w *world) (string, error) {
 	}
 }
 
+// removeAll removes the whole of objects, as a teardown does.
 func removeAll(objects func(w *world) *tun.Objects) func(w *world) (string, error) {
 	return func(w *world) (string, error) { return "", w.k.Remove(objects(w)) }
 }
