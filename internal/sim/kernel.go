@@ -541,9 +541,9 @@ func validate(o *tun.Objects) error {
 
 // Remove deletes o as tun.Netlink does: rules (skipping, with
 // ErrAmbiguousRule, one that is there but whose delete would hit another
-// rule first), routes
-// that do not go with the link, then the link; if the link cannot be
-// deleted, its routes and addresses one by one. Gone objects are no errors.
+// rule first), routes that do not go with the link, then the link; if the
+// link cannot be deleted, its routes and addresses one by one. Gone
+// objects are no errors.
 func (k *Kernel) Remove(o *tun.Objects) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()

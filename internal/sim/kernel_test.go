@@ -1,10 +1,14 @@
 package sim_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -303,5 +307,215 @@ func TestMTUBelowIPv6Minimum(t *testing.T) {
 	done, err := k.Restore(&tun.Repair{LinkIndex: index, MTU: 1400, Addrs: o.Link.Addrs[1:], Routes: o.Routes[1:2]})
 	if err != nil || done.MTU != 1400 || len(done.Addrs) != 1 || len(done.Routes) != 1 {
 		t.Errorf("Restore = %+v, %v; want the MTU, the address and the route", done, err)
+	}
+}
+
+func fdFlags(t *testing.T, f *os.File) (fl, fdfl, typ int) {
+	t.Helper()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) {
+		fl, _ = unix.FcntlInt(fd, unix.F_GETFL, 0)
+		fdfl, _ = unix.FcntlInt(fd, unix.F_GETFD, 0)
+		typ, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+	})
+	return fl, fdfl, typ
+}
+
+// A simulated TUN is one end of a SOCK_SEQPACKET pair, close-on-exec, in
+// the blocking mode asked for; names are checked as for a real TUN.
+func TestCreateTUN(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if fl, fdfl, typ := fdFlags(t, f); fl&unix.O_NONBLOCK == 0 || fdfl&unix.FD_CLOEXEC == 0 || typ != unix.SOCK_SEQPACKET {
+		t.Errorf("fd: flags %#x, fd flags %#x, type %d; want O_NONBLOCK, FD_CLOEXEC, SOCK_SEQPACKET", fl, fdfl, typ)
+	}
+	fb, ib, err := k.CreateTUN("vpn-tun-b", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	if fl, fdfl, _ := fdFlags(t, fb); fl&unix.O_NONBLOCK != 0 || fdfl&unix.FD_CLOEXEC == 0 {
+		t.Errorf("blocking fd: flags %#x, fd flags %#x", fl, fdfl)
+	}
+	if index < 2 || ib == index {
+		t.Errorf("indexes %d and %d; want distinct, above lo's", index, ib)
+	}
+	want := []sim.Link{
+		{Name: "vpn-tun", Index: index, MTU: sim.DefaultMTU},
+		{Name: "vpn-tun-b", Index: ib, MTU: sim.DefaultMTU},
+	}
+	if got := k.Snapshot(); !got.Equal(sim.State{Links: want}) {
+		t.Errorf("Snapshot %+v, want %+v", got, want)
+	}
+	for _, tc := range []struct{ name, text string }{
+		{"vpn-tun", fmt.Sprintf("a tun link (index %d) has this name", index)},
+		{"lo", "(index 1) has this name"},
+	} {
+		if _, _, err := k.CreateTUN(tc.name, false); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), tc.text) {
+			t.Errorf("CreateTUN(%q) = %v, want ErrLinkExists saying %q", tc.name, err, tc.text)
+		}
+	}
+	for _, bad := range []string{"", "sixteen-bytes-xx", "a/b", "tun%d"} {
+		if _, _, err := k.CreateTUN(bad, false); err == nil || errors.Is(err, tun.ErrLinkExists) {
+			t.Errorf("CreateTUN(%q) = %v, want a name error", bad, err)
+		}
+	}
+}
+
+// Each packet the client writes reaches Options.Packet whole, with the
+// link it came in on, while the link is up; each answer comes back as one
+// message.
+func TestPackets(t *testing.T) {
+	type call struct {
+		l   sim.Link
+		pkt []byte
+	}
+	calls := make(chan call, 10)
+	k := newKernel(t, sim.Options{Packet: func(l sim.Link, pkt []byte) [][]byte {
+		calls <- call{l, bytes.Clone(pkt)}
+		if bytes.Equal(pkt, []byte("silence")) {
+			return nil
+		}
+		return [][]byte{append([]byte("re:"), pkt...), []byte("and again")}
+	}})
+	f, index, err := k.CreateTUN("vpn-tun", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	addrs := []netip.Prefix{netip.MustParsePrefix("10.8.0.2/24"), netip.MustParsePrefix("fd00:8::2/64")}
+
+	// A link that is down drops what its client writes.
+	down, _, err := k.CreateTUN("down", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer down.Close()
+	if _, err := down.Write([]byte("lost")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Install(&tun.Objects{Link: &tun.Link{Index: index, MTU: 1400, Addrs: addrs}}); err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte{0x45}, 1400)
+	for _, pkt := range [][]byte{[]byte("ping"), big, []byte("silence"), []byte("x")} {
+		if _, err := f.Write(pkt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 65536)
+	for _, want := range [][]byte{[]byte("re:ping"), []byte("and again"), append([]byte("re:"), big...), []byte("and again"), []byte("re:x"), []byte("and again")} {
+		n, err := f.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf[:n], want) {
+			t.Errorf("read %d bytes %.20q, want %d bytes %.20q", n, buf[:n], len(want), want)
+		}
+	}
+	for i, want := range [][]byte{[]byte("ping"), big, []byte("silence"), []byte("x")} {
+		c := <-calls
+		if !bytes.Equal(c.pkt, want) {
+			t.Errorf("call %d: packet %.20q, want %.20q", i, c.pkt, want)
+		}
+		if c.l.Name != "vpn-tun" || c.l.Index != index || c.l.MTU != 1400 || !c.l.Up || !slices.Equal(c.l.Addresses, addrs) {
+			t.Errorf("call %d: link %+v", i, c.l)
+		}
+	}
+	select {
+	case c := <-calls:
+		t.Errorf("unexpected call with %q from %s", c.pkt, c.l.Name)
+	default:
+	}
+}
+
+// The link lives until every copy of the client's end is closed, then goes
+// with its routes, as a non-persistent TUN does; its watch is gone.
+func TestClientCloseRemovesLink(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	f, index, err := k.CreateTUN("vpn-tun", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, _, err := k.Watch(t.Context(), tun.ChangeFilter{LinkIndex: index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	throw := tun.Route{Table: 98, Dst: netip.MustParsePrefix("192.168.0.0/16"), Kind: tun.Throw}
+	_, err = k.Install(&tun.Objects{
+		Link:   &tun.Link{Index: index, MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix("10.8.0.2/24")}},
+		Routes: []tun.Route{{Table: 98, Dst: netip.MustParsePrefix("10.8.0.0/24"), LinkIndex: index}, throw},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _, err := k.CreateTUN("other", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	f.Close()
+	<-gone // the test's own timeout guards a hang
+	s := k.Snapshot()
+	if len(s.Links) != 1 || s.Links[0].Name != "other" || !slices.Equal(s.Routes, []tun.Route{throw}) {
+		t.Errorf("after the client closed: %+v", s)
+	}
+}
+
+// A deleted link closes the model's end: the client reads EOF.
+func TestLinkDeletionIsEOF(t *testing.T) {
+	k := newKernel(t, sim.Options{})
+	for _, del := range []struct {
+		name string
+		do   func(index int)
+	}{
+		{"Remove", func(index int) { k.Remove(&tun.Objects{Link: &tun.Link{Index: index}}) }},
+		{"External().DeleteLink", func(index int) { k.External().DeleteLink(index) }},
+	} {
+		for _, blocking := range []bool{true, false} {
+			f, index, err := k.CreateTUN("vpn-tun", blocking)
+			if err != nil {
+				t.Fatal(err)
+			}
+			del.do(index)
+			if n, err := f.Read(make([]byte, 100)); n != 0 || !errors.Is(err, io.EOF) {
+				t.Errorf("%s, blocking %t: read %d, %v; want EOF", del.name, blocking, n, err)
+			}
+			f.Close()
+		}
+	}
+	if s := k.Snapshot(); len(s.Links) != 0 {
+		t.Errorf("links %+v left", s.Links)
+	}
+}
+
+// Close deletes every link and waits for the readers: files handed out
+// read EOF, and no goroutine is left (TestMain checks).
+func TestClose(t *testing.T) {
+	k := sim.New(sim.Options{})
+	var files []*os.File
+	for _, name := range []string{"a", "b", "c"} {
+		f, _, err := k.CreateTUN(name, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	k.Close()
+	if s := k.Snapshot(); len(s.Links) != 0 {
+		t.Errorf("links %+v after Close", s.Links)
+	}
+	for _, f := range files {
+		if n, err := f.Read(make([]byte, 10)); n != 0 || !errors.Is(err, io.EOF) {
+			t.Errorf("read after Close: %d, %v; want EOF", n, err)
+		}
+		f.Close()
 	}
 }

@@ -1,6 +1,6 @@
 // Package tun is vpnd's only contact with the kernel's network stack: it
 // creates the TUN device and configures addresses, routes and policy rules
-// through netlink (contract §7), watches the link, and checks and marks the
+// through netlink, watches the link, and checks and marks the
 // sockets that clients protect.
 //
 // Everything acts on the network namespace of the calling process. vpnd runs

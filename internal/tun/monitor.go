@@ -34,7 +34,8 @@ import (
 // what vpnd itself set (Install and Restore tell it before they send). A
 // link announcement matters only if it moves the MTU or the up state to
 // something vpnd did not set; a kernel announcement of an address
-// matters only if vpnd did not add that address.
+// matters only if vpnd did not add that address; an IPv6 link-local
+// address that vpnd did not add (the kernel's own) never matters.
 // When the kernel drops notifications because the socket's buffer was full
 // (ENOBUFS), any of them might have mattered, so every watch is told that
 // something changed and every watched link is checked directly.
@@ -308,9 +309,16 @@ func (m *monitor) eventLocked(h unix.NlMsghdr, d []byte) error {
 		if v == nil {
 			return nil // no watch selects this link
 		}
-		if _, p, ok := parseAddr(d); ok && h.Type == unix.RTM_NEWADDR && h.Pid == 0 {
-			if _, mine := v.ownAddrs[p]; mine {
+		if _, p, ok := parseAddr(d); ok {
+			_, mine := v.ownAddrs[p]
+			switch {
+			case mine && h.Type == unix.RTM_NEWADDR && h.Pid == 0:
 				return nil // the kernel finishing an address vpnd added
+			case !mine && p.Addr().IsLinkLocalUnicast():
+				// The kernel's own link-local address, made or deleted (by
+				// Restore, announced with port id 0 as every IPv6 address
+				// deletion is): nothing vpnd wants changed.
+				return nil
 			}
 		}
 		for w := range m.watches {

@@ -459,6 +459,21 @@ func parseAddr(d []byte) (index int, p netip.Prefix, ok bool) {
 	return index, netip.PrefixFrom(a, bits), true
 }
 
+// addrFlags reads an RTM_NEWADDR's flags: IFA_FLAGS if present (the
+// header's byte holds only the low 8 bits), the header's otherwise.
+func addrFlags(d []byte) uint32 {
+	if len(d) < unix.SizeofIfAddrmsg {
+		return 0
+	}
+	flags := uint32(d[2])
+	eachAttr(d[unix.SizeofIfAddrmsg:], func(typ uint16, v []byte) {
+		if typ == unix.IFA_FLAGS && len(v) == 4 {
+			flags = binary.NativeEndian.Uint32(v)
+		}
+	})
+	return flags
+}
+
 // parseLink decodes an RTM_NEWLINK: index, name, MTU and whether it is up.
 func parseLink(d []byte) (LinkState, bool) {
 	if len(d) < unix.SizeofIfInfomsg {

@@ -570,6 +570,13 @@ func (n *Netlink) Read(q Query) (*State, error) {
 // (replaced, so that a route someone changed is put back as it was) and
 // rules. It returns what it really restored: an address or rule that is
 // already there again does not count.
+//
+// An MTU below IPv6's minimum (1280) takes IPv6 off the link, and with it
+// the setting that keeps the kernel from generating an IPv6 link-local
+// address; raising the MTU brings IPv6 back with the kernel's defaults and
+// a fresh link-local address. So a restored MTU comes with Install's IPv6
+// setting again, and the link-local addresses the kernel made are deleted
+// after the batch.
 func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 	done := Repair{LinkIndex: rep.LinkIndex}
 	var m msgBuf
@@ -577,6 +584,10 @@ func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 	if rep.MTU > 0 {
 		m.linkMTU(rep.LinkIndex, rep.MTU)
 		ops = append(ops, op{what: "set mtu of link", obj: linkStringer(rep.LinkIndex), apply: func(*Objects) { done.MTU = rep.MTU }})
+		if n.ipv6 {
+			m.linkIPv6Settings(rep.LinkIndex)
+			ops = append(ops, op{what: "turn off IPv6 address generation on link", obj: linkStringer(rep.LinkIndex), optional: true})
+		}
 	}
 	if rep.Up {
 		m.linkUp(rep.LinkIndex)
@@ -614,6 +625,10 @@ func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 	var errs []error
 	for i, op := range ops {
 		switch e := results[i]; {
+		case op.optional:
+			if e != nil {
+				n.log.Debug("optional link setting refused", zap.String("what", op.what), zap.Error(e))
+			}
 		case e == nil:
 			op.apply(nil)
 		case errors.Is(e, unix.EEXIST):
@@ -622,7 +637,71 @@ func (n *Netlink) Restore(rep *Repair) (Repair, error) {
 			errs = append(errs, fmt.Errorf("%s %s: %w", op.what, op.obj, e))
 		}
 	}
+	if done.MTU > 0 && n.ipv6 {
+		if err := n.deleteLinkLocal(rep.LinkIndex); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return done, errors.Join(errs...)
+}
+
+// deleteLinkLocal deletes the IPv6 link-local addresses that the kernel
+// generated on a link, and the fe80::/64 route it put into main with them.
+// On a TUN device those addresses carry IFA_F_STABLE_PRIVACY (the kernel
+// uses random or stable-privacy generation there, never EUI-64); a VPN's
+// own link-local address carries IFA_F_NOPREFIXROUTE, and keeps the
+// kernel from deleting the route with the address.
+func (n *Netlink) deleteLinkLocal(index int) error {
+	var ll []netip.Prefix
+	var m msgBuf
+	m.begin(unix.RTM_GETADDR, unix.NLM_F_DUMP)
+	m.bytes(unix.AF_INET6, 0, 0, 0)
+	m.u32(uint32(index))
+	m.end()
+	err := n.c.dump(&m, func() { ll = ll[:0] }, func(h unix.NlMsghdr, d []byte) error {
+		if h.Type != unix.RTM_NEWADDR {
+			return nil
+		}
+		i, p, ok := parseAddr(d)
+		if !ok || i != index || !p.Addr().IsLinkLocalUnicast() {
+			return nil
+		}
+		if flags := addrFlags(d); flags&unix.IFA_F_STABLE_PRIVACY != 0 && flags&unix.IFA_F_NOPREFIXROUTE == 0 {
+			ll = append(ll, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read addresses of link %d: %w", index, err)
+	}
+	if len(ll) == 0 {
+		return nil
+	}
+	m.reset()
+	what := make([]string, 0, len(ll)+1)
+	for _, p := range ll {
+		m.addr(unix.RTM_DELADDR, 0, index, p)
+		what = append(what, "link-local address "+p.String())
+	}
+	m.begin(unix.RTM_DELROUTE, 0)
+	m.bytes(unix.AF_INET6, 64, 0, 0, unix.RT_TABLE_MAIN, unix.RTPROT_KERNEL, unix.RT_SCOPE_NOWHERE, unix.RTN_UNICAST)
+	m.u32(0)
+	m.attrU32(unix.RTA_TABLE, unix.RT_TABLE_MAIN)
+	m.attr(unix.RTA_DST, netip.MustParseAddr("fe80::").AsSlice())
+	m.attrU32(unix.RTA_OIF, uint32(index))
+	m.end()
+	what = append(what, "route fe80::/64 of the link-local addresses")
+	results, err := n.c.exchange(&m)
+	if err != nil {
+		return fmt.Errorf("delete link-local addresses: %w", err)
+	}
+	var errs []error
+	for i, e := range results {
+		if e != nil && !IsGone(e) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", what[i], e))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Occupants describes everything that sits where a new VPN would go: every

@@ -298,25 +298,25 @@ func TestInstallPartial(t *testing.T) {
 		errno   unix.Errno
 	}{
 		{
-			name: "gateway not on the link, rule exists",
+			// Gateway routes are onlink (a TUN has no neighbours): the
+			// kernel takes any gateway but a local address.
+			name: "gateway is a local address, rule exists",
 			change: func(o *tun.Objects) {
-				// Before the default route: the kernel looks a gateway up in
-				// the route's own table, where that route would cover it.
-				bad := tun.Route{Table: table, Dst: pfx("10.9.0.0/16"), Gateway: ip("10.7.0.1"), LinkIndex: o.Link.Index}
+				bad := tun.Route{Table: table, Dst: pfx("10.9.0.0/16"), Gateway: o.Link.Addrs[0].Addr(), LinkIndex: o.Link.Index}
 				o.Routes = slices.Insert(o.Routes, 2, bad)
 			},
 			plant:   true,
-			errText: "add route 10.9.0.0/16 via 10.7.0.1 dev #",
-			errno:   unix.ENETUNREACH,
+			errText: "add route 10.9.0.0/16 via 10.8.0.2 dev #",
+			errno:   unix.EINVAL,
 		},
 		{
-			name: "IPv6 gateway not on the link",
+			name: "IPv6 gateway is a local address",
 			change: func(o *tun.Objects) {
-				bad := tun.Route{Table: table, Dst: pfx("2001:db8:9::/48"), Gateway: ip("fd00:7::1"), LinkIndex: o.Link.Index}
+				bad := tun.Route{Table: table, Dst: pfx("2001:db8:9::/48"), Gateway: ip("fd00:8::2"), LinkIndex: o.Link.Index}
 				o.Routes = slices.Insert(o.Routes, 2, bad)
 			},
-			errText: "add route 2001:db8:9::/48 via fd00:7::1 dev #",
-			errno:   unix.EHOSTUNREACH,
+			errText: "add route 2001:db8:9::/48 via fd00:8::2 dev #",
+			errno:   unix.EINVAL,
 		},
 		{
 			name:    "rule exists",
@@ -355,7 +355,7 @@ func TestInstallPartial(t *testing.T) {
 			}
 			// What was added is o less what failed: check with the kernel.
 			wantRoutes := slices.DeleteFunc(slices.Clone(o.Routes), func(r tun.Route) bool {
-				return r.Gateway.IsValid() && !slices.ContainsFunc(o.Link.Addrs, func(a netip.Prefix) bool { return a.Contains(r.Gateway) })
+				return r.Gateway.IsValid() && slices.ContainsFunc(o.Link.Addrs, func(a netip.Prefix) bool { return a.Addr() == r.Gateway })
 			})
 			wantRules := o.Rules
 			if tc.plant {
@@ -545,6 +545,8 @@ func TestRestore(t *testing.T) {
 	n := newNetlink(t)
 	_, index := createTUN(t, n, "vpn-tun")
 	o := fullVPN(index)
+	// A VPN may have a link-local address of its own.
+	o.Link.Addrs = append(o.Link.Addrs, pfx("fe80::8:2/64"))
 	_, err := n.Install(o)
 	must(t, err)
 	q := tun.Query{LinkIndex: index, Table: table, Priorities: []int{prio, lock}}
@@ -569,7 +571,7 @@ func TestRestore(t *testing.T) {
 			t.Errorf("%s: rules\n%s\nwant\n%s", what, got, want)
 		}
 		for _, a := range linkAddrs(t, "vpn-tun") {
-			if !a.NoPrefixRoute || a.Prefix.Addr().IsLinkLocalUnicast() {
+			if !a.NoPrefixRoute || !slices.Contains(o.Link.Addrs, a.Prefix) {
 				t.Errorf("%s: address %+v", what, a)
 			}
 		}
@@ -606,7 +608,7 @@ func TestRestore(t *testing.T) {
 			lostAddrs = append(lostAddrs, a)
 		}
 	}
-	if got := strs(lostAddrs); got != "fd00:8::2/64\nfd00:9::2/128" {
+	if got := strs(lostAddrs); got != "fd00:8::2/64\nfd00:9::2/128\nfe80::8:2/64" {
 		t.Errorf("a link set down lost addresses\n%s\nwant the IPv6 ones", got)
 	}
 	var lostRoutes []tun.Route
@@ -639,6 +641,37 @@ func TestRestore(t *testing.T) {
 		t.Errorf("Restore reports %+v", done)
 	}
 	wantAll("after restoring the MTU, an address and a rule")
+
+	// An MTU below IPv6's minimum takes IPv6 off the link, and with it the
+	// setting that keeps the kernel from generating a link-local address:
+	// restoring the MTU must not leave the link with one.
+	netnstest.IP(t, "link", "set", "vpn-tun", "mtu", "1200")
+	s, err = n.Read(q)
+	must(t, err)
+	var v6Addrs []netip.Prefix
+	var v6Routes []tun.Route
+	for _, a := range o.Link.Addrs {
+		if a.Addr().Is6() {
+			v6Addrs = append(v6Addrs, a)
+		}
+	}
+	for _, r := range o.Routes {
+		if r.Dst.Addr().Is6() && r.Kind == tun.Unicast {
+			v6Routes = append(v6Routes, r)
+		}
+	}
+	if len(s.Link.Addrs) != 2 || len(s.Routes) != len(o.Routes)-len(v6Routes) {
+		t.Fatalf("at MTU 1200: addresses %v, routes %v; want IPv6's gone", s.Link.Addrs, s.Routes)
+	}
+	done, err = n.Restore(&tun.Repair{LinkIndex: index, MTU: 1400, Addrs: v6Addrs, Routes: v6Routes})
+	must(t, err)
+	if done.MTU != 1400 || strs(done.Addrs) != strs(v6Addrs) || strs(done.Routes) != strs(v6Routes) {
+		t.Errorf("Restore reports %+v", done)
+	}
+	if got := readFile(t, "/proc/sys/net/ipv6/conf/vpn-tun/addr_gen_mode"); got != "1" {
+		t.Errorf("after restoring the MTU, addr_gen_mode of vpn-tun is %s, want 1 (none)", got)
+	}
+	wantAll("after restoring an MTU below IPv6's minimum")
 
 	// Everything is there: addresses and rules answer EEXIST and do not
 	// count; the link's settings and replaced routes do.

@@ -277,6 +277,8 @@ func TestWatchChanged(t *testing.T) {
 		{args: []string{"link", "set", "vpn-tun", "down"},
 			repair: Repair{Up: true, Addrs: o.Link.Addrs[2:], Routes: o.Routes[:5]}, v6: []string{"fd00:8::2"}},
 		{args: []string{"link", "set", "vpn-tun", "mtu", "1300"}, repair: Repair{MTU: 1400}},
+		{args: []string{"link", "set", "vpn-tun", "mtu", "1200"}, // IPv6 leaves the link
+			repair: Repair{MTU: 1400, Addrs: o.Link.Addrs[2:], Routes: []Route{o.Routes[1], o.Routes[3]}}, v6: []string{"fd00:8::2"}},
 		{args: []string{"addr", "del", "10.8.1.2/32", "dev", "vpn-tun"}, repair: Repair{Addrs: o.Link.Addrs[1:2]}},
 		{args: []string{"-6", "addr", "del", "fd00:8::2/64", "dev", "vpn-tun"},
 			repair: Repair{Addrs: o.Link.Addrs[2:], Routes: o.Routes[1:2]}, v6: []string{"fd00:8::2"}},
