@@ -158,6 +158,7 @@ func TestSelfHealingLogsOneWarning(t *testing.T) {
 		t.Fatalf("flushed %d routes, want 3002 (3,000, the prefix route and IPv6's unreachable default)", n)
 	}
 	waitFor(t, "table restored", func() bool { return k.Snapshot().Equal(want) })
+	waitFor(t, "the repair's warning", func() bool { return logs.FilterMessage("self-healing restored vpn state").Len() > 0 })
 	time.Sleep(50 * time.Millisecond) // would a repair run again on its own restores?
 	ws := logs.FilterMessage("self-healing restored vpn state").All()
 	if len(ws) != 1 {
