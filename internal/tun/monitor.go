@@ -66,6 +66,12 @@ type monitor struct {
 	watches map[*watch]struct{}
 	links   map[int]*linkView // by index, for every link a watch selects
 	closed  bool
+
+	broken bool // the socket failed and is not re-opened yet
+	// The answer of HostPrefixes (cache.go), and a counter of the
+	// announcements that could change it.
+	host    hostCache
+	hostGen uint64
 	done    chan struct{} // closed when the reader has exited
 }
 
@@ -170,6 +176,10 @@ func (m *monitor) run() {
 		err := m.readAll(f)
 		m.mu.Lock()
 		closed := m.closed
+		// Until the socket is re-opened nothing is heard: no cached
+		// answer may be trusted.
+		m.broken = true
+		m.dropCachesLocked()
 		m.mu.Unlock()
 		if closed {
 			return
@@ -186,6 +196,7 @@ func (m *monitor) run() {
 				}
 				m.f.Close()
 				m.f = nf
+				m.broken = false
 				// Changes may have been missed meanwhile.
 				m.overflowLocked()
 				m.mu.Unlock()
@@ -225,13 +236,19 @@ func (m *monitor) readAll(f *os.File) error {
 
 // drain processes whatever notifications are queued now. A caller that
 // wants to act on the kernel's current state (no event in flight) calls it
-// first.
-func (m *monitor) drain() {
+// first. It reports whether the monitor is hearing the kernel: false when
+// it is closed or broken, and then nothing it remembers may be trusted.
+func (m *monitor) drain() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if !m.closed {
-		m.drainLocked()
+	if m.closed || m.broken {
+		return false
 	}
+	if err := m.drainLocked(); err != nil {
+		m.dropCachesLocked()
+		return false
+	}
+	return true
 }
 
 func (m *monitor) drainLocked() error {
@@ -269,6 +286,7 @@ func (m *monitor) drainLocked() error {
 // eventLocked dispatches one notification to the watches it concerns.
 func (m *monitor) eventLocked(h unix.NlMsghdr, d []byte) error {
 	own := h.Pid != 0 && h.Pid == m.n.c.pid
+	m.cacheEventLocked(h, d)
 	switch h.Type {
 	case unix.RTM_NEWLINK, unix.RTM_DELLINK:
 		if len(d) < unix.SizeofIfInfomsg {
@@ -359,6 +377,7 @@ func (m *monitor) eventLocked(h unix.NlMsghdr, d []byte) error {
 // overflowLocked handles lost notifications: every watch may have missed
 // something, and a watched link may be gone.
 func (m *monitor) overflowLocked() {
+	m.dropCachesLocked()
 	for _, v := range m.links {
 		v.known = false
 	}

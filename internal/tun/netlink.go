@@ -739,15 +739,16 @@ func (n *Netlink) Occupants(table int, priorities ...int) ([]string, error) {
 	return out, nil
 }
 
-// HostPrefixes lists the addresses (with their prefix length) of every link
+// dumpHostPrefixes is HostPrefixes without the cache, and also returns the
+// name of every link by index. It lists the addresses (with their prefix length) of every link
 // but the one named except, and the on-link prefixes of the main table
 // (routes without a gateway) through those links: what a NORMAL user's VPN
 // address must not overlap.
-func (n *Netlink) HostPrefixes(except string) ([]HostPrefix, error) {
+func (n *Netlink) dumpHostPrefixes(except string) ([]HostPrefix, map[int]string, error) {
 	names := map[int]string{}
 	err := n.dumpLinks(func() { clear(names) }, func(l LinkState) { names[l.Index] = l.Name })
 	if err != nil {
-		return nil, fmt.Errorf("list host links: %w", err)
+		return nil, nil, fmt.Errorf("list host links: %w", err)
 	}
 	var out []HostPrefix
 	err = n.dumpAddrs(0, func() { out = out[:0] }, func(index int, p netip.Prefix) {
@@ -756,7 +757,7 @@ func (n *Netlink) HostPrefixes(except string) ([]HostPrefix, error) {
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list host addresses: %w", err)
+		return nil, nil, fmt.Errorf("list host addresses: %w", err)
 	}
 	nAddrs := len(out)
 	err = n.dumpRoutes(unix.RT_TABLE_MAIN, func() { out = out[:nAddrs] }, func(k kRoute) {
@@ -768,9 +769,9 @@ func (n *Netlink) HostPrefixes(except string) ([]HostPrefix, error) {
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list on-link prefixes: %w", err)
+		return nil, nil, fmt.Errorf("list on-link prefixes: %w", err)
 	}
-	return out, nil
+	return out, names, nil
 }
 
 // dumpLinks dumps every link, without statistics.
