@@ -59,7 +59,8 @@ func TestHostPrefixesCache(t *testing.T) {
 		want string
 		gone bool
 	}{
-		{"an address added", []string{"addr", "add", "198.18.0.1/15", "dev", "dummy0"}, "198.18.0.1/15 dummy0", false},
+		// noprefixroute: only the address's own announcement tells.
+		{"an address added", []string{"addr", "add", "198.18.0.1/15", "dev", "dummy0", "noprefixroute"}, "198.18.0.1/15 dummy0", false},
 		{"an address deleted", []string{"addr", "del", "198.18.0.1/15", "dev", "dummy0"}, "198.18.0.1/15 dummy0", true},
 		{"an on-link route added", []string{"route", "add", "10.77.0.0/16", "dev", "dummy0"}, "10.77.0.0/16 dummy0", false},
 		{"an on-link route deleted", []string{"route", "del", "10.77.0.0/16", "dev", "dummy0"}, "10.77.0.0/16 dummy0", true},
