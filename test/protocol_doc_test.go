@@ -12,7 +12,6 @@ package test
 //	                     "  // with a UDP socket" attaches descriptors
 //	← JSON               read the next message on that connection and
 //	                     compare it with JSON, which may span several lines
-//	← (connection closed)  vpnd closed the connection
 //	// the client closes its connection | its TUN fd
 //	$ ip ARGS            run `ip ARGS` inside the example's namespace
 //	// anything else     a comment
@@ -42,7 +41,7 @@ const docPath = "../docs/protocol.md"
 // docStep is one line (or, for a response, one group of lines) of an example.
 type docStep struct {
 	line int    // 1-based line number in the page, for messages
-	kind string // "as", "send", "expect", "closed", "close", "closetun", "ip"
+	kind string // "as", "send", "expect", "close", "closetun", "ip"
 	uid  uint32 // for "as"
 	text string // the request line, the expected JSON, or ip's arguments
 	fds  string // for "send": rawclient descriptor spec, "-" for none
@@ -123,8 +122,6 @@ func parseProtocolDoc(path string) ([]docExample, error) {
 				return nil, fmt.Errorf("line %d: %v", n, err)
 			}
 			cur.steps = append(cur.steps, docStep{line: n, kind: "send", text: req, fds: fds})
-		case l == "← (connection closed)":
-			cur.steps = append(cur.steps, docStep{line: n, kind: "closed"})
 		case strings.HasPrefix(l, "← "):
 			text := strings.TrimPrefix(l, "← ")
 			for i+1 < len(lines) && isContinuation(lines[i+1]) {
@@ -502,10 +499,6 @@ func runDocExample(t *testing.T, ex docExample) {
 			cur.closeConn()
 		case "closetun":
 			cur.closeTUN()
-		case "closed":
-			if m, ok := cur.recv(); ok {
-				t.Fatalf("%s: want the connection closed, got %s", where(s), m.raw)
-			}
 		case "expect":
 			m, ok := cur.recv()
 			if !ok {
