@@ -91,7 +91,7 @@ var catalogue = map[Code]Entry{
 		Name:        "Permission Denied",
 		Message:     "Permission denied.",
 		Description: "This error code is reported if the caller is not allowed to perform the operation.",
-		Cause:       "The caller neither owns the current VPN nor is an ADMIN account, is a GUEST calling protect, or names other users in its application lists without being ADMIN.",
+		Cause:       "The caller neither owns the current VPN nor is an ADMIN account, is a GUEST calling protect, is not ADMIN and names other users in its application lists or uses VPN addresses outside its address pools or overlapping the host's networks, or calls setLockdown without being ADMIN.",
 		Solution:    "Call the API as the user that owns the VPN, or as an ADMIN account.",
 	},
 	CodeParse: {
@@ -107,8 +107,8 @@ var catalogue = map[Code]Entry{
 		Name:        "Invalid Request",
 		Message:     "Invalid request.",
 		Description: "This error code is reported if a message is JSON but not a JSON-RPC 2.0 request object.",
-		Cause:       "The \"jsonrpc\" member is not \"2.0\", \"method\" is missing or not a string, \"id\" is not a string, number or null, or \"fds\" does not match the descriptors sent.",
-		Solution:    "Send a JSON-RPC 2.0 request object as the contract describes.",
+		Cause:       "The message is not a JSON object, its \"jsonrpc\" member is not \"2.0\", \"method\" is missing, empty or not a string, \"id\" is not a string, number or null, or \"fds\" does not match the descriptors sent.",
+		Solution:    "Send a JSON-RPC 2.0 request object: \"jsonrpc\":\"2.0\", a method name, and \"fds\" only for descriptors really sent.",
 	},
 	CodeMethodNotFound: {
 		Code:        CodeMethodNotFound,
@@ -116,7 +116,7 @@ var catalogue = map[Code]Entry{
 		Message:     "Method not found.",
 		Description: "This error code is reported if the method does not exist.",
 		Cause:       "The method name is misspelt or not supported by this vpnd.",
-		Solution:    "Use one of setUp, create, protect, destroy, status or subscribe.",
+		Solution:    "Use one of setUp, create, protect, destroy, status, subscribe or setLockdown.",
 	},
 }
 
