@@ -460,14 +460,12 @@ func joinKeys(ids map[uint32]Type, names map[string]Type) map[string]Type {
 //     kernel reported, whereas one uid may have several names.
 //  2. Otherwise the groups entries of all the caller's groups (the primary
 //     gid and the supplementary ones, by gid or by name) are combined:
-//     any guest makes a guest, else any admin an admin, else any normal
-//     a normal. Guest wins so that putting a user in a guest group is
-//     enough to lock them out, whatever other groups they are in.
-//  3. Otherwise the policy's default.
-//
-// The account rules only rank guest and admin among groups; a group that says
-// "normal" is ranked after them, so that it means normal even under a
-// policy whose default is guest.
+//     any guest makes a guest, else any admin an admin. Guest wins so that
+//     putting a user in a guest group is enough to lock them out, whatever
+//     other groups they are in.
+//  3. Otherwise the policy's default. A group entry that says "normal"
+//     therefore decides nothing: under a policy whose default is guest,
+//     its members are guests.
 func (p *Policy) TypeOf(id Identity) Type {
 	if t, ok := p.userIDs[id.UID]; ok {
 		return t
@@ -477,12 +475,11 @@ func (p *Policy) TypeOf(id Identity) Type {
 			return t
 		}
 	}
-	var guest, admin, normal bool
+	var guest, admin bool
 	note := func(t Type, ok bool) {
 		if ok {
 			guest = guest || t == Guest
 			admin = admin || t == Admin
-			normal = normal || t == Normal
 		}
 	}
 	t, ok := p.groupIDs[id.GID]
@@ -500,8 +497,8 @@ func (p *Policy) TypeOf(id Identity) Type {
 		return Guest
 	case admin:
 		return Admin
-	case normal:
-		return Normal
 	}
+	// A group entry that says normal decides nothing: only guest and
+	// admin groups do, and everyone else gets the default.
 	return p.def
 }

@@ -92,7 +92,8 @@ func TestTypeOf(t *testing.T) {
 		{"default, nothing known", p, Identity{UID: 77777, GID: 77777}, Normal},
 		{"name keys never match ids", p, Identity{UID: 1500, User: "1002"}, Normal},
 		{"default guest", strict, Identity{UID: 1500}, Guest},
-		{"group normal under default guest", strict, Identity{UID: 1500, GroupNames: []string{"staff"}}, Normal},
+		// Only guest and admin groups decide; a normal group does not.
+		{"group normal under default guest", strict, Identity{UID: 1500, GroupNames: []string{"staff"}}, Guest},
 		{"group admin under default guest", strict, Identity{UID: 1500, GroupNames: []string{"staff", "wheel"}}, Admin},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
