@@ -77,6 +77,7 @@ Start-up, in this order; any failure exits 1 with a message and touches
 nothing further:
   1. vpnd needs CAP_NET_ADMIN (run it as root, or grant it, e.g.
      AmbientCapabilities=CAP_NET_ADMIN) and a /dev/net/tun it can open.
+     The DNS backend must be usable (below).
   2. At most one vpnd serves a network namespace's --ifname, --table and
      --rule-priority (and --rule-priority+1, for lockdown rules). vpnd
      claims each with an abstract socket, e.g. @vpnd/table/98; a second
@@ -89,7 +90,8 @@ nothing further:
      socket another process serves on (a vpnd in another namespace, too)
      is refused; a stale one is replaced.
   4. Only then does vpnd remove what a killed vpnd left behind (its
-     interface, its rules at its priority, the routes in its table), and
+     interface, its rules at its priority, the routes in its table; a
+     resolv.conf that --dns-backend file had replaced is restored), and
      serve. While a VPN is up it restores its rules and routes if
      something else deletes or changes them.
 
