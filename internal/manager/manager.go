@@ -262,6 +262,7 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 	v.guard = g
 	defer func() {
 		if err != nil {
+			m.revertDNS(v) // nothing unless a step after applyDNS failed
 			if rerr := m.remove(g); rerr != nil {
 				m.log.Error("rollback incomplete", zap.Error(rerr))
 			}
