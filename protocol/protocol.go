@@ -193,14 +193,17 @@ type Owner struct {
 
 // VpnInfo describes the VPN as vpnd applied it. Routes are canonical CIDRs.
 type VpnInfo struct {
-	Interface           string   `json:"interface"`
-	Index               int      `json:"index"`
-	MTU                 int      `json:"mtu"`
-	Addresses           []string `json:"addresses"`
-	Routes              []string `json:"routes"`
-	ExcludedRoutes      []string `json:"excludedRoutes"`
-	DNSAddresses        []string `json:"dnsAddresses"`
-	SearchDomains       []string `json:"searchDomains"`
+	Interface      string   `json:"interface"`
+	Index          int      `json:"index"`
+	MTU            int      `json:"mtu"`
+	Addresses      []string `json:"addresses"`
+	Routes         []string `json:"routes"`
+	ExcludedRoutes []string `json:"excludedRoutes"`
+	DNSAddresses   []string `json:"dnsAddresses"`
+	SearchDomains  []string `json:"searchDomains"`
+	// DNSBackend names what applied DNSAddresses and SearchDomains to the
+	// host's resolver: "resolved", "file", or "none" when nothing did.
+	DNSBackend          string   `json:"dnsBackend"`
 	IsIPv4Accepted      bool     `json:"isIPv4Accepted"`
 	IsIPv6Accepted      bool     `json:"isIPv6Accepted"`
 	IsMetered           bool     `json:"isMetered"`

@@ -98,6 +98,7 @@ type vpnInfo struct {
 	ExcludedRoutes []string `json:"excludedRoutes"`
 	DNSAddresses   []string `json:"dnsAddresses"`
 	SearchDomains  []string `json:"searchDomains"`
+	DNSBackend     string   `json:"dnsBackend"`
 	IsMetered      bool     `json:"isMetered"`
 	IsIPv4Accepted bool     `json:"isIPv4Accepted"`
 	IsIPv6Accepted bool     `json:"isIPv6Accepted"`

@@ -448,6 +448,7 @@ type daemon struct {
 	table    int
 	priority int
 	mark     uint32
+	env      []string
 
 	accountsPath string
 
@@ -470,6 +471,7 @@ type daemonOpts struct {
 	beforeStart func(t testing.TB, ns string)
 	noLeakCheck bool
 	prefix      []string // command that execs vpnd in the namespace
+	env         []string // added to vpnd's environment
 }
 
 type daemonOpt func(*daemonOpts)
@@ -495,6 +497,10 @@ func withKernelNames(ifname string, table, priority int, mark uint32) daemonOpt 
 			"--rule-priority", fmt.Sprint(priority), "--protect-mark", fmt.Sprintf("%#x", mark))
 	}
 }
+
+// withEnv adds KEY=VALUE entries to vpnd's environment, e.g. a test bus
+// as DBUS_SYSTEM_BUS_ADDRESS.
+func withEnv(kv ...string) daemonOpt { return func(o *daemonOpts) { o.env = append(o.env, kv...) } }
 
 // withPrefix runs vpnd through a command that execs it (vpndCommandPrefixed).
 func withPrefix(prefix ...string) daemonOpt { return func(o *daemonOpts) { o.prefix = prefix } }
@@ -534,7 +540,12 @@ func vpndCommandPrefixed(t testing.TB, ns string, prefix []string, sock string, 
 		args = append(args, "--state-dir", stateDirFor(t, ns))
 	}
 	args = append(args, flags...)
-	return exec.Command("ip", args...)
+	cmd := exec.Command("ip", args...)
+	// vpnd's default DNS backend (auto) asks the system bus for
+	// systemd-resolved: point it at a bus that does not exist, never at
+	// the host's. Tests that want a bus give one with withEnv.
+	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent/vpndtest-no-system-bus")
+	return cmd
 }
 
 var (
@@ -591,7 +602,7 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 	}
 	d := &daemon{
 		t: t, ns: ns, dir: newDaemonDir(t), stderr: &syncBuffer{}, exitedCh: make(chan struct{}),
-		ifname: o.ifname, table: o.table, priority: o.priority, mark: o.mark, prefix: o.prefix,
+		ifname: o.ifname, table: o.table, priority: o.priority, mark: o.mark, prefix: o.prefix, env: o.env,
 	}
 	d.sock = o.socket
 	if d.sock == "" {
@@ -620,6 +631,7 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 func (d *daemon) launch(tb testing.TB, flags ...string) {
 	tb.Helper()
 	d.cmd = vpndCommandPrefixed(tb, d.ns, d.prefix, d.sock, flags...)
+	d.cmd.Env = append(d.cmd.Env, d.env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
 	if err := d.cmd.Start(); err != nil {
 		tb.Fatalf("start vpnd: %v", err)

@@ -81,6 +81,7 @@ func printStatus(w io.Writer, st *protocol.StatusResult) {
 	fmt.Fprintf(w, "excluded routes: %s\n", list(v.ExcludedRoutes))
 	fmt.Fprintf(w, "dns:             %s\n", list(v.DNSAddresses))
 	fmt.Fprintf(w, "search domains:  %s\n", list(v.SearchDomains))
+	fmt.Fprintf(w, "dns backend:     %s\n", v.DNSBackend)
 	fmt.Fprintf(w, "ipv4 accepted:   %t\n", v.IsIPv4Accepted)
 	fmt.Fprintf(w, "ipv6 accepted:   %t\n", v.IsIPv6Accepted)
 	fmt.Fprintf(w, "metered:         %t\n", v.IsMetered)

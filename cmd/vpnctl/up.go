@@ -109,6 +109,9 @@ func runUp(ctx context.Context, g *globals, args []string) int {
 	}
 	b, _ := json.MarshalIndent(info, "", "  ")
 	fmt.Fprintf(g.io.out, "%s\n", b)
+	if len(info.DNSAddresses) > 0 && (info.DNSBackend == "" || info.DNSBackend == "none") {
+		fmt.Fprintln(g.io.err, "vpnctl: warning: vpnd applies none of the VPN's DNS servers (dnsBackend \"none\"): this host's resolver still answers every query")
+	}
 
 	if len(argv) > 0 {
 		return runWithTUN(g, cl, tun, argv, sigc)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/vpnd/vpnd/internal/auth"
 	"github.com/vpnd/vpnd/internal/config"
+	"github.com/vpnd/vpnd/internal/dns"
 	"github.com/vpnd/vpnd/internal/manager"
 	"github.com/vpnd/vpnd/internal/ownership"
 	"github.com/vpnd/vpnd/internal/preflight"
@@ -40,6 +42,8 @@ type options struct {
 	maxConns    int
 	maxPerUser  int
 	stateDir    string
+	dnsBackend  string
+	resolvConf  string
 }
 
 func main() {
@@ -56,6 +60,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.UintVar(&o.table, "table", 98, "routing table for the VPN's routes (not 0, 253, 254 or 255)")
 	fs.UintVar(&o.priority, "rule-priority", 10000, "priority of the VPN's policy rules (1-32764); lockdown's rules use the next one")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/vpnd", "directory for what must outlive vpnd (lockdown's state)")
+	fs.StringVar(&o.dnsBackend, "dns-backend", dns.Auto, "what applies an admin's VPN's DNS settings: auto (resolved if systemd-resolved answers on the system bus, else none), resolved, file or none")
+	fs.StringVar(&o.resolvConf, "resolv-conf", dns.DefaultResolvConf, "the file that --dns-backend file rewrites while a VPN is up (a regular file, not a symbolic link)")
 	fs.StringVar(&o.protectMark, "protect-mark", "0x20000", "SO_MARK bit(s) that protect sets and the owner's rule excludes")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "console", "log format: json or console")
@@ -71,6 +77,7 @@ Start-up, in this order; any failure exits 1 with a message and touches
 nothing further:
   1. vpnd needs CAP_NET_ADMIN (run it as root, or grant it, e.g.
      AmbientCapabilities=CAP_NET_ADMIN) and a /dev/net/tun it can open.
+     The DNS backend must be usable (below).
   2. At most one vpnd serves a network namespace's --ifname, --table and
      --rule-priority (and --rule-priority+1, for lockdown rules). vpnd
      claims each with an abstract socket, e.g. @vpnd/table/98; a second
@@ -83,9 +90,19 @@ nothing further:
      socket another process serves on (a vpnd in another namespace, too)
      is refused; a stale one is replaced.
   4. Only then does vpnd remove what a killed vpnd left behind (its
-     interface, its rules at its priority, the routes in its table), and
+     interface, its rules at its priority, the routes in its table; a
+     resolv.conf that --dns-backend file had replaced is restored), and
      serve. While a VPN is up it restores its rules and routes if
      something else deletes or changes them.
+
+DNS: with --dns-backend resolved (or auto, when systemd-resolved answers
+on the system bus), the VPN link gets the VPN's DNS servers and search
+domains in systemd-resolved, and every query when the VPN is a full
+tunnel. With file, vpnd rewrites --resolv-conf while the VPN is up and
+puts the previous file back, byte for byte, when it ends (at the next
+start after a SIGKILL); a file someone else rewrote meanwhile is kept.
+Only an admin's VPN changes the host's resolver; a VPN without DNS servers
+changes nothing.
 
 Signals: SIGTERM or SIGINT ends the VPN, removes the socket and exits 0;
 SIGHUP reloads the --accounts policy (a bad file keeps the old policy);
@@ -114,6 +131,9 @@ Flags:
 	// Priority+1 holds lockdown's rules, and must stay before main's 32766.
 	if o.priority < 1 || o.priority > 32764 {
 		return nil, 0, fmt.Errorf("--rule-priority %d: out of range 1-32764", o.priority)
+	}
+	if !slices.Contains(dns.Backends, o.dnsBackend) {
+		return nil, 0, fmt.Errorf("--dns-backend %q: want auto, resolved, file or none", o.dnsBackend)
 	}
 	mark, err := strconv.ParseUint(o.protectMark, 0, 32)
 	if err != nil || mark == 0 {
@@ -200,6 +220,15 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vpnd: %v\n", err)
 		return 1
 	}
+	// The DNS backend checks what it needs now (systemd-resolved answers,
+	// the resolv.conf is a regular file), so that a backend that cannot
+	// work stops vpnd here rather than failing every setUp.
+	resolver, err := dns.Open(dns.Config{Backend: o.dnsBackend, ResolvConf: o.resolvConf, State: state, Log: log.Named("dns")})
+	if err != nil {
+		log.Error("dns backend unusable", zap.String("backend", o.dnsBackend), zap.Error(err))
+		fmt.Fprintf(stderr, "vpnd: %v\n", err)
+		return 1
+	}
 	lock, err := ownership.Acquire(ownership.Resources(o.ifname, int(o.table), int(o.priority)))
 	if err != nil {
 		log.Error("names taken in this network namespace", zap.Error(err))
@@ -221,6 +250,7 @@ func run(args []string, stderr io.Writer) int {
 		ProtectMark:  mark,
 		Log:          log.Named("manager"),
 		Store:        state,
+		DNS:          resolver,
 	})
 	removed, err := kernel.Sweep(log.Named("sweep"), tun.SweepSpec{IfName: o.ifname, Table: int(o.table), Priority: int(o.priority),
 		LockdownPriority: mgr.LockdownPriority(), Keep: mgr.LockdownKeep(lockdown)})
@@ -235,6 +265,16 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if len(removed) > 0 {
 		log.Info("start-up sweep removed leftovers", zap.Strings("removed", removed))
+	}
+	// A vpnd killed while its file backend had replaced a resolv.conf
+	// left a record of the previous file: put it back before serving.
+	if path, err := dns.RestoreLeftover(state, log.Named("dns")); err != nil {
+		ln.Close()
+		os.Remove(o.socket)
+		fmt.Fprintf(stderr, "vpnd: start-up sweep: %v\n", err)
+		return 1
+	} else if path != "" {
+		log.Info("start-up sweep dealt with a resolv.conf left by a killed vpnd", zap.String("path", path))
 	}
 	// Lockdown is in force before vpnd serves: a listed user is never
 	// free while vpnd (re)starts.
@@ -258,7 +298,8 @@ func run(args []string, stderr io.Writer) int {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("vpnd serving", zap.String("socket", o.socket), zap.String("ifname", o.ifname),
-		zap.Uint("table", o.table), zap.Uint("rule_priority", o.priority), zap.String("protect_mark", fmt.Sprintf("%#x", mark)))
+		zap.Uint("table", o.table), zap.Uint("rule_priority", o.priority), zap.String("protect_mark", fmt.Sprintf("%#x", mark)),
+		zap.String("dns_backend", resolver.Name()))
 
 wait:
 	for {

@@ -28,6 +28,9 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--max-connections-per-user", "-1"}, "--max-connections-per-user", 0},
 		{[]string{"--max-connections-per-user", "0"}, "", 0x20000},
 		{[]string{"stray"}, "unexpected argument", 0},
+		{[]string{"--dns-backend", "resolved", "--resolv-conf", "/tmp/x"}, "", 0x20000},
+		{[]string{"--dns-backend", "none"}, "", 0x20000},
+		{[]string{"--dns-backend", "resolvconf"}, "--dns-backend", 0},
 	} {
 		_, mark, err := parseFlags(tc.args, io.Discard)
 		switch {

@@ -42,6 +42,9 @@ type Options struct {
 	Log         *zap.Logger
 	// Store keeps lockdown's state across restarts; nil keeps it in memory.
 	Store Store
+	// DNS applies a VPN's DNS settings to the host's resolver; nil applies
+	// nothing (see applyDNS for which VPNs it is used for).
+	DNS DNS
 	// Now is the clock for VpnInfo.Since; nil means time.Now.
 	Now func() time.Time
 }
@@ -99,6 +102,8 @@ type vpn struct {
 	// guard holds what the VPN put in the kernel (what Install added) and
 	// keeps it in place.
 	guard *guard
+	// dns is the backend that applied the VPN's DNS settings, nil if none.
+	dns DNS
 }
 
 // New returns a Manager with an empty slot.
@@ -257,6 +262,7 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 	v.guard = g
 	defer func() {
 		if err != nil {
+			m.revertDNS(v) // nothing unless a step after applyDNS failed
 			if rerr := m.remove(g); rerr != nil {
 				m.log.Error("rollback incomplete", zap.Error(rerr))
 			}
@@ -275,6 +281,9 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 		g.want = added
 	}
 	if err != nil {
+		return nil, err
+	}
+	if err := m.applyDNS(v, c, cfg); err != nil {
 		return nil, err
 	}
 	go func() {
@@ -387,6 +396,7 @@ func (m *Manager) describe(v *vpn, c Caller, cfg *config.Config) protocol.VpnInf
 		ExcludedRoutes:      strs(cfg.ExcludedRoutes),
 		DNSAddresses:        strs(cfg.DNSAddresses),
 		SearchDomains:       append([]string{}, cfg.SearchDomains...),
+		DNSBackend:          dnsBackend(v),
 		IsIPv4Accepted:      cfg.IPv4,
 		IsIPv6Accepted:      cfg.IPv6,
 		IsMetered:           cfg.Metered,
@@ -509,6 +519,9 @@ func (m *Manager) teardownLocked(v *vpn, reason string) {
 	m.vpn = nil
 	m.current.Store(nil)
 	start := time.Now()
+	// DNS first, while the link still exists for a per-link resolver, and
+	// so that no query goes to the VPN's servers once the VPN is going.
+	m.revertDNS(v)
 	err := m.remove(v.guard)
 	if err != nil {
 		m.log.Error("vpn teardown incomplete", zap.String("ifname", v.info.Interface), zap.Error(err))

@@ -1,6 +1,8 @@
 // Package state keeps what must outlive vpnd in its state directory
 // (--state-dir, /var/lib/vpnd by default): lockdown's state, so that
-// lockdown holds across restarts and a SIGKILL.
+// lockdown holds across restarts and a SIGKILL, and the resolv.conf that
+// the file DNS backend replaced, so that a vpnd killed while a VPN was up
+// puts it back at its next start.
 //
 // Files are written atomically: a temporary file in the same directory,
 // fsync, rename, fsync of the directory. A crash leaves the old file or the
@@ -99,34 +101,54 @@ func (d *Dir) SaveLockdown(l config.Lockdown) error {
 
 // writeAtomic replaces dir/name with data.
 func writeAtomic(dir, name string, data []byte, mode os.FileMode) error {
+	if err := ReplaceFile(filepath.Join(dir, name), data, mode, -1, -1); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
+}
+
+// ReplaceFile replaces the file at path with data, atomically and durably:
+// a temporary file in the same directory, with mode (and owner uid:gid
+// unless they are -1), is written, synced and renamed over path, then the
+// directory is synced. Readers see the old file or the new one, never
+// half of one, and a crash leaves one of the two. A symbolic link at path
+// is replaced, not followed.
+func ReplaceFile(path string, data []byte, mode os.FileMode, uid, gid int) error {
+	dir, name := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
 	f, err := os.CreateTemp(dir, "."+name+".*")
 	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
+		return err
 	}
 	tmp := f.Name()
 	ok := false
 	defer func() {
 		if !ok {
+			f.Close()
 			os.Remove(tmp)
 		}
 	}()
 	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
+		return err
+	}
+	if uid >= 0 || gid >= 0 {
+		if err := f.Chown(uid, gid); err != nil {
+			return err
+		}
 	}
 	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
+		return err
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
+		return err
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
+		return err
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
+	if err := os.Rename(tmp, path); err != nil {
+		return err
 	}
 	ok = true
 	if dh, err := os.Open(dir); err == nil {
