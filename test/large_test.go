@@ -85,8 +85,9 @@ func TestLargeConfigEndings(t *testing.T) {
 	requireRoot(t)
 	for _, cfg := range largeConfigs {
 		params := cfg.params()
+		// One config at a time: the figures are printed, and two large
+		// teardowns at once on a small machine time each other.
 		t.Run(cfg.name, func(t *testing.T) {
-			t.Parallel()
 			ns := newNetns(t)
 			probe := openProbe(t, ns)
 			var shared *daemon
