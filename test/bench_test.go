@@ -241,7 +241,7 @@ func (p *nlProbe) waitClean(tb testing.TB, d *daemon) time.Time {
 	for {
 		start := time.Now()
 		if p.clean(tb, d) {
-			return start
+			return time.Now()
 		}
 		if time.Now().After(deadline) {
 			tb.Fatalf("vpnd's VPN still in the kernel after %v: %v", hangGuard, d.leftovers(tb))
