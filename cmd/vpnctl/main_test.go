@@ -965,6 +965,7 @@ func TestDocsCommandLines(t *testing.T) {
 			lines++
 			where := fmt.Sprintf("%s:%d: vpnctl %s", filepath.Base(file), i+1, strings.TrimSpace(cmdline))
 			root := newRootCommand(&globals{io: stdio{in: strings.NewReader(""), out: io.Discard, err: io.Discard}})
+			root.InitDefaultCompletionCmd()
 			c, rest, err := root.Find(fields)
 			if err != nil || c == root {
 				t.Errorf("%s: no such command (%v)", where, err)
