@@ -88,7 +88,7 @@ var causes = map[Code][]Cause{
 		{
 			Text: "found by the client library (and so vpnctl) before asking vpnd: it could not duplicate the descriptor to send it.",
 			Cases: []string{
-				"fd N: bad file descriptor (`vpnctl protect --fd N`: N is not open in vpnctl; pass it, e.g. `3<>/dev/udp/HOST/PORT`)",
+				"fd N: bad file descriptor (`vpnctl protect --fd N`: N is not open in vpnctl; start vpnctl with the socket as its fd N)",
 				"dup: ERROR",
 				"ERROR (the connection gives no access to its descriptor)",
 			},
