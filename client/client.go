@@ -10,6 +10,8 @@
 //	...
 //	err = c.Destroy(ctx)
 //
+// An ADMIN may also turn lockdown on or off with SetLockdown.
+//
 // The VPN belongs to the connection: if the Client is closed (or the
 // process exits) vpnd tears the VPN down.
 //
@@ -401,6 +403,16 @@ func (c *Client) Status(ctx context.Context) (*protocol.StatusResult, error) {
 		return nil, fmt.Errorf("status: decode result: %w", err)
 	}
 	return &st, nil
+}
+
+// SetLockdown turns lockdown on for l.Applications (user names or uids),
+// changes its list, or turns it off (l.Enabled false): while it is on, the
+// listed users' traffic may leave only through a VPN. Only an ADMIN account
+// may call it (else ErrPermission). Status reports lockdown's state.
+func (c *Client) SetLockdown(ctx context.Context, l protocol.Lockdown) error {
+	_, files, err := c.Call(ctx, protocol.MethodSetLockdown, l)
+	closeFiles(files)
+	return err
 }
 
 // Subscribe asks vpnd for vpnStateChanged notifications. Once it returns,

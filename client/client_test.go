@@ -560,3 +560,33 @@ func TestDial(t *testing.T) {
 		t.Fatal("dial of a missing socket succeeded")
 	}
 }
+
+// SetLockdown sends setLockdown with {"enabled","applications"}, and
+// returns vpnd's refusal as its sentinel.
+func TestSetLockdown(t *testing.T) {
+	c, s := newPair(t)
+	for _, tc := range []struct {
+		l    protocol.Lockdown
+		want string
+	}{
+		{protocol.Lockdown{Enabled: true, Applications: []string{"alice", "1001"}}, `{"enabled":true,"applications":["alice","1001"]}`},
+		{protocol.Lockdown{}, `{"enabled":false,"applications":null}`},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- c.SetLockdown(ctx(t), tc.l) }()
+		r := s.next()
+		if r.Method != "setLockdown" || string(r.Params) != tc.want || r.FDs != 0 {
+			t.Errorf("request %s %s, want setLockdown %s", r.Method, r.Params, tc.want)
+		}
+		s.reply(r.ID, struct{}{})
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.SetLockdown(ctx(t), protocol.Lockdown{Enabled: true, Applications: []string{"bob"}}) }()
+	s.fail(s.next().ID, errs.New(errs.CodePermission, "setLockdown needs an admin account"))
+	if err := <-done; !errors.Is(err, ErrPermission) {
+		t.Fatalf("refused: %v, want ErrPermission", err)
+	}
+}

@@ -212,6 +212,12 @@ type VpnInfo struct {
 	BlockedApplications []string `json:"blockedApplications"`
 	Owner               Owner    `json:"owner"`
 	Since               string   `json:"since"`
+	// RouteGateways and CoveredUIDs are vpnd's own members, which
+	// OpenHarmony's clients ignore. RouteGateways maps each route that has
+	// a gateway (canonical CIDR) to it; routes without one are not in it.
+	// CoveredUIDs are the uid ranges ("A-B") whose traffic enters the VPN.
+	RouteGateways map[string]string `json:"routeGateways"`
+	CoveredUIDs   []string          `json:"coveredUids"`
 }
 
 // State values of StatusResult.

@@ -66,4 +66,8 @@ func TestAllowFamilyBypassJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(`{"allowFamilyBypass":true}`), &info); err != nil || !info.AllowFamilyBypass {
 		t.Errorf("Unmarshal: %+v, %v", info, err)
 	}
+	b, _ = json.Marshal(VpnInfo{RouteGateways: map[string]string{"10.0.0.0/8": "10.8.0.1"}, CoveredUIDs: []string{"1000-1000"}})
+	if !strings.HasSuffix(string(b), `,"routeGateways":{"10.0.0.0/8":"10.8.0.1"},"coveredUids":["1000-1000"]}`) {
+		t.Errorf("VpnInfo = %s, want routeGateways and coveredUids last", b)
+	}
 }

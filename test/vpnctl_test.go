@@ -15,6 +15,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// runProgram runs path with args to completion and returns stdout, stderr
+// and the exit code.
+func runProgram(t testing.TB, path string, args ...string) (string, string, int) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(path, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Run()
+	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+}
+
 // vpnctlRun runs vpnctl to completion as uid (0: the test's own) and
 // returns stdout, stderr and the exit code.
 func vpnctlRun(t testing.TB, uid uint32, args ...string) (string, string, int) {
@@ -111,15 +122,81 @@ func TestVpnctl(t *testing.T) {
 	})
 
 	t.Run("up -- CMD gets the TUN as fd 3", func(t *testing.T) {
+		sub := d.dial(t, uidRoot)
+		ok(t, sub.call("subscribe", "{}", ""))
 		stdout, stderr, code := vpnctlRun(t, 0, "--socket", d.sock, "up", "--address", "10.8.0.2/24", "--",
-			"sh", "-c", `echo "fd=$VPN_TUN_FD"; readlink /proc/self/fd/3`)
-		if code != 0 {
-			t.Errorf("exit %d: %s %s", code, stdout, stderr)
+			"sh", "-c", `echo "fd=$VPN_TUN_FD"; readlink /proc/self/fd/3; exit 3`)
+		if code != 3 {
+			t.Errorf("exit %d, want CMD's 3: %s %s", code, stdout, stderr)
 		}
-		if !strings.Contains(stdout, "fd=3") || !strings.Contains(stdout, "/dev/net/tun") {
-			t.Errorf("CMD output %q: want VPN_TUN_FD=3 and fd 3 on /dev/net/tun", stdout)
+		// stdout is CMD's alone; the VpnInfo is on stderr.
+		if stdout != "fd=3\n/dev/net/tun\n" {
+			t.Errorf("stdout %q: want CMD's output alone, with VPN_TUN_FD=3 and fd 3 on /dev/net/tun", stdout)
+		}
+		if !strings.Contains(stderr, `"interface": "vpn-tun"`) {
+			t.Errorf("stderr %q lacks the VpnInfo", stderr)
+		}
+		// vpnctl ends the VPN itself once CMD exits.
+		for _, want := range []string{"setUp", "destroy"} {
+			if ev := sub.stateChange(); ev.Reason != want {
+				t.Errorf("vpnStateChanged reason %q, want %q", ev.Reason, want)
+			}
 		}
 		d.waitClean(t, "CMD exited")
+
+		stdout, stderr, code = vpnctlRun(t, 0, "--socket", d.sock, "up", "--quiet", "--address", "10.8.0.2/24", "--", "echo", "hi")
+		if code != 0 || stdout != "hi\n" || stderr != "" {
+			t.Errorf("--quiet: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+		}
+		d.waitClean(t, "CMD exited")
+	})
+
+	t.Run("status shows gateways and covered uids", func(t *testing.T) {
+		// Status runs as CMD, while up holds the VPN.
+		stdout, stderr, code := vpnctlRun(t, 0, "--socket", d.sock, "up", "--address", "10.8.0.2/24",
+			"--route", "198.51.100.0/24,via=10.8.0.1", "--route", "203.0.113.0/24", "--trusted", "4000", "--trusted", "4001", "--",
+			"sh", "-c", `"$0" --socket "$1" status && "$0" --socket "$1" status --json`, bin(t, "vpnctl"), d.sock)
+		if code != 0 {
+			t.Fatalf("exit %d: %s %s", code, stdout, stderr)
+		}
+		for _, want := range []string{
+			"state:           connected\n",
+			"route gateways:  198.51.100.0/24 via 10.8.0.1\n",
+			"covered uids:    4000-4001\n",
+			`"routeGateways": {` + "\n" + `      "198.51.100.0/24": "10.8.0.1"` + "\n    },",
+			`"coveredUids": [` + "\n" + `      "4000-4001"`,
+		} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("status lacks %q:\n%s", want, stdout)
+			}
+		}
+		d.waitClean(t, "CMD exited")
+	})
+
+	t.Run("lockdown on, status, off", func(t *testing.T) {
+		if _, stderr, code := vpnctlRun(t, 0, "--socket", d.sock, "lockdown", "on", "4000", "4001"); code != 0 {
+			t.Fatalf("lockdown on: exit %d %s", code, stderr)
+		}
+		if got := d.lockdownRules(t); len(got) == 0 {
+			t.Errorf("no lockdown rules after lockdown on")
+		}
+		if stdout, _, code := vpnctlRun(t, uidNormal, "--socket", d.sock, "lockdown", "status"); code != 0 || stdout != "on for 4000 4001\n" {
+			t.Errorf("lockdown status: exit %d %q", code, stdout)
+		}
+		if stdout, _, _ := vpnctlRun(t, uidNormal, "--socket", d.sock, "status"); !strings.Contains(stdout, "lockdown:        on for 4000 4001\n") {
+			t.Errorf("status:\n%s", stdout)
+		}
+		_, stderr, code := vpnctlRun(t, uidNormal, "--socket", d.sock, "lockdown", "off")
+		wantVpnctlError(t, stderr, 201, code, true)
+		if _, stderr, code := vpnctlRun(t, 0, "--socket", d.sock, "lockdown", "off"); code != 0 {
+			t.Fatalf("lockdown off: exit %d %s", code, stderr)
+		}
+		if got := d.lockdownRules(t); len(got) != 0 {
+			t.Errorf("lockdown rules %v after lockdown off", got)
+		}
+		if stdout, _, code := vpnctlRun(t, 0, "--socket", d.sock, "lockdown", "status"); code != 0 || stdout != "off\n" {
+			t.Errorf("lockdown status: exit %d %q", code, stdout)
+		}
 	})
 
 	t.Run("explain prints the seed", func(t *testing.T) {
@@ -139,6 +216,16 @@ func TestVpnctl(t *testing.T) {
 		if !strings.Contains(stdout, "This error code is reported if a VPN already exists.") {
 			t.Errorf("explain 2203002 lacks the seed's description:\n%s", stdout)
 		}
+		// And the cases in which vpnd answers it.
+		stdout, _, _ = vpnctlRun(t, 0, "explain", "19900002")
+		for _, want := range []string{"too many connections", "/dev/net/tun", "in use by someone else", "user database"} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("explain 19900002 lacks %q:\n%s", want, stdout)
+			}
+		}
+		if stdout, _, code := vpnctlRun(t, 0, "explain", "-32602"); code != 0 || !strings.Contains(stdout, "vpnd never sends -32602") {
+			t.Errorf("explain -32602: exit %d\n%s", code, stdout)
+		}
 	})
 
 	t.Run("failed calls", func(t *testing.T) {
@@ -146,6 +233,9 @@ func TestVpnctl(t *testing.T) {
 		setUpOK(t, holder.call("setUp", setUpParams, ""))
 		_, stderr, code := vpnctlRun(t, 0, "--socket", d.sock, "up", "--address", "10.9.0.2/24")
 		wantVpnctlError(t, stderr, 2203002, code, false)
+		if !strings.HasSuffix(stderr, "\n  see: vpnctl explain 2203002\n") {
+			t.Errorf("up's refusal does not say which explain to run: %q", stderr)
+		}
 		_, stderr, code = vpnctlRun(t, uidNobody, "--socket", d.sock, "down")
 		wantVpnctlError(t, stderr, 2203001, code, false)
 		_, stderr, code = vpnctlRun(t, uidNormal, "--socket", d.sock, "down")
@@ -164,6 +254,26 @@ func TestVpnctl(t *testing.T) {
 			t.Errorf("down as root: exit %d %s", code, stderr)
 		}
 		d.waitClean(t, "vpnctl down")
+	})
+
+	t.Run("vpnd not there", func(t *testing.T) {
+		missing := d.sock + ".missing"
+		_, stderr, code := vpnctlRun(t, 0, "--socket", missing, "status")
+		if code != 1 || !strings.Contains(stderr, "There is no socket at "+missing) || !strings.Contains(stderr, "VPND_SOCKET") {
+			t.Errorf("exit %d, stderr %q", code, stderr)
+		}
+	})
+
+	t.Run("version, completion", func(t *testing.T) {
+		for _, b := range []string{"vpnctl", "vpnd"} {
+			stdout, stderr, code := runProgram(t, bin(t, b), "--version")
+			if code != 0 || !strings.HasPrefix(stdout, b+" version ") {
+				t.Errorf("%s --version: exit %d, %q %q", b, code, stdout, stderr)
+			}
+		}
+		if stdout, _, code := vpnctlRun(t, 0, "completion", "bash"); code != 0 || !strings.Contains(stdout, "__start_vpnctl") {
+			t.Errorf("completion bash: exit %d", code)
+		}
 	})
 
 	t.Run("protect --fd", func(t *testing.T) {

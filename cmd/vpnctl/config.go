@@ -3,13 +3,14 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/spf13/pflag"
 
 	"github.com/vpnd/vpnd/protocol"
 )
@@ -19,6 +20,7 @@ type listFlag []string
 
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+func (l *listFlag) Type() string       { return "stringArray" }
 
 // optBool is a boolean flag that remembers whether it was given, so that
 // an absent --ipv4 leaves vpnd's default in place.
@@ -27,6 +29,7 @@ type optBool struct {
 }
 
 func (b *optBool) IsBoolFlag() bool { return true }
+func (b *optBool) Type() string     { return "bool" }
 func (b *optBool) String() string {
 	if b == nil || !b.set {
 		return ""
@@ -55,14 +58,15 @@ type upOptions struct {
 	blocking      bool
 	metered       bool
 	legacy        bool
+	familyBypass  bool
 	trusted       listFlag
 	blocked       listFlag
 }
 
 // configFlags are the flags that --config replaces.
-var configFlags = []string{"address", "route", "exclude", "dns", "search-domain", "mtu", "ipv4", "ipv6", "blocking", "metered", "legacy", "trusted", "blocked"}
+var configFlags = []string{"address", "route", "exclude", "dns", "search-domain", "mtu", "ipv4", "ipv6", "blocking", "metered", "legacy", "allow-family-bypass", "trusted", "blocked"}
 
-func (o *upOptions) register(fs *flag.FlagSet) {
+func (o *upOptions) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.configFile, "config", "", "read the whole VpnConfig from `FILE.json` (\"-\" for stdin) and send it as is; excludes the other config flags")
 	fs.Var(&o.addresses, "address", "interface address as `CIDR`, e.g. 10.8.0.2/24 (repeatable; at least one)")
 	fs.Var(&o.routes, "route", "route `CIDR[,via=GATEWAY]` into the VPN (repeatable; default: a default route per accepted family)")
@@ -72,9 +76,13 @@ func (o *upOptions) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.mtu, "mtu", 0, "interface `MTU` (vpnd's default: 1500)")
 	fs.Var(&o.ipv4, "ipv4", "accept IPv4 traffic, --ipv4=false to refuse it (default: true if an IPv4 address is given)")
 	fs.Var(&o.ipv6, "ipv6", "accept IPv6 traffic, --ipv6=false to refuse it (default: true if an IPv6 address is given)")
+	// Like a bool flag, --ipv4 alone means true.
+	fs.Lookup("ipv4").NoOptDefVal = "true"
+	fs.Lookup("ipv6").NoOptDefVal = "true"
 	fs.BoolVar(&o.blocking, "blocking", false, "hand out the TUN fd in blocking mode")
 	fs.BoolVar(&o.metered, "metered", false, "mark the VPN as metered")
 	fs.BoolVar(&o.legacy, "legacy", false, "send isLegacy: true (vpnd refuses it with 19900001: it has no legacy VPN types)")
+	fs.BoolVar(&o.familyBypass, "allow-family-bypass", false, "let the covered users' traffic of a family the VPN does not accept take the normal path (by default it fails closed)")
 	fs.Var(&o.trusted, "trusted", "only this `USER`'s traffic (name or uid) enters the VPN (repeatable; other users need ADMIN)")
 	fs.Var(&o.blocked, "blocked", "this `USER`'s traffic (name or uid) bypasses the VPN (repeatable; other users need ADMIN)")
 }
@@ -89,35 +97,25 @@ func (o *upOptions) vpnConfig(set map[string]bool) (protocol.VpnConfig, error) {
 		return cfg, fmt.Errorf("at least one --address (or --config) is required")
 	}
 	for _, a := range o.addresses {
-		la, err := protocol.ParseLinkAddress(a)
+		la, err := parseCIDR(a)
 		if err != nil {
-			return cfg, fmt.Errorf("--address %q: not an address in CIDR form", a)
+			return cfg, fmt.Errorf("--address %s: %v", a, err)
 		}
 		cfg.Addresses = append(cfg.Addresses, la)
 	}
-	for _, list := range []struct {
-		name     string
-		cidrs    []string
-		excluded bool
-	}{{"route", o.routes, false}, {"exclude", o.excludes, true}} {
-		for _, r := range list.cidrs {
-			cidr, gw, hasGW := strings.Cut(r, ",via=")
-			if hasGW && list.excluded {
-				return cfg, fmt.Errorf("--%s %q: an excluded route takes no gateway", list.name, r)
-			}
-			la, err := protocol.ParseLinkAddress(cidr)
-			if err != nil {
-				return cfg, fmt.Errorf("--%s %q: not a prefix in CIDR form", list.name, r)
-			}
-			ri := protocol.RouteInfo{Destination: la, IsExcludedRoute: list.excluded}
-			if hasGW {
-				if _, err := netip.ParseAddr(gw); err != nil {
-					return cfg, fmt.Errorf("--%s %q: gateway %q is not an IP address", list.name, r, gw)
-				}
-				ri.Gateway = &protocol.NetAddress{Address: gw}
-			}
-			cfg.Routes = append(cfg.Routes, ri)
+	for _, r := range o.routes {
+		ri, err := parseRoute(r, false)
+		if err != nil {
+			return cfg, fmt.Errorf("--route %s: %v", r, err)
 		}
+		cfg.Routes = append(cfg.Routes, ri)
+	}
+	for _, r := range o.excludes {
+		ri, err := parseRoute(r, true)
+		if err != nil {
+			return cfg, fmt.Errorf("--exclude %s: %v", r, err)
+		}
+		cfg.Routes = append(cfg.Routes, ri)
 	}
 	cfg.DNSAddresses = o.dns
 	cfg.SearchDomains = o.searchDomains
@@ -136,9 +134,57 @@ func (o *upOptions) vpnConfig(set map[string]bool) (protocol.VpnConfig, error) {
 	cfg.IsBlocking = o.blocking
 	cfg.IsMetered = o.metered
 	cfg.IsLegacy = o.legacy
+	cfg.AllowFamilyBypass = o.familyBypass
 	cfg.TrustedApplications = o.trusted
 	cfg.BlockedApplications = o.blocked
 	return cfg, nil
+}
+
+// parseRoute parses "CIDR[,via=GATEWAY]" (no gateway when excluded). Its
+// errors name the part that is wrong.
+func parseRoute(s string, excluded bool) (protocol.RouteInfo, error) {
+	cidr, options, _ := strings.Cut(s, ",")
+	la, err := parseCIDR(cidr)
+	if err != nil {
+		return protocol.RouteInfo{}, err
+	}
+	ri := protocol.RouteInfo{Destination: la, IsExcludedRoute: excluded}
+	if options == "" {
+		return ri, nil
+	}
+	for _, opt := range strings.Split(options, ",") {
+		key, val, _ := strings.Cut(opt, "=")
+		switch {
+		case key != "via":
+			return ri, fmt.Errorf("%q: unknown option (the only one is via=GATEWAY)", opt)
+		case excluded:
+			return ri, fmt.Errorf("via: an excluded route takes no gateway")
+		case ri.Gateway != nil:
+			return ri, fmt.Errorf("via: given twice")
+		}
+		if _, err := netip.ParseAddr(val); err != nil {
+			return ri, fmt.Errorf("via: %q is not an IP address", val)
+		}
+		ri.Gateway = &protocol.NetAddress{Address: val}
+	}
+	return ri, nil
+}
+
+// parseCIDR parses an address or prefix with its length, saying which part
+// is wrong. Host bits are kept: vpnd masks a route's, an address needs them.
+func parseCIDR(s string) (protocol.LinkAddress, error) {
+	addr, bits, ok := strings.Cut(s, "/")
+	if !ok {
+		return protocol.LinkAddress{}, fmt.Errorf("%q has no prefix length (e.g. 10.8.0.0/24)", s)
+	}
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return protocol.LinkAddress{}, fmt.Errorf("%q is not an IP address", addr)
+	}
+	if n, err := strconv.Atoi(bits); err != nil || n < 0 || n > ip.BitLen() {
+		return protocol.LinkAddress{}, fmt.Errorf("prefix length %q: want 0-%d", bits, ip.BitLen())
+	}
+	return protocol.ParseLinkAddress(s)
 }
 
 // params returns the setUp params: the --config file as is, or the

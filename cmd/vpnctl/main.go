@@ -1,27 +1,35 @@
-// Command vpnctl is the command-line client of vpnd (contract §8).
+// Command vpnctl is the command-line client of vpnd.
 //
 //	vpnctl [--socket PATH] up [config flags | --config FILE.json] [-- CMD ARGS...]
 //	vpnctl [--socket PATH] down
 //	vpnctl [--socket PATH] status [--json]
 //	vpnctl [--socket PATH] watch
 //	vpnctl [--socket PATH] protect --fd N
+//	vpnctl [--socket PATH] lockdown on USER... | off | status
 //	vpnctl explain CODE
+//	vpnctl completion bash|zsh|fish
 //
 // A failed call prints "vpnctl: CODE MESSAGE (detail)" to stderr and exits
 // 1; a usage error exits 2.
+//
+// The command line is built with cobra, which also generates the shell
+// completion scripts and, through the hidden "vpnctl man DIR", the man
+// pages from the same definitions.
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
 
 	"github.com/vpnd/vpnd/internal/errs"
+	"github.com/vpnd/vpnd/internal/version"
 	"github.com/vpnd/vpnd/protocol"
 )
 
@@ -42,165 +50,147 @@ type stdio struct {
 	out, err io.Writer
 }
 
-// command is one subcommand.
-type command struct {
-	name     string
-	synopsis string // the arguments after "vpnctl NAME"
-	summary  string // one line for the command list
-	help     string // paragraphs after the synopsis in --help
-	run      func(ctx context.Context, g *globals, args []string) int
-}
-
 // globals are the settings every subcommand shares.
 type globals struct {
+	// socket is --socket, or "" for $VPND_SOCKET or the default.
 	socket string
+	getenv func(string) string
 	io     stdio
 }
 
-var commands []*command
-
-func init() {
-	// Set here rather than in the literals: the run functions refer
-	// back to their command for its help.
-	upCommand.run = runUp
-	downCommand.run = runDown
-	statusCommand.run = runStatus
-	watchCommand.run = runWatch
-	protectCommand.run = runProtect
-	explainCommand.run = runExplain
-	commands = []*command{upCommand, downCommand, statusCommand, watchCommand, protectCommand, explainCommand}
-}
-
-const globalUsage = `Usage: vpnctl [--socket PATH] COMMAND [ARGS]
-
-vpnctl talks to vpnd, the VPN manager daemon, over its Unix socket.
-
-Commands:
-%s
-Global flags:
-  --socket PATH   vpnd's socket (default $VPND_SOCKET, else %s)
-
-Run "vpnctl COMMAND --help" for a command's flags.
-`
-
-func printGlobalUsage(w io.Writer) {
-	var b strings.Builder
-	for _, c := range commands {
-		fmt.Fprintf(&b, "  %-9s %s\n", c.name, c.summary)
+// socketPath is the socket to dial: --socket, else $VPND_SOCKET, else
+// vpnd's default.
+func (g *globals) socketPath() string {
+	if g.socket != "" {
+		return g.socket
 	}
-	fmt.Fprintf(w, globalUsage, b.String(), protocol.DefaultSocket)
+	if g.getenv == nil {
+		return protocol.DefaultSocket
+	}
+	if s := g.getenv("VPND_SOCKET"); s != "" {
+		return s
+	}
+	return protocol.DefaultSocket
 }
+
+// exitCode is what a command returns once it has reported its outcome
+// itself. Any other error out of the command line is a usage error.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // run is main without the os.Exit, for tests.
 func run(ctx context.Context, args []string, sio stdio, getenv func(string) string) int {
-	g := &globals{socket: protocol.DefaultSocket, io: sio}
-	if s := getenv("VPND_SOCKET"); s != "" {
-		g.socket = s
-	}
-	fs := flag.NewFlagSet("vpnctl", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&g.socket, "socket", g.socket, "vpnd's socket")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printGlobalUsage(sio.out)
-			return exitOK
-		}
-		fmt.Fprintf(sio.err, "vpnctl: %v\n", err)
-		printGlobalUsage(sio.err)
-		return exitUsage
-	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		printGlobalUsage(sio.err)
-		return exitUsage
-	}
-	if rest[0] == "help" {
-		if len(rest) > 1 {
-			if c := lookupCommand(rest[1]); c != nil {
-				fs, _ := newFlagSet(c, g)
-				printHelp(sio.out, c, fs)
-				return exitOK
-			}
-		}
-		printGlobalUsage(sio.out)
+	g := &globals{getenv: getenv, io: sio}
+	root := newRootCommand(g)
+	root.SetArgs(args)
+	c, err := root.ExecuteContextC(ctx)
+	var status exitCode
+	switch {
+	case err == nil:
 		return exitOK
+	case errors.As(err, &status):
+		return int(status)
 	}
-	c := lookupCommand(rest[0])
-	if c == nil {
-		fmt.Fprintf(sio.err, "vpnctl: unknown command %q\n", rest[0])
-		printGlobalUsage(sio.err)
-		return exitUsage
+	name := "vpnctl"
+	if c != nil && c != root {
+		name = c.CommandPath()
 	}
-	return c.run(ctx, g, rest[1:])
-}
-
-func lookupCommand(name string) *command {
-	for _, c := range commands {
-		if c.name == name {
-			return c
-		}
-	}
-	return nil
-}
-
-// newFlagSet returns a flag set for c that already knows --socket, so the
-// flag works after the command name too.
-func newFlagSet(c *command, g *globals) (*flag.FlagSet, *string) {
-	fs := flag.NewFlagSet("vpnctl "+c.name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	sock := fs.String("socket", g.socket, "vpnd's socket `PATH` ($VPND_SOCKET overrides the built-in default)")
-	return fs, sock
-}
-
-// parseFlags parses args. On --help it prints the command's help to
-// stdout; on a bad flag it prints the error to stderr. ok is false when
-// the command must return code.
-func parseFlags(c *command, g *globals, fs *flag.FlagSet, sock *string, args []string) (code int, ok bool) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printHelp(g.io.out, c, fs)
-			return exitOK, false
-		}
-		return usageError(g, c, "%v", err), false
-	}
-	g.socket = *sock
-	return 0, true
-}
-
-func printHelp(w io.Writer, c *command, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "Usage: vpnctl %s %s\n\n%s\n", c.name, c.synopsis, strings.TrimSpace(c.help))
-	var b bytes.Buffer
-	fs.VisitAll(func(f *flag.Flag) {
-		arg, usage := flag.UnquoteUsage(f)
-		fmt.Fprintf(&b, "  --%s", f.Name)
-		if arg != "" {
-			fmt.Fprintf(&b, " %s", arg)
-		}
-		fmt.Fprintf(&b, "\n        %s", usage)
-		switch f.DefValue {
-		case "", "0", "-1", "false":
-		default:
-			fmt.Fprintf(&b, " (default %q)", f.DefValue)
-		}
-		b.WriteByte('\n')
-	})
-	if b.Len() > 0 {
-		fmt.Fprintf(w, "\nFlags:\n%s", b.String())
-	}
-}
-
-// usageError reports a usage error and returns exitUsage.
-func usageError(g *globals, c *command, format string, args ...any) int {
-	fmt.Fprintf(g.io.err, "vpnctl %s: %s\n", c.name, fmt.Sprintf(format, args...))
-	fmt.Fprintf(g.io.err, "Run 'vpnctl %s --help' for usage.\n", c.name)
+	fmt.Fprintf(sio.err, "%s: %v\n", name, err)
+	fmt.Fprintf(sio.err, "Run '%s --help' for usage.\n", name)
 	return exitUsage
 }
 
+const rootLong = `vpnctl talks to vpnd, the VPN manager daemon, over its Unix socket: it sets
+a VPN up and holds it, ends it, shows and watches its state, protects
+sockets, turns lockdown on and off, and explains vpnd's error codes.`
+
+// helpTemplate lays out every command's --help: the synopsis first, as
+// "Usage: vpnctl up ...", then the description, examples and flags.
+const helpTemplate = `Usage: {{.UseLine}}
+{{with .Long}}
+{{. | trimTrailingWhitespaces}}
+{{end}}{{if .HasExample}}
+Examples:
+{{.Example}}
+{{end}}{{if .HasAvailableSubCommands}}
+Commands:
+{{range .Commands}}{{if .IsAvailableCommand}}  {{rpad .Name .NamePadding}} {{.Short}}
+{{end}}{{end}}{{end}}{{if .HasAvailableLocalFlags}}
+Flags:
+{{.LocalFlags.FlagUsages | trimTrailingWhitespaces}}
+{{end}}{{if .HasAvailableInheritedFlags}}
+Global flags:
+{{.InheritedFlags.FlagUsages | trimTrailingWhitespaces}}
+{{end}}{{if .HasAvailableSubCommands}}
+Run "{{.CommandPath}} COMMAND --help" for a command's flags.
+{{end}}`
+
+func newRootCommand(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:     "vpnctl [--socket PATH] COMMAND [ARGS]",
+		Short:   "the command-line client of vpnd, the VPN manager daemon",
+		Long:    rootLong,
+		Version: version.String(),
+		Args:    cobra.NoArgs,
+		// vpnctl reports errors itself, in its own format.
+		SilenceErrors:         true,
+		SilenceUsage:          true,
+		DisableFlagsInUseLine: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			// No command: the list of commands, on stderr.
+			cmd.SetOut(g.io.err)
+			cmd.Help()
+			return exitCode(exitUsage)
+		},
+	}
+	root.SetIn(g.io.in)
+	root.SetOut(g.io.out)
+	root.SetErr(g.io.err)
+	root.SetHelpTemplate(helpTemplate)
+	root.SetUsageTemplate(helpTemplate)
+	root.PersistentFlags().StringVar(&g.socket, "socket", "",
+		"vpnd's socket `PATH` (default: $VPND_SOCKET, else "+protocol.DefaultSocket+")")
+	root.AddCommand(
+		newUpCommand(g),
+		newDownCommand(g),
+		newStatusCommand(g),
+		newWatchCommand(g),
+		newProtectCommand(g),
+		newLockdownCommand(g),
+		newExplainCommand(g),
+		newManCommand(g),
+	)
+	return root
+}
+
 // fail reports a failed call and returns exitFailure. A vpnd error is
-// printed exactly as "vpnctl: CODE MESSAGE (detail)".
+// printed exactly as "vpnctl: CODE MESSAGE (detail)"; when vpnd cannot be
+// reached, the lines after it say what to do.
 func fail(g *globals, err error) int {
 	fmt.Fprintln(g.io.err, formatError(err))
+	fmt.Fprint(g.io.err, unreachableHint(err, g.socketPath()))
 	return exitFailure
+}
+
+// unreachableHint explains a failed connect: nothing at the socket path
+// (ENOENT), or a socket file that nobody serves (ECONNREFUSED), and how to
+// point vpnctl elsewhere. It is "" for any other error.
+func unreachableHint(err error, socket string) string {
+	var why string
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		why = "There is no socket at " + socket + ": vpnd is not running, or it serves another socket."
+	case errors.Is(err, syscall.ECONNREFUSED):
+		why = socket + " is a stale socket: no vpnd serves it (vpnd was stopped or killed, or serves another socket)."
+	default:
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "  %s\n", why)
+	b.WriteString("  Start vpnd, or point vpnctl at its socket with --socket PATH or VPND_SOCKET=PATH.\n")
+	b.WriteString("  To try vpnd without touching this host, run scripts/try from vpnd's source tree: a throwaway sandbox.\n")
+	return b.String()
 }
 
 func formatError(err error) string {

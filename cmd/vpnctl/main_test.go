@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,21 +19,70 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/client"
 	"github.com/vpnd/vpnd/internal/errs"
 	"github.com/vpnd/vpnd/internal/rpc"
+	"github.com/vpnd/vpnd/internal/version"
 	"github.com/vpnd/vpnd/protocol"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 && flag.Lookup("test.run").Value.String() == "" {
+		code = everyCommandRan()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL: leaked goroutines: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// ran holds the commands the tests ran for real (not for --help).
+var ran sync.Map
+
+// noteRun records which command args run.
+func noteRun(args []string) {
+	for _, a := range args {
+		if a == "--help" || a == "-h" || a == "__complete" {
+			return
+		}
+	}
+	if len(args) > 0 && args[0] == "help" {
+		return
+	}
+	root := newRootCommand(&globals{io: stdio{in: strings.NewReader(""), out: io.Discard, err: io.Discard}})
+	root.InitDefaultCompletionCmd()
+	if c, _, err := root.Find(args); err == nil {
+		ran.Store(c.CommandPath(), true)
+	}
+}
+
+// everyCommandRan fails the run unless each command of --help was run by
+// some test.
+func everyCommandRan() int {
+	code := 0
+	for _, c := range commandTree() {
+		if _, ok := ran.Load(c.CommandPath()); !ok && c.Runnable() {
+			fmt.Fprintf(os.Stderr, "FAIL: no test runs %q\n", c.CommandPath())
+			code = 1
+		}
+	}
+	return code
+}
 
 // vpnctl runs the command line in-process and returns the exit status,
 // stdout and stderr.
 func vpnctl(t *testing.T, ctx context.Context, stdin string, args ...string) (int, string, string) {
 	t.Helper()
+	noteRun(args)
 	var out, errb bytes.Buffer
 	code := run(ctx, args, stdio{strings.NewReader(stdin), &out, &errb}, func(string) string { return "" })
 	return code, out.String(), errb.String()
@@ -41,16 +91,15 @@ func vpnctl(t *testing.T, ctx context.Context, stdin string, args ...string) (in
 // upParams parses "up" flags and returns the setUp params they produce.
 func upParams(t *testing.T, stdin string, args ...string) (string, error) {
 	t.Helper()
-	g := &globals{io: stdio{in: strings.NewReader(stdin)}}
-	fs, _ := newFlagSet(upCommand, g)
+	fs := pflag.NewFlagSet("up", pflag.ContinueOnError)
 	var o upOptions
 	o.register(fs)
 	if err := fs.Parse(args); err != nil {
 		t.Fatalf("parse %v: %v", args, err)
 	}
 	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	b, err := o.params(set, g.io.in)
+	fs.Visit(func(f *pflag.Flag) { set[f.Name] = true })
+	b, err := o.params(set, strings.NewReader(stdin))
 	return string(b), err
 }
 
@@ -66,7 +115,7 @@ func TestUpFlagsToVpnConfig(t *testing.T) {
 			"--address", "10.8.0.2/24", "--address", "fd00::2/64",
 			"--route", "10.0.0.0/8", "--route", "::/0", "--exclude", "10.1.0.0/16",
 			"--dns", "10.8.0.1", "--dns", "fd00::1", "--search-domain", "corp.example",
-			"--mtu", "1400", "--ipv4", "--ipv6=false", "--blocking", "--metered",
+			"--mtu", "1400", "--ipv4", "--ipv6=false", "--blocking", "--metered", "--allow-family-bypass",
 			"--trusted", "alice", "--trusted", "1001", "--blocked", "bob"},
 			`{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24},` +
 				`{"address":{"address":"fd00::2","family":2},"prefixLength":64}],` +
@@ -74,7 +123,7 @@ func TestUpFlagsToVpnConfig(t *testing.T) {
 				`{"destination":{"address":{"address":"::","family":2},"prefixLength":0}},` +
 				`{"destination":{"address":{"address":"10.1.0.0","family":1},"prefixLength":16},"isExcludedRoute":true}],` +
 				`"dnsAddresses":["10.8.0.1","fd00::1"],"searchDomains":["corp.example"],"mtu":1400,` +
-				`"isIPv4Accepted":true,"isIPv6Accepted":false,"isBlocking":true,"isMetered":true,` +
+				`"isIPv4Accepted":true,"isIPv6Accepted":false,"isBlocking":true,"isMetered":true,"allowFamilyBypass":true,` +
 				`"trustedApplications":["alice","1001"],"blockedApplications":["bob"]}`},
 		{"legacy is sent for vpnd to refuse", []string{"--address", "10.8.0.2/24", "--legacy"},
 			`{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24}],"isLegacy":true}`},
@@ -154,43 +203,155 @@ func TestExplain(t *testing.T) {
 		if status != 0 || stderr != "" {
 			t.Fatalf("%d: exit %d %s", code, status, stderr)
 		}
-		for _, want := range []string{fmt.Sprintf("%d %s\n", int(code), e.Name), e.Message, e.Description, e.Cause, e.Solution} {
+		want := []string{fmt.Sprintf("%d %s\n", int(code), e.Name), e.Message, e.Description, e.Cause, e.Solution}
+		// Then each case in which vpnd answers the code.
+		for _, c := range errs.Causes(code) {
+			want = append(want, c.Text, c.Detail, c.Fix)
+			want = append(want, c.Cases...)
+		}
+		for _, want := range want {
 			if !strings.Contains(out, want) {
 				t.Errorf("%d: output lacks %q:\n%s", code, want, out)
 			}
 		}
 	}
-	if code, _, stderr := vpnctl(t, context.Background(), "", "explain", "42"); code != exitFailure || stderr != "vpnctl: unknown error code 42\n" {
+	// An unknown code: the known ones, those vpnd never sends included.
+	code, _, stderr := vpnctl(t, context.Background(), "", "explain", "42")
+	if code != exitFailure || !strings.HasPrefix(stderr, "vpnctl: unknown error code 42; the codes vpnd answers are:\n") {
 		t.Errorf("unknown code: %d %q", code, stderr)
 	}
-	for _, args := range [][]string{{"explain"}, {"explain", "x"}, {"explain", "1", "2"}} {
+	for _, c := range append(errs.Codes(), -32602, -32603) {
+		if !strings.Contains(stderr, fmt.Sprintf("\n  %-9d ", int(c))) {
+			t.Errorf("unknown code: the list lacks %d:\n%s", c, stderr)
+		}
+	}
+	// JSON-RPC's codes that vpnd never sends: what it sends instead.
+	for _, c := range []string{"-32602", "-32603"} {
+		code, out, _ := vpnctl(t, context.Background(), "", "explain", c)
+		if code != 0 || !strings.Contains(out, "vpnd never sends "+c) {
+			t.Errorf("explain %s: exit %d\n%s", c, code, out)
+		}
+	}
+	if code, out, _ := vpnctl(t, context.Background(), "", "explain", "--", "-32700"); code != 0 || !strings.HasPrefix(out, "-32700 Parse Error\n") {
+		t.Errorf("explain -- -32700: exit %d %q", code, out)
+	}
+	for _, args := range [][]string{{"explain"}, {"explain", "x"}, {"explain", "1", "2"}, {"explain", "-x"}} {
 		if code, _, _ := vpnctl(t, context.Background(), "", args...); code != exitUsage {
 			t.Errorf("%v: exit %d", args, code)
 		}
 	}
 }
 
+// commandTree lists every command a user can run or ask help for.
+func commandTree() []*cobra.Command {
+	root := newRootCommand(&globals{io: stdio{in: strings.NewReader(""), out: io.Discard, err: io.Discard}})
+	root.InitDefaultCompletionCmd()
+	var all []*cobra.Command
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		all = append(all, c)
+		for _, sub := range c.Commands() {
+			if sub.IsAvailableCommand() {
+				walk(sub)
+			}
+		}
+	}
+	walk(root)
+	return all
+}
+
+// args returns the command line that names c, without "vpnctl".
+func args(c *cobra.Command) []string { return strings.Fields(c.CommandPath())[1:] }
+
 func TestHelp(t *testing.T) {
-	for _, c := range commands {
-		for _, args := range [][]string{{c.name, "--help"}, {c.name, "-h"}, {"help", c.name}} {
-			code, out, stderr := vpnctl(t, context.Background(), "", args...)
-			if code != 0 || stderr != "" || !strings.HasPrefix(out, "Usage: vpnctl "+c.name+" ") {
-				t.Errorf("%v: exit %d, out %q, err %q", args, code, out, stderr)
+	tree := commandTree()
+	if len(tree) < 13 {
+		t.Fatalf("only %d commands", len(tree))
+	}
+	for _, c := range tree {
+		path := c.CommandPath()
+		for _, a := range [][]string{append(args(c), "--help"), append(args(c), "-h"), append([]string{"help"}, args(c)...)} {
+			code, out, stderr := vpnctl(t, context.Background(), "", a...)
+			if code != 0 || stderr != "" || !strings.HasPrefix(out, "Usage: "+path+" ") && !strings.HasPrefix(out, "Usage: "+path+"\n") {
+				t.Errorf("%v: exit %d, out %q, err %q", a, code, out, stderr)
+			}
+			// Flags with two dashes, and their placeholders.
+			if strings.Contains(out, "  -socket") || c.Name() == "up" && !strings.Contains(out, "--route CIDR[,via=GATEWAY]") {
+				t.Errorf("%v: flags not shown as --name ARG:\n%s", a, out)
 			}
 		}
 	}
 	code, out, _ := vpnctl(t, context.Background(), "", "--help")
-	if code != 0 || !strings.Contains(out, "explain") {
-		t.Errorf("--help: %d %q", code, out)
+	for _, want := range []string{"\n  up ", "\n  down ", "\n  status ", "\n  watch ", "\n  protect ", "\n  lockdown ", "\n  explain ", "\n  completion ", "--socket PATH", "--version"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("--help: exit %d, lacks %q:\n%s", code, want, out)
+		}
 	}
-	if code, _, _ := vpnctl(t, context.Background(), ""); code != exitUsage {
-		t.Errorf("no command: exit %d", code)
+	if strings.Contains(out, " man ") {
+		t.Errorf("--help shows the hidden man command:\n%s", out)
 	}
-	if code, _, _ := vpnctl(t, context.Background(), "", "frobnicate"); code != exitUsage {
-		t.Errorf("unknown command: exit %d", code)
+	for _, a := range [][]string{{}, {"lockdown"}} {
+		if code, out, stderr := vpnctl(t, context.Background(), "", a...); code != exitUsage || out != "" || !strings.HasPrefix(stderr, "Usage: ") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", a, code, out, stderr)
+		}
 	}
-	if code, _, _ := vpnctl(t, context.Background(), "", "protect"); code != exitUsage {
-		t.Errorf("protect without --fd: exit %d", code)
+	for _, a := range [][]string{{"frobnicate"}, {"protect"}, {"protect", "--fd", "-1"}, {"lockdown", "on"}, {"lockdown", "frob"}, {"down", "x"}, {"status", "--bogus"}, {"man"}} {
+		if code, out, stderr := vpnctl(t, context.Background(), "", a...); code != exitUsage || out != "" || !strings.Contains(stderr, "Run 'vpnctl") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", a, code, out, stderr)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, flag := range []string{"--version", "-v"} {
+		code, out, _ := vpnctl(t, context.Background(), "", flag)
+		if code != 0 || out != "vpnctl version "+version.String()+"\n" {
+			t.Errorf("%s: exit %d, %q", flag, code, out)
+		}
+	}
+}
+
+// TestCompletionAndManPages: the shell completion scripts and the man
+// pages come from the same definitions as --help.
+func TestCompletionAndManPages(t *testing.T) {
+	for _, shell := range []string{"bash", "zsh", "fish", "powershell"} {
+		code, out, stderr := vpnctl(t, context.Background(), "", "completion", shell)
+		if code != 0 || stderr != "" || !strings.Contains(out, "vpnctl") || len(out) < 1000 {
+			t.Errorf("completion %s: exit %d, %d bytes, stderr %q", shell, code, len(out), stderr)
+		}
+	}
+	// Completion knows the commands, the flags and explain's codes.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"__complete", "st"}, "status"},
+		{[]string{"__complete", "up", "--all"}, "--allow-family-bypass"},
+		{[]string{"__complete", "lockdown", ""}, "off"},
+		{[]string{"__complete", "explain", ""}, "19900002\tSystem internal error."},
+	} {
+		if code, out, _ := vpnctl(t, context.Background(), "", tc.args...); code != 0 || !strings.Contains(out, tc.want) {
+			t.Errorf("%v: exit %d, %q lacks %q", tc.args, code, out, tc.want)
+		}
+	}
+	dir := filepath.Join(t.TempDir(), "man1")
+	if code, _, stderr := vpnctl(t, context.Background(), "", "man", dir); code != 0 {
+		t.Fatalf("man: exit %d %s", code, stderr)
+	}
+	for _, c := range commandTree() {
+		page := strings.ReplaceAll(c.CommandPath(), " ", "-") + ".1"
+		b, err := os.ReadFile(filepath.Join(dir, page))
+		if err != nil {
+			t.Errorf("no man page for %s: %v", c.CommandPath(), err)
+			continue
+		}
+		if !strings.Contains(string(b), ".TH ") || !strings.Contains(string(b), c.Short) {
+			t.Errorf("%s: no .TH or description:\n%s", page, b)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "vpnctl-up.1"))
+	if !strings.Contains(string(b), "allow-family-bypass") || !strings.Contains(string(b), "--route") {
+		t.Errorf("vpnctl-up.1 lacks flags:\n%s", b)
 	}
 }
 
@@ -307,18 +468,83 @@ var testInfo = protocol.VpnInfo{
 }
 
 func TestStatus(t *testing.T) {
+	info := testInfo
+	info.Routes = []string{"10.0.0.0/8", "198.51.100.0/24", "2001:db8::/32"}
+	info.RouteGateways = map[string]string{"10.0.0.0/8": "10.8.0.1", "2001:db8::/32": "fd00::1"}
+	info.CoveredUIDs = []string{"0-999", "1001-4294967294"}
 	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
-		return protocol.StatusResult{State: "connected", VPN: &testInfo}, nil, nil
+		if req.Method != "status" {
+			return nil, nil, errs.New(errs.CodeMethodNotFound, "")
+		}
+		// What a newer vpnd might add: status --json keeps it.
+		return map[string]any{"state": "connected", "vpn": info, "futureMember": 7,
+			"lockdown": protocol.Lockdown{Enabled: true, Applications: []string{"alice", "1001"}}}, nil, nil
 	})
 	code, out, stderr := vpnctl(t, context.Background(), "", "--socket", d.path, "status")
-	if code != 0 || stderr != "" || !strings.Contains(out, "state:           connected\n") ||
-		!strings.Contains(out, "owner:           alice (uid 1000, pid 42)") {
-		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	for _, want := range []string{
+		"state:           connected\n",
+		"lockdown:        on for alice 1001\n",
+		"routes:          10.0.0.0/8 198.51.100.0/24 2001:db8::/32\n",
+		"route gateways:  10.0.0.0/8 via 10.8.0.1 2001:db8::/32 via fd00::1\n",
+		"covered uids:    0-999 1001-4294967294\n",
+		"owner:           alice (uid 1000, pid 42)\n",
+	} {
+		if code != 0 || stderr != "" || !strings.Contains(out, want) {
+			t.Errorf("status: exit %d, lacks %q:\n%s%s", code, want, out, stderr)
+		}
 	}
 	code, out, _ = vpnctl(t, context.Background(), "", "status", "--socket", d.path, "--json")
 	var st protocol.StatusResult
-	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.VPN == nil || st.VPN.Index != 9 {
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.VPN == nil || st.VPN.Index != 9 ||
+		st.VPN.RouteGateways["10.0.0.0/8"] != "10.8.0.1" || !strings.Contains(out, `"futureMember": 7`) {
 		t.Fatalf("--json: exit %d %s", code, out)
+	}
+	if code, out, _ := vpnctl(t, context.Background(), "", "--socket", d.path, "lockdown", "status"); code != 0 || out != "on for alice 1001\n" {
+		t.Errorf("lockdown status: exit %d %q", code, out)
+	}
+}
+
+func TestStatusDisconnected(t *testing.T) {
+	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
+		return protocol.StatusResult{State: "disconnected"}, nil, nil
+	})
+	code, out, _ := vpnctl(t, context.Background(), "", "--socket", d.path, "status")
+	if code != 0 || out != "state:           disconnected\nlockdown:        off\n" {
+		t.Errorf("exit %d %q", code, out)
+	}
+	if code, out, _ := vpnctl(t, context.Background(), "", "--socket", d.path, "lockdown", "status"); code != 0 || out != "off\n" {
+		t.Errorf("lockdown status: exit %d %q", code, out)
+	}
+}
+
+// lockdown on/off send setLockdown; a refusal prints vpnd's error.
+func TestLockdownCommand(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
+		mu.Lock()
+		got = append(got, req.Method+" "+string(req.Params))
+		mu.Unlock()
+		if strings.Contains(string(req.Params), "mallory") {
+			return nil, nil, errs.New(errs.CodePermission, "setLockdown needs an admin account; caller uid 1000 is normal")
+		}
+		return struct{}{}, nil, nil
+	})
+	for _, a := range [][]string{{"lockdown", "on", "alice", "1001"}, {"lockdown", "off"}} {
+		if code, out, stderr := vpnctl(t, context.Background(), "", append([]string{"--socket", d.path}, a...)...); code != 0 || out != "" || stderr != "" {
+			t.Errorf("%v: exit %d %q %q", a, code, out, stderr)
+		}
+	}
+	want := []string{`setLockdown {"enabled":true,"applications":["alice","1001"]}`, `setLockdown {"enabled":false,"applications":null}`}
+	mu.Lock()
+	sent := slices.Clone(got)
+	mu.Unlock()
+	if !slices.Equal(sent, want) {
+		t.Errorf("sent %q\nwant %q", sent, want)
+	}
+	code, _, stderr := vpnctl(t, context.Background(), "", "--socket", d.path, "lockdown", "on", "mallory")
+	if code != exitFailure || stderr != "vpnctl: 201 Permission denied. (setLockdown needs an admin account; caller uid 1000 is normal)\n" {
+		t.Errorf("refused: exit %d %q", code, stderr)
 	}
 }
 
@@ -330,9 +556,54 @@ func TestFailedCallMessage(t *testing.T) {
 	if code != 1 || out != "" || stderr != "vpnctl: 201 Permission denied. (uid 1001 does not own the VPN)\n" {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
-	code, _, stderr = vpnctl(t, context.Background(), "", "--socket", filepath.Join(t.TempDir(), "none"), "down")
-	if code != 1 || !strings.HasPrefix(stderr, "vpnctl: connect to vpnd: ") {
-		t.Fatalf("no daemon: exit %d, stderr %q", code, stderr)
+}
+
+// When vpnd cannot be reached, vpnctl names the socket and says how to
+// point at another one.
+func TestUnreachable(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "none.sock")
+	stale := filepath.Join(t.TempDir(), "stale.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close() // the file stays, nobody listens: a killed vpnd's socket
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  string
+		want string
+	}{
+		{"no socket, --socket", []string{"--socket", missing, "status"}, "", "There is no socket at " + missing + ": vpnd is not running"},
+		{"no socket, VPND_SOCKET", []string{"down"}, missing, "There is no socket at " + missing + ": vpnd is not running"},
+		{"stale socket", []string{"--socket", stale, "watch"}, "", stale + " is a stale socket: no vpnd serves it"},
+		{"stale socket, up", []string{"--socket", stale, "up", "--address", "10.8.0.2/24"}, "", stale + " is a stale socket"},
+	} {
+		noteRun(tc.args)
+		var out, errb bytes.Buffer
+		code := run(context.Background(), tc.args, stdio{strings.NewReader(""), &out, &errb}, func(k string) string {
+			if k == "VPND_SOCKET" {
+				return tc.env
+			}
+			return ""
+		})
+		stderr := errb.String()
+		if code != exitFailure || out.Len() != 0 || !strings.HasPrefix(stderr, "vpnctl: connect to vpnd: ") {
+			t.Errorf("%s: exit %d, stderr %q", tc.name, code, stderr)
+		}
+		for _, want := range []string{tc.want, "--socket PATH or VPND_SOCKET=PATH", "scripts/try"} {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("%s: stderr lacks %q:\n%s", tc.name, want, stderr)
+			}
+		}
+		if strings.Contains(stderr, "see: vpnctl explain") {
+			t.Errorf("%s: an unreachable vpnd has no code to explain:\n%s", tc.name, stderr)
+		}
+	}
+	// Other errors get no such hint.
+	if h := unreachableHint(errs.New(errs.CodeInternal, "x"), "/s"); h != "" {
+		t.Errorf("hint for a vpnd error: %q", h)
 	}
 }
 
@@ -359,42 +630,98 @@ func TestProtectCommand(t *testing.T) {
 	}
 }
 
-// up -- CMD: CMD sees the TUN as fd 3 and VPN_TUN_FD=3, vpnctl destroys the
-// VPN after CMD exits, exits with CMD's status and keeps no copy of the fd.
-func TestUpWithCommand(t *testing.T) {
-	readEnds := make(chan *os.File, 3)
-	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
-		if req.Method == "setUp" {
-			r, w, err := os.Pipe() // stands in for the TUN device
+// tunStandIn is a fake daemon whose setUp hands out the write end of a
+// pipe as the TUN. At destroy it notes whether vpnctl still held its copy
+// (the read end sees no EOF yet): only then does vpnd end the VPN as
+// "destroy", not "linkGone".
+type tunStandIn struct {
+	*fakeDaemon
+	mu        sync.Mutex
+	readEnds  []*os.File
+	data      bytes.Buffer // what the TUN's users wrote
+	heldAtEnd []bool       // per destroy: was the TUN still open?
+}
+
+func newTUNStandIn(t *testing.T) *tunStandIn {
+	d := &tunStandIn{}
+	d.fakeDaemon = newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		switch req.Method {
+		case "setUp":
+			r, w, err := os.Pipe()
 			if err != nil {
 				t.Error(err)
 			}
-			readEnds <- r
+			d.readEnds = append(d.readEnds, r)
 			return testInfo, []*os.File{w}, nil // closed once sent
+		case "destroy":
+			d.heldAtEnd = append(d.heldAtEnd, !d.drain(100*time.Millisecond))
 		}
 		return struct{}{}, nil, nil
 	})
-	script := `test "$VPN_TUN_FD" = 3 || exit 90; echo hello >&3 || exit 91; exit 7`
+	t.Cleanup(func() {
+		d.close() // orders the handler's sends before the closes below
+		for _, r := range d.readEnds {
+			r.Close()
+		}
+	})
+	return d
+}
+
+// drain reads the last TUN stand-in for up to wait and reports whether it
+// saw EOF: every copy of the TUN closed. d.mu is held.
+func (d *tunStandIn) drain(wait time.Duration) bool {
+	r := d.readEnds[len(d.readEnds)-1]
+	r.SetReadDeadline(time.Now().Add(wait))
+	_, err := io.Copy(&d.data, r)
+	return err == nil
+}
+
+// up -- CMD: CMD sees the TUN as fd 3 and VPN_TUN_FD=3, and stdout is its
+// alone (the VpnInfo goes to stderr). When CMD exits, vpnctl destroys the
+// VPN while it still holds the TUN, then closes it, and exits with CMD's
+// status.
+func TestUpWithCommand(t *testing.T) {
+	d := newTUNStandIn(t)
+	script := `test "$VPN_TUN_FD" = 3 || exit 90; echo hello >&3 || exit 91; echo out; exit 7`
 	code, out, stderr := vpnctl(t, context.Background(), "", "--socket", d.path, "up", "--address", "10.8.0.2/24", "--", "sh", "-c", script)
 	if code != 7 {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
+	if out != "out\n" {
+		t.Errorf("stdout %q, want CMD's alone", out)
+	}
 	var info protocol.VpnInfo
-	if err := json.Unmarshal([]byte(out), &info); err != nil || info.Interface != "vpn-tun" {
-		t.Fatalf("stdout %q", out)
+	if err := json.Unmarshal([]byte(stderr), &info); err != nil || info.Interface != "vpn-tun" {
+		t.Errorf("stderr %q, want the VpnInfo", stderr)
 	}
 	if m := d.methods(); len(m) != 2 || m[0] != "setUp" || m[1] != "destroy" {
 		t.Fatalf("calls %v", m)
 	}
-	r := <-readEnds
-	defer r.Close()
-	r.SetReadDeadline(time.Now().Add(2 * time.Second))
-	got, err := io.ReadAll(r)
-	if string(got) != "hello\n" || err != nil {
-		t.Fatalf("TUN stand-in: %q %v (a copy of the fd is still open?)", got, err)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.heldAtEnd) != 1 || !d.heldAtEnd[0] {
+		t.Errorf("at destroy, the TUN held: %v; want true (else vpnd ends the VPN as linkGone)", d.heldAtEnd)
 	}
+	if !d.drain(2*time.Second) || d.data.String() != "hello\n" {
+		t.Fatalf("TUN stand-in: %q, EOF %v (a copy of the fd is still open?)", d.data.String(), d.drain(0))
+	}
+}
 
-	code, _, _ = vpnctl(t, context.Background(), "", "--socket", d.path, "up", "--address", "10.8.0.2/24", "--", "sh", "-c", "kill -TERM $$")
+func TestUpWithCommandQuiet(t *testing.T) {
+	d := newTUNStandIn(t)
+	for _, q := range []string{"--quiet", "-q"} {
+		code, out, stderr := vpnctl(t, context.Background(), "", "--socket", d.path, "up", q, "--address", "10.8.0.2/24", "--", "echo", "out")
+		if code != 0 || out != "out\n" || stderr != "" {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q", q, code, out, stderr)
+		}
+	}
+}
+
+func TestUpWithCommandFails(t *testing.T) {
+	d := newTUNStandIn(t)
+	code, _, _ := vpnctl(t, context.Background(), "", "--socket", d.path, "up", "--address", "10.8.0.2/24", "--", "sh", "-c", "kill -TERM $$")
 	if code != 128+int(syscall.SIGTERM) {
 		t.Errorf("signalled CMD: exit %d", code)
 	}
@@ -402,10 +729,8 @@ func TestUpWithCommand(t *testing.T) {
 	if code != 127 {
 		t.Errorf("missing CMD: exit %d", code)
 	}
-	d.close() // orders the handler's sends before the close below
-	close(readEnds)
-	for r := range readEnds {
-		r.Close()
+	if m := d.methods(); len(m) != 4 || m[1] != "destroy" || m[3] != "destroy" {
+		t.Errorf("calls %v, want setUp and destroy twice", m)
 	}
 }
 
@@ -414,8 +739,33 @@ func TestUpSetUpFails(t *testing.T) {
 		return nil, nil, errs.New(errs.CodeVPNExists, "")
 	})
 	code, _, stderr := vpnctl(t, context.Background(), "", "--socket", d.path, "up", "--address", "10.8.0.2/24")
-	if code != 1 || stderr != "vpnctl: 2203002 VPN already exists.\n" {
+	if code != 1 || stderr != "vpnctl: 2203002 VPN already exists.\n  see: vpnctl explain 2203002\n" {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// The parse errors of --address, --route and --exclude name the part
+// that is wrong.
+func TestRouteParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--address", "10.8.0.2/24", "--route", "10.0.0.0/8,via=10.8.0.x"}, `--route 10.0.0.0/8,via=10.8.0.x: via: "10.8.0.x" is not an IP address`},
+		{[]string{"--address", "10.8.0.2/24", "--route", "10.0.0.0/8,via=10.8.0.1,via=10.8.0.2"}, `--route 10.0.0.0/8,via=10.8.0.1,via=10.8.0.2: via: given twice`},
+		{[]string{"--address", "10.8.0.2/24", "--route", "10.0.0.0/8,gw=10.8.0.1"}, `--route 10.0.0.0/8,gw=10.8.0.1: "gw=10.8.0.1": unknown option (the only one is via=GATEWAY)`},
+		{[]string{"--address", "10.8.0.2/24", "--route", "10.0.0.0"}, `--route 10.0.0.0: "10.0.0.0" has no prefix length`},
+		{[]string{"--address", "10.8.0.2/24", "--route", "10.0.0.300/8"}, `--route 10.0.0.300/8: "10.0.0.300" is not an IP address`},
+		{[]string{"--address", "10.8.0.2/24", "--route", "10.0.0.0/33"}, `--route 10.0.0.0/33: prefix length "33": want 0-32`},
+		{[]string{"--address", "10.8.0.2/24", "--route", "::/129"}, `--route ::/129: prefix length "129": want 0-128`},
+		{[]string{"--address", "10.8.0.2/24", "--exclude", "10.1.0.0/16,via=10.8.0.1"}, `--exclude 10.1.0.0/16,via=10.8.0.1: via: an excluded route takes no gateway`},
+		{[]string{"--address", "10.8.0.2"}, `--address 10.8.0.2: "10.8.0.2" has no prefix length`},
+		{[]string{"--address", "bogus/24"}, `--address bogus/24: "bogus" is not an IP address`},
+	} {
+		_, err := upParams(t, "", tc.args...)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%v: got %v\nwant %s", tc.args, err, tc.want)
+		}
 	}
 }
 
@@ -468,6 +818,7 @@ func TestWatch(t *testing.T) {
 	var out bytes.Buffer
 	done := make(chan int)
 	pr, pw := io.Pipe()
+	noteRun([]string{"watch"})
 	go func() {
 		done <- run(ctx, []string{"--socket", d.path, "watch"}, stdio{strings.NewReader(""), pw, &out}, func(string) string { return "" })
 		pw.Close()
@@ -580,5 +931,62 @@ func TestForwardInterrupt(t *testing.T) {
 				t.Fatalf("SIGINT forwarded after %v, want at least %v", waited, tc.minWait)
 			}
 		})
+	}
+}
+
+// TestDocsCommandLines: each vpnctl command line in the code blocks of
+// README and docs/ names a command that exists, with flags and arguments
+// that it takes, so the docs stay true to the command line.
+func TestDocsCommandLines(t *testing.T) {
+	files, _ := filepath.Glob("../../docs/*.md")
+	files = append(files, "../../README.md")
+	lines := 0
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inCode := false
+		for i, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "```") {
+				inCode = !inCode
+				continue
+			}
+			_, cmdline, ok := strings.Cut(line, "vpnctl ")
+			if !inCode || !ok {
+				continue
+			}
+			cmdline, _, _ = strings.Cut(cmdline, "#")    // a comment
+			cmdline, _, _ = strings.Cut(cmdline, " -- ") // CMD's own
+			fields := strings.Fields(strings.NewReplacer("[", "", "]", "").Replace(cmdline))
+			if slices.Contains(fields, "...") {
+				continue // a placeholder
+			}
+			lines++
+			where := fmt.Sprintf("%s:%d: vpnctl %s", filepath.Base(file), i+1, strings.TrimSpace(cmdline))
+			root := newRootCommand(&globals{io: stdio{in: strings.NewReader(""), out: io.Discard, err: io.Discard}})
+			root.InitDefaultCompletionCmd()
+			c, rest, err := root.Find(fields)
+			if err != nil || c == root {
+				t.Errorf("%s: no such command (%v)", where, err)
+				continue
+			}
+			if c.DisableFlagParsing {
+				continue
+			}
+			if err := c.ParseFlags(rest); err != nil {
+				t.Errorf("%s: %v", where, err)
+				continue
+			}
+			if err := c.ValidateArgs(c.Flags().Args()); err != nil {
+				t.Errorf("%s: %v", where, err)
+			}
+			if err := c.ValidateRequiredFlags(); err != nil {
+				t.Errorf("%s: %v", where, err)
+			}
+		}
+	}
+	if lines < 10 {
+		t.Errorf("found only %d vpnctl command lines in %v", lines, files)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,9 +12,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/client"
+	"github.com/vpnd/vpnd/internal/errs"
 	"github.com/vpnd/vpnd/protocol"
 )
 
@@ -23,50 +25,70 @@ import (
 // keep vpnctl from exiting. Closing the connection ends the VPN anyway.
 const destroyTimeout = 10 * time.Second
 
-var upCommand = &command{
-	name:     "up",
-	synopsis: "[--socket PATH] (CONFIG FLAGS | --config FILE.json) [-- CMD [ARGS...]]",
-	summary:  "set up a VPN and hold it until interrupted, or while CMD runs",
-	help: `
-Sets up a VPN, prints its VpnInfo as JSON and holds the TUN device open.
+const upLong = `Sets up a VPN and holds the TUN device open.
 
-Without CMD, vpnctl holds the VPN until it gets SIGINT or SIGTERM, then
-destroys it and exits 0. It exits 1 with a message if the VPN ends some
-other way (the interface was deleted, vpnd shut down) or the connection to
-vpnd drops.
+Without CMD, vpnctl prints the VPN's VpnInfo as JSON on stdout and holds
+the VPN until it gets SIGINT or SIGTERM, then destroys it and exits 0. It
+exits 1 with a message if the VPN ends some other way (the interface was
+deleted, vpnd shut down) or the connection to vpnd drops.
 
-With "-- CMD ARGS...", vpnctl runs CMD with the TUN device as fd 3 (and
-VPN_TUN_FD=3 in its environment), closes its own copy of the fd, forwards
-SIGINT and SIGTERM to CMD, destroys the VPN when CMD exits and exits with
-CMD's status (128+N if CMD was killed by signal N). At a terminal, whose
-Ctrl-C reaches CMD directly, a SIGINT is forwarded only if CMD is still
-running a second later.
+With "-- CMD ARGS...", vpnctl prints the VpnInfo on stderr instead, so that
+stdout is CMD's alone, and runs CMD with the TUN device as fd 3 (and
+VPN_TUN_FD=3 in its environment). It forwards SIGINT and SIGTERM to CMD.
+When CMD exits, vpnctl destroys the VPN (vpnStateChanged reason "destroy"),
+closes its own copy of the fd and exits with CMD's status (128+N if CMD
+was killed by signal N). The VPN lasts as long as CMD runs, even if CMD
+closes fd 3. At a terminal, whose Ctrl-C reaches CMD directly, a SIGINT is
+forwarded only if CMD is still running a second later.
+
+--quiet leaves the VpnInfo and vpnctl's own notices out; errors are still
+printed.
 
 The VPN is described either by the flags below or by --config, whose
 file is sent to vpnd unchanged (addresses and routes as CIDR strings or in
 OpenHarmony's object form). vpnd validates the configuration; see
-"vpnctl explain 19900001".`,
+"vpnctl explain 19900001". A refusal prints vpnd's error, then the
+explain command that lists its causes.`
+
+const upExample = `  vpnctl up --address 10.8.0.2/24 --route 198.51.100.0/24   # holds the VPN until Ctrl-C
+  vpnctl up --address 10.8.0.2/24 --route 10.0.0.0/8,via=10.8.0.1 --exclude 10.1.0.0/16
+  vpnctl up --config vpn.json -- ./my-vpn-app              # the app gets the TUN as fd 3`
+
+func newUpCommand(g *globals) *cobra.Command {
+	var o upOptions
+	var quiet bool
+	c := &cobra.Command{
+		Use:                   "up [--socket PATH] (CONFIG FLAGS | --config FILE.json) [--quiet] [-- CMD [ARGS...]]",
+		Short:                 "set up a VPN and hold it until interrupted, or while CMD runs",
+		Long:                  upLong,
+		Example:               upExample,
+		DisableFlagsInUseLine: true,
+		ValidArgsFunction:     cobra.NoFileCompletions,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var argv []string
+			switch dash := cmd.ArgsLenAtDash(); {
+			case dash < 0 && len(args) > 0, dash > 0:
+				return fmt.Errorf("unexpected argument %q (put a command after --)", args[0])
+			case dash == 0:
+				argv = args
+			}
+			set := map[string]bool{}
+			cmd.Flags().Visit(func(f *pflag.Flag) { set[f.Name] = true })
+			params, err := o.params(set, g.io.in)
+			if err != nil {
+				return err
+			}
+			return exitCode(runUp(cmd.Context(), g, params, argv, quiet))
+		},
+	}
+	o.register(c.Flags())
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "print neither the VpnInfo nor vpnctl's notices, only errors")
+	c.MarkFlagFilename("config", "json")
+	return c
 }
 
-func runUp(ctx context.Context, g *globals, args []string) int {
-	c := upCommand
-	fs, sock := newFlagSet(c, g)
-	var o upOptions
-	o.register(fs)
-	if code, ok := parseFlags(c, g, fs, sock, args); !ok {
-		return code
-	}
-	argv := fs.Args()
-	if n := len(args) - len(argv); len(argv) > 0 && (n == 0 || args[n-1] != "--") {
-		return usageError(g, c, "unexpected argument %q (put a command after --)", argv[0])
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	params, err := o.params(set, g.io.in)
-	if err != nil {
-		return usageError(g, c, "%v", err)
-	}
-
+// runUp sets the VPN up with params, then holds it, or runs argv with it.
+func runUp(ctx context.Context, g *globals, params json.RawMessage, argv []string, quiet bool) int {
 	// Listen before anything exists to clean up, and keep listening: a
 	// signal during setUp cancels it, a signal later ends the VPN.
 	sigc := make(chan os.Signal, 4)
@@ -86,7 +108,7 @@ func runUp(ctx context.Context, g *globals, args []string) int {
 	}()
 	var tun *os.File
 	var info *protocol.VpnInfo
-	cl, err := client.Dial(setupCtx, g.socket)
+	cl, err := client.Dial(setupCtx, g.socketPath())
 	if err == nil {
 		defer cl.Close()
 		tun, info, err = cl.SetUpRaw(setupCtx, params)
@@ -105,10 +127,22 @@ func runUp(ctx context.Context, g *globals, args []string) int {
 	default:
 	}
 	if err != nil {
-		return fail(g, err)
+		code := fail(g, err)
+		var e *errs.Error
+		if errors.As(err, &e) {
+			fmt.Fprintf(g.io.err, "  see: vpnctl explain %d\n", int(e.Code))
+		}
+		return code
 	}
-	b, _ := json.MarshalIndent(info, "", "  ")
-	fmt.Fprintf(g.io.out, "%s\n", b)
+	// With CMD, stdout is CMD's.
+	infoOut := g.io.out
+	if len(argv) > 0 {
+		infoOut = g.io.err
+	}
+	if !quiet {
+		b, _ := json.MarshalIndent(info, "", "  ")
+		fmt.Fprintf(infoOut, "%s\n", b)
+	}
 	if len(info.DNSAddresses) > 0 && (info.DNSBackend == "" || info.DNSBackend == "none") {
 		fmt.Fprintln(g.io.err, "vpnctl: warning: vpnd applies none of the VPN's DNS servers (dnsBackend \"none\"): this host's resolver still answers every query")
 	}
@@ -123,7 +157,9 @@ func runUp(ctx context.Context, g *globals, args []string) int {
 	if err != nil {
 		fmt.Fprintf(g.io.err, "vpnctl: warning: cannot watch the VPN's state: %v\n", err)
 	}
-	fmt.Fprintln(g.io.err, "vpnctl: VPN is up; interrupt to end it")
+	if !quiet {
+		fmt.Fprintln(g.io.err, "vpnctl: VPN is up; interrupt to end it")
+	}
 	return hold(g, cl, events, sigc)
 }
 
@@ -158,17 +194,17 @@ func destroy(g *globals, cl *client.Client) int {
 	return exitOK
 }
 
-// runWithTUN runs argv with tun as fd 3 and ends the VPN when it exits.
+// runWithTUN runs argv with tun as fd 3 and, when it exits, destroys the
+// VPN and closes tun. vpnctl keeps its copy of tun until then: were CMD's
+// the last, its exit would delete the interface, and vpnd would end the VPN
+// as linkGone before the destroy arrived.
 func runWithTUN(g *globals, cl *client.Client, tun *os.File, argv []string, sigc <-chan os.Signal) int {
+	defer tun.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = g.io.in, g.io.out, g.io.err
 	cmd.ExtraFiles = []*os.File{tun} // fd 3
 	cmd.Env = append(os.Environ(), "VPN_TUN_FD=3")
-	err := cmd.Start()
-	// CMD holds the TUN now: once it exits, the interface is gone even
-	// if the destroy below fails.
-	tun.Close()
-	if err != nil {
+	if err := cmd.Start(); err != nil {
 		fmt.Fprintf(g.io.err, "vpnctl: %v\n", err)
 		destroy(g, cl)
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {

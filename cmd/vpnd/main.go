@@ -2,8 +2,8 @@
 package main
 
 import (
+	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +14,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/cobra/doc"
+	flag "github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -26,6 +29,7 @@ import (
 	"github.com/vpnd/vpnd/internal/server"
 	"github.com/vpnd/vpnd/internal/state"
 	"github.com/vpnd/vpnd/internal/tun"
+	"github.com/vpnd/vpnd/internal/version"
 	"github.com/vpnd/vpnd/protocol"
 )
 
@@ -44,6 +48,8 @@ type options struct {
 	stateDir    string
 	dnsBackend  string
 	resolvConf  string
+	version     bool
+	manDir      string
 }
 
 func main() {
@@ -54,21 +60,24 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("vpnd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.socket, "socket", protocol.DefaultSocket, "path of the Unix socket to serve")
-	fs.StringVar(&o.accounts, "accounts", "", "account policy JSON file (default: the embedded policy: uid 0 admin, nobody and groups guest/guests guest, others normal)")
-	fs.StringVar(&o.ifname, "ifname", "vpn-tun", "name of the TUN interface (1-15 bytes)")
-	fs.UintVar(&o.table, "table", 98, "routing table for the VPN's routes (not 0, 253, 254 or 255)")
-	fs.UintVar(&o.priority, "rule-priority", 10000, "priority of the VPN's policy rules (1-32764); lockdown's rules use the next one")
-	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/vpnd", "directory for what must outlive vpnd (lockdown's state)")
-	fs.StringVar(&o.dnsBackend, "dns-backend", dns.Auto, "what applies an admin's VPN's DNS settings: auto (resolved if systemd-resolved answers on the system bus, else none), resolved, file or none")
-	fs.StringVar(&o.resolvConf, "resolv-conf", dns.DefaultResolvConf, "the file that --dns-backend file rewrites while a VPN is up (a regular file, not a symbolic link)")
-	fs.StringVar(&o.protectMark, "protect-mark", "0x20000", "SO_MARK bit(s) that protect sets and the owner's rule excludes")
-	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "console", "log format: json or console")
-	fs.IntVar(&o.maxConns, "max-connections", server.DefaultMaxConns, "most clients served at once; more are refused with an error")
-	fs.IntVar(&o.maxPerUser, "max-connections-per-user", server.DefaultMaxPerUser, "most connections one uid may hold at once, admin accounts excepted (0: no per-user limit)")
+	fs.StringVar(&o.socket, "socket", protocol.DefaultSocket, "the Unix socket `PATH` to serve")
+	fs.StringVar(&o.accounts, "accounts", "", "account policy JSON file `PATH` (default: the embedded policy: uid 0 admin, nobody and groups guest/guests guest, others normal)")
+	fs.StringVar(&o.ifname, "ifname", "vpn-tun", "`NAME` of the TUN interface (1-15 bytes)")
+	fs.UintVar(&o.table, "table", 98, "routing table `N` for the VPN's routes (not 0, 253, 254 or 255)")
+	fs.UintVar(&o.priority, "rule-priority", 10000, "priority `N` of the VPN's policy rules (1-32764); lockdown's rules use the next one")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/vpnd", "`DIR` for what must outlive vpnd (lockdown's state)")
+	fs.StringVar(&o.dnsBackend, "dns-backend", dns.Auto, "what applies an admin's VPN's DNS settings, `B`: auto (resolved if systemd-resolved answers on the system bus, else none), resolved, file or none")
+	fs.StringVar(&o.resolvConf, "resolv-conf", dns.DefaultResolvConf, "the file `PATH` that --dns-backend file rewrites while a VPN is up (a regular file, not a symbolic link)")
+	fs.StringVar(&o.protectMark, "protect-mark", "0x20000", "SO_MARK bit(s) `MASK` that protect sets and the owner's rule excludes")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level `L`: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "console", "log format `F`: json or console")
+	fs.IntVar(&o.maxConns, "max-connections", server.DefaultMaxConns, "at most `N` clients served at once; more are refused with an error")
+	fs.IntVar(&o.maxPerUser, "max-connections-per-user", server.DefaultMaxPerUser, "at most `N` connections one uid may hold at once, admin accounts excepted (0: no per-user limit)")
+	fs.BoolVarP(&o.version, "version", "v", false, "print vpnd's version and exit")
+	fs.StringVar(&o.manDir, "man", "", "write vpnd's man page into `DIR` and exit")
+	fs.MarkHidden("man") // for packagers and CI
 	fs.Usage = func() {
-		fmt.Fprint(stderr, `Usage: vpnd [flags]
+		fmt.Fprint(fs.Output(), `Usage: vpnd [flags]
 
 vpnd is the VPN manager daemon. It serves setUp, protect, destroy, status
 and subscribe on a Unix socket.
@@ -114,6 +123,12 @@ Flags:
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, 0, err
+	}
+	switch {
+	case o.version:
+		return o, 0, nil
+	case o.manDir != "":
+		return o, 0, writeManPage(fs, o.manDir)
 	}
 	if fs.NArg() > 0 {
 		return nil, 0, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -175,6 +190,13 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "vpnd: %v\n", err)
 		return 2
+	}
+	if o.version {
+		fmt.Fprintf(os.Stdout, "vpnd version %s\n", version.String())
+		return 0
+	}
+	if o.manDir != "" {
+		return 0
 	}
 	log, err := newLogger(o.logLevel, o.logFormat)
 	if err != nil {
@@ -327,6 +349,57 @@ wait:
 	}
 	log.Info("vpnd stopped")
 	return 0
+}
+
+// writeManPage writes vpnd.8 into dir, from fs's flag definitions and the
+// description that --help prints, so that the page cannot drift from them.
+func writeManPage(fs *flag.FlagSet, dir string) error {
+	var help bytes.Buffer
+	out := fs.Output()
+	fs.SetOutput(&help)
+	fs.Usage()
+	fs.SetOutput(out)
+	description, _, _ := strings.Cut(strings.TrimPrefix(help.String(), "Usage: vpnd [flags]\n\n"), "\nFlags:\n")
+	cmd := &cobra.Command{
+		Use:               "vpnd [flags]",
+		Short:             "the VPN manager daemon",
+		Long:              unwrapList(description),
+		DisableAutoGenTag: true,
+	}
+	cmd.Flags().AddFlagSet(fs)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("--man: %w", err)
+	}
+	header := &doc.GenManHeader{Section: "8", Source: "vpnd " + version.String(), Manual: "vpnd manual"}
+	if err := doc.GenManTree(cmd, header, dir); err != nil {
+		return fmt.Errorf("--man: %w", err)
+	}
+	return nil
+}
+
+// unwrapList makes the help's numbered list markdown for the man page: a
+// blank line before it, and each item on one line, since the renderer
+// would keep the help's line breaks inside an item.
+func unwrapList(text string) string {
+	var out []string
+	inList := false
+	for _, line := range strings.Split(text, "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case len(trimmed) > 2 && trimmed[0] >= '1' && trimmed[0] <= '9' && strings.HasPrefix(trimmed[1:], ". "):
+			if !inList && len(out) > 0 && out[len(out)-1] != "" {
+				out = append(out, "")
+			}
+			inList = true
+			out = append(out, trimmed)
+		case inList && trimmed != "" && line != trimmed:
+			out[len(out)-1] += " " + trimmed
+		default:
+			inList = false
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // logStats logs vpnd's goroutines, open fds and connections on SIGUSR1,

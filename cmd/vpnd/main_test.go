@@ -1,9 +1,16 @@
 package main
 
 import (
+	"errors"
 	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
+
+	flag "github.com/spf13/pflag"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -53,5 +60,76 @@ func TestLogger(t *testing.T) {
 	}
 	if _, err := newLogger("info", "xml"); err == nil {
 		t.Fatal("bad format accepted")
+	}
+}
+
+// TestHelpMatchesREADME: --help shows each flag as README's table of
+// vpnd's flags writes it ("--socket PATH"), and README lists every flag.
+func TestHelpMatchesREADME(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	section, _, _ := strings.Cut(string(readme)[strings.Index(string(readme), "## Running vpnd"):], "\n## ")
+	var documented []string
+	for _, m := range regexp.MustCompile("(?m)^\\| `(--[a-z-]+(?: [A-Z]+)?)` \\|").FindAllStringSubmatch(section, -1) {
+		documented = append(documented, m[1])
+	}
+	if len(documented) < 10 {
+		t.Fatalf("found only %q in README's flag table", documented)
+	}
+	var help strings.Builder
+	if _, _, err := parseFlags([]string{"--help"}, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	shown := regexp.MustCompile(`(?m)^\s+(?:-[a-z], )?(--[a-z-]+(?: [A-Z]+)?)  `).FindAllStringSubmatch(help.String(), -1)
+	var inHelp []string
+	for _, m := range shown {
+		if m[1] != "--help" {
+			inHelp = append(inHelp, m[1])
+		}
+	}
+	slices.Sort(documented)
+	slices.Sort(inHelp)
+	if !slices.Equal(documented, inHelp) {
+		t.Errorf("README documents %q\n--help shows     %q", documented, inHelp)
+	}
+	if strings.Contains(help.String(), "--man") {
+		t.Error("--help shows the hidden --man")
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"-v"}, {"--version", "--table", "0"}} {
+		o, _, err := parseFlags(args, io.Discard)
+		if err != nil || !o.version {
+			t.Errorf("%v: %+v %v", args, o, err)
+		}
+	}
+}
+
+// TestManPage: "vpnd --man DIR" writes vpnd.8 from the flag definitions
+// and the --help description.
+func TestManPage(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "man8")
+	if code := run([]string{"--man", dir}, io.Discard); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "vpnd.8"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := string(b)
+	for _, want := range []string{`.TH "VPND" "8"`, "the VPN manager daemon", "CAP_NET_ADMIN", `\fB--rule-priority\fP=10000`, `\fB--max-connections-per-user\fP=64`, `\fB--version\fP`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("vpnd.8 lacks %q", want)
+		}
+	}
+	if strings.Contains(page, "--man") {
+		t.Error("vpnd.8 shows the hidden --man")
+	}
+	// The numbered start-up steps are one list item each.
+	if n := strings.Count(page, ".IP "); n < 4 {
+		t.Errorf("vpnd.8 has %d list items, want the 4 start-up steps:\n%s", n, page)
 	}
 }

@@ -361,7 +361,7 @@ func (m *Manager) routesFor(index int, cfg *config.Config) []tun.Route {
 // covered uids (ADMIN owners only) get none, so that a socket some other
 // user protected cannot escape an ADMIN's VPN.
 func (m *Manager) rulesFor(c Caller, cfg *config.Config) []tun.Rule {
-	covered := uidrange.Covered(c.UID, c.Type == auth.Admin, uids(cfg.Trusted), uids(cfg.Blocked))
+	covered := coveredUIDs(c, cfg)
 	var fams []int
 	if cfg.IPv4 || !cfg.AllowFamilyBypass {
 		fams = append(fams, unix.AF_INET)
@@ -386,6 +386,11 @@ func (m *Manager) rulesFor(c Caller, cfg *config.Config) []tun.Rule {
 	return rules
 }
 
+// coveredUIDs is the set of uids whose traffic enters c's VPN.
+func coveredUIDs(c Caller, cfg *config.Config) []uidrange.Range {
+	return uidrange.Covered(c.UID, c.Type == auth.Admin, uids(cfg.Trusted), uids(cfg.Blocked))
+}
+
 func (m *Manager) describe(v *vpn, c Caller, cfg *config.Config) protocol.VpnInfo {
 	info := protocol.VpnInfo{
 		Interface:           m.opt.IfName,
@@ -406,9 +411,14 @@ func (m *Manager) describe(v *vpn, c Caller, cfg *config.Config) protocol.VpnInf
 		Owner:               protocol.Owner{UID: c.UID, PID: c.PID, User: c.User},
 		Since:               m.opt.Now().UTC().Format(time.RFC3339),
 	}
+	info.RouteGateways = map[string]string{}
 	for _, r := range cfg.Routes {
 		info.Routes = append(info.Routes, r.Dst.String())
+		if r.Gateway.IsValid() {
+			info.RouteGateways[r.Dst.String()] = r.Gateway.String()
+		}
 	}
+	info.CoveredUIDs = strs(coveredUIDs(c, cfg))
 	return info
 }
 

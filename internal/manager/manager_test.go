@@ -215,10 +215,18 @@ func TestPrefixRoutes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, k, _ := newManager(t)
-			setUp(t, m, root, tc.cfg)
+			_, info := setUp(t, m, root, tc.cfg)
 			var got []string
 			for _, r := range k.Snapshot().Routes {
 				got = append(got, r.String())
+			}
+			// VpnInfo names the gateway of each route that has one.
+			wantGateways := "map[]"
+			if strings.Contains(tc.cfg, "gateway") {
+				wantGateways = "map[10.8.0.0/24:10.8.0.1]"
+			}
+			if got := fmt.Sprint(info.RouteGateways); got != wantGateways {
+				t.Errorf("routeGateways = %s, want %s", got, wantGateways)
 			}
 			slices.Sort(got)
 			want := slices.Clone(tc.want)
@@ -239,25 +247,30 @@ func TestRulesByOwner(t *testing.T) {
 		caller manager.Caller
 		cfg    string
 		want   []tun.Rule
+		// covered is VpnInfo's coveredUids.
+		covered string
 	}{
 		{"normal owner: own uid with fwmark", alice, `{"addresses":["10.8.0.2/24"]}`,
-			[]tun.Rule{{UIDStart: 1000, UIDEnd: 1000, Mask: mark}}},
+			[]tun.Rule{{UIDStart: 1000, UIDEnd: 1000, Mask: mark}}, "[1000-1000]"},
 		{"normal owner trusting itself", alice, `{"addresses":["10.8.0.2/24"],"trustedApplications":["alice"]}`,
-			[]tun.Rule{{UIDStart: 1000, UIDEnd: 1000, Mask: mark}}},
+			[]tun.Rule{{UIDStart: 1000, UIDEnd: 1000, Mask: mark}}, "[1000-1000]"},
 		{"normal owner blocking itself covers nothing", alice, `{"addresses":["10.8.0.2/24"],"blockedApplications":["alice"]}`,
-			nil},
+			nil, "[]"},
 		{"admin root: itself with fwmark, everyone else without", root, `{"addresses":["10.8.0.2/24"]}`,
-			[]tun.Rule{{UIDStart: 0, UIDEnd: 0, Mask: mark}, {UIDStart: 1, UIDEnd: max}}},
+			[]tun.Rule{{UIDStart: 0, UIDEnd: 0, Mask: mark}, {UIDStart: 1, UIDEnd: max}}, "[0-4294967294]"},
 		{"admin in the middle of the uid space", admin2, `{"addresses":["10.8.0.2/24"]}`,
-			[]tun.Rule{{UIDStart: 4002, UIDEnd: 4002, Mask: mark}, {UIDStart: 0, UIDEnd: 4001}, {UIDStart: 4003, UIDEnd: max}}},
+			[]tun.Rule{{UIDStart: 4002, UIDEnd: 4002, Mask: mark}, {UIDStart: 0, UIDEnd: 4001}, {UIDStart: 4003, UIDEnd: max}}, "[0-4294967294]"},
 		{"admin trusting others only", root, `{"addresses":["10.8.0.2/24"],"trustedApplications":["alice","bob","carol"]}`,
-			[]tun.Rule{{UIDStart: 1000, UIDEnd: 1002}}},
+			[]tun.Rule{{UIDStart: 1000, UIDEnd: 1002}}, "[1000-1002]"},
 		{"admin blocking others", root, `{"addresses":["10.8.0.2/24"],"blockedApplications":["bob"]}`,
-			[]tun.Rule{{UIDStart: 0, UIDEnd: 0, Mask: mark}, {UIDStart: 1, UIDEnd: 1000}, {UIDStart: 1002, UIDEnd: max}}},
+			[]tun.Rule{{UIDStart: 0, UIDEnd: 0, Mask: mark}, {UIDStart: 1, UIDEnd: 1000}, {UIDStart: 1002, UIDEnd: max}}, "[0-1000 1002-4294967294]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, k, _ := newManager(t)
-			setUp(t, m, tc.caller, tc.cfg)
+			_, info := setUp(t, m, tc.caller, tc.cfg)
+			if got := fmt.Sprint(info.CoveredUIDs); got != tc.covered || info.CoveredUIDs == nil {
+				t.Errorf("coveredUids = %s, want %s", got, tc.covered)
+			}
 			// An IPv4-only VPN has the same rules for IPv6, where the
 			// table's default is unreachable: the other family fails closed.
 			var want []tun.Rule
