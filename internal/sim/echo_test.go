@@ -144,9 +144,21 @@ var dropped = []packetCase{
 	{"ipv4 fragment offset", func(id uint16) []byte { p := ping4(id, "x").build(); p[7] = 1; fixIPv4(p); return p }},
 	{"ipv4 udp", func(id uint16) []byte { p := ping4(id, "xxxxxxxxxx").build(); p[9] = 17; fixIPv4(p); return p }},
 	{"ipv4 from 0.0.0.0", func(id uint16) []byte { r := ping4(id, "x"); r.src = netip.IPv4Unspecified(); return r.build() }},
-	{"ipv4 from multicast", func(id uint16) []byte { r := ping4(id, "x"); r.src = netip.MustParseAddr("224.0.0.1"); return r.build() }},
-	{"ipv4 from loopback", func(id uint16) []byte { r := ping4(id, "x"); r.src = netip.MustParseAddr("127.0.0.1"); return r.build() }},
-	{"ipv4 from broadcast", func(id uint16) []byte { r := ping4(id, "x"); r.src = netip.MustParseAddr("255.255.255.255"); return r.build() }},
+	{"ipv4 from multicast", func(id uint16) []byte {
+		r := ping4(id, "x")
+		r.src = netip.MustParseAddr("224.0.0.1")
+		return r.build()
+	}},
+	{"ipv4 from loopback", func(id uint16) []byte {
+		r := ping4(id, "x")
+		r.src = netip.MustParseAddr("127.0.0.1")
+		return r.build()
+	}},
+	{"ipv4 from broadcast", func(id uint16) []byte {
+		r := ping4(id, "x")
+		r.src = netip.MustParseAddr("255.255.255.255")
+		return r.build()
+	}},
 	{"ipv4 total length beyond the packet", func(id uint16) []byte { p := ping4(id, "x").build(); return p[:len(p)-1] }},
 	{"ipv4 short ICMP header", func(id uint16) []byte {
 		p := ping4(id, "").build()[:24]
@@ -154,7 +166,11 @@ var dropped = []packetCase{
 		fixIPv4(p)
 		return p
 	}},
-	{"ipv6 to another address", func(id uint16) []byte { r := ping6(id, "x"); r.dst = netip.MustParseAddr("fd00:8::3"); return r.build() }},
+	{"ipv6 to another address", func(id uint16) []byte {
+		r := ping6(id, "x")
+		r.dst = netip.MustParseAddr("fd00:8::3")
+		return r.build()
+	}},
 	{"ipv6 bad ICMPv6 checksum", func(id uint16) []byte { p := ping6(id, "x").build(); p[42] ^= 0xff; return p }},
 	{"ipv6 checksum without the pseudo-header", func(id uint16) []byte {
 		p := ping6(id, "x").build()
