@@ -209,6 +209,10 @@ type VpnInfo struct {
 	BlockedApplications []string `json:"blockedApplications"`
 	Owner               Owner    `json:"owner"`
 	Since               string   `json:"since"`
+	// Simulated is true when vpnd runs in simulation mode (`vpnd --sim`):
+	// the VPN exists in vpnd's model only, and its fd is not a TUN. Absent
+	// otherwise.
+	Simulated bool `json:"simulated,omitempty"`
 }
 
 // State values of StatusResult.

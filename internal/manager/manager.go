@@ -44,6 +44,9 @@ type Options struct {
 	Store Store
 	// Now is the clock for VpnInfo.Since; nil means time.Now.
 	Now func() time.Time
+	// Simulated says that the Kernel is a simulation (`vpnd --sim`), which
+	// every VpnInfo reports, so that an app can tell.
+	Simulated bool
 }
 
 // Caller is who is calling, as vpnd learnt it from the kernel and the
@@ -395,6 +398,7 @@ func (m *Manager) describe(v *vpn, c Caller, cfg *config.Config) protocol.VpnInf
 		BlockedApplications: userStrs(cfg.Blocked),
 		Owner:               protocol.Owner{UID: c.UID, PID: c.PID, User: c.User},
 		Since:               m.opt.Now().UTC().Format(time.RFC3339),
+		Simulated:           m.opt.Simulated,
 	}
 	for _, r := range cfg.Routes {
 		info.Routes = append(info.Routes, r.Dst.String())
