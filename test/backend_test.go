@@ -22,8 +22,8 @@ import (
 //     the start-up checks, the sweep, self-healing) call kernelOnly and
 //     are skipped, with the reason.
 //   - The kernel views of a daemon (d.link, d.routes, d.vpnRules...) fail
-//     the test under sim: there is nothing of the VPN to see there. Tests
-//     that run on both keep such checks in an `if !d.sim` block.
+//     the test under sim (kns): there is nothing of the VPN to see there.
+//     Tests that run on both keep such checks in an `if !d.sim` block.
 //   - A few helpers check vpnd's own word where, on the kernel, they read
 //     the kernel: wantTUNLink, wantRichVPN, wantVPNIndex and snapshot ask
 //     status; waitClean waits for status to say disconnected too.
@@ -74,14 +74,15 @@ func forSim(t testing.TB, dir string) {
 	}
 }
 
-// notSimulated fails a test that reads vpnd's objects from the kernel while
-// vpnd is simulated: none are there, and an assertion about them would
-// fail, or pass for the wrong reason.
-func (d *daemon) notSimulated(t testing.TB, what string) {
+// kns is the daemon's namespace, for reading vpnd's objects from the
+// kernel. It fails the test while vpnd is simulated: none are there, and an
+// assertion about them would fail, or pass for the wrong reason.
+func (d *daemon) kns(t testing.TB) string {
 	t.Helper()
 	if d.sim {
-		t.Fatalf("%s reads the kernel, where a simulated vpnd puts nothing: mark the test kernelOnly, or check this under `if !d.sim`", what)
+		t.Fatalf("this reads vpnd's objects from the kernel, where a simulated vpnd puts nothing: mark the test kernelOnly, or check this under `if !d.sim`")
 	}
+	return d.ns
 }
 
 // vpnStatus asks vpnd for status on a connection of its own (as root).

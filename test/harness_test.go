@@ -916,33 +916,12 @@ func (d *daemon) kill(t testing.TB) {
 	d.waitExit(t)
 }
 
-// Kernel views of the daemon's namespace, for vpnd's objects (not under
-// sim: see notSimulated).
-func (d *daemon) links(t testing.TB) []ipLink {
-	t.Helper()
-	d.notSimulated(t, "links")
-	return nsLinks(t, d.ns)
-}
-func (d *daemon) link(t testing.TB, n string) *ipLink {
-	t.Helper()
-	d.notSimulated(t, "link")
-	return nsLink(t, d.ns, n)
-}
-func (d *daemon) rules(t testing.TB) []ipRule {
-	t.Helper()
-	d.notSimulated(t, "rules")
-	return nsRules(t, d.ns)
-}
-func (d *daemon) routes(t testing.TB) []ipRoute {
-	t.Helper()
-	d.notSimulated(t, "routes")
-	return nsRoutes(t, d.ns, d.table)
-}
-func (d *daemon) addrs(t testing.TB, n string) []ipAddr {
-	t.Helper()
-	d.notSimulated(t, "addrs")
-	return nsAddrs(t, d.ns, n)
-}
+// Kernel views of the daemon's namespace (not under sim: see kns).
+func (d *daemon) links(t testing.TB) []ipLink           { t.Helper(); return nsLinks(t, d.kns(t)) }
+func (d *daemon) link(t testing.TB, n string) *ipLink   { t.Helper(); return nsLink(t, d.kns(t), n) }
+func (d *daemon) rules(t testing.TB) []ipRule           { t.Helper(); return nsRules(t, d.kns(t)) }
+func (d *daemon) routes(t testing.TB) []ipRoute         { t.Helper(); return nsRoutes(t, d.kns(t), d.table) }
+func (d *daemon) addrs(t testing.TB, n string) []ipAddr { t.Helper(); return nsAddrs(t, d.kns(t), n) }
 func (d *daemon) ip(t testing.TB, args ...string) string {
 	t.Helper()
 	return nsIP(t, d.ns, args...)
