@@ -56,23 +56,29 @@ func startSim(t *testing.T, opts ...daemonOpt) *daemon {
 }
 
 // readPacket reads one packet from the simulated TUN fd, waiting up to
-// hangGuard; nil if none came.
+// wait; nil if none came.
 func readPacket(t testing.TB, fd int, wait time.Duration) []byte {
 	t.Helper()
-	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(p, int(wait.Milliseconds()))
-	if err != nil && !errors.Is(err, unix.EINTR) {
-		t.Fatal(err)
-	}
-	if n == 0 {
-		return nil
-	}
+	deadline := time.Now().Add(wait)
 	buf := make([]byte, 65536)
-	m, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
-	if err != nil {
-		t.Fatalf("read the simulated TUN: %v", err)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+		if err == nil {
+			return buf[:n]
+		}
+		if !errors.Is(err, unix.EAGAIN) {
+			t.Fatalf("read the simulated TUN: %v", err)
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		// EINTR (the Go runtime's signals) just means: look again.
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(p, int(left.Milliseconds())+1); err != nil && !errors.Is(err, unix.EINTR) {
+			t.Fatal(err)
+		}
 	}
-	return buf[:m]
 }
 
 func TestSimulation(t *testing.T) {

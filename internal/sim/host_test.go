@@ -6,6 +6,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -25,6 +26,9 @@ func TestHostUnprivileged(t *testing.T) {
 	netnstest.LoUp(t)
 	for _, args := range [][]string{
 		{"link", "add", "lan0", "type", "veth", "peer", "name", "lan1"},
+		// No link-local addresses: nothing that changes on its own (DAD).
+		{"link", "set", "lan0", "addrgenmode", "none"},
+		{"link", "set", "lan1", "addrgenmode", "none"},
 		{"link", "set", "lan1", "up"},
 		{"addr", "add", "192.0.2.1/24", "dev", "lan0"},
 		{"addr", "add", "2001:db8:1::1/64", "dev", "lan0", "nodad"},
@@ -33,7 +37,16 @@ func TestHostUnprivileged(t *testing.T) {
 	} {
 		netnstest.IP(t, args...)
 	}
+	// The kernel reports a veth's carrier a moment later (linkwatch):
+	// compare from when nothing changes any more.
 	before := namespaceState(t)
+	for deadline := time.Now().Add(10 * time.Second); strings.Contains(before, "NO-CARRIER") || before != namespaceState(t); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the namespace does not settle:\n%s", before)
+		}
+		time.Sleep(50 * time.Millisecond)
+		before = namespaceState(t)
+	}
 
 	// From here on, a user with no privilege: the whole process (Go
 	// changes the ids of every thread).
