@@ -16,7 +16,7 @@ import (
 // the real kernel; VPND_TEST_BACKEND=sim runs `vpnd --sim` as an ordinary
 // user (simUID, no capability), whose VPNs exist in vpnd's memory only.
 //
-// Under sim the contract's claims are checked as they are on the kernel,
+// Under sim what an app sees is checked as it is on the kernel,
 // through the same socket, with the same clients. What differs:
 //   - Tests about the kernel itself (its rules and routes, real packets,
 //     the start-up checks, the sweep, self-healing) call kernelOnly and

@@ -208,9 +208,9 @@ func TestSimulation(t *testing.T) {
 	}
 }
 
-// TestSimulationLockdown: lockdown works in simulation mode as the
-// contract says, in vpnd and its state directory only: the kernel never
-// sees a rule, and the state outlives a restart.
+// TestSimulationLockdown: lockdown's API works in simulation mode as on a
+// host, in vpnd and its state directory only: the kernel never sees a
+// rule, and the state outlives a restart.
 func TestSimulationLockdown(t *testing.T) {
 	t.Parallel()
 	d := startSim(t)
