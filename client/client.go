@@ -314,7 +314,10 @@ func (c *Client) dispatch(m rpc.Message) {
 
 // SetUp asks vpnd to set up a VPN with cfg. It returns the TUN device,
 // which the caller owns: closing it ends the VPN, as does closing the
-// Client. The file is non-blocking unless cfg.IsBlocking.
+// Client. The file is non-blocking unless cfg.IsBlocking. From a simulated
+// vpnd (`vpnd --sim`, VpnInfo.Simulated) it is one end of a SOCK_SEQPACKET
+// socket pair instead, read and written the same way: one IP packet at a
+// time.
 func (c *Client) SetUp(ctx context.Context, cfg protocol.VpnConfig) (*os.File, *protocol.VpnInfo, error) {
 	return c.setUp(ctx, cfg)
 }

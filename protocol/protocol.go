@@ -218,6 +218,10 @@ type VpnInfo struct {
 	// CoveredUIDs are the uid ranges ("A-B") whose traffic enters the VPN.
 	RouteGateways map[string]string `json:"routeGateways"`
 	CoveredUIDs   []string          `json:"coveredUids"`
+	// Simulated is true when vpnd runs in simulation mode (`vpnd --sim`):
+	// the VPN exists in vpnd's model only, and its fd is not a TUN. Absent
+	// otherwise.
+	Simulated bool `json:"simulated,omitempty"`
 }
 
 // State values of StatusResult.

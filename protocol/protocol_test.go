@@ -71,3 +71,15 @@ func TestAllowFamilyBypassJSON(t *testing.T) {
 		t.Errorf("VpnInfo = %s, want routeGateways and coveredUids last", b)
 	}
 }
+
+// "simulated" appears only in simulation mode.
+func TestSimulatedJSON(t *testing.T) {
+	b, _ := json.Marshal(VpnInfo{})
+	if strings.Contains(string(b), "simulated") {
+		t.Errorf("VpnInfo of a real VPN = %s, want no simulated member", b)
+	}
+	b, _ = json.Marshal(VpnInfo{Simulated: true})
+	if !strings.HasSuffix(string(b), `,"simulated":true}`) {
+		t.Errorf("VpnInfo of a simulated VPN = %s, want simulated true", b)
+	}
+}

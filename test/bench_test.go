@@ -257,7 +257,7 @@ func startBenchDaemon(b *testing.B, ns string) *daemon {
 	b.Helper()
 	d := &daemon{
 		t: b, ns: ns, dir: newDaemonDir(b), stderr: &syncBuffer{}, exitedCh: make(chan struct{}),
-		ifname: defaultIfname, table: defaultTable, priority: defaultPriority, mark: defaultMark,
+		ifname: defaultIfname, table: defaultTable, priority: defaultPriority, mark: defaultMark, sim: simBackend,
 	}
 	d.sock = filepath.Join(d.dir, "vpnd.sock")
 	d.launch(b, "--log-level", "info")
@@ -269,6 +269,7 @@ func startBenchDaemon(b *testing.B, ns string) *daemon {
 var teardownWays = []string{"destroy", "ownerConnClosed", "ownerKilled", "tunClosed", "linkDeleted", "SIGTERM", "SIGINT"}
 
 func BenchmarkTeardown(b *testing.B) {
+	kernelOnly(b, "how fast the kernel is clean after each ending")
 	requireRoot(b)
 	for _, way := range teardownWays {
 		b.Run(way, func(b *testing.B) {
@@ -403,6 +404,7 @@ func BenchmarkSetUpDestroy(b *testing.B) {
 // 2 s), so each iteration first waits, untimed, for the bucket to refill;
 // run it with a fixed count, e.g. -benchtime=10x.
 func BenchmarkSelfHeal(b *testing.B) {
+	kernelOnly(b, "kernel objects changed behind vpnd's back")
 	if b.N > 50 {
 		b.Skipf("b.N = %d: each iteration waits 2 s for the repair budget; use -benchtime=10x", b.N)
 	}
@@ -466,6 +468,7 @@ func largeConfig() string {
 // BenchmarkLargeConfig times setUp and destroy of a VPN with 10,000
 // routes, separately, through the socket.
 func BenchmarkLargeConfig(b *testing.B) {
+	kernelOnly(b, "the kernel's cost of 10,000 routes")
 	d, c := benchDaemonConn(b)
 	cfg := largeConfig()
 	var up, down time.Duration

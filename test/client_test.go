@@ -107,7 +107,8 @@ type vpnInfo struct {
 		PID  int    `json:"pid"`
 		User string `json:"user"`
 	} `json:"owner"`
-	Since string `json:"since"`
+	Since     string `json:"since"`
+	Simulated bool   `json:"simulated"`
 }
 
 type statusResult struct {
@@ -425,6 +426,9 @@ func setUpOK(t testing.TB, m rpcMsg) vpnInfo {
 	}
 	if m.FDs != 1 || len(m.fdInfo) != 1 {
 		t.Fatalf("setUp response declares %d fds and carried %d, want 1: %s", m.FDs, len(m.fdInfo), m.raw)
+	}
+	if info.Simulated != simBackend {
+		t.Errorf("VpnInfo simulated %v from the %s backend", info.Simulated, map[bool]string{false: "kernel", true: "sim"}[simBackend])
 	}
 	return info
 }

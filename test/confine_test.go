@@ -88,6 +88,7 @@ func TestConfinedOverlap(t *testing.T) {
 // another user's goes to B as before. With the prefix route in the main
 // table, as the kernel adds it by default, the second would be captured.
 func TestPrefixRouteCarriesOnlyTheOwner(t *testing.T) {
+	kernelOnly(t, "real datagrams through the VPN's prefix routes")
 	t.Parallel()
 	w := newWorld(t)
 	nsIP(t, w.a, "route", "add", "10.8.0.0/16", "via", twAddrB4)

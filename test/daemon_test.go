@@ -203,7 +203,9 @@ func mkdirOwned(t testing.TB, p string, perm os.FileMode, uid int) {
 	}
 }
 
-// staleSocketFile leaves a socket file at p that no one listens on.
+// staleSocketFile leaves a socket file at p that no one listens on, as
+// a vpnd of the same user would (under sim, simUID's: only its owner may
+// connect to it and find it stale).
 func staleSocketFile(t testing.TB, p string) {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
@@ -213,6 +215,9 @@ func staleSocketFile(t testing.TB, p string) {
 	defer unix.Close(fd)
 	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: p}); err != nil {
 		t.Fatal(err)
+	}
+	if simBackend {
+		forSim(t, p)
 	}
 }
 

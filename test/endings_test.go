@@ -41,6 +41,10 @@ func (d *daemon) richCycle(t testing.TB, c *client) {
 // throw routes, and one owner rule per family.
 func (d *daemon) wantRichVPN(t testing.TB, owner uint32) {
 	t.Helper()
+	if d.sim {
+		d.simRichVPN(t, owner)
+		return
+	}
 	d.wantTUNLink(t, 1500)
 	if got, want := d.globalAddrs(t), sorted("10.8.0.2/24", "fd00::2/64"); !equalStrings(got, want) {
 		t.Errorf("addresses %v, want %v", got, want)
@@ -188,6 +192,7 @@ func TestEndingsRemoveEverything(t *testing.T) {
 		ok(t, c.call("destroy", "{}", "")) // idempotent, and the connection still works
 	})
 	t.Run("ip link del", func(t *testing.T) {
+		kernelOnly(t, "`ip link del` of vpnd's link")
 		up(t) // the owner keeps its connection and fd
 		d.ip(t, "link", "del", d.ifname)
 		wantState(t, sub, "linkGone", false)

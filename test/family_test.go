@@ -11,6 +11,7 @@ import (
 // sockets are untouched; allowFamilyBypass turns it off. Both directions:
 // an IPv4-only VPN and an IPv6-only one.
 func TestOtherFamilyFailsClosed(t *testing.T) {
+	kernelOnly(t, "real datagrams of the other family, refused by the kernel")
 	t.Parallel()
 	w := newWorld(t)
 	owner := w.dialIn(t, uidNormal)

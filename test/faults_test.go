@@ -55,6 +55,7 @@ func nsState(t testing.TB, ns string) string {
 // vpn-tun and a route of the VPN's own prefix in table 98, without
 // checking the detail; this test adds the rest.
 func TestFaultsForeignConflicts(t *testing.T) {
+	kernelOnly(t, "foreign kernel objects make the bring-up fail")
 	t.Parallel()
 	cases := []struct {
 		name   string
@@ -121,6 +122,7 @@ func TestFaultsForeignConflicts(t *testing.T) {
 // covers removal and a prepared namespace; this adds the log and a real
 // kill with foreign objects around.
 func TestStartupSweepLogsExactly(t *testing.T) {
+	kernelOnly(t, "the start-up sweep of a killed vpnd's kernel objects")
 	t.Parallel()
 	d1 := startDaemon(t)
 	owner := d1.dial(t, uidNormal)

@@ -70,6 +70,7 @@ var goldenCases = []goldenCase{
 
 // TestGolden checks the rule and route set of each case against its golden file.
 func TestGolden(t *testing.T) {
+	kernelOnly(t, "the kernel's rules and routes against golden files")
 	t.Parallel()
 	d := startDaemon(t, withAccounts(twAccounts))
 	for _, gc := range goldenCases {

@@ -3,6 +3,8 @@
 // namespace created with `ip netns add` (never in the host's namespace),
 // talk to it through its real Unix socket from processes running under
 // other uids, and read the kernel's state back with `ip -n NS -j`.
+// VPND_TEST_BACKEND=sim runs the same tests against `vpnd --sim` run as
+// an ordinary user (backend_test.go).
 //
 // Tests skip when not run as root.
 package test
@@ -56,6 +58,10 @@ var (
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
 func runMain(m *testing.M) int {
+	if err := backendFromEnv(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	if os.Geteuid() != 0 {
 		return m.Run() // every test skips
 	}
@@ -86,6 +92,7 @@ func runMain(m *testing.M) int {
 		{"vpnd", "./cmd/vpnd"},
 		{"vpnctl", "./cmd/vpnctl"},
 		{"rawclient", "./test/internal/rawclient"},
+		{"simping", "./examples/simping"}, // the README's example of simulation mode
 	} {
 		out := filepath.Join(dir, b.name)
 		cmd := exec.Command(goTool, "build", "-o", out, b.pkg)
@@ -441,6 +448,7 @@ type daemon struct {
 	pid    int
 	cmd    *exec.Cmd
 	stderr *syncBuffer
+	sim    bool // `vpnd --sim`, as simUID (backend_test.go)
 
 	// What this vpnd was told to use (contract §7 defaults unless a test
 	// passes the flags).
@@ -520,6 +528,9 @@ func newDaemonDir(t testing.TB) string {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if simBackend {
+		forSim(t, dir) // the simulated vpnd creates its socket here
+	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
@@ -534,10 +545,22 @@ func vpndCommand(t testing.TB, ns, sock string, flags ...string) *exec.Cmd {
 // the namespace and execs vpnd (e.g. setpriv, unshare), so that the
 // child's pid is still vpnd's.
 func vpndCommandPrefixed(t testing.TB, ns string, prefix []string, sock string, flags ...string) *exec.Cmd {
-	args := append([]string{"netns", "exec", ns}, prefix...)
+	sim := simBackend || slices.Contains(flags, "--sim")
+	args := []string{"netns", "exec", ns}
+	if sim {
+		args = append(args, simPrefix()...)
+	}
+	args = append(args, prefix...)
 	args = append(args, bin(t, "vpnd"), "--socket", sock, "--log-format", "json", "--log-level", "debug")
+	if sim && !slices.Contains(flags, "--sim") {
+		args = append(args, "--sim")
+	}
 	if !slices.Contains(flags, "--state-dir") {
-		args = append(args, "--state-dir", stateDirFor(t, ns))
+		dir := stateDirFor(t, ns)
+		if sim {
+			forSim(t, dir)
+		}
+		args = append(args, "--state-dir", dir)
 	}
 	args = append(args, flags...)
 	cmd := exec.Command("ip", args...)
@@ -603,6 +626,10 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 	d := &daemon{
 		t: t, ns: ns, dir: newDaemonDir(t), stderr: &syncBuffer{}, exitedCh: make(chan struct{}),
 		ifname: o.ifname, table: o.table, priority: o.priority, mark: o.mark, prefix: o.prefix, env: o.env,
+		sim: simBackend || slices.Contains(o.flags, "--sim"),
+	}
+	if d.sim {
+		forSim(t, d.dir)
 	}
 	d.sock = o.socket
 	if d.sock == "" {
@@ -901,12 +928,12 @@ func (d *daemon) kill(t testing.TB) {
 	d.waitExit(t)
 }
 
-// Kernel views of the daemon's namespace.
-func (d *daemon) links(t testing.TB) []ipLink           { t.Helper(); return nsLinks(t, d.ns) }
-func (d *daemon) link(t testing.TB, n string) *ipLink   { t.Helper(); return nsLink(t, d.ns, n) }
-func (d *daemon) rules(t testing.TB) []ipRule           { t.Helper(); return nsRules(t, d.ns) }
-func (d *daemon) routes(t testing.TB) []ipRoute         { t.Helper(); return nsRoutes(t, d.ns, d.table) }
-func (d *daemon) addrs(t testing.TB, n string) []ipAddr { t.Helper(); return nsAddrs(t, d.ns, n) }
+// Kernel views of the daemon's namespace (not under sim: see kns).
+func (d *daemon) links(t testing.TB) []ipLink           { t.Helper(); return nsLinks(t, d.kns(t)) }
+func (d *daemon) link(t testing.TB, n string) *ipLink   { t.Helper(); return nsLink(t, d.kns(t), n) }
+func (d *daemon) rules(t testing.TB) []ipRule           { t.Helper(); return nsRules(t, d.kns(t)) }
+func (d *daemon) routes(t testing.TB) []ipRoute         { t.Helper(); return nsRoutes(t, d.kns(t), d.table) }
+func (d *daemon) addrs(t testing.TB, n string) []ipAddr { t.Helper(); return nsAddrs(t, d.kns(t), n) }
 func (d *daemon) ip(t testing.TB, args ...string) string {
 	t.Helper()
 	return nsIP(t, d.ns, args...)
@@ -924,13 +951,20 @@ func (d *daemon) vpnRules(t testing.TB) []ipRule {
 	return out
 }
 
-// waitClean waits until vpnd's VPN is gone from the kernel.
+// waitClean waits until vpnd's VPN is gone from the kernel; under sim,
+// until status says so (and the kernel still has nothing).
 func (d *daemon) waitClean(t testing.TB, why string) {
 	t.Helper()
 	eventually(t, why+": link, rules and routes removed", func() (bool, string) {
 		p := d.leftovers(t)
 		return len(p) == 0, strings.Join(p, "; ")
 	})
+	if d.sim {
+		eventually(t, why+": status disconnected", func() (bool, string) {
+			s := d.vpnStatus(t)
+			return s.State == "disconnected" && s.VPN == nil, fmt.Sprintf("%+v", s)
+		})
+	}
 }
 
 // logContains reports whether vpnd's output has a line containing all of

@@ -82,6 +82,7 @@ func maxConfig() string {
 // TestLargeConfigEndings ends a VPN of each largest config in every way a
 // VPN can end and checks that the kernel is clean soon after the trigger.
 func TestLargeConfigEndings(t *testing.T) {
+	kernelOnly(t, "how fast the kernel is clean after each ending")
 	requireRoot(t)
 	for _, cfg := range largeConfigs {
 		params := cfg.params()
@@ -127,6 +128,7 @@ func TestLargeConfigEndings(t *testing.T) {
 // VPN while vpnd repairs it: the destroy does not wait for the whole
 // repair, and nothing is restored after the teardown.
 func TestTeardownDuringRepair(t *testing.T) {
+	kernelOnly(t, "a kernel table flushed behind vpnd's back")
 	requireRoot(t)
 	d := startDaemon(t)
 	probe := openProbe(t, d.ns)
@@ -152,6 +154,7 @@ const healSettleGuess = 15 * time.Millisecond
 // TestSelfHealingLargeFlush flushes a 10,000-route table: vpnd puts it
 // back with one repair and one warning, and says how long it took.
 func TestSelfHealingLargeFlush(t *testing.T) {
+	kernelOnly(t, "a kernel table flushed behind vpnd's back")
 	requireRoot(t)
 	d := startDaemon(t)
 	c := d.dial(t, uidNormal)

@@ -99,6 +99,7 @@ func (s *routeSampler) finish() map[string]int {
 }
 
 func TestLockdown(t *testing.T) {
+	kernelOnly(t, "real datagrams refused by lockdown's kernel rules (sim_test.go covers lockdown under sim)")
 	t.Parallel()
 	top := t
 	w := newWorld(t)
@@ -223,6 +224,7 @@ func admin2(t *testing.T, w *world) *client { return w.dialIn(t, uidRoot) }
 // TestLockdownSweep: at start, the sweep removes lockdown rules that the
 // stored state does not want, and leaves the wanted ones alone.
 func TestLockdownSweep(t *testing.T) {
+	kernelOnly(t, "the start-up sweep of lockdown's kernel rules")
 	t.Parallel()
 	d := startDaemon(t)
 	admin := d.dial(t, uidRoot)

@@ -21,6 +21,16 @@ func wantTUNFD(t testing.TB, m rpcMsg, ifname string, nonblock bool) {
 		t.Fatalf("setUp carried %d fds, want 1", len(m.fdInfo))
 	}
 	fi := m.fdInfo[0]
+	if simBackend {
+		// One end of a socket pair, one packet per message.
+		if fi.TUN || fi.Domain != unix.AF_UNIX || fi.Type != unix.SOCK_SEQPACKET {
+			t.Errorf("setUp's fd under sim is %s, want an AF_UNIX SOCK_SEQPACKET socket", fi)
+		}
+		if fi.NonBlocking != nonblock {
+			t.Errorf("fd O_NONBLOCK=%v, want %v", fi.NonBlocking, nonblock)
+		}
+		return
+	}
 	if !fi.TUN {
 		t.Fatalf("setUp's fd is not a TUN (TUNGETIFF failed): %s", fi)
 	}
@@ -42,6 +52,9 @@ func wantTUNFD(t testing.TB, m rpcMsg, ifname string, nonblock bool) {
 // with this mtu. It returns the link.
 func (d *daemon) wantTUNLink(t testing.TB, mtu int) ipLink {
 	t.Helper()
+	if d.sim {
+		return d.simTUNLink(t, mtu)
+	}
 	l := d.link(t, d.ifname)
 	if l == nil {
 		t.Fatalf("no link %s in the namespace", d.ifname)
@@ -231,28 +244,8 @@ func TestSetUpHappyPath(t *testing.T) {
 	wantTUNFD(t, m, "vpn-tun", true)
 
 	l := d.wantTUNLink(t, 1500)
-	if got := d.globalAddrs(t); !equalStrings(got, []string{"10.8.0.2/24"}) {
-		t.Errorf("addresses %v, want [10.8.0.2/24]", got)
-	}
-	if got, want := d.routeStrings(t), sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun", v6Unreachable); !equalStrings(got, want) {
-		t.Errorf("table 98: %v, want %v", got, want)
-	}
-	// root is ADMIN: its own traffic enters unless protected, every other
-	// uid's traffic enters regardless of marks; IPv6 is not accepted, and
-	// fails closed for the same uids.
-	d.checkRules(t, []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true,
-		covered: []uint32{1, 2, 4000, 65534, 1 << 31}}, {family: unix.AF_INET6, owner: 0, ownerCovered: true,
-		covered: []uint32{1, 2, 4000, 65534, 1 << 31}}})
-	var ownerRule *ipRule
-	for _, r := range d.vpnRules(t) {
-		if r.Fwmask != "" {
-			r := r
-			ownerRule = &r
-		}
-	}
-	if ownerRule == nil || ownerRule.Priority != 10000 || *ownerRule.UIDStart != 0 || *ownerRule.UIDEnd != 0 ||
-		ownerRule.Fwmark != "0" || ownerRule.Fwmask != "0x20000" || ownerRule.Table != "98" {
-		t.Errorf("want `priority 10000 uidrange 0-0 fwmark 0/0x20000 lookup 98`, got %v", ownerRule)
+	if !d.sim {
+		d.wantHappyPathKernel(t)
 	}
 
 	// VpnInfo as applied.
@@ -289,6 +282,34 @@ func TestSetUpHappyPath(t *testing.T) {
 	ok(t, c.call("destroy", "{}", ""))
 }
 
+// wantHappyPathKernel checks TestSetUpHappyPath's VPN in the kernel.
+func (d *daemon) wantHappyPathKernel(t testing.TB) {
+	t.Helper()
+	if got := d.globalAddrs(t); !equalStrings(got, []string{"10.8.0.2/24"}) {
+		t.Errorf("addresses %v, want [10.8.0.2/24]", got)
+	}
+	if got, want := d.routeStrings(t), sorted("ipv4 10.8.0.0/24 dev vpn-tun", "ipv4 198.51.100.0/24 dev vpn-tun", v6Unreachable); !equalStrings(got, want) {
+		t.Errorf("table 98: %v, want %v", got, want)
+	}
+	// root is ADMIN: its own traffic enters unless protected, every other
+	// uid's traffic enters regardless of marks; IPv6 is not accepted, and
+	// fails closed for the same uids.
+	d.checkRules(t, []ruleCheck{{family: unix.AF_INET, owner: 0, ownerCovered: true,
+		covered: []uint32{1, 2, 4000, 65534, 1 << 31}}, {family: unix.AF_INET6, owner: 0, ownerCovered: true,
+		covered: []uint32{1, 2, 4000, 65534, 1 << 31}}})
+	var ownerRule *ipRule
+	for _, r := range d.vpnRules(t) {
+		if r.Fwmask != "" {
+			r := r
+			ownerRule = &r
+		}
+	}
+	if ownerRule == nil || ownerRule.Priority != 10000 || *ownerRule.UIDStart != 0 || *ownerRule.UIDEnd != 0 ||
+		ownerRule.Fwmark != "0" || ownerRule.Fwmask != "0x20000" || ownerRule.Table != "98" {
+		t.Errorf("want `priority 10000 uidrange 0-0 fwmark 0/0x20000 lookup 98`, got %v", ownerRule)
+	}
+}
+
 // kernelSnapshot is what the tests compare between two setUps.
 type kernelSnapshot struct {
 	mtu    int
@@ -300,6 +321,9 @@ type kernelSnapshot struct {
 
 func (d *daemon) snapshot(t testing.TB) kernelSnapshot {
 	t.Helper()
+	if d.sim {
+		return d.simSnapshot(t)
+	}
 	l := d.link(t, d.ifname)
 	if l == nil {
 		t.Fatalf("no link %s", d.ifname)
@@ -314,6 +338,7 @@ func (d *daemon) snapshot(t testing.TB) kernelSnapshot {
 
 // §5: CIDR strings and OpenHarmony objects configure the same thing.
 func TestSetUpConfigForms(t *testing.T) {
+	kernelOnly(t, "compares the kernel state two config forms produce")
 	t.Parallel()
 	d := startDaemon(t)
 	c := d.dial(t, uidRoot)
@@ -359,6 +384,7 @@ func TestSetUpConfigForms(t *testing.T) {
 }
 
 // §5, §7: defaults, excluded routes, gateways, boundaries, blocking mode.
+// Under sim, the fd's mode and VpnInfo are checked; the kernel is not.
 func TestSetUpKernelDetails(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)
@@ -467,13 +493,15 @@ func TestSetUpKernelDetails(t *testing.T) {
 			info := setUpOK(t, m)
 			wantTUNFD(t, m, "vpn-tun", tc.nonblock)
 			d.wantTUNLink(t, tc.mtu)
-			if got := d.globalAddrs(t); !equalStrings(got, tc.addrs) {
-				t.Errorf("addresses %v, want %v", got, tc.addrs)
+			if !d.sim {
+				if got := d.globalAddrs(t); !equalStrings(got, tc.addrs) {
+					t.Errorf("addresses %v, want %v", got, tc.addrs)
+				}
+				if got := d.routeStrings(t); !equalStrings(got, tc.routes) {
+					t.Errorf("table 98 %v, want %v", got, tc.routes)
+				}
+				d.checkRules(t, tc.rules)
 			}
-			if got := d.routeStrings(t); !equalStrings(got, tc.routes) {
-				t.Errorf("table 98 %v, want %v", got, tc.routes)
-			}
-			d.checkRules(t, tc.rules)
 			if tc.check != nil {
 				tc.check(t, info)
 			}
@@ -485,6 +513,7 @@ func TestSetUpKernelDetails(t *testing.T) {
 
 // §5 "Whose traffic enters the VPN" and §7's rules, by account type.
 func TestRulesByAccountType(t *testing.T) {
+	kernelOnly(t, "the kernel's rules for each account type")
 	t.Parallel()
 	d := startDaemon(t)
 	v4 := `{"addresses":["10.8.0.2/24"],"routes":["198.51.100.0/24"]`
@@ -527,6 +556,7 @@ func TestRulesByAccountType(t *testing.T) {
 // §8 flags: --ifname, --table, --rule-priority and --protect-mark are used
 // instead of the defaults, and the defaults are left alone.
 func TestCustomKernelNames(t *testing.T) {
+	kernelOnly(t, "the kernel names and the SO_MARK bit vpnd uses")
 	t.Parallel()
 	d := startDaemon(t, withKernelNames("vpntest0", 77, 12345, 0x40000))
 	c := d.dial(t, uidNormal)
@@ -554,6 +584,7 @@ func TestCustomKernelNames(t *testing.T) {
 // §7: vpnd never touches rules, routes or links it did not create, even at
 // its own priority and in its own table.
 func TestForeignObjectsUntouched(t *testing.T) {
+	kernelOnly(t, "foreign kernel objects next to vpnd's")
 	t.Parallel()
 	d := startDaemon(t)
 	// Neighbours of vpnd's objects: the same uid ranges and table at other

@@ -57,6 +57,7 @@ func wantNotSwept(t testing.TB, ns string) {
 // no sweep, no socket file. Before, it swept first and so deleted the
 // running VPN's link (the VPN ended with linkGone).
 func TestOneVpndPerNamespace(t *testing.T) {
+	kernelOnly(t, "ownership of kernel names; any number of simulated vpnds may run")
 	t.Parallel()
 	a := startDaemon(t)
 	sub := a.dial(t, uidRoot)
@@ -136,6 +137,7 @@ func TestOneVpndPerNamespace(t *testing.T) {
 // Different interface name, table and priority in one namespace: two
 // vpnds run side by side, each with its own VPN.
 func TestTwoVpndsWithTheirOwnNames(t *testing.T) {
+	kernelOnly(t, "ownership of kernel names; any number of simulated vpnds may run")
 	t.Parallel()
 	a := startDaemon(t)
 	b := startDaemon(t, inNetns(a.ns), withKernelNames("vpn-b", 97, 20000, 0x40000))
@@ -156,6 +158,7 @@ func TestTwoVpndsWithTheirOwnNames(t *testing.T) {
 // on the same names and socket at once, and a killed one's leftovers are
 // swept.
 func TestOwnershipEndsWithTheProcess(t *testing.T) {
+	kernelOnly(t, "ownership of kernel names; any number of simulated vpnds may run")
 	t.Parallel()
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		t.Run(sig.String(), func(t *testing.T) {
@@ -184,6 +187,7 @@ func TestOwnershipEndsWithTheProcess(t *testing.T) {
 // /dev/net/tun, vpnd exits 1 naming what is missing, before its sweep.
 // Before, it logged "serving" and failed every setUp with 19900002.
 func TestStartupChecks(t *testing.T) {
+	kernelOnly(t, "the start-up checks (CAP_NET_ADMIN, /dev/net/tun), which --sim skips")
 	t.Parallel()
 
 	t.Run("no CAP_NET_ADMIN", func(t *testing.T) {

@@ -413,6 +413,7 @@ func bracket(ip string) string {
 // protected sockets (protected before or after setUp) bypass it; excluded
 // routes bypass it.
 func TestTrafficNormalOwner(t *testing.T) {
+	kernelOnly(t, "real datagrams through the VPN")
 	t.Parallel()
 	w := newWorld(t)
 	owner := w.dialIn(t, uidNormal)
@@ -456,6 +457,7 @@ func TestTrafficNormalOwner(t *testing.T) {
 // user protected does not escape it; only the owner's protected sockets
 // and excluded routes bypass it.
 func TestTrafficAdminOwner(t *testing.T) {
+	kernelOnly(t, "real datagrams through the VPN")
 	t.Parallel()
 	w := newWorld(t)
 	owner := w.dialIn(t, uidRoot)
@@ -491,6 +493,7 @@ func TestTrafficAdminOwner(t *testing.T) {
 // §5: trustedApplications and blockedApplications narrow an ADMIN's VPN,
 // here an ADMIN made so by the --accounts policy.
 func TestTrafficAppLists(t *testing.T) {
+	kernelOnly(t, "real datagrams through the VPN")
 	t.Parallel()
 	w := newWorld(t, withAccounts(twAccounts))
 	owner := w.dialIn(t, uidAdmin)
@@ -536,6 +539,7 @@ func TestTrafficAppLists(t *testing.T) {
 // on a full-tunnel VPN (default routes), so the forwarder's own socket
 // would loop if protect did not work.
 func TestTrafficTunnelRoundTrip(t *testing.T) {
+	kernelOnly(t, "real datagrams through the VPN")
 	t.Parallel()
 	w := newWorld(t)
 	decap := startLineProc(t, "netpeer decap", "ip", "netns", "exec", w.b, helperBin(t, "netpeer"),

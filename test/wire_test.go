@@ -215,8 +215,8 @@ func TestWire(t *testing.T) {
 			t.Fatalf("third response %s", m.raw)
 		}
 		ok(t, m)
-		if mk := markOf(t, udp); mk != 0x20000 {
-			t.Errorf("the UDP socket sent with the third message has SO_MARK %#x, want 0x20000", mk)
+		if mk := markOf(t, udp); mk != d.protectedMark(0) {
+			t.Errorf("the UDP socket sent with the third message has SO_MARK %#x, want %#x", mk, d.protectedMark(0))
 		}
 		wantClosedByVPND(t, open, "pipe of a failed protect")
 	})

@@ -99,6 +99,9 @@ func printStatus(w io.Writer, st *protocol.StatusResult) {
 		return strings.Join(xs, " ")
 	}
 	fmt.Fprintf(w, "interface:       %s (index %d)\n", v.Interface, v.Index)
+	if v.Simulated {
+		fmt.Fprintf(w, "simulated:       yes (vpnd --sim: nothing in the kernel, echo replies only)\n")
+	}
 	fmt.Fprintf(w, "mtu:             %d\n", v.MTU)
 	fmt.Fprintf(w, "addresses:       %s\n", list(v.Addresses))
 	fmt.Fprintf(w, "routes:          %s\n", list(v.Routes))

@@ -25,7 +25,6 @@ import (
 	"github.com/vpnd/vpnd/internal/dns"
 	"github.com/vpnd/vpnd/internal/manager"
 	"github.com/vpnd/vpnd/internal/ownership"
-	"github.com/vpnd/vpnd/internal/preflight"
 	"github.com/vpnd/vpnd/internal/server"
 	"github.com/vpnd/vpnd/internal/state"
 	"github.com/vpnd/vpnd/internal/tun"
@@ -50,6 +49,7 @@ type options struct {
 	resolvConf  string
 	version     bool
 	manDir      string
+	sim         bool
 }
 
 func main() {
@@ -76,6 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.BoolVarP(&o.version, "version", "v", false, "print vpnd's version and exit")
 	fs.StringVar(&o.manDir, "man", "", "write vpnd's man page into `DIR` and exit")
 	fs.MarkHidden("man") // for packagers and CI
+	fs.BoolVar(&o.sim, "sim", false, "simulation mode: run as any user and change nothing in the kernel (see above)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: vpnd [flags]
 
@@ -113,6 +114,21 @@ start after a SIGKILL); a file someone else rewrote meanwhile is kept.
 Only an admin's VPN changes the host's resolver; a VPN without DNS servers
 changes nothing.
 
+Simulation mode (--sim), for testing VPN apps without root: vpnd runs as
+any user, needs no privilege, and changes nothing in the kernel's network
+configuration. The socket, peer credentials, account types, check order,
+errors, config rules and lifetime events are the same; the VPN lives in
+vpnd's memory only (VpnInfo says "simulated": true), and setUp hands out
+one end of a SOCK_SEQPACKET socket pair instead of a TUN fd: one IP packet
+per message. vpnd answers ICMP and ICMPv6 echo requests sent to the VPN's
+own addresses, drops every other packet, and ends the VPN (linkGone) when
+the app closes its end. protect checks the socket and sets no mark; DNS
+settings are checked and reported only. Steps 1, 2 and 4 above are
+skipped, so any number may run; lockdown is stored in --state-dir and
+applies to the simulation only. Defaults change to --socket
+$XDG_RUNTIME_DIR/vpnd-sim.sock and --state-dir $XDG_STATE_HOME/vpnd-sim
+(or ~/.local/state/vpnd-sim); without those variables give the flags.
+
 Signals: SIGTERM or SIGINT ends the VPN, removes the socket and exits 0;
 SIGHUP reloads the --accounts policy (a bad file keeps the old policy);
 SIGUSR1 logs the goroutine, fd and connection counts ("runtime stats").
@@ -132,6 +148,13 @@ Flags:
 	}
 	if fs.NArg() > 0 {
 		return nil, 0, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if o.sim {
+		given := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+		if err := simDefaults(o, given, os.Getenv); err != nil {
+			return nil, 0, err
+		}
 	}
 	if n := len(o.ifname); n == 0 || n > 15 || strings.ContainsAny(o.ifname, "/ \t\n:") || o.ifname == "." || o.ifname == ".." {
 		return nil, 0, fmt.Errorf("--ifname %q: must be 1-15 bytes without '/', ':' or white space", o.ifname)
@@ -217,16 +240,8 @@ func run(args []string, stderr io.Writer) int {
 	// before vpnd knows that it can work, that no other vpnd owns its
 	// names here, and that its socket path is its own. Only then does it
 	// sweep what a killed vpnd left behind.
-	if missing := preflight.Check(preflight.TUNPath); len(missing) > 0 {
-		for _, err := range missing {
-			log.Error("start-up check failed", zap.Error(err))
-			fmt.Fprintf(stderr, "vpnd: %v\n", err)
-		}
-		return 1
-	}
-	kernel, err := tun.New(log)
-	if err != nil {
-		fmt.Fprintf(stderr, "vpnd: netlink: %v\n", err)
+	kernel := openKernel(o.sim, log, stderr)
+	if kernel == nil {
 		return 1
 	}
 	defer kernel.Close()
@@ -244,20 +259,31 @@ func run(args []string, stderr io.Writer) int {
 	}
 	// The DNS backend checks what it needs now (systemd-resolved answers,
 	// the resolv.conf is a regular file), so that a backend that cannot
-	// work stops vpnd here rather than failing every setUp.
+	// work stops vpnd here rather than failing every setUp. A simulation
+	// applies no DNS.
+	if o.sim && o.dnsBackend != dns.NameNone {
+		if o.dnsBackend != dns.Auto {
+			fmt.Fprintf(stderr, "vpnd: --dns-backend %s: a simulation applies no DNS settings; use none\n", o.dnsBackend)
+			return 2
+		}
+		o.dnsBackend = dns.NameNone
+	}
 	resolver, err := dns.Open(dns.Config{Backend: o.dnsBackend, ResolvConf: o.resolvConf, State: state, Log: log.Named("dns")})
 	if err != nil {
 		log.Error("dns backend unusable", zap.String("backend", o.dnsBackend), zap.Error(err))
 		fmt.Fprintf(stderr, "vpnd: %v\n", err)
 		return 1
 	}
-	lock, err := ownership.Acquire(ownership.Resources(o.ifname, int(o.table), int(o.priority)))
-	if err != nil {
-		log.Error("names taken in this network namespace", zap.Error(err))
-		fmt.Fprintf(stderr, "vpnd: %v: one vpnd at a time may serve a network namespace's interface, table and rule priorities; stop that one, or give this vpnd other --ifname, --table and --rule-priority\n", err)
-		return 1
+	// A simulation owns nothing in the kernel: any number may run.
+	if !o.sim {
+		lock, err := ownership.Acquire(ownership.Resources(o.ifname, int(o.table), int(o.priority)))
+		if err != nil {
+			log.Error("names taken in this network namespace", zap.Error(err))
+			fmt.Fprintf(stderr, "vpnd: %v: one vpnd at a time may serve a network namespace's interface, table and rule priorities; stop that one, or give this vpnd other --ifname, --table and --rule-priority\n", err)
+			return 1
+		}
+		defer lock.Close() // last: after the VPN is torn down
 	}
-	defer lock.Close() // last: after the VPN is torn down
 	ln, err := server.Listen(o.socket)
 	if err != nil {
 		log.Error("socket refused", zap.String("socket", o.socket), zap.Error(err))
@@ -273,6 +299,7 @@ func run(args []string, stderr io.Writer) int {
 		Log:          log.Named("manager"),
 		Store:        state,
 		DNS:          resolver,
+		Simulated:    o.sim,
 	})
 	removed, err := kernel.Sweep(log.Named("sweep"), tun.SweepSpec{IfName: o.ifname, Table: int(o.table), Priority: int(o.priority),
 		LockdownPriority: mgr.LockdownPriority(), Keep: mgr.LockdownKeep(lockdown)})
@@ -321,7 +348,7 @@ func run(args []string, stderr io.Writer) int {
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("vpnd serving", zap.String("socket", o.socket), zap.String("ifname", o.ifname),
 		zap.Uint("table", o.table), zap.Uint("rule_priority", o.priority), zap.String("protect_mark", fmt.Sprintf("%#x", mark)),
-		zap.String("dns_backend", resolver.Name()))
+		zap.String("dns_backend", resolver.Name()), zap.Bool("simulated", o.sim))
 
 wait:
 	for {

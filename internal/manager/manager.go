@@ -47,6 +47,9 @@ type Options struct {
 	DNS DNS
 	// Now is the clock for VpnInfo.Since; nil means time.Now.
 	Now func() time.Time
+	// Simulated says that the Kernel is a simulation (`vpnd --sim`), which
+	// every VpnInfo reports, so that an app can tell.
+	Simulated bool
 }
 
 // Caller is who is calling, as vpnd learnt it from the kernel and the
@@ -410,6 +413,7 @@ func (m *Manager) describe(v *vpn, c Caller, cfg *config.Config) protocol.VpnInf
 		BlockedApplications: userStrs(cfg.Blocked),
 		Owner:               protocol.Owner{UID: c.UID, PID: c.PID, User: c.User},
 		Since:               m.opt.Now().UTC().Format(time.RFC3339),
+		Simulated:           m.opt.Simulated,
 	}
 	info.RouteGateways = map[string]string{}
 	for _, r := range cfg.Routes {

@@ -17,12 +17,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"iter"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -232,10 +234,17 @@ func (k *Kernel) CreateTUN(name string, blocking bool) (*os.File, int, error) {
 // is closed (EOF), as the kernel removes a non-persistent TUN.
 func (k *Kernel) serve(l *link) {
 	defer k.readers.Done()
+	rc, err := l.held.SyscallConn()
+	if err != nil {
+		panic(err) // an *os.File of a socket always has one
+	}
 	buf := make([]byte, 65536)
 	for {
 		n, err := l.held.Read(buf)
-		if err != nil || n == 0 {
+		if n == 0 && err == io.EOF && !hungUp(rc) {
+			continue // an empty packet, not the end: a TUN drops it
+		}
+		if err != nil {
 			// EOF: the client closed its end. Any other error: the model
 			// closed its own end (the link was deleted).
 			k.mu.Lock()
@@ -253,9 +262,27 @@ func (k *Kernel) serve(l *link) {
 			continue
 		}
 		for _, out := range k.opt.Packet(cur, buf[:n]) {
-			l.held.Write(out) // a client that does not read loses packets, as on a TUN
+			// Never wait for the client: one that does not read loses
+			// packets once its queue is full, as on a TUN, and the
+			// packets it writes are still read meanwhile.
+			rc.Control(func(fd uintptr) { unix.Send(int(fd), out, unix.MSG_DONTWAIT) })
 		}
 	}
+}
+
+// hungUp reports whether the peer of a socket pair end closed its end: a
+// read of zero bytes is that, or an empty message.
+func hungUp(rc syscall.RawConn) bool {
+	hup := true
+	rc.Control(func(fd uintptr) {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(p, 0); err == nil && n == 1 {
+			hup = p[0].Revents&(unix.POLLRDHUP|unix.POLLHUP) != 0
+		} else if err == nil {
+			hup = false
+		}
+	})
+	return hup
 }
 
 // removeLinkLocked deletes a link as the kernel does: its addresses and

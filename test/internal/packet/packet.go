@@ -168,3 +168,102 @@ func (p Packet) String() string {
 	}
 	return fmt.Sprintf("%d %s %s %d %s %d %q", p.Family, proto, p.Src, p.SrcPort, p.Dst, p.DstPort, p.Payload)
 }
+
+// ICMP and ICMPv6 echo types.
+const (
+	ICMPEchoRequest   = 8
+	ICMPEchoReply     = 0
+	ICMPv6EchoRequest = 128
+	ICMPv6EchoReply   = 129
+	protoICMP         = 1
+)
+
+// Echo is an ICMP or ICMPv6 echo request or reply.
+type Echo struct {
+	Family   int // 4 or 6
+	Src, Dst netip.Addr
+	TTL      int // or hop limit
+	Type     byte
+	Code     byte
+	ID, Seq  uint16
+	Data     []byte
+}
+
+// EchoRequest builds an echo request from src to dst (ICMP in IPv4, or
+// ICMPv6 in IPv6, after src's family), with correct checksums.
+func EchoRequest(src, dst netip.Addr, id, seq uint16, data []byte) []byte {
+	m := make([]byte, 8+len(data))
+	binary.BigEndian.PutUint16(m[4:6], id)
+	binary.BigEndian.PutUint16(m[6:8], seq)
+	copy(m[8:], data)
+	if src.Is4() {
+		m[0] = ICMPEchoRequest
+		binary.BigEndian.PutUint16(m[2:4], fold(sumBytes(0, m)))
+		h := make([]byte, 20, 20+len(m))
+		h[0] = 0x45
+		binary.BigEndian.PutUint16(h[2:4], uint16(20+len(m)))
+		h[8], h[9] = 64, protoICMP
+		copy(h[12:16], src.AsSlice())
+		copy(h[16:20], dst.AsSlice())
+		binary.BigEndian.PutUint16(h[10:12], fold(sumBytes(0, h)))
+		return append(h, m...)
+	}
+	m[0] = ICMPv6EchoRequest
+	binary.BigEndian.PutUint16(m[2:4], fold(sumBytes(icmpv6Pseudo(src, dst, len(m)), m)))
+	h := make([]byte, 40, 40+len(m))
+	h[0] = 0x60
+	binary.BigEndian.PutUint16(h[4:6], uint16(len(m)))
+	h[6], h[7] = ProtoICMPv6, 64
+	copy(h[8:24], src.AsSlice())
+	copy(h[24:40], dst.AsSlice())
+	return append(h, m...)
+}
+
+// icmpv6Pseudo is the sum of ICMPv6's pseudo-header: addresses,
+// upper-layer length, next header.
+func icmpv6Pseudo(src, dst netip.Addr, n int) uint32 {
+	return sumBytes(sumBytes(0, src.AsSlice()), dst.AsSlice()) + uint32(n) + ProtoICMPv6
+}
+
+// ParseEcho decodes an echo request or reply and checks every checksum it
+// carries: IPv4's header checksum, ICMP's, ICMPv6's over the
+// pseudo-header. Anything else is an error.
+func ParseEcho(b []byte) (Echo, error) {
+	var e Echo
+	var m []byte
+	switch {
+	case len(b) >= 20 && b[0] == 0x45:
+		total := int(binary.BigEndian.Uint16(b[2:4]))
+		if total != len(b) || b[9] != protoICMP {
+			return e, fmt.Errorf("IPv4 total length %d of %d bytes, protocol %d", total, len(b), b[9])
+		}
+		if fold(sumBytes(0, b[:20])) != 0 {
+			return e, errors.New("bad IPv4 header checksum")
+		}
+		e.Family, e.TTL = 4, int(b[8])
+		e.Src, e.Dst = netip.AddrFrom4([4]byte(b[12:16])), netip.AddrFrom4([4]byte(b[16:20]))
+		m = b[20:]
+		if len(m) >= 8 && fold(sumBytes(0, m)) != 0 {
+			return e, errors.New("bad ICMP checksum")
+		}
+	case len(b) >= 40 && b[0]>>4 == 6:
+		if int(binary.BigEndian.Uint16(b[4:6])) != len(b)-40 || b[6] != ProtoICMPv6 {
+			return e, fmt.Errorf("IPv6 payload length %d of %d bytes, next header %d", binary.BigEndian.Uint16(b[4:6]), len(b)-40, b[6])
+		}
+		e.Family, e.TTL = 6, int(b[7])
+		e.Src, e.Dst = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
+		m = b[40:]
+		if len(m) >= 8 && fold(sumBytes(icmpv6Pseudo(e.Src, e.Dst, len(m)), m)) != 0 {
+			return e, errors.New("bad ICMPv6 checksum")
+		}
+	default:
+		return e, fmt.Errorf("not an IPv4 (without options) or IPv6 packet: % x", b[:min(len(b), 8)])
+	}
+	if len(m) < 8 {
+		return e, errors.New("short ICMP header")
+	}
+	e.Type, e.Code = m[0], m[1]
+	e.ID, e.Seq = binary.BigEndian.Uint16(m[4:6]), binary.BigEndian.Uint16(m[6:8])
+	e.Data = m[8:]
+	return e, nil
+}

@@ -18,6 +18,9 @@ type FDInfo struct {
 	Flags  uint16
 	// NonBlocking reports O_NONBLOCK in the open file's status flags.
 	NonBlocking bool
+	// Domain and Type are SO_DOMAIN and SO_TYPE for a socket (a simulated
+	// vpnd's TUN is an AF_UNIX SOCK_SEQPACKET socket); 0 otherwise.
+	Domain, Type int
 }
 
 // Describe inspects fd without changing it.
@@ -29,6 +32,10 @@ func Describe(fd int) (FDInfo, error) {
 		return info, fmt.Errorf("F_GETFL: %w", err)
 	}
 	info.NonBlocking = fl&unix.O_NONBLOCK != 0
+	if d, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN); err == nil {
+		info.Domain = d
+		info.Type, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	}
 	ifr, err := unix.NewIfreq("")
 	if err != nil {
 		return info, err
@@ -44,8 +51,8 @@ func Describe(fd int) (FDInfo, error) {
 // String renders the info as one line of "key=value" words, which the
 // rawclient prints and the tests parse back with ParseFDInfo.
 func (i FDInfo) String() string {
-	return fmt.Sprintf("path=%s tun=%t ifname=%s flags=%#x nonblock=%t",
-		strings.ReplaceAll(i.Path, " ", "_"), i.TUN, orDash(i.IfName), i.Flags, i.NonBlocking)
+	return fmt.Sprintf("path=%s tun=%t ifname=%s flags=%#x nonblock=%t domain=%d type=%d",
+		strings.ReplaceAll(i.Path, " ", "_"), i.TUN, orDash(i.IfName), i.Flags, i.NonBlocking, i.Domain, i.Type)
 }
 
 func orDash(s string) string {
@@ -60,7 +67,8 @@ func ParseFDInfo(s string) (FDInfo, error) {
 	var i FDInfo
 	var flags uint32
 	var ifname string
-	_, err := fmt.Sscanf(s, "path=%s tun=%t ifname=%s flags=%v nonblock=%t", &i.Path, &i.TUN, &ifname, &flags, &i.NonBlocking)
+	_, err := fmt.Sscanf(s, "path=%s tun=%t ifname=%s flags=%v nonblock=%t domain=%d type=%d",
+		&i.Path, &i.TUN, &ifname, &flags, &i.NonBlocking, &i.Domain, &i.Type)
 	if err != nil {
 		return i, fmt.Errorf("parse fd info %q: %w", s, err)
 	}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"go.uber.org/zap"
+
+	"github.com/vpnd/vpnd/internal/manager"
+	"github.com/vpnd/vpnd/internal/preflight"
+	"github.com/vpnd/vpnd/internal/sim"
+	"github.com/vpnd/vpnd/internal/tun"
+)
+
+// backend is the kernel vpnd works on: the host's, through netlink
+// (tun.Netlink), or with --sim a model of it (sim.Host). Everything above
+// it, from the socket to the manager, is the same for both.
+type backend interface {
+	manager.Kernel
+	// Sweep removes what a killed vpnd left behind.
+	Sweep(*zap.Logger, tun.SweepSpec) ([]string, error)
+	Close() error
+}
+
+var (
+	_ backend = (*tun.Netlink)(nil)
+	_ backend = (*sim.Host)(nil)
+)
+
+// openKernel opens vpnd's kernel. On a host it first checks that vpnd can
+// do its work (CAP_NET_ADMIN, /dev/net/tun); a simulation needs neither.
+// nil means that vpnd must exit 1: what is missing has been logged and
+// printed.
+func openKernel(simulate bool, log *zap.Logger, stderr io.Writer) backend {
+	if simulate {
+		h, err := sim.NewHost()
+		if err != nil {
+			fmt.Fprintf(stderr, "vpnd: netlink: %v\n", err)
+			return nil
+		}
+		return h
+	}
+	if missing := preflight.Check(preflight.TUNPath); len(missing) > 0 {
+		for _, err := range missing {
+			log.Error("start-up check failed", zap.Error(err))
+			fmt.Fprintf(stderr, "vpnd: %v\n", err)
+		}
+		return nil
+	}
+	k, err := tun.New(log)
+	if err != nil {
+		fmt.Fprintf(stderr, "vpnd: netlink: %v\n", err)
+		return nil
+	}
+	return k
+}
+
+// simDefaults sets what --sim changes in the defaults of the flags that
+// were not given. A simulated vpnd runs as an ordinary user, who can
+// create neither /run/vpnd nor /var/lib/vpnd, and its socket and its
+// stored lockdown must never be taken for a real vpnd's: so the socket is
+// $XDG_RUNTIME_DIR/vpnd-sim.sock, and the state directory
+// $XDG_STATE_HOME/vpnd-sim, or ~/.local/state/vpnd-sim. Without
+// $XDG_RUNTIME_DIR (or $HOME) the flag must be given.
+func simDefaults(o *options, given map[string]bool, getenv func(string) string) error {
+	if !given["socket"] {
+		dir := absEnv(getenv, "XDG_RUNTIME_DIR")
+		if dir == "" {
+			return errors.New("--sim: $XDG_RUNTIME_DIR is not set, so there is no default socket: give --socket PATH")
+		}
+		o.socket = filepath.Join(dir, "vpnd-sim.sock")
+	}
+	if !given["state-dir"] {
+		dir := absEnv(getenv, "XDG_STATE_HOME")
+		if dir == "" {
+			if home := absEnv(getenv, "HOME"); home != "" {
+				dir = filepath.Join(home, ".local", "state")
+			}
+		}
+		if dir == "" {
+			return errors.New("--sim: neither $XDG_STATE_HOME nor $HOME is set, so there is no default state directory: give --state-dir DIR")
+		}
+		o.stateDir = filepath.Join(dir, "vpnd-sim")
+	}
+	return nil
+}
+
+// absEnv is an environment variable that names an absolute path, or "":
+// the XDG base directory rules say to ignore a relative one.
+func absEnv(getenv func(string) string, name string) string {
+	if v := getenv(name); filepath.IsAbs(v) {
+		return v
+	}
+	return ""
+}
