@@ -24,11 +24,12 @@ func NewHostReader() (*HostReader, error) {
 	return &HostReader{n: &Netlink{log: zap.NewNop(), c: c}}, nil
 }
 
-// HostPrefixes is Netlink.HostPrefixes: the addresses of every link but
-// the one named except, and the main table's on-link prefixes through
-// them.
+// HostPrefixes is Netlink.HostPrefixes, without its cache (the reader
+// has no monitor): the addresses of every link but the one named except,
+// and the main table's on-link prefixes through them.
 func (h *HostReader) HostPrefixes(except string) ([]HostPrefix, error) {
-	return h.n.HostPrefixes(except)
+	ps, _, err := h.n.dumpHostPrefixes(except)
+	return ps, err
 }
 
 // Close closes the socket.
