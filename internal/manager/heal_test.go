@@ -203,7 +203,7 @@ func TestSelfHealingThrottled(t *testing.T) {
 // protect answer at once, and a destroy waits only for the chunk in
 // flight; nothing is restored after the teardown.
 func TestSelfHealingDoesNotBlock(t *testing.T) {
-	var gate sync.Mutex
+	release := make(chan struct{})
 	var blocked sync.Once
 	inRestore := make(chan struct{})
 	k := tuntest.New()
@@ -211,13 +211,11 @@ func TestSelfHealingDoesNotBlock(t *testing.T) {
 	defer k.Close()
 	defer m.Shutdown()
 	setUp(t, m, root, richCfg)
-	// Hold the first restore until released.
-	gate.Lock()
+	// Hold the restores until released.
 	k.OnStep(func(what string) {
 		if what == "restore route" {
 			blocked.Do(func() { close(inRestore) })
-			gate.Lock()
-			gate.Unlock()
+			<-release
 		}
 	})
 	k.External().FlushTable(table)
@@ -243,7 +241,7 @@ func TestSelfHealingDoesNotBlock(t *testing.T) {
 		return m.Status().State == protocol.StateDisconnected
 	})
 	k.OnStep(nil)
-	gate.Unlock()
+	close(release)
 	if err := <-destroyed; err != nil {
 		t.Fatal(err)
 	}
