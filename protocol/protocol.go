@@ -1,4 +1,4 @@
-// Package protocol holds vpnd's wire messages (contract §2–§5): the JSON-RPC
+// Package protocol holds vpnd's wire messages (docs/protocol.md): the JSON-RPC
 // 2.0 envelopes, the method names, the VpnConfig a client sends and the
 // VpnInfo it gets back. It is public so that VPN apps written in Go can
 // build requests without the client package; the framing and fd passing
@@ -28,7 +28,7 @@ const MaxQueuedFDs = 16
 // DefaultSocket is where vpnd listens unless told otherwise.
 const DefaultSocket = "/run/vpnd/vpnd.sock"
 
-// Method names (§3). Create is OpenHarmony's vpnExtension name for setUp.
+// Method names. Create is OpenHarmony's vpnExtension name for setUp.
 const (
 	MethodSetUp     = "setUp"
 	MethodCreate    = "create"
@@ -65,7 +65,7 @@ type Response struct {
 	Params  json.RawMessage `json:"params,omitempty"`
 }
 
-// ErrorObject is the "error" member of a failed response (§4).
+// ErrorObject is the "error" member of a failed response.
 type ErrorObject struct {
 	Code    int       `json:"code"`
 	Message string    `json:"message"`

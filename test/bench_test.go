@@ -19,7 +19,7 @@ import (
 	"github.com/vpnd/vpnd/test/internal/wire"
 )
 
-// The contract's "within 100 ms" (§7) is a timing claim, so it lives here
+// The promise that a VPN is gone within 100 ms is a timing claim, so it lives here
 // and is shown by the printed figures, not asserted:
 //
 //	go test -run '^$' -bench . -benchtime 20x ./test/
@@ -264,7 +264,7 @@ func startBenchDaemon(b *testing.B, ns string) *daemon {
 	return d
 }
 
-// teardownWays are the endings of §7. Each returns the trigger time, after
+// teardownWays are the ways a VPN ends. Each returns the trigger time, after
 // setting up a VPN (untimed) and firing the trigger.
 var teardownWays = []string{"destroy", "ownerConnClosed", "ownerKilled", "tunClosed", "linkDeleted", "SIGTERM", "SIGINT"}
 
@@ -447,7 +447,7 @@ func BenchmarkSelfHeal(b *testing.B) {
 	reportTimes(b, times, "ms/repair")
 }
 
-// largeConfig is a config at the contract's limit of 10,000
+// largeConfig is a config at the limit of 10,000
 // routes in all: 9,900 included IPv4 routes and 100 excluded ones, plus an IPv6 address.
 func largeConfig() string {
 	var b strings.Builder

@@ -17,7 +17,7 @@ import (
 	"github.com/vpnd/vpnd/test/internal/wire"
 )
 
-// Uids of contract §6's embedded default policy. daemon (1) and bin (2)
+// Uids of the embedded default policy. daemon (1) and bin (2)
 // exist in every base image; 4000+ have no passwd entry.
 const (
 	uidRoot    = 0     // admin by default
@@ -28,7 +28,7 @@ const (
 	uidNormal2 = 4001
 )
 
-// The contract's JSON-RPC messages, decoded with the tests' own types so
+// vpnd's JSON-RPC messages, decoded with the tests' own types so
 // that a mistake in the protocol package cannot hide here.
 type rpcMsg struct {
 	JSONRPC string          `json:"jsonrpc"`
@@ -78,7 +78,7 @@ func (m rpcMsg) idIs(id int) bool {
 	return n.String() == fmt.Sprint(id)
 }
 
-// stateChanged is vpnStateChanged's params (§3).
+// stateChanged is vpnStateChanged's params.
 type stateChanged struct {
 	IsConnected bool            `json:"isConnected"`
 	Interface   string          `json:"interface"`
@@ -433,8 +433,8 @@ func setUpOK(t testing.TB, m rpcMsg) vpnInfo {
 	return info
 }
 
-// The contract's error table (§4), and the seed's causes and solutions.
-var contractMessages = map[int]string{
+// The error table of docs/protocol.md, with OpenHarmony's causes and solutions.
+var documentedMessages = map[int]string{
 	2203001:  "VPN creation denied. Check the user type.",
 	2203002:  "VPN already exists.",
 	2203004:  "Invalid socket file descriptor.",
@@ -454,8 +454,8 @@ var seedText = map[int]struct{ name, cause, solution string }{
 	19900002: {"System Internal Error", "An internal error is probably due to a null pointer, memory allocation error, or IPC communication error.", "Check whether the VPN service is normal."},
 }
 
-// wantError asserts an error response with this code, the contract's
-// exact message, data.name/cause/solution (the seed's text where the seed
+// wantError asserts an error response with this code, the documented
+// exact message, data.name/cause/solution (OpenHarmony's text where OpenHarmony
 // has the code) and a detail containing each of detailHas.
 func wantError(t testing.TB, m rpcMsg, code int, detailHas ...string) {
 	t.Helper()
@@ -469,8 +469,8 @@ func wantError(t testing.TB, m rpcMsg, code int, detailHas ...string) {
 	if e.Code != code {
 		t.Fatalf("error code %d (%q, %v), want %d", e.Code, e.Message, e.Data, code)
 	}
-	if e.Message != contractMessages[code] {
-		t.Errorf("error %d message %q, want %q", code, e.Message, contractMessages[code])
+	if e.Message != documentedMessages[code] {
+		t.Errorf("error %d message %q, want %q", code, e.Message, documentedMessages[code])
 	}
 	str := func(k string) string { s, _ := e.Data[k].(string); return s }
 	for _, k := range []string{"name", "cause", "solution"} {
@@ -481,13 +481,13 @@ func wantError(t testing.TB, m rpcMsg, code int, detailHas ...string) {
 	if seed, has := seedText[code]; has {
 		unmark := func(s string) string { return strings.ReplaceAll(s, "**", "") }
 		if unmark(str("name")) != seed.name {
-			t.Errorf("error %d: data.name %q, want the seed's %q", code, str("name"), seed.name)
+			t.Errorf("error %d: data.name %q, want OpenHarmony's %q", code, str("name"), seed.name)
 		}
 		if unmark(str("cause")) != seed.cause {
-			t.Errorf("error %d: data.cause %q, want the seed's %q", code, str("cause"), seed.cause)
+			t.Errorf("error %d: data.cause %q, want OpenHarmony's %q", code, str("cause"), seed.cause)
 		}
 		if unmark(str("solution")) != seed.solution {
-			t.Errorf("error %d: data.solution %q, want the seed's %q", code, str("solution"), seed.solution)
+			t.Errorf("error %d: data.solution %q, want OpenHarmony's %q", code, str("solution"), seed.solution)
 		}
 	}
 	if strings.TrimSpace(str("detail")) == "" {

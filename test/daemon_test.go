@@ -52,7 +52,7 @@ func runToExit(t testing.TB, cmd *exec.Cmd, flags []string) (int, string) {
 	return cmd.ProcessState.ExitCode(), out.String()
 }
 
-// §2 Transport: the socket file.
+// Transport: the socket file.
 func TestSocketFile(t *testing.T) {
 	t.Parallel()
 
@@ -221,7 +221,7 @@ func staleSocketFile(t testing.TB, p string) {
 	}
 }
 
-// §6 Account types from a policy file.
+// Account types from a policy file.
 func TestAccountsPolicy(t *testing.T) {
 	t.Parallel()
 

@@ -17,7 +17,7 @@ import (
 // richConfig has everything a teardown must remove: addresses of both
 // families, included routes of both families, and excluded routes of both
 // families. Excluded routes are throw routes in vpnd's table, which, unlike
-// the routes through the TUN, do not vanish with the link (§7).
+// the routes through the TUN, do not vanish with the link.
 const richConfig = `{"addresses":["10.8.0.2/24","fd00::2/64"],"routes":[` +
 	`"198.51.100.0/24","2001:db8::/32",` +
 	`{"destination":{"address":{"address":"198.51.100.128"},"prefixLength":25},"isExcludedRoute":true},` +
@@ -121,7 +121,7 @@ func setUpKeep(t testing.TB, c *wire.Conn, id int, params string) int {
 	return fds[0]
 }
 
-// §7 Lifetime, with both families, included and excluded routes: every way
+// Lifetime, with both families, included and excluded routes: every way
 // a VPN ends removes its link, addresses, routes (throw routes included)
 // and rules, and subscribers get exactly one vpnStateChanged with the
 // right reason. TestLifetime checks the same endings with a one-route IPv4
@@ -207,7 +207,7 @@ func TestEndingsRemoveEverything(t *testing.T) {
 	t.Logf("vpnd threads: %d at start, %d after the endings (vpnd exposes no goroutine count)", threadsAtStart, d.threads(t))
 }
 
-// §7 Lifetime on SIGTERM and SIGINT, with both families and throw routes:
+// Lifetime on SIGTERM and SIGINT, with both families and throw routes:
 // "shutdown" once, then the subscriber's connection closes; vpnd removes
 // everything while the owner still holds the TUN fd and its connection,
 // removes its socket file and exits 0 (d.stop checks the last three).

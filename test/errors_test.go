@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-// One test per row of the contract's error table (§4), through the real
-// socket with real peer credentials, plus the check order of §4.
+// One test per row of the error table (docs/protocol.md), through the real
+// socket with real peer credentials, plus the check order.
 
 const setUpParams = `{"addresses":["10.8.0.2/24"],"routes":["198.51.100.0/24"]}`
 
@@ -151,7 +151,7 @@ func TestError2203004InvalidFD(t *testing.T) {
 }
 
 // Row 19900001: params of the wrong type or shape, a missing or unknown
-// member, a value out of range (§5).
+// member, a value out of range (the VpnConfig rules of docs/protocol.md).
 func TestError19900001InvalidParam(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)
@@ -452,7 +452,7 @@ func TestErrorMethodNotFound(t *testing.T) {
 	}
 }
 
-// Check order (§4): which error wins when several conditions hold.
+// Check order: which error wins when several conditions hold.
 func TestCheckOrder(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)

@@ -44,7 +44,7 @@ func nsState(t testing.TB, ns string) string {
 	return b.String()
 }
 
-// §4 19900002 and §7 "vpnd never touches rules, routes or links it did not
+// 19900002, and "vpnd never touches rules, routes or links it did not
 // create": someone else took vpnd's interface name, or put a route into its
 // table, or a rule at its priority, after vpnd started. setUp answers
 // 19900002 with a detail naming the conflict, and the namespace is exactly
@@ -114,7 +114,7 @@ func TestFaultsForeignConflicts(t *testing.T) {
 	}
 }
 
-// §7 Start-up sweep after `kill -9 vpnd` with a two-family VPN up (its
+// Start-up sweep after `kill -9 vpnd` with a two-family VPN up (its
 // owner still holding the TUN fd): the new vpnd removes the link, the
 // rules and the table's remaining (throw) routes, logs exactly those, and
 // nothing foreign; foreign objects at other priorities, in other tables
@@ -234,7 +234,7 @@ func TestStartupSweepLogsExactly(t *testing.T) {
 	d2.richCycle(t, c)
 }
 
-// §6 SIGHUP with a bad policy file, while a VPN is up: the old policy
+// SIGHUP with a bad policy file, while a VPN is up: the old policy
 // stays, the log says which file and why, and the VPN is untouched.
 // TestAccountsPolicy checks that an error is logged for one bad file; this
 // checks the message's content for each kind of bad file.

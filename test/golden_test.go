@@ -1,12 +1,12 @@
 package test
 
 // Golden tests of the exact policy rules and routes each config produces
-// (contract §5, §7), in the manner of tailscale's router tests, but against
+// (docs/routing.md), in the manner of tailscale's router tests, but against
 // the real kernel: set the VPN up in a throwaway namespace, dump
 // `ip -j rule` (priority 10000 only) and `ip -j route show table 98` for
 // both families, render them as stable text and compare with
 // testdata/golden/<case>.txt. `go test ./test -run TestGolden -update`
-// rewrites the files; review every change against the contract before
+// rewrites the files; review every change against docs/routing.md before
 // committing it.
 
 import (

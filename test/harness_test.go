@@ -32,7 +32,7 @@ import (
 	"github.com/vpnd/vpnd/test/internal/wire"
 )
 
-// Defaults of contract §7 and §8.
+// vpnd's defaults.
 const (
 	defaultIfname   = "vpn-tun"
 	defaultTable    = 98
@@ -42,7 +42,7 @@ const (
 
 // settle bounds how long the tests wait for asynchronous work (teardown
 // after a close, a reload after SIGHUP) to become visible. It is a hang
-// guard for eventually(), not a timing assertion: the contract's 100 ms
+// guard for eventually(), not a timing assertion: the 100 ms promise
 // belongs in a benchmark.
 const settle = 5 * time.Second
 
@@ -450,7 +450,7 @@ type daemon struct {
 	stderr *syncBuffer
 	sim    bool // `vpnd --sim`, as simUID (backend_test.go)
 
-	// What this vpnd was told to use (contract §7 defaults unless a test
+	// What this vpnd was told to use (the defaults unless a test
 	// passes the flags).
 	ifname   string
 	table    int
@@ -896,7 +896,7 @@ func (d *daemon) waitExit(t testing.TB) int {
 	return d.cmd.ProcessState.ExitCode()
 }
 
-// stop ends vpnd with SIGTERM and checks the contract's shutdown promises:
+// stop ends vpnd with SIGTERM and checks the shutdown promises:
 // exit status 0, socket file removed, nothing left in the namespace. It is
 // idempotent; tests that stop vpnd themselves call it directly.
 func (d *daemon) stop(t testing.TB) {

@@ -21,7 +21,7 @@ func wantState(t testing.TB, sub *client, reason string, connected bool) stateCh
 	return sc
 }
 
-// §7 Lifetime: every way a VPN ends removes what it added, and
+// Lifetime: every way a VPN ends removes what it added, and
 // subscribers hear about it with the right reason.
 func TestLifetime(t *testing.T) {
 	t.Parallel()
@@ -105,7 +105,7 @@ func TestLifetime(t *testing.T) {
 	})
 }
 
-// §7: a VPN whose owner connection ends while a second client is
+// A VPN whose owner connection ends while a second client is
 // subscribed on the owner's own connection.
 func TestOwnerSubscribed(t *testing.T) {
 	t.Parallel()
@@ -119,7 +119,7 @@ func TestOwnerSubscribed(t *testing.T) {
 	d.waitClean(t, "destroy")
 }
 
-// §2 one global slot, §4 2203002: 20 clients of mixed uids race setUp.
+// One global slot, 2203002: 20 clients of mixed uids race setUp.
 func TestConcurrentSetUp(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)
@@ -197,7 +197,7 @@ func (d *daemon) wantOneVPNFor(t testing.TB, round int, uid uint32) {
 	}
 }
 
-// §7 protect: bit 0x20000 in SO_MARK, other bits kept; before and after
+// protect: bit 0x20000 in SO_MARK, other bits kept; before and after
 // setUp; for NORMAL and ADMIN callers. Under sim the mark stays as it was.
 func TestProtect(t *testing.T) {
 	t.Parallel()
@@ -233,7 +233,7 @@ func TestProtect(t *testing.T) {
 	d.waitClean(t, "destroy")
 }
 
-// §7: SIGTERM or SIGINT with a VPN up: subscribers hear "shutdown",
+// SIGTERM or SIGINT with a VPN up: subscribers hear "shutdown",
 // vpnd removes everything (even though the owner still holds the TUN fd),
 // removes its socket file and exits 0.
 func TestShutdownWithVPN(t *testing.T) {
@@ -260,7 +260,7 @@ func TestShutdownWithVPN(t *testing.T) {
 	}
 }
 
-// §7 Start-up sweep: what a killed vpnd left behind is removed at start;
+// Start-up sweep: what a killed vpnd left behind is removed at start;
 // what is not vpnd's stays.
 func TestStartupSweep(t *testing.T) {
 	kernelOnly(t, "the start-up sweep of a killed vpnd's kernel objects")

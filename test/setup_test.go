@@ -13,7 +13,7 @@ import (
 // tunKindFlags are the TUNGETIFF flags that describe the device kind.
 const tunKindFlags = unix.IFF_TUN | unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_MULTI_QUEUE | unix.IFF_PERSIST | unix.IFF_VNET_HDR
 
-// wantTUNFD checks the descriptor a setUp response carried (§7): a
+// wantTUNFD checks the descriptor a setUp response carried: a
 // non-persistent single-queue TUN without packet info, named ifname.
 func wantTUNFD(t testing.TB, m rpcMsg, ifname string, nonblock bool) {
 	t.Helper()
@@ -234,7 +234,7 @@ func sameHex(s string, v uint32) bool {
 	return got == v
 }
 
-// §3, §7: the happy path, checked against the kernel, not vpnd's word.
+// The happy path, checked against the kernel, not vpnd's word.
 func TestSetUpHappyPath(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)
@@ -336,7 +336,7 @@ func (d *daemon) snapshot(t testing.TB) kernelSnapshot {
 	return kernelSnapshot{mtu: l.MTU, up: l.hasFlag("UP"), addrs: d.globalAddrs(t), routes: d.routeStrings(t), rules: rules}
 }
 
-// §5: CIDR strings and OpenHarmony objects configure the same thing.
+// CIDR strings and OpenHarmony objects configure the same thing.
 func TestSetUpConfigForms(t *testing.T) {
 	kernelOnly(t, "compares the kernel state two config forms produce")
 	t.Parallel()
@@ -383,7 +383,7 @@ func TestSetUpConfigForms(t *testing.T) {
 	}
 }
 
-// §5, §7: defaults, excluded routes, gateways, boundaries, blocking mode.
+// Defaults, excluded routes, gateways, boundaries, blocking mode.
 // Under sim, the fd's mode and VpnInfo are checked; the kernel is not.
 func TestSetUpKernelDetails(t *testing.T) {
 	t.Parallel()
@@ -511,7 +511,7 @@ func TestSetUpKernelDetails(t *testing.T) {
 	}
 }
 
-// §5 "Whose traffic enters the VPN" and §7's rules, by account type.
+// who the VPN covers and its rules (docs/routing.md), by account type.
 func TestRulesByAccountType(t *testing.T) {
 	kernelOnly(t, "the kernel's rules for each account type")
 	t.Parallel()
@@ -553,7 +553,7 @@ func TestRulesByAccountType(t *testing.T) {
 	}
 }
 
-// §8 flags: --ifname, --table, --rule-priority and --protect-mark are used
+// vpnd's flags: --ifname, --table, --rule-priority and --protect-mark are used
 // instead of the defaults, and the defaults are left alone.
 func TestCustomKernelNames(t *testing.T) {
 	kernelOnly(t, "the kernel names and the SO_MARK bit vpnd uses")
@@ -581,7 +581,7 @@ func TestCustomKernelNames(t *testing.T) {
 	d.waitClean(t, "destroy")
 }
 
-// §7: vpnd never touches rules, routes or links it did not create, even at
+// vpnd never touches rules, routes or links it did not create, even at
 // its own priority and in its own table.
 func TestForeignObjectsUntouched(t *testing.T) {
 	kernelOnly(t, "foreign kernel objects next to vpnd's")

@@ -1,6 +1,6 @@
 package test
 
-// Traffic tests: contract §5 "Whose traffic enters the VPN" and §7's rules,
+// Traffic tests: who the VPN covers and its rules (docs/routing.md),
 // proven with real datagrams between two throwaway namespaces.
 //
 //	namespace A (vpnd, clients)            namespace B (peer host)
@@ -409,7 +409,7 @@ func bracket(ip string) string {
 // ---------------------------------------------------------------------------
 // The tests
 
-// §5, §7: a NORMAL owner's VPN carries only the owner's uid; the owner's
+// A NORMAL owner's VPN carries only the owner's uid; the owner's
 // protected sockets (protected before or after setUp) bypass it; excluded
 // routes bypass it.
 func TestTrafficNormalOwner(t *testing.T) {
@@ -453,7 +453,7 @@ func TestTrafficNormalOwner(t *testing.T) {
 	})
 }
 
-// §5, §7: an ADMIN owner's VPN carries every uid, and a socket that another
+// An ADMIN owner's VPN carries every uid, and a socket that another
 // user protected does not escape it; only the owner's protected sockets
 // and excluded routes bypass it.
 func TestTrafficAdminOwner(t *testing.T) {
@@ -464,7 +464,7 @@ func TestTrafficAdminOwner(t *testing.T) {
 	other := w.dialIn(t, uidNormal)
 	third := w.dialIn(t, uidNormal2)
 
-	// With no VPN, a NORMAL user may protect (§4 check order).
+	// With no VPN, a NORMAL user may protect (the check order).
 	for _, f := range twFamilies {
 		other.newSock("prot-"+f.name, f.udp)
 		other.protectSock("prot-" + f.name)
@@ -490,7 +490,7 @@ func TestTrafficAdminOwner(t *testing.T) {
 	}
 }
 
-// §5: trustedApplications and blockedApplications narrow an ADMIN's VPN,
+// trustedApplications and blockedApplications narrow an ADMIN's VPN,
 // here an ADMIN made so by the --accounts policy.
 func TestTrafficAppLists(t *testing.T) {
 	kernelOnly(t, "real datagrams through the VPN")
@@ -532,7 +532,7 @@ func TestTrafficAppLists(t *testing.T) {
 	})
 }
 
-// §8 and the end-to-end flow of a real VPN app: `vpnctl up -- tunfwd`
+// The end-to-end flow of a real VPN app: `vpnctl up -- tunfwd`
 // hands the TUN to a forwarder that protects its tunnel socket and carries
 // each packet over UDP to a decapsulating peer in B, which answers. An app
 // in A talks to B's remote addresses through the tunnel, both families,

@@ -51,14 +51,14 @@ func vpnctlRun(t testing.TB, uid uint32, args ...string) (string, string, int) {
 	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
 }
 
-// wantVpnctlError checks the §8 failure format on stderr:
+// wantVpnctlError checks vpnctl's failure format on stderr:
 // "vpnctl: CODE MESSAGE (detail)" and a non-zero exit.
 func wantVpnctlError(t testing.TB, stderr string, code int, exit int, detailRequired bool) {
 	t.Helper()
 	if exit == 0 {
 		t.Errorf("vpnctl exited 0 on a failed call; stderr %q", stderr)
 	}
-	msg := regexp.QuoteMeta(contractMessages[code])
+	msg := regexp.QuoteMeta(documentedMessages[code])
 	detail := `( \(.+\))?`
 	if detailRequired {
 		detail = ` \(.+\)`
@@ -71,7 +71,7 @@ func wantVpnctlError(t testing.TB, stderr string, code int, exit int, detailRequ
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// §8 vpnctl.
+// vpnctl.
 func TestVpnctl(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)
@@ -204,14 +204,14 @@ func TestVpnctl(t *testing.T) {
 		}
 	})
 
-	t.Run("explain prints the seed", func(t *testing.T) {
+	t.Run("explain prints OpenHarmony's description", func(t *testing.T) {
 		for code, seed := range seedText {
 			stdout, stderr, exit := vpnctlRun(t, 0, "explain", itoa(code))
 			if exit != 0 {
 				t.Errorf("explain %d: exit %d %s", code, exit, stderr)
 			}
 			text := strings.ReplaceAll(stdout, "**", "")
-			for _, want := range []string{seed.name, contractMessages[code], seed.cause, seed.solution} {
+			for _, want := range []string{seed.name, documentedMessages[code], seed.cause, seed.solution} {
 				if !strings.Contains(text, want) {
 					t.Errorf("explain %d output lacks %q:\n%s", code, want, stdout)
 				}
@@ -219,7 +219,7 @@ func TestVpnctl(t *testing.T) {
 		}
 		stdout, _, _ := vpnctlRun(t, 0, "explain", "2203002")
 		if !strings.Contains(stdout, "This error code is reported if a VPN already exists.") {
-			t.Errorf("explain 2203002 lacks the seed's description:\n%s", stdout)
+			t.Errorf("explain 2203002 lacks OpenHarmony's description:\n%s", stdout)
 		}
 		// And the cases in which vpnd answers it.
 		stdout, _, _ = vpnctlRun(t, 0, "explain", "19900002")

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxMessage is the contract's limit (§2), newline included.
+// maxMessage is the protocol's limit, newline included.
 const maxMessage = 4 << 20
 
 // probePipe returns the read end of a fresh pipe, to be sent to vpnd, and
@@ -47,7 +47,7 @@ func wantClosedByVPND(t testing.TB, open func() bool, what string) {
 	})
 }
 
-// §2 The wire.
+// The wire.
 func TestWire(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)

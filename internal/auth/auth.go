@@ -1,4 +1,4 @@
-// Package auth decides who is calling vpnd (contract §6): it turns a
+// Package auth decides who is calling vpnd: it turns a
 // caller's peer credentials into an account type, admin, normal or guest,
 // through the account policy.
 //
@@ -19,7 +19,7 @@ import (
 // rather than grants.
 type Type int
 
-// The account types of contract §6, named as OpenHarmony's AccountType.
+// The account types, named as OpenHarmony's AccountType.
 const (
 	// Guest may not set up or destroy a VPN, nor protect sockets
 	// (2203001, 201). It may call status and subscribe.
@@ -98,7 +98,7 @@ func (h *Holder) Store(p *Policy) { h.p.Store(p) }
 
 // Reload loads the policy at path ("" for the default) and puts it in
 // force. If it cannot be loaded, the policy in force stays and the error
-// is returned for the caller to log (contract §6).
+// is returned for the caller to log.
 func (h *Holder) Reload(path string) error {
 	p, err := LoadPolicy(path)
 	if err != nil {

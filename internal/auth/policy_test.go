@@ -112,7 +112,7 @@ func TestParsePolicy(t *testing.T) {
 		{"empty object", `{}`, policyJSON{Default: Normal}},
 		{"default only", `{"default":"guest"}`, policyJSON{Default: Guest}},
 		{"empty tables", `{"users":{},"groups":{}}`, policyJSON{Default: Normal}},
-		{"contract example", `{"default":"normal","users":{"root":"admin","1002":"guest"},"groups":{"guests":"guest"}}`,
+		{"documented example", `{"default":"normal","users":{"root":"admin","1002":"guest"},"groups":{"guests":"guest"}}`,
 			policyJSON{Default: Normal, Users: map[string]Type{"root": Admin, "1002": Guest}, Groups: map[string]Type{"guests": Guest}}},
 		{"id edges", `{"users":{"0":"admin","4294967294":"guest"},"groups":{"0":"normal","4294967294":"guest"}}`,
 			policyJSON{Default: Normal, Users: map[string]Type{"0": Admin, "4294967294": Guest}, Groups: map[string]Type{"0": Normal, "4294967294": Guest}}},

@@ -1,5 +1,5 @@
-// Package errs is vpnd's error catalogue: every code the contract (§4) names,
-// with its exact message and the seed's description, causes and solution.
+// Package errs is vpnd's error catalogue: every code of the error table (docs/protocol.md),
+// with its exact message and OpenHarmony's description, causes and solution.
 //
 // It is the single source for the daemon, the public client package and
 // `vpnctl explain`, so that a code means the same thing on both ends of the
@@ -16,7 +16,7 @@ import (
 // Code is a numeric error code as it travels in a JSON-RPC error object.
 type Code int
 
-// The codes of the contract's error table. The first five come from
+// The codes of the error table. The first five come from
 // OpenHarmony's Network Kit ("VPN Error Codes" and the universal codes);
 // the last three are JSON-RPC 2.0's own.
 const (
@@ -34,13 +34,13 @@ const (
 // Entry is one row of the catalogue.
 type Entry struct {
 	Code Code
-	// Name is the seed's heading for the code, e.g. "VPN Already Exists".
+	// Name is OpenHarmony's heading for the code, e.g. "VPN Already Exists".
 	Name string
 	// Message is the exact "message" member of the JSON-RPC error object.
 	Message string
 	// Description says when the code is reported.
 	Description string
-	// Cause and Solution are the seed's "Possible Causes" and "Solution".
+	// Cause and Solution are OpenHarmony's "Possible Causes" and "Solution".
 	Cause    string
 	Solution string
 }
@@ -136,7 +136,7 @@ func Codes() []Code {
 	return cs
 }
 
-// Message returns the contract's exact message for c, or a generic text for
+// Message returns the exact message for c, or a generic text for
 // a code the catalogue does not know (one a newer vpnd might send).
 func (c Code) Message() string {
 	if e, ok := catalogue[c]; ok {

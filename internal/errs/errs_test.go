@@ -9,8 +9,8 @@ import (
 	"testing"
 )
 
-// The contract's error table (§4): every code with its exact message.
-var contract = map[Code]string{
+// The error table of docs/protocol.md: every code with its exact message.
+var documented = map[Code]string{
 	2203001:  "VPN creation denied. Check the user type.",
 	2203002:  "VPN already exists.",
 	2203004:  "Invalid socket file descriptor.",
@@ -22,11 +22,11 @@ var contract = map[Code]string{
 	-32601:   "Method not found.",
 }
 
-func TestCatalogueMatchesContract(t *testing.T) {
-	if len(Codes()) != len(contract) {
-		t.Fatalf("catalogue has %d codes, contract %d", len(Codes()), len(contract))
+func TestCatalogueMatchesTheDocs(t *testing.T) {
+	if len(Codes()) != len(documented) {
+		t.Fatalf("catalogue has %d codes, the docs %d", len(Codes()), len(documented))
 	}
-	for code, msg := range contract {
+	for code, msg := range documented {
 		e, ok := Lookup(code)
 		if !ok {
 			t.Errorf("%d missing", code)

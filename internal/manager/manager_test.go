@@ -238,8 +238,8 @@ func TestPrefixRoutes(t *testing.T) {
 	}
 }
 
-// TestRulesByOwner checks §5 "Whose traffic enters the VPN" and the rule
-// shapes of §7 for each kind of owner.
+// TestRulesByOwner checks who a VPN covers (docs/routing.md) and the rule
+// shapes for each kind of owner.
 func TestRulesByOwner(t *testing.T) {
 	const max = 4294967294
 	for _, tc := range []struct {

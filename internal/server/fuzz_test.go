@@ -8,7 +8,7 @@ import (
 )
 
 // FuzzDecode feeds arbitrary lines to the envelope decoder: it must never
-// panic, must answer with a JSON-RPC error code of the contract, and a
+// panic, must answer with a JSON-RPC error code of the protocol, and a
 // line it accepts must really be a JSON-RPC 2.0 request.
 func FuzzDecode(f *testing.F) {
 	for _, s := range []string{

@@ -1,5 +1,5 @@
 // Package uidrange is the uid-set arithmetic behind vpnd's policy rules
-// (contract §5 "Whose traffic enters the VPN", §7).
+// (docs/routing.md).
 //
 // The kernel matches rules by `uidrange A-B`, so the set of uids a VPN
 // covers is kept as a list of inclusive ranges: one rule per range. Every
@@ -144,7 +144,7 @@ func Contains(rs []Range, uid uint32) bool {
 	return false
 }
 
-// Covered returns the uids whose traffic enters a VPN (contract §5).
+// Covered returns the uids whose traffic enters a VPN (docs/routing.md).
 //
 // A NORMAL owner's VPN carries only the owner's own traffic, as on
 // OpenHarmony, where an app's VPN covers only its own user. An ADMIN

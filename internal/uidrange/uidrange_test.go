@@ -164,7 +164,7 @@ func TestContains(t *testing.T) {
 	}
 }
 
-// TestCovered checks contract §5 "Whose traffic enters the VPN".
+// TestCovered checks who a VPN covers (docs/routing.md).
 func TestCovered(t *testing.T) {
 	const owner = 1000
 	for _, tc := range []struct {
