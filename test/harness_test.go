@@ -456,6 +456,16 @@ type daemon struct {
 	exitedCh       chan struct{}
 	waitErr        error
 	stopped        bool
+
+	launchOpts // how vpnd is started (systemd's way, for one)
+}
+
+// launchOpts change how launch starts vpnd and waits for it.
+type launchOpts struct {
+	extraFiles  []*os.File                     // vpnd's fds 3, 4, ...
+	env         []string                       // added to vpnd's environment
+	ready       func(tb testing.TB, d *daemon) // replaces waitReady
+	socketStays bool                           // the socket file outlives vpnd (systemd owns it)
 }
 
 type daemonOpts struct {
@@ -470,6 +480,7 @@ type daemonOpts struct {
 	beforeStart func(t testing.TB, ns string)
 	noLeakCheck bool
 	prefix      []string // command that execs vpnd in the namespace
+	launch      launchOpts
 }
 
 type daemonOpt func(*daemonOpts)
@@ -592,6 +603,7 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 	d := &daemon{
 		t: t, ns: ns, dir: newDaemonDir(t), stderr: &syncBuffer{}, exitedCh: make(chan struct{}),
 		ifname: o.ifname, table: o.table, priority: o.priority, mark: o.mark, prefix: o.prefix,
+		launchOpts: o.launch,
 	}
 	d.sock = o.socket
 	if d.sock == "" {
@@ -621,6 +633,10 @@ func (d *daemon) launch(tb testing.TB, flags ...string) {
 	tb.Helper()
 	d.cmd = vpndCommandPrefixed(tb, d.ns, d.prefix, d.sock, flags...)
 	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
+	d.cmd.ExtraFiles = d.extraFiles
+	if d.env != nil {
+		d.cmd.Env = append(os.Environ(), d.env...)
+	}
 	if err := d.cmd.Start(); err != nil {
 		tb.Fatalf("start vpnd: %v", err)
 	}
@@ -635,7 +651,11 @@ func (d *daemon) launch(tb testing.TB, flags ...string) {
 			tb.Logf("vpnd (pid %d, netns %s) output:\n%s", d.pid, d.ns, d.stderr.String())
 		}
 	})
-	d.waitReady(tb)
+	if d.ready != nil {
+		d.ready(tb, d)
+	} else {
+		d.waitReady(tb)
+	}
 	d.checkNamespace(tb)
 }
 
@@ -872,7 +892,7 @@ func (d *daemon) stop(t testing.TB) {
 	if code := d.waitExit(t); code != 0 {
 		t.Errorf("vpnd exited with status %d (%v), want 0", code, d.waitErr)
 	}
-	if _, err := os.Lstat(d.sock); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Lstat(d.sock); !d.socketStays && !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket file %s still exists after vpnd exited (lstat: %v)", d.sock, err)
 	}
 	if probs := d.leftovers(t); len(probs) > 0 {

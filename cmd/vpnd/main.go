@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -207,11 +208,25 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer lock.Close() // last: after the VPN is torn down
-	ln, err := server.Listen(o.socket)
+	// Under socket activation systemd owns the socket file: vpnd serves on
+	// the socket it was given and never creates, chmods or removes it.
+	ln, err := server.Activated()
+	activated := ln != nil
+	if err == nil && !activated {
+		ln, err = server.Listen(o.socket)
+	}
 	if err != nil {
 		log.Error("socket refused", zap.String("socket", o.socket), zap.Error(err))
 		fmt.Fprintf(stderr, "vpnd: listen: %v\n", err)
 		return 1
+	}
+	removeSocket := func() {
+		if activated {
+			return
+		}
+		if err := os.Remove(o.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.Warn("remove socket failed", zap.Error(err))
+		}
 	}
 
 	mgr := manager.New(kernel, manager.Options{
@@ -229,7 +244,7 @@ func run(args []string, stderr io.Writer) int {
 		log.Warn("interface name taken by a foreign link", zap.String("ifname", o.ifname), zap.Error(err))
 	} else if err != nil {
 		ln.Close()
-		os.Remove(o.socket)
+		removeSocket()
 		fmt.Fprintf(stderr, "vpnd: start-up sweep: %v\n", err)
 		return 1
 	}
@@ -240,7 +255,7 @@ func run(args []string, stderr io.Writer) int {
 	// free while vpnd (re)starts.
 	if err := mgr.StartLockdown(lockdown); err != nil {
 		ln.Close()
-		os.Remove(o.socket)
+		removeSocket()
 		fmt.Fprintf(stderr, "vpnd: lockdown: %v\n", err)
 		return 1
 	}
@@ -257,7 +272,8 @@ func run(args []string, stderr io.Writer) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("vpnd serving", zap.String("socket", o.socket), zap.String("ifname", o.ifname),
+	sdNotify(log, daemon.SdNotifyReady)
+	log.Info("vpnd serving", zap.Stringer("socket", ln.Addr()), zap.Bool("socket_activated", activated), zap.String("ifname", o.ifname),
 		zap.Uint("table", o.table), zap.Uint("rule_priority", o.priority), zap.String("protect_mark", fmt.Sprintf("%#x", mark)))
 
 wait:
@@ -278,14 +294,21 @@ wait:
 		}
 		break wait
 	}
+	sdNotify(log, daemon.SdNotifyStopping)
 	ln.Close()
 	mgr.Shutdown()
 	srv.Close()
-	if err := os.Remove(o.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		log.Warn("remove socket failed", zap.Error(err))
-	}
+	removeSocket()
 	log.Info("vpnd stopped")
 	return 0
+}
+
+// sdNotify tells systemd (Type=notify, NOTIFY_SOCKET) how vpnd's start or
+// stop is going; without NOTIFY_SOCKET it does nothing.
+func sdNotify(log *zap.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("systemd notification failed", zap.String("state", state), zap.Error(err))
+	}
 }
 
 // logStats logs vpnd's goroutines, open fds and connections on SIGUSR1,
