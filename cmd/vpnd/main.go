@@ -20,6 +20,7 @@ import (
 	"github.com/vpnd/vpnd/internal/auth"
 	"github.com/vpnd/vpnd/internal/config"
 	"github.com/vpnd/vpnd/internal/manager"
+	"github.com/vpnd/vpnd/internal/metrics"
 	"github.com/vpnd/vpnd/internal/ownership"
 	"github.com/vpnd/vpnd/internal/preflight"
 	"github.com/vpnd/vpnd/internal/server"
@@ -41,6 +42,7 @@ type options struct {
 	maxConns    int
 	maxPerUser  int
 	stateDir    string
+	metrics     string
 }
 
 func main() {
@@ -61,6 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "console", "log format: json or console")
 	fs.IntVar(&o.maxConns, "max-connections", server.DefaultMaxConns, "most clients served at once; more are refused with an error")
+	fs.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9477 (off when empty)")
 	fs.IntVar(&o.maxPerUser, "max-connections-per-user", server.DefaultMaxPerUser, "most connections one uid may hold at once, admin accounts excepted (0: no per-user limit)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: vpnd [flags]
@@ -83,13 +86,28 @@ nothing further:
      directories are created 0755, the socket 0666, whatever the umask. A
      socket another process serves on (a vpnd in another namespace, too)
      is refused; a stale one is replaced.
+     Under systemd socket activation (LISTEN_PID, LISTEN_FDS: one
+     listening Unix stream socket, e.g. dist/systemd/vpnd.socket) vpnd
+     serves that socket instead, and never creates, chmods or removes it.
   4. Only then does vpnd remove what a killed vpnd left behind (its
-     interface, its rules at its priority, the routes in its table), and
-     serve. While a VPN is up it restores its rules and routes if
-     something else deletes or changes them.
+     interface, its rules at its priority, the routes in its table),
+     applies the stored lockdown, and serves. With NOTIFY_SOCKET set
+     (systemd's Type=notify) it then sends READY=1. While a VPN is up it
+     restores its rules and routes if something else deletes or changes
+     them.
 
-Signals: SIGTERM or SIGINT ends the VPN, removes the socket and exits 0;
-SIGHUP reloads the --accounts policy (a bad file keeps the old policy);
+vpnd needs no privilege but CAP_NET_ADMIN: it runs as any user that holds
+it (e.g. setpriv --ambient-caps=+net_admin, or systemd's
+AmbientCapabilities=CAP_NET_ADMIN), given a /dev/net/tun it may open, a
+--state-dir it may write and a socket directory it owns.
+
+--metrics-listen ADDR serves Prometheus metrics at http://ADDR/metrics
+(requests by method and code, setUp latency, the VPN's state, teardowns
+by reason, self-healing repairs, connections).
+
+Signals: SIGTERM or SIGINT sends STOPPING=1 to systemd (if NOTIFY_SOCKET
+is set), ends the VPN, removes the socket (not a socket-activated one) and
+exits 0; SIGHUP reloads the --accounts policy (a bad file keeps the old policy);
 SIGUSR1 logs the goroutine, fd and connection counts ("runtime stats").
 
 Flags:
@@ -208,6 +226,21 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer lock.Close() // last: after the VPN is torn down
+	// Metrics (off by default) bind now, so that a taken address fails at
+	// start; they are served from when vpnd serves.
+	var met *metrics.Metrics
+	var metricsSrv *metrics.Server
+	var mgrObserver manager.Observer
+	var srvObserver server.Observer
+	if o.metrics != "" {
+		met = metrics.New()
+		mgrObserver, srvObserver = met, met
+		if metricsSrv, err = met.Listen(o.metrics); err != nil {
+			fmt.Fprintf(stderr, "vpnd: %v\n", err)
+			return 1
+		}
+		defer metricsSrv.Close()
+	}
 	// Under socket activation systemd owns the socket file: vpnd serves on
 	// the socket it was given and never creates, chmods or removes it.
 	ln, err := server.Activated()
@@ -236,6 +269,7 @@ func run(args []string, stderr io.Writer) int {
 		ProtectMark:  mark,
 		Log:          log.Named("manager"),
 		Store:        state,
+		Observer:     mgrObserver,
 	})
 	removed, err := kernel.Sweep(log.Named("sweep"), tun.SweepSpec{IfName: o.ifname, Table: int(o.table), Priority: int(o.priority),
 		LockdownPriority: mgr.LockdownPriority(), Keep: mgr.LockdownKeep(lockdown)})
@@ -266,7 +300,13 @@ func run(args []string, stderr io.Writer) int {
 		Log:             log.Named("server"),
 		MaxConns:        o.maxConns,
 		MaxConnsPerUser: o.maxPerUser,
+		Observer:        srvObserver,
 	})
+	if met != nil {
+		met.CountConnections(srv.Conns)
+		go metricsSrv.Serve(log.Named("metrics"))
+		log.Info("metrics served", zap.String("url", "http://"+metricsSrv.Addr().String()+metrics.Path))
+	}
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
