@@ -276,3 +276,25 @@ func tunNode(t testing.TB) string {
 	}
 	return fmt.Sprintf("inode %d mode %o uid %d", st.Ino, st.Mode, st.Uid)
 }
+
+// A state directory on a read-only file system (ProtectSystem=strict
+// without StateDirectory=) stops vpnd at start, even as root, instead of
+// failing every setLockdown later.
+func TestStateDirReadOnly(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	plantLeftovers(t, ns)
+	dir := newDaemonDir(t)
+	state := filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	prefix := append([]string{"unshare", "--mount", "--propagation", "private"},
+		execAfter(fmt.Sprintf(`mount --bind '%[1]s' '%[1]s' && mount -o remount,bind,ro '%[1]s'`, state))...)
+	code, out := runVpndToExitIn(t, ns, prefix, filepath.Join(dir, "vpnd.sock"), "--state-dir", state)
+	want := fmt.Sprintf("vpnd: state directory %s is not writable by uid 0: read-only file system", state)
+	if code != 1 || !strings.Contains(out, want) {
+		t.Errorf("exit %d, want 1 saying %q:\n%s", code, want, out)
+	}
+	wantNotSwept(t, ns)
+}
