@@ -107,8 +107,9 @@ by reason, self-healing repairs, connections).
 
 Signals: SIGTERM or SIGINT sends STOPPING=1 to systemd (if NOTIFY_SOCKET
 is set), ends the VPN, removes the socket (not a socket-activated one) and
-exits 0; SIGHUP reloads the --accounts policy (a bad file keeps the old policy);
-SIGUSR1 logs the goroutine, fd and connection counts ("runtime stats").
+exits 0; SIGHUP reloads the --accounts policy (a bad file keeps the old
+policy); SIGUSR1 logs the goroutine, fd and connection counts ("runtime
+stats").
 
 Flags:
 `)
