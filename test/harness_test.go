@@ -456,7 +456,6 @@ type daemon struct {
 	table    int
 	priority int
 	mark     uint32
-	env      []string
 
 	accountsPath string
 
@@ -465,6 +464,16 @@ type daemon struct {
 	exitedCh       chan struct{}
 	waitErr        error
 	stopped        bool
+
+	launchOpts // how vpnd is started (systemd's way, for one)
+}
+
+// launchOpts change how launch starts vpnd and waits for it.
+type launchOpts struct {
+	extraFiles  []*os.File                     // vpnd's fds 3, 4, ...
+	env         []string                       // added to vpnd's environment
+	ready       func(tb testing.TB, d *daemon) // replaces waitReady
+	socketStays bool                           // the socket file outlives vpnd (systemd owns it)
 }
 
 type daemonOpts struct {
@@ -479,7 +488,7 @@ type daemonOpts struct {
 	beforeStart func(t testing.TB, ns string)
 	noLeakCheck bool
 	prefix      []string // command that execs vpnd in the namespace
-	env         []string // added to vpnd's environment
+	launch      launchOpts
 }
 
 type daemonOpt func(*daemonOpts)
@@ -508,7 +517,9 @@ func withKernelNames(ifname string, table, priority int, mark uint32) daemonOpt 
 
 // withEnv adds KEY=VALUE entries to vpnd's environment, e.g. a test bus
 // as DBUS_SYSTEM_BUS_ADDRESS.
-func withEnv(kv ...string) daemonOpt { return func(o *daemonOpts) { o.env = append(o.env, kv...) } }
+func withEnv(kv ...string) daemonOpt {
+	return func(o *daemonOpts) { o.launch.env = append(o.launch.env, kv...) }
+}
 
 // withPrefix runs vpnd through a command that execs it (vpndCommandPrefixed).
 func withPrefix(prefix ...string) daemonOpt { return func(o *daemonOpts) { o.prefix = prefix } }
@@ -625,8 +636,9 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 	}
 	d := &daemon{
 		t: t, ns: ns, dir: newDaemonDir(t), stderr: &syncBuffer{}, exitedCh: make(chan struct{}),
-		ifname: o.ifname, table: o.table, priority: o.priority, mark: o.mark, prefix: o.prefix, env: o.env,
-		sim: simBackend || slices.Contains(o.flags, "--sim"),
+		ifname: o.ifname, table: o.table, priority: o.priority, mark: o.mark, prefix: o.prefix,
+		sim:        simBackend || slices.Contains(o.flags, "--sim"),
+		launchOpts: o.launch,
 	}
 	if d.sim {
 		forSim(t, d.dir)
@@ -658,8 +670,9 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 func (d *daemon) launch(tb testing.TB, flags ...string) {
 	tb.Helper()
 	d.cmd = vpndCommandPrefixed(tb, d.ns, d.prefix, d.sock, flags...)
-	d.cmd.Env = append(d.cmd.Env, d.env...)
+	d.cmd.Env = append(d.cmd.Env, d.env...) // after vpndCommand's own
 	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
+	d.cmd.ExtraFiles = d.extraFiles
 	if err := d.cmd.Start(); err != nil {
 		tb.Fatalf("start vpnd: %v", err)
 	}
@@ -674,7 +687,11 @@ func (d *daemon) launch(tb testing.TB, flags ...string) {
 			tb.Logf("vpnd (pid %d, netns %s) output:\n%s", d.pid, d.ns, d.stderr.String())
 		}
 	})
-	d.waitReady(tb)
+	if d.ready != nil {
+		d.ready(tb, d)
+	} else {
+		d.waitReady(tb)
+	}
 	d.checkNamespace(tb)
 }
 
@@ -911,7 +928,7 @@ func (d *daemon) stop(t testing.TB) {
 	if code := d.waitExit(t); code != 0 {
 		t.Errorf("vpnd exited with status %d (%v), want 0", code, d.waitErr)
 	}
-	if _, err := os.Lstat(d.sock); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Lstat(d.sock); !d.socketStays && !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket file %s still exists after vpnd exited (lstat: %v)", d.sock, err)
 	}
 	if probs := d.leftovers(t); len(probs) > 0 {

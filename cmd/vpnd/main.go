@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
 	flag "github.com/spf13/pflag"
@@ -24,6 +25,7 @@ import (
 	"github.com/vpnd/vpnd/internal/config"
 	"github.com/vpnd/vpnd/internal/dns"
 	"github.com/vpnd/vpnd/internal/manager"
+	"github.com/vpnd/vpnd/internal/metrics"
 	"github.com/vpnd/vpnd/internal/ownership"
 	"github.com/vpnd/vpnd/internal/server"
 	"github.com/vpnd/vpnd/internal/state"
@@ -50,6 +52,7 @@ type options struct {
 	version     bool
 	manDir      string
 	sim         bool
+	metrics     string
 }
 
 func main() {
@@ -77,6 +80,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.StringVar(&o.manDir, "man", "", "write vpnd's man page into `DIR` and exit")
 	fs.MarkHidden("man") // for packagers and CI
 	fs.BoolVar(&o.sim, "sim", false, "simulation mode: run as any user and change nothing in the kernel (see above)")
+	fs.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics, e.g. 127.0.0.1:9477 (off when empty)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: vpnd [flags]
 
@@ -99,11 +103,16 @@ nothing further:
      directories are created 0755, the socket 0666, whatever the umask. A
      socket another process serves on (a vpnd in another namespace, too)
      is refused; a stale one is replaced.
+     Under systemd socket activation (LISTEN_PID, LISTEN_FDS: one
+     listening Unix stream socket, e.g. dist/systemd/vpnd.socket) vpnd
+     serves that socket instead, and never creates, chmods or removes it.
   4. Only then does vpnd remove what a killed vpnd left behind (its
      interface, its rules at its priority, the routes in its table; a
-     resolv.conf that --dns-backend file had replaced is restored), and
-     serve. While a VPN is up it restores its rules and routes if
-     something else deletes or changes them.
+     resolv.conf that --dns-backend file had replaced is restored),
+     applies the stored lockdown, and serves. With NOTIFY_SOCKET set
+     (systemd's Type=notify) it then sends READY=1. While a VPN is up it
+     restores its rules and routes if something else deletes or changes
+     them.
 
 DNS: with --dns-backend resolved (or auto, when systemd-resolved answers
 on the system bus), the VPN link gets the VPN's DNS servers and search
@@ -129,9 +138,20 @@ applies to the simulation only. Defaults change to --socket
 $XDG_RUNTIME_DIR/vpnd-sim.sock and --state-dir $XDG_STATE_HOME/vpnd-sim
 (or ~/.local/state/vpnd-sim); without those variables give the flags.
 
-Signals: SIGTERM or SIGINT ends the VPN, removes the socket and exits 0;
-SIGHUP reloads the --accounts policy (a bad file keeps the old policy);
-SIGUSR1 logs the goroutine, fd and connection counts ("runtime stats").
+vpnd needs no privilege but CAP_NET_ADMIN: it runs as any user that holds
+it (e.g. setpriv --ambient-caps=+net_admin, or systemd's
+AmbientCapabilities=CAP_NET_ADMIN), given a /dev/net/tun it may open, a
+--state-dir it may write and a socket directory it owns.
+
+--metrics-listen ADDR serves Prometheus metrics at http://ADDR/metrics
+(requests by method and code, setUp latency, the VPN's state, teardowns
+by reason, self-healing repairs, connections).
+
+Signals: SIGTERM or SIGINT sends STOPPING=1 to systemd (if NOTIFY_SOCKET
+is set), ends the VPN, removes the socket (not a socket-activated one) and
+exits 0; SIGHUP reloads the --accounts policy (a bad file keeps the old
+policy); SIGUSR1 logs the goroutine, fd and connection counts ("runtime
+stats").
 
 Flags:
 `)
@@ -284,11 +304,40 @@ func run(args []string, stderr io.Writer) int {
 		}
 		defer lock.Close() // last: after the VPN is torn down
 	}
-	ln, err := server.Listen(o.socket)
+	// Metrics (off by default) bind now, so that a taken address fails at
+	// start; they are served from when vpnd serves.
+	var met *metrics.Metrics
+	var metricsSrv *metrics.Server
+	var mgrObserver manager.Observer
+	var srvObserver server.Observer
+	if o.metrics != "" {
+		met = metrics.New()
+		mgrObserver, srvObserver = met, met
+		if metricsSrv, err = met.Listen(o.metrics); err != nil {
+			fmt.Fprintf(stderr, "vpnd: %v\n", err)
+			return 1
+		}
+		defer metricsSrv.Close()
+	}
+	// Under socket activation systemd owns the socket file: vpnd serves on
+	// the socket it was given and never creates, chmods or removes it.
+	ln, err := server.Activated()
+	activated := ln != nil
+	if err == nil && !activated {
+		ln, err = server.Listen(o.socket)
+	}
 	if err != nil {
 		log.Error("socket refused", zap.String("socket", o.socket), zap.Error(err))
 		fmt.Fprintf(stderr, "vpnd: listen: %v\n", err)
 		return 1
+	}
+	removeSocket := func() {
+		if activated {
+			return
+		}
+		if err := os.Remove(o.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.Warn("remove socket failed", zap.Error(err))
+		}
 	}
 
 	mgr := manager.New(kernel, manager.Options{
@@ -300,6 +349,7 @@ func run(args []string, stderr io.Writer) int {
 		Store:        state,
 		DNS:          resolver,
 		Simulated:    o.sim,
+		Observer:     mgrObserver,
 	})
 	removed, err := kernel.Sweep(log.Named("sweep"), tun.SweepSpec{IfName: o.ifname, Table: int(o.table), Priority: int(o.priority),
 		LockdownPriority: mgr.LockdownPriority(), Keep: mgr.LockdownKeep(lockdown)})
@@ -308,7 +358,7 @@ func run(args []string, stderr io.Writer) int {
 		log.Warn("interface name taken by a foreign link", zap.String("ifname", o.ifname), zap.Error(err))
 	} else if err != nil {
 		ln.Close()
-		os.Remove(o.socket)
+		removeSocket()
 		fmt.Fprintf(stderr, "vpnd: start-up sweep: %v\n", err)
 		return 1
 	}
@@ -319,7 +369,7 @@ func run(args []string, stderr io.Writer) int {
 	// left a record of the previous file: put it back before serving.
 	if path, err := dns.RestoreLeftover(state, log.Named("dns")); err != nil {
 		ln.Close()
-		os.Remove(o.socket)
+		removeSocket()
 		fmt.Fprintf(stderr, "vpnd: start-up sweep: %v\n", err)
 		return 1
 	} else if path != "" {
@@ -329,7 +379,7 @@ func run(args []string, stderr io.Writer) int {
 	// free while vpnd (re)starts.
 	if err := mgr.StartLockdown(lockdown); err != nil {
 		ln.Close()
-		os.Remove(o.socket)
+		removeSocket()
 		fmt.Fprintf(stderr, "vpnd: lockdown: %v\n", err)
 		return 1
 	}
@@ -340,13 +390,20 @@ func run(args []string, stderr io.Writer) int {
 		Log:             log.Named("server"),
 		MaxConns:        o.maxConns,
 		MaxConnsPerUser: o.maxPerUser,
+		Observer:        srvObserver,
 	})
+	if met != nil {
+		met.CountConnections(srv.Conns)
+		go metricsSrv.Serve(log.Named("metrics"))
+		log.Info("metrics served", zap.String("url", "http://"+metricsSrv.Addr().String()+metrics.Path))
+	}
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("vpnd serving", zap.String("socket", o.socket), zap.String("ifname", o.ifname),
+	sdNotify(log, daemon.SdNotifyReady)
+	log.Info("vpnd serving", zap.Stringer("socket", ln.Addr()), zap.Bool("socket_activated", activated), zap.String("ifname", o.ifname),
 		zap.Uint("table", o.table), zap.Uint("rule_priority", o.priority), zap.String("protect_mark", fmt.Sprintf("%#x", mark)),
 		zap.String("dns_backend", resolver.Name()), zap.Bool("simulated", o.sim))
 
@@ -368,12 +425,11 @@ wait:
 		}
 		break wait
 	}
+	sdNotify(log, daemon.SdNotifyStopping)
 	ln.Close()
 	mgr.Shutdown()
 	srv.Close()
-	if err := os.Remove(o.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		log.Warn("remove socket failed", zap.Error(err))
-	}
+	removeSocket()
 	log.Info("vpnd stopped")
 	return 0
 }
@@ -427,6 +483,14 @@ func unwrapList(text string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// sdNotify tells systemd (Type=notify, NOTIFY_SOCKET) how vpnd's start or
+// stop is going; without NOTIFY_SOCKET it does nothing.
+func sdNotify(log *zap.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("systemd notification failed", zap.String("state", state), zap.Error(err))
+	}
 }
 
 // logStats logs vpnd's goroutines, open fds and connections on SIGUSR1,

@@ -243,6 +243,7 @@ func (m *Manager) repair(g *guard, lim *limiter, throttled *bool) time.Duration 
 	if done.Empty() {
 		return 0
 	}
+	m.opt.Observer.Repaired(g.name)
 	var names []string
 	for _, a := range done.Addrs {
 		names = append(names, "address "+a.String())

@@ -50,6 +50,8 @@ type Options struct {
 	// Simulated says that the Kernel is a simulation (`vpnd --sim`), which
 	// every VpnInfo reports, so that an app can tell.
 	Simulated bool
+	// Observer is told about the VPN's life (metrics); nil observes nothing.
+	Observer Observer
 }
 
 // Caller is who is calling, as vpnd learnt it from the kernel and the
@@ -117,6 +119,9 @@ func New(k Kernel, opt Options) *Manager {
 	if opt.Log == nil {
 		opt.Log = zap.NewNop()
 	}
+	if opt.Observer == nil {
+		opt.Observer = noObserver{}
+	}
 	return &Manager{k: k, opt: opt, log: opt.Log, subs: make(map[uint64]func(protocol.StateChanged))}
 }
 
@@ -167,6 +172,7 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 	}
 	m.vpn = v
 	m.current.Store(&v.info)
+	m.opt.Observer.VPNUp(len(v.guard.want.Routes), len(v.guard.want.Rules))
 	m.log.Info("vpn up", zap.String("ifname", v.info.Interface), zap.Int("index", v.index),
 		zap.Uint32("uid", c.UID), zap.Int32("pid", c.PID), zap.Int("addresses", len(v.guard.want.Addrs())),
 		zap.Int("routes", len(v.guard.want.Routes)), zap.Int("rules", len(v.guard.want.Rules)))
@@ -542,6 +548,7 @@ func (m *Manager) teardownLocked(v *vpn, reason string) {
 	}
 	m.log.Info("vpn down", zap.String("ifname", v.info.Interface), zap.String("reason", reason),
 		zap.Uint32("uid", v.ownerUID), zap.Bool("complete", err == nil), zap.Duration("took", time.Since(start)))
+	m.opt.Observer.VPNDown(reason)
 	m.notify(reason, nil)
 }
 

@@ -57,6 +57,8 @@ type Config struct {
 	// auth.LookupIdentity. An error refuses the call with 19900002 rather
 	// than decide on a partial identity (a guest by group would pass).
 	Lookup func(uid, gid uint32) (auth.Identity, error)
+	// Observer is told about each request (metrics); nil observes nothing.
+	Observer Observer
 }
 
 // Server serves vpnd's socket.
@@ -85,6 +87,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
 	}
 	return &Server{cfg: cfg, log: cfg.Log, sessions: make(map[uint64]*session), perUID: make(map[uint32]int)}
 }
@@ -321,6 +326,7 @@ func decode(line []byte, env map[string]json.RawMessage) (request, error) {
 
 func (ss *session) handle(msg rpc.Message) {
 	defer closeFiles(msg.Files)
+	start := time.Now()
 	req, err := decode(msg.Line, msg.Members)
 	if err == nil && msg.FDErr != nil {
 		err = errs.New(errs.CodeInvalidRequest, "fds: %v", msg.FDErr)
@@ -331,6 +337,7 @@ func (ss *session) handle(msg rpc.Message) {
 			id = json.RawMessage("null")
 		}
 		ss.log.Debug("bad request", zap.Error(err))
+		ss.s.cfg.Observer.Request(req.method, int(errs.CodeOf(err)), time.Since(start))
 		ss.reply(id, nil, err, nil)
 		return
 	}
@@ -346,6 +353,7 @@ func (ss *session) handle(msg rpc.Message) {
 		code = int(errs.CodeOf(err))
 	}
 	ss.log.Debug("call", zap.String("method", req.method), zap.Int("code", code), zap.Error(err))
+	ss.s.cfg.Observer.Request(req.method, code, time.Since(start))
 	ok := true
 	if !req.notifies {
 		ok = ss.reply(req.id, result, err, f)

@@ -17,6 +17,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vpnd/vpnd/internal/config"
 )
 
@@ -29,7 +31,8 @@ type Dir struct {
 const lockdownFile = "lockdown.json"
 
 // Open opens the state directory at path, creating it (0700: what it holds
-// is root's business) if it does not exist.
+// is vpnd's business) if it does not exist, and makes sure that vpnd can
+// write it.
 func Open(path string) (*Dir, error) {
 	if err := os.MkdirAll(path, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
@@ -40,6 +43,15 @@ func Open(path string) (*Dir, error) {
 	}
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("state directory %s is not a directory", path)
+	}
+	// A vpnd that runs as its own user (least privilege) with a directory
+	// it may read but not write would start, then fail every setLockdown:
+	// find out at start instead. AT_EACCESS asks as the effective uid; a
+	// read-only file system (ProtectSystem=strict without StateDirectory=)
+	// fails here too.
+	if err := unix.Faccessat(unix.AT_FDCWD, path, unix.W_OK|unix.X_OK, unix.AT_EACCESS); err != nil {
+		return nil, fmt.Errorf("state directory %s is not writable by uid %d: %w (lockdown's state is kept there: make it vpnd's own, e.g. systemd's StateDirectory=vpnd)",
+			path, os.Geteuid(), err)
 	}
 	return &Dir{path: path}, nil
 }

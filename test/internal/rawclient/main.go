@@ -33,6 +33,15 @@
 //	                 "NOPKT" after MS ms. UDP/TCP packets that do not match
 //	                 are printed as "OTHER ..." lines; the rest (ICMPv6
 //	                 router solicitations, MLD) are skipped silently.
+//	bind NAME IP PORT
+//	                 bind socket NAME.
+//	tunwrite SRC SPORT DST DPORT TEXT
+//	                 write one IP packet carrying a UDP datagram into the
+//	                 last TUN received, as a VPN app does with what it
+//	                 decapsulated.
+//	tunall MS        print every packet read from the last TUN for MS ms:
+//	                 "PKT ..." (any protocol), or "RAW N HEX" for what does
+//	                 not parse.
 //
 // Every command ends with a "DONE" line; a failed one prints "ERR <text>"
 // first. The process exits when stdin closes.
@@ -126,7 +135,7 @@ func (c *client) run(line string) error {
 		return nil
 	case "close":
 		return c.conn.Close()
-	case "sock", "sendto", "connect", "write", "recvfrom", "tunread":
+	case "sock", "sendto", "connect", "write", "recvfrom", "tunread", "bind", "tunwrite", "tunall":
 		return c.runTraffic(cmd, strings.Fields(rest), rest)
 	default:
 		return fmt.Errorf("unknown command %q", cmd)

@@ -89,6 +89,47 @@ func (c *client) runTraffic(cmd string, args []string, rest string) error {
 		ap := sockaddrPort(from)
 		c.printf("FROM %s %d %s", ap.Addr().Unmap(), ap.Port(), buf[:n])
 		return nil
+	case "bind":
+		if len(args) != 3 {
+			return errors.New("usage: bind NAME IP PORT")
+		}
+		fd, sa, err := c.target(args[0], args[1], args[2])
+		if err != nil {
+			return err
+		}
+		return unix.Bind(fd, sa)
+	case "tunwrite":
+		f := strings.SplitN(rest, " ", 5)
+		if len(f) != 5 {
+			return errors.New("usage: tunwrite SRC SPORT DST DPORT TEXT")
+		}
+		src, err := parseAddrPort(f[0], f[1])
+		if err != nil {
+			return err
+		}
+		dst, err := parseAddrPort(f[2], f[3])
+		if err != nil {
+			return err
+		}
+		pkt, err := packet.UDP(src, dst, []byte(f[4]))
+		if err != nil {
+			return err
+		}
+		tun, err := c.lastTUN()
+		if err != nil {
+			return err
+		}
+		_, err = unix.Write(tun, pkt)
+		return err
+	case "tunall":
+		if len(args) != 1 {
+			return errors.New("usage: tunall MS")
+		}
+		ms, err := strconv.Atoi(args[0])
+		if err != nil {
+			return err
+		}
+		return c.tunAll(time.Duration(ms) * time.Millisecond)
 	case "tunread":
 		if len(args) != 2 {
 			return errors.New("usage: tunread MS TOKEN")
@@ -186,14 +227,9 @@ func waitReadable(fd int, d time.Duration) bool {
 // IFF_NO_PI, so each read is one raw IP packet. It never changes the fd's
 // blocking mode: it polls first and reads with the fd as vpnd gave it.
 func (c *client) tunRead(d time.Duration, token []byte) error {
-	tun := -1
-	for i := len(c.received) - 1; i >= 0 && tun < 0; i-- {
-		if isTUN(c.received[i]) {
-			tun = c.received[i]
-		}
-	}
-	if tun < 0 {
-		return errors.New("no TUN descriptor received")
+	tun, err := c.lastTUN()
+	if err != nil {
+		return err
 	}
 	deadline := time.Now().Add(d)
 	buf := make([]byte, 65536)
@@ -228,4 +264,56 @@ func isTUN(fd int) bool {
 		return false
 	}
 	return unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr) == nil
+}
+
+// lastTUN returns the last TUN descriptor received.
+func (c *client) lastTUN() (int, error) {
+	for i := len(c.received) - 1; i >= 0; i-- {
+		if isTUN(c.received[i]) {
+			return c.received[i], nil
+		}
+	}
+	return -1, errors.New("no TUN descriptor received")
+}
+
+// tunAll prints every packet read from the last TUN for d: "PKT ..." for
+// what packet.Parse understands (ICMPv6 shows its protocol number), "RAW
+// N BYTES" for the rest.
+func (c *client) tunAll(d time.Duration) error {
+	tun, err := c.lastTUN()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(d)
+	buf := make([]byte, 65536)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 || !waitReadable(tun, left) {
+			return nil
+		}
+		n, err := unix.Read(tun, buf)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read TUN: %w", err)
+		}
+		if p, err := packet.Parse(buf[:n]); err == nil {
+			c.printf("PKT %s", p)
+		} else {
+			c.printf("RAW %d %x", n, buf[:min(n, 64)])
+		}
+	}
+}
+
+func parseAddrPort(ip, port string) (netip.AddrPort, error) {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return netip.AddrPortFrom(a, uint16(p)), nil
 }
