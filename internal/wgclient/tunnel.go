@@ -230,4 +230,3 @@ func newLogger(opts Options, ifname string) *device.Logger {
 	}
 	return l
 }
-
