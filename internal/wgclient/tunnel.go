@@ -59,9 +59,13 @@ type Tunnel struct {
 	UAPIPath  string // "" if not served
 
 	vpnd *client.Client
-	tun  *vpndTUN
-	dev  *device.Device
-	uapi *uapiServer
+	// ownsVPN: our setUp succeeded. vpnd knows owners by uid, so a
+	// rollback after a refused setUp must not call destroy: it would end
+	// the VPN that the same user runs from another process.
+	ownsVPN bool
+	tun     *vpndTUN
+	dev     *device.Device
+	uapi    *uapiServer
 
 	done      chan struct{}
 	closing   atomic.Bool // Close has begun: endings seen now are its own
@@ -99,7 +103,7 @@ func Up(ctx context.Context, cfg *Config, opts Options) (_ *Tunnel, err error) {
 	if err != nil {
 		return nil, err
 	}
-	t.Info = info
+	t.Info, t.ownsVPN = info, true
 	t.tun, err = newVpndTUN(tunFile, info.Interface, info.MTU)
 	if err != nil {
 		tunFile.Close()
@@ -202,7 +206,7 @@ func (t *Tunnel) teardown(ctx context.Context) error {
 	if t.uapi != nil {
 		errs = append(errs, t.uapi.Close())
 	}
-	if t.vpnd != nil && t.vpnd.Err() == nil {
+	if t.ownsVPN && t.vpnd.Err() == nil {
 		if err := t.vpnd.Destroy(ctx); err != nil && t.vpnd.Err() == nil {
 			errs = append(errs, fmt.Errorf("destroy: %w", err))
 		}
