@@ -87,11 +87,21 @@ type wgWorld struct {
 	confA      string // A's file, owned by wgUID, 0600
 	confB      string
 	pubA, pubB wgclient.Key
+	// extra are more identities in A that B also knows as peers, each
+	// with its own subnet 10.(9+i).0.0/24 (A .2, B .1), for tunnels that
+	// run beside vpnd-wg's.
+	extra []wgExtra
+}
+
+type wgExtra struct {
+	conf         string // root's, 0600
+	addrA, addrB string
 }
 
 // newWGWorld builds the namespaces and the files, and starts the peer's
-// wireguard-go device, echo server and sink in B.
-func newWGWorld(t testing.TB) *wgWorld {
+// wireguard-go device, echo server and sink in B. extra is how many more
+// identities A gets (see wgWorld.extra).
+func newWGWorld(t testing.TB, extra int) *wgWorld {
 	t.Helper()
 	w := &wgWorld{a: newNetns(t), b: newNetns(t), dir: newDaemonDir(t)}
 	a, b := w.a, w.b
@@ -136,6 +146,21 @@ func newWGWorld(t testing.TB) *wgWorld {
 		Interface: wgclient.Interface{PrivateKey: privB, Addresses: all(wgAddrB + "/24"), ListenPort: wgPort},
 		Peers:     []wgclient.Peer{{PublicKey: w.pubA, PresharedKey: psk, AllowedIPs: all(wgAddrA + "/32")}},
 	}
+	for i := 0; i < extra; i++ {
+		priv, err := wgclient.GeneratePrivateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := wgExtra{conf: filepath.Join(w.dir, fmt.Sprintf("x%d.conf", i)),
+			addrA: fmt.Sprintf("10.%d.0.2", 9+i), addrB: fmt.Sprintf("10.%d.0.1", 9+i)}
+		cfg := cfgA
+		cfg.Interface = wgclient.Interface{PrivateKey: priv, Addresses: all(x.addrA + "/24")}
+		if err := os.WriteFile(x.conf, cfg.Marshal(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfgB.Peers = append(cfgB.Peers, wgclient.Peer{PublicKey: priv.PublicKey(), PresharedKey: psk, AllowedIPs: all(x.addrA + "/32")})
+		w.extra = append(w.extra, x)
+	}
 	w.confA = filepath.Join(w.dir, "a.conf")
 	w.confB = filepath.Join(w.dir, "b.conf")
 	w.uapiDir = filepath.Join(w.dir, "run")
@@ -159,6 +184,9 @@ func newWGWorld(t testing.TB) *wgWorld {
 	peer := startLineProc(t, "wgpeer device", "ip", "netns", "exec", b, wgBin(t, "wgpeer"), "device", "wg-b", w.confB)
 	peer.wait(t, "READY")
 	nsIP(t, b, "addr", "add", wgAddrB+"/24", "dev", "wg-b")
+	for _, x := range w.extra {
+		nsIP(t, b, "addr", "add", x.addrB+"/24", "dev", "wg-b")
+	}
 	nsIP(t, b, "link", "set", "wg-b", "up")
 	startLineProc(t, "wgpeer echo", "ip", "netns", "exec", b, wgBin(t, "wgpeer"), "echo", wgEchoPort).wait(t, "READY")
 	startLineProc(t, "wgpeer sink", "ip", "netns", "exec", b, wgBin(t, "wgpeer"), "sink", wgSinkPort).wait(t, "READY")
@@ -233,7 +261,7 @@ func procStatus(t testing.TB, pid int, keys ...string) map[string]string {
 // user, its encrypted traffic leaves by the protected socket, the tunnel
 // breaks without protect, and a SIGKILL leaves nothing in the kernel.
 func TestWireGuard(t *testing.T) {
-	w := newWGWorld(t)
+	w := newWGWorld(t, 0)
 	d := startDaemon(t, inNetns(w.a))
 	veth := startCapture(t, w.b, "veth-b")
 
