@@ -1,30 +1,35 @@
 package test
 
 import (
+	"flag"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 )
 
-// BenchmarkWireGuard measures one bounded TCP bulk transfer per path and
-// round, from namespace A to the sink in namespace B (see wg_test.go):
+// BenchmarkWireGuard measures bounded TCP bulk transfers (200 MB each)
+// between namespaces A and B (see wg_test.go), along four paths:
 //
-//	veth              root, plain over the veth (no tunnel)
-//	wireguard-go      root, through wireguard-go on a TUN it made itself
-//	                  (IFF_VNET_HDR: TSO/GRO offloads, UDP GSO/GRO), as it
-//	                  normally runs
-//	wireguard-go-plain
-//	                  the same on a TUN with vpnd's flags (IFF_TUN|IFF_NO_PI,
-//	                  no offloads) and wireguard-go's own tun.Device
-//	vpnd-wg           uid 4000, through vpnd-wg on vpnd's TUN
+//	veth                root, plain over the veth (no tunnel)
+//	wireguard-go        root, through wireguard-go on a TUN it made itself
+//	                    (IFF_VNET_HDR: TSO/GRO offloads, UDP GSO/GRO), as it
+//	                    normally runs
+//	wireguard-go-plain  the same on a TUN with vpnd's flags (IFF_TUN|IFF_NO_PI,
+//	                    no offloads) and wireguard-go's own tun.Device
+//	vpnd-wg             uid 4000, through vpnd-wg on vpnd's TUN
 //
-// The paths run one after the other in each round, so that a busy machine
-// slows them alike. The figures are the sender's own (connect to the
-// sink's count of received bytes), averaged over the rounds:
+// and both ways: "up" sends from A to a sink in B, "down" from B to a sink
+// in A. B's end is always wireguard-go with offloads. The paths and ways
+// run one after the other in each round, so that a busy machine slows them
+// alike. The figures are the sender's own (connect to the sink's count of
+// received bytes), averaged over the rounds:
 //
 //	go test -run '^$' -bench BenchmarkWireGuard -benchtime 3x ./test/
+//
+// -wgbench.paths vpnd-wg,veth runs only the paths named (for profiling).
 func BenchmarkWireGuard(b *testing.B) {
 	requireRoot(b)
 	const size = 200_000_000 // bytes per transfer
@@ -45,6 +50,31 @@ func BenchmarkWireGuard(b *testing.B) {
 	if out, ok := w.probe(b, hangGuard); !ok {
 		b.Fatalf("vpnd-wg's tunnel does not work:\n%s", out)
 	}
+	// Sinks in A for the "down" way: root's answers through the main
+	// table, uid 4000's through its VPN.
+	const rootSink, userSink = "7003", "7004"
+	startLineProc(b, "wgpeer sink (root, A)", "ip", "netns", "exec", w.a, wgBin(b, "wgpeer"), "sink", rootSink).wait(b, "READY")
+	startLineCmd(b, "wgpeer sink (uid 4000, A)", w.asUser(wgBin(b, "wgpeer"), "sink", userSink)).wait(b, "READY")
+
+	blastArgs := func(dst, port string) []string {
+		return []string{wgBin(b, "wgpeer"), "blast", dst + ":" + port, fmt.Sprint(size)}
+	}
+	inA := func(dst string) *exec.Cmd {
+		return exec.Command("ip", append([]string{"netns", "exec", w.a}, blastArgs(dst, wgSinkPort)...)...)
+	}
+	inB := func(dst, port string) *exec.Cmd {
+		return exec.Command("ip", append([]string{"netns", "exec", w.b}, blastArgs(dst, port)...)...)
+	}
+	paths := []wgBenchPath{
+		{"veth", func() *exec.Cmd { return inA(twAddrB4) }, func() *exec.Cmd { return inB(twAddrA4, rootSink) }},
+		{"wireguard-go", func() *exec.Cmd { return inA(w.extra[0].addrB) }, func() *exec.Cmd { return inB(w.extra[0].addrA, rootSink) }},
+		{"wireguard-go-plain", func() *exec.Cmd { return inA(w.extra[1].addrB) }, func() *exec.Cmd { return inB(w.extra[1].addrA, rootSink) }},
+		{"vpnd-wg", func() *exec.Cmd { return w.asUser(blastArgs(wgAddrB, wgSinkPort)...) }, func() *exec.Cmd { return inB(wgAddrA, userSink) }},
+	}
+	if *wgBenchPaths != "" {
+		want := strings.Split(*wgBenchPaths, ",")
+		paths = slices.DeleteFunc(paths, func(p wgBenchPath) bool { return !slices.Contains(want, p.name) })
+	}
 
 	blast := func(cmd *exec.Cmd) float64 {
 		b.Helper()
@@ -55,36 +85,38 @@ func BenchmarkWireGuard(b *testing.B) {
 		}
 		return float64(bytes) * 8 / (float64(ns) / 1e9) / 1e6
 	}
-	asRoot := func(dst string) *exec.Cmd {
-		return exec.Command("ip", "netns", "exec", w.a, wgBin(b, "wgpeer"), "blast", dst+":"+wgSinkPort, fmt.Sprint(size))
-	}
-	paths := []struct {
-		name string
-		cmd  func() *exec.Cmd
-	}{
-		{"veth", func() *exec.Cmd { return asRoot(twAddrB4) }},
-		{"wireguard-go", func() *exec.Cmd { return asRoot(w.extra[0].addrB) }},
-		{"wireguard-go-plain", func() *exec.Cmd { return asRoot(w.extra[1].addrB) }},
-		{"vpnd-wg", func() *exec.Cmd {
-			return w.asUser(wgBin(b, "wgpeer"), "blast", wgAddrB+":"+wgSinkPort, fmt.Sprint(size))
-		}},
-	}
-	sum := make([]float64, len(paths))
-	b.SetBytes(size * int64(len(paths)))
+	sum := map[string]float64{}
+	b.SetBytes(2 * size * int64(len(paths)))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		var round []string
-		for j, p := range paths {
-			mbps := blast(p.cmd())
-			sum[j] += mbps
-			round = append(round, fmt.Sprintf("%s %.0f", p.name, mbps))
+		for _, p := range paths {
+			up, down := blast(p.up()), blast(p.down())
+			sum[p.name+"-up"] += up
+			sum[p.name+"-down"] += down
+			round = append(round, fmt.Sprintf("%s %.0f/%.0f", p.name, up, down))
 		}
-		b.Logf("round %d (Mbit/s): %s", i+1, strings.Join(round, ", "))
+		b.Logf("round %d (Mbit/s up/down): %s", i+1, strings.Join(round, ", "))
 	}
 	b.StopTimer()
-	for j, p := range paths {
-		b.ReportMetric(sum[j]/float64(b.N), p.name+"-Mbit/s")
+	mean := map[string]float64{}
+	for k, v := range sum {
+		mean[k] = v / float64(b.N)
+		b.ReportMetric(mean[k], k+"-Mbit/s")
 	}
-	b.ReportMetric(100*sum[3]/sum[1], "vpnd-wg/wireguard-go-%")
+	for _, way := range []string{"up", "down"} {
+		if wg, ours := mean["wireguard-go-"+way], mean["vpnd-wg-"+way]; wg > 0 && ours > 0 {
+			b.ReportMetric(100*ours/wg, "vpnd-wg/wireguard-go-"+way+"-%")
+		}
+	}
 	terminate(b, client, syscall.SIGTERM)
 }
+
+// wgBenchPath is one path between A and B: the command that sends from A
+// to B's sink, and the one that sends from B to A's.
+type wgBenchPath struct {
+	name     string
+	up, down func() *exec.Cmd
+}
+
+var wgBenchPaths = flag.String("wgbench.paths", "", "BenchmarkWireGuard: run only these paths (comma-separated)")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -34,6 +35,7 @@ type vpndTUN struct {
 	mtu    int
 	events chan tun.Event
 
+	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -97,8 +99,8 @@ func (t *vpndTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if err == nil {
 		err = rerr
 	}
-	if errors.Is(err, unix.EBADFD) {
-		// The link was deleted: vpnd ended the VPN.
+	if errors.Is(err, unix.EBADFD) || t.closed.Load() {
+		// Closed, or the link was deleted: vpnd ended the VPN.
 		err = os.ErrClosed
 	}
 	return 0, err
@@ -148,6 +150,7 @@ func (t *vpndTUN) BatchSize() int { return tunBatch }
 // Close closes the TUN file; the link goes away with the last copy of it.
 func (t *vpndTUN) Close() error {
 	t.closeOnce.Do(func() {
+		t.closed.Store(true)
 		close(t.events)
 		t.closeErr = t.file.Close()
 	})
