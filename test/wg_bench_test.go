@@ -29,7 +29,7 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkWireGuard -benchtime 3x ./test/
 //
-// -wgbench.paths vpnd-wg,veth runs only the paths named (for profiling).
+// -wgbench.paths=vpnd-wg,veth (after the package) runs only the paths named (for profiling).
 func BenchmarkWireGuard(b *testing.B) {
 	requireRoot(b)
 	const size = 200_000_000 // bytes per transfer

@@ -42,6 +42,53 @@ type vpndTUN struct {
 
 var _ tun.Device = (*vpndTUN)(nil)
 
+// openTUN returns the device to run WireGuard on. vpnd's TUN has no
+// IFF_VNET_HDR today, and gets vpndTUN. A TUN that has it (a vpnd that
+// offers offloads) gets wireguard-go's own device, which turns TSO/USO
+// on with TUNSETOFFLOAD (no capability needed, unlike the MTU) and reads
+// and writes 64 KiB segments; it is made with CreateUnmonitoredTUNFromFD,
+// which sets no MTU and watches nothing.
+func openTUN(f *os.File, name string, mtu int) (tun.Device, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("tun: %w", err)
+	}
+	var flags uint16
+	var dup int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		var ifr *unix.Ifreq
+		if ifr, ierr = unix.NewIfreq(name); ierr != nil {
+			return
+		}
+		if ierr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr); ierr != nil {
+			return
+		}
+		if flags = ifr.Uint16(); flags&unix.IFF_VNET_HDR != 0 {
+			dup, ierr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		}
+	}); err != nil {
+		return nil, fmt.Errorf("tun: %w", err)
+	}
+	if errors.Is(ierr, unix.ENOTTY) || errors.Is(ierr, unix.EBADFD) {
+		// Not a TUN: vpnd --sim's packet socket, one packet per message.
+		return newVpndTUN(f, name, mtu)
+	}
+	if ierr != nil {
+		return nil, fmt.Errorf("tun: TUNGETIFF: %w", ierr)
+	}
+	if flags&unix.IFF_VNET_HDR == 0 {
+		return newVpndTUN(f, name, mtu)
+	}
+	dev, _, err := tun.CreateUnmonitoredTUNFromFD(dup)
+	if err != nil {
+		unix.Close(dup)
+		return nil, fmt.Errorf("tun with offloads: %w", err)
+	}
+	f.Close() // the device holds its own copy
+	return dev, nil
+}
+
 // tunBatch is how many packets one Read may return: wireguard-go's own
 // batch size, so one Read fills one of its batches.
 const tunBatch = 128

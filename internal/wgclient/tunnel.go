@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/vpnd/vpnd/client"
 	"github.com/vpnd/vpnd/protocol"
@@ -63,7 +64,7 @@ type Tunnel struct {
 	// rollback after a refused setUp must not call destroy: it would end
 	// the VPN that the same user runs from another process.
 	ownsVPN bool
-	tun     *vpndTUN
+	tun     tun.Device
 	dev     *device.Device
 	uapi    *uapiServer
 
@@ -104,7 +105,7 @@ func Up(ctx context.Context, cfg *Config, opts Options) (_ *Tunnel, err error) {
 		return nil, err
 	}
 	t.Info, t.ownsVPN = info, true
-	t.tun, err = newVpndTUN(tunFile, info.Interface, info.MTU)
+	t.tun, err = openTUN(tunFile, info.Interface, info.MTU)
 	if err != nil {
 		tunFile.Close()
 		return nil, err
