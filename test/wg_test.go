@@ -370,6 +370,26 @@ func TestWireGuard(t *testing.T) {
 		})
 	})
 
+	t.Run("vpnd ending the VPN ends vpnd-wg", func(t *testing.T) {
+		c := w.up(t, d)
+		down := exec.Command("ip", "netns", "exec", w.a, bin(t, "vpnctl"), "down")
+		down.Env = append(os.Environ(), "VPND_SOCKET="+d.sock)
+		if out, err := down.CombinedOutput(); err != nil {
+			t.Fatalf("vpnctl down as root: %v\n%s", err, out)
+		}
+		select {
+		case <-c.done:
+		case <-time.After(hangGuard):
+			t.Fatalf("vpnd-wg still runs %v after an admin's destroy", hangGuard)
+		}
+		if code := c.cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(c.errb.String(), "vpnd-wg: the tunnel ended: ") {
+			t.Errorf("vpnd-wg exited %d; stderr: %s", code, c.errb.String())
+		}
+		if probs := d.leftovers(t); len(probs) > 0 {
+			t.Errorf("after the destroy: %s", strings.Join(probs, "; "))
+		}
+	})
+
 	t.Run("SIGKILL leaves nothing in the kernel", func(t *testing.T) {
 		c := w.up(t, d)
 		if out, ok := w.probe(t, hangGuard); !ok {
