@@ -29,7 +29,8 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkWireGuard -benchtime 3x ./test/
 //
-// -wgbench.paths=vpnd-wg,veth (after the package) runs only the paths named (for profiling).
+// -wgbench.paths=vpnd-wg,veth (after the package) runs only the paths
+// named, -wgbench.ways=up or down only that way (for profiling).
 func BenchmarkWireGuard(b *testing.B) {
 	requireRoot(b)
 	const size = 200_000_000 // bytes per transfer
@@ -91,9 +92,15 @@ func BenchmarkWireGuard(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		var round []string
 		for _, p := range paths {
-			up, down := blast(p.up()), blast(p.down())
-			sum[p.name+"-up"] += up
-			sum[p.name+"-down"] += down
+			var up, down float64
+			if *wgBenchWays != "down" {
+				up = blast(p.up())
+				sum[p.name+"-up"] += up
+			}
+			if *wgBenchWays != "up" {
+				down = blast(p.down())
+				sum[p.name+"-down"] += down
+			}
 			round = append(round, fmt.Sprintf("%s %.0f/%.0f", p.name, up, down))
 		}
 		b.Logf("round %d (Mbit/s up/down): %s", i+1, strings.Join(round, ", "))
@@ -119,4 +126,7 @@ type wgBenchPath struct {
 	up, down func() *exec.Cmd
 }
 
-var wgBenchPaths = flag.String("wgbench.paths", "", "BenchmarkWireGuard: run only these paths (comma-separated)")
+var (
+	wgBenchPaths = flag.String("wgbench.paths", "", "BenchmarkWireGuard: run only these paths (comma-separated)")
+	wgBenchWays  = flag.String("wgbench.ways", "", `BenchmarkWireGuard: "up" or "down" to run only that way`)
+)
