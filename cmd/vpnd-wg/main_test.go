@@ -10,8 +10,12 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"github.com/vpnd/vpnd/internal/errs"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func runCmd(t *testing.T, stdin string, args ...string) (int, string, string) {
 	t.Helper()

@@ -9,6 +9,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
 // Keys from wg(8)'s manual page: valid base64 32-byte keys.
@@ -42,6 +44,8 @@ allowedips = 10.1.2.3/16
 allowedips = 192.168.7.9
 persistentkeepalive = off
 `
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func mustKey(t testing.TB, s string) Key {
 	t.Helper()
