@@ -106,6 +106,11 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, err)
 	}
+	if fi, err := os.Stat(fs.Arg(0)); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		// As wg-quick warns: the file holds the private key.
+		fmt.Fprintf(stderr, "vpnd-wg: note: %s is accessible to other users (mode %#o); it holds the private key: chmod 600 it\n",
+			fs.Arg(0), fi.Mode().Perm())
+	}
 	if *uapiDir == "" {
 		fmt.Fprintln(stderr, "vpnd-wg: XDG_RUNTIME_DIR is not set and no --uapi-dir given: `vpnd-wg show` will not see this tunnel")
 	}

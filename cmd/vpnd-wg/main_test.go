@@ -69,6 +69,22 @@ func TestCommands(t *testing.T) {
 		t.Errorf("up with a bad file = %d, %q; want 1, %q", code, stderr, want)
 	}
 
+	// A file others can read gets a warning (and vpnd is asked, here in
+	// vain).
+	good := filepath.Join(t.TempDir(), "wg1.conf")
+	if err := os.WriteFile(good, []byte("[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.8.0.2/24\n"+
+		"[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 0.0.0.0/0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(good, 0o644); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	code, _, stderr = runCmd(t, "", "up", "--socket", "/nonexistent/vpnd.sock", "--uapi-dir", t.TempDir(), good)
+	if code != 1 || !strings.Contains(stderr, "vpnd-wg: note: "+good+" is accessible to other users (mode 0644)") ||
+		!strings.Contains(stderr, "vpnd-wg: connect to vpnd: ") {
+		t.Errorf("up with a 0644 file and no vpnd = %d, %q", code, stderr)
+	}
+
 	// show with nothing running.
 	if code, _, stderr := runCmd(t, "", "show", "--uapi-dir", t.TempDir()); code != 1 || !strings.Contains(stderr, "no running tunnel") {
 		t.Errorf("show with nothing running = %d, %q", code, stderr)
