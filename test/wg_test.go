@@ -423,9 +423,12 @@ func exitCode(err error) int {
 // capture records the IP packets that pass one interface of a test
 // namespace, both ways, through an AF_PACKET socket opened inside it.
 type capture struct {
+	t    testing.TB
+	name string
 	fd   int
 	mu   sync.Mutex
 	pkts []capPacket
+	err  error // why the capture stopped early
 	done chan struct{}
 }
 
@@ -456,7 +459,7 @@ func startCapture(t testing.TB, ns, ifname string) *capture {
 		unix.Close(fd)
 		t.Fatal(err)
 	}
-	c := &capture{fd: fd, done: make(chan struct{})}
+	c := &capture{t: t, name: ifname + " in " + ns, fd: fd, done: make(chan struct{})}
 	stop := make(chan struct{})
 	go c.run(stop)
 	t.Cleanup(func() {
@@ -485,6 +488,9 @@ func (c *capture) run(stop <-chan struct{}) {
 				time.Sleep(50 * time.Millisecond) // the link is gone
 				continue
 			}
+			c.mu.Lock()
+			c.err = err
+			c.mu.Unlock()
 			return
 		}
 		p, perr := packet.Parse(buf[:n])
@@ -500,11 +506,16 @@ func (c *capture) run(stop <-chan struct{}) {
 }
 
 // count returns how many captured packets match; it first waits a moment
-// for packets still in the socket's queue.
+// for packets still in the socket's queue. A capture that stopped fails
+// the test: a count of 0 would prove nothing.
 func (c *capture) count(match func(capPacket) bool) int {
+	c.t.Helper()
 	time.Sleep(100 * time.Millisecond)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.err != nil {
+		c.t.Fatalf("the capture on %s stopped: %v", c.name, c.err)
+	}
 	n := 0
 	for _, p := range c.pkts {
 		if match(p) {
