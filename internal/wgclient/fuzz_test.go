@@ -1,0 +1,62 @@
+package wgclient
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// FuzzParse: Parse never panics; an error names a line that exists (or
+// the whole file) and never shows key material; a config it accepts is
+// well formed and survives Marshal and Parse unchanged.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(goodConfig))
+	f.Add([]byte("[Interface]\nPrivateKey = " + testPriv + "\nAddress = 10.8.0.2/24\n[Peer]\nPublicKey = " + testPeer1 + "\nAllowedIPs = 0.0.0.0/0\n"))
+	f.Add([]byte("[Interface]\r\nAddress=10.8.0.2\r\n# x\r\n[Peer]\r\nEndpoint=[::1]:1\r\n"))
+	f.Add([]byte("[interface]\nDNS = a.example, 1.1.1.1\nMTU = 1280\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse(bytes.NewReader(data))
+		if err != nil {
+			var pe *ParseError
+			if !errors.As(err, &pe) {
+				t.Fatalf("not a *ParseError: %v", err)
+			}
+			if lines := bytes.Count(data, []byte("\n")) + 1; pe.Line < 0 || pe.Line > lines {
+				t.Fatalf("error names line %d of %d: %v", pe.Line, lines, err)
+			}
+			if pe.Line > 0 {
+				line := strings.TrimSuffix(strings.Split(string(data), "\n")[pe.Line-1], "\r")
+				key, _, hasValue := strings.Cut(line, "=")
+				switch strings.ToLower(strings.TrimSpace(key)) {
+				case "privatekey", "presharedkey":
+					if hasValue && !strings.HasSuffix(pe.Text, "= (hidden)") {
+						t.Fatalf("error shows key material: %v", err)
+					}
+				}
+			}
+			return
+		}
+		if cfg.Interface.PrivateKey.IsZero() {
+			t.Fatalf("accepted a config without a private key")
+		}
+		if len(cfg.Interface.Addresses) == 0 || len(cfg.Peers) == 0 {
+			t.Fatalf("accepted a config without addresses or peers: %+v", cfg)
+		}
+		for _, p := range cfg.Peers {
+			for _, a := range p.AllowedIPs {
+				if a != a.Masked() {
+					t.Fatalf("AllowedIPs %s not masked", a)
+				}
+			}
+		}
+		again, err := Parse(bytes.NewReader(cfg.Marshal()))
+		if err != nil {
+			t.Fatalf("Parse(Marshal(cfg)): %v\n%s", err, cfg.Marshal())
+		}
+		if !reflect.DeepEqual(cfg, again) {
+			t.Fatalf("round trip changed the config:\n%+v\n%+v", cfg, again)
+		}
+	})
+}
