@@ -102,10 +102,14 @@ func startPerf(pid int, file string, args ...string) (*perfRun, error) {
 func (p *perfRun) kill() {
 	p.cmd.Process.Kill()
 	<-p.done
+	os.Remove(p.file + ".ctl")
+	os.Remove(p.file + ".ack")
 }
 
 // stop ends the recording and waits until the file is written.
 func (p *perfRun) stop() error {
+	defer os.Remove(p.file + ".ctl")
+	defer os.Remove(p.file + ".ack")
 	p.cmd.Process.Signal(syscall.SIGINT)
 	select {
 	case <-p.done:

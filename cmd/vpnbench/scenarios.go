@@ -265,6 +265,7 @@ func (b *bench) scenarioHeal() ([]*Result, error) {
 	during := map[string]*Series{}
 	idle := map[string]*Series{}
 	polled := 0
+	statusBytes := 0
 	idleWindow := 150 * time.Millisecond
 	if b.opts.quick {
 		idleWindow = 30 * time.Millisecond
@@ -302,6 +303,9 @@ func (b *bench) scenarioHeal() ([]*Result, error) {
 			for _, s := range pr.Samples {
 				if s.Code < 0 {
 					return fmt.Errorf("probe %s failed", s.Kind)
+				}
+				if s.Kind == "status" {
+					statusBytes = max(statusBytes, s.Bytes)
 				}
 				lat := nsToMs(s.End - s.Start)
 				switch {
@@ -358,7 +362,8 @@ func (b *bench) scenarioHeal() ([]*Result, error) {
 		r := newResult("heal-"+k, what+" during self-heal", d, i)
 		results = append(results, r)
 	}
-	results[1].Notes = append(results[1].Notes, fmt.Sprintf("probes from uid %d, one round trip every 2 ms per kind; \"during\" counts those sent between the flush's start and the table's completion", b.opts.otherUID))
+	results[1].Notes = append(results[1].Notes, fmt.Sprintf("probes from uid %d, one client per kind, %v between round trips; \"during\" counts those sent between the flush's start and the table's completion; a status answer for this VPN is %d bytes",
+		b.opts.otherUID, probePause, statusBytes))
 	return results, nil
 }
 
