@@ -195,6 +195,10 @@ func (b *bench) startVPND() error {
 	b.vpnd = exec.Command("ip", "netns", "exec", b.nsVPND, b.vpndBin, "--socket", b.sock,
 		"--state-dir", filepath.Join(b.dir, "state"), "--accounts", accounts, "--log-format", "json")
 	b.vpnd.Stdout, b.vpnd.Stderr = logf, logf
+	// gctrace makes the Go runtime log one line per GC cycle to stderr
+	// and changes nothing else: the RSS scenario reads it to measure at
+	// the same point of the GC cycle every time (see gcCount).
+	b.vpnd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
 	if err := b.vpnd.Start(); err != nil {
 		logf.Close()
 		return err
@@ -246,8 +250,15 @@ func (b *bench) startEcho(statusResult []byte) error {
 		return err
 	}
 	b.echo = exec.Command("ip", "netns", "exec", b.nsVPND, b.self, "-echo", b.echoSock, file)
-	b.echo.Stderr = os.Stderr
-	if err := b.echo.Start(); err != nil {
+	logf, err := os.Create(filepath.Join(b.dir, "echo.log"))
+	if err != nil {
+		return err
+	}
+	b.echo.Stdout, b.echo.Stderr = logf, logf
+	b.echo.Env = append(os.Environ(), "GODEBUG=gctrace=1")
+	err = b.echo.Start()
+	logf.Close()
+	if err != nil {
 		return err
 	}
 	b.echoPid = b.echo.Process.Pid

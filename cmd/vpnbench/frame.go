@@ -36,8 +36,10 @@ func dialFrame(path string) (*frameConn, error) {
 	return newFrameConn(uc), nil
 }
 
+// newFrameConn starts with a 4 KiB buffer (bufio's default), which grows
+// for longer lines: the echo server is the minimal server, in memory too.
 func newFrameConn(uc *net.UnixConn) *frameConn {
-	return &frameConn{uc: uc, buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(16*4))}
+	return &frameConn{uc: uc, buf: make([]byte, 4<<10), oob: make([]byte, unix.CmsgSpace(16*4))}
 }
 
 // Close closes the connection and every descriptor not taken.

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -260,7 +263,7 @@ func (b *bench) scenarioHeal() ([]*Result, error) {
 	v := vpndSeries("vpnd: flush → table complete again", unitMs)
 	floor := baseSeries("flush, then every route re-added at once (batched netlink)", unitMs)
 	afterFlush := vpndSeries("vpnd: last deletion answered → table complete", unitMs)
-	afterFlush.Role = "vpnd-detail"
+	readd := baseSeries("the re-add alone (batched netlink)", unitMs)
 	kinds := []string{"status", "setUp", "destroy"}
 	during := map[string]*Series{}
 	idle := map[string]*Series{}
@@ -300,9 +303,13 @@ func (b *bench) scenarioHeal() ([]*Result, error) {
 			if h.Polled {
 				polled++
 			}
+			// Each probe must have got the answer it stands for: status
+			// a result, setUp "VPN already exists", destroy "permission
+			// denied" (uid otherUID does not own the VPN).
+			wantCode := map[string]int{"status": 0, "setUp": 2203002, "destroy": 201}
 			for _, s := range pr.Samples {
-				if s.Code < 0 {
-					return fmt.Errorf("probe %s failed", s.Kind)
+				if s.Code != wantCode[s.Kind] {
+					return fmt.Errorf("probe %s answered code %d, want %d", s.Kind, s.Code, wantCode[s.Kind])
 				}
 				if s.Kind == "status" {
 					statusBytes = max(statusBytes, s.Bytes)
@@ -330,6 +337,7 @@ func (b *bench) scenarioHeal() ([]*Result, error) {
 			}
 			if rec {
 				floor.add(nsToMs(r.Heal.Complete - r.Heal.Start))
+				readd.add(nsToMs(r.Heal.Complete - r.Heal.Flushed))
 			}
 			return nil
 		},
@@ -337,12 +345,14 @@ func (b *bench) scenarioHeal() ([]*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	repair := newResult("heal", fmt.Sprintf("self-heal, %d-route table flushed", healRoutes), v, floor, afterFlush)
+	repair := newResult("heal", fmt.Sprintf("self-heal, %d-route table flushed", healRoutes), v, floor)
+	tail := newResult("heal-tail", "self-heal, after the flush", afterFlush, readd)
+	tail.Notes = append(tail.Notes, "vpnd may start repairing before the flush ends, so its part after the flush can be shorter than its whole repair")
 	repair.Notes = append(repair.Notes, "flush: one dump of table 98 (both families), then every route deleted, 256 requests per sendmsg, as `ip route flush table 98` does in its first round; completion: vpnd's re-adds seen through route notifications, then checked with a dump")
 	if polled > 0 {
 		repair.Notes = append(repair.Notes, fmt.Sprintf("%d of %d repairs were timed by polling dumps every 2 ms (the notification queue overflowed)", polled, len(v.Samples)))
 	}
-	results := []*Result{repair}
+	results := []*Result{repair, tail}
 	for _, k := range kinds {
 		d, i := during[k], idle[k]
 		if d == nil {
@@ -362,7 +372,7 @@ func (b *bench) scenarioHeal() ([]*Result, error) {
 		r := newResult("heal-"+k, what+" during self-heal", d, i)
 		results = append(results, r)
 	}
-	results[1].Notes = append(results[1].Notes, fmt.Sprintf("probes from uid %d, one client per kind, %v between round trips; \"during\" counts those sent between the flush's start and the table's completion; a status answer for this VPN is %d bytes",
+	results[2].Notes = append(results[2].Notes, fmt.Sprintf("probes from uid %d, one client per kind, %v between round trips; \"during\" counts those sent between the flush's start and the table's completion; a status answer for this VPN is %d bytes",
 		b.opts.otherUID, probePause, statusBytes))
 	return results, nil
 }
@@ -466,77 +476,130 @@ func (b *bench) scenarioProtect() ([]*Result, error) {
 const idleConns = 1000
 
 // scenarioRSS is scenario 7: vpnd's resident memory idle, with 1,000 idle
-// connections, and after they close, against the echo server (a minimal
-// Go server with one goroutine per connection).
+// connections, and after they closed, against the echo server (a minimal
+// Go server with one goroutine per connection). Both go through the
+// phases together. RSS is a state, not a timing: one round, on a vpnd
+// fresh from start (this scenario runs first).
+//
+// Nothing is done to the servers but the connections: no GC is forced
+// (vpnd has no endpoint for it) and no traffic is sent to provoke one,
+// since the garbage of that traffic would itself grow the heap. Before the
+// "after they closed" figure, vpnbench waits for the runtime's own next
+// GC cycle (it forces one two minutes after the last), so that the
+// figure is taken after the closed connections were collected; -quick
+// does not wait.
 func (b *bench) scenarioRSS() ([]*Result, error) {
-	rounds := 3
-	if b.opts.quick {
-		rounds = 1
-	}
 	phases := []string{"idle", fmt.Sprintf("%d idle connections", idleConns), "after they closed"}
-	series := map[string][]*Series{}
-	for _, who := range []string{"vpnd", "echo"} {
-		for _, ph := range phases {
-			var s *Series
-			if who == "vpnd" {
-				s = vpndSeries("vpnd", unitMiB)
-			} else {
-				s = baseSeries("echo server", unitMiB)
-			}
-			s.Name += ", " + ph
-			series[who] = append(series[who], s)
-		}
+	type server struct {
+		name, path, log string
+		pid, baseFDs    int
+		series          []*Series
+		anon, live      []float64
 	}
-	anon := map[string][]float64{}
+	servers := []*server{
+		{name: "vpnd", path: b.sock, log: filepath.Join(b.dir, "vpnd.log"), pid: b.vpndPid},
+		{name: "echo server", path: b.echoSock, log: filepath.Join(b.dir, "echo.log"), pid: b.echoPid},
+	}
+	var notes []string
 	settled := true
-	measure := func(who string, pid int, path string) func(bool) error {
-		return func(bool) error {
-			base := fdCount(pid)
-			vals := make([]float64, 3)
-			for ph := range phases {
-				switch ph {
-				case 1:
-					if _, err := b.root.call(workReq{Op: "open-idle", Path: path, N: idleConns}); err != nil {
-						return err
-					}
-					if err := waitFDs(pid, func(n int) bool { return n >= base+idleConns }); err != nil {
-						return fmt.Errorf("%s: %w", who, err)
-					}
-				case 2:
-					if _, err := b.root.call(workReq{Op: "close-idle"}); err != nil {
-						return err
-					}
-					if err := waitFDs(pid, func(n int) bool { return n <= base }); err != nil {
-						return fmt.Errorf("%s: %w", who, err)
-					}
+	for ph, phase := range phases {
+		switch ph {
+		case 1:
+			for _, sv := range servers {
+				sv.baseFDs = fdCount(sv.pid)
+				if _, err := b.root.call(workReq{Op: "open-idle", Path: sv.path, N: idleConns}); err != nil {
+					return nil, err
 				}
-				rss, an, ok := b.settledRSS(pid)
-				settled = settled && ok
-				vals[ph] = rss
-				anon[who+" "+phases[ph]] = append(anon[who+" "+phases[ph]], an)
 			}
-			for i, s := range series[who] {
-				s.add(vals[i])
+			for _, sv := range servers {
+				if err := waitFDs(sv.pid, func(n int) bool { return n >= sv.baseFDs+idleConns }); err != nil {
+					return nil, fmt.Errorf("%s: %w", sv.name, err)
+				}
 			}
-			return nil
+		case 2:
+			gcBefore := make([]int, len(servers))
+			for i, sv := range servers {
+				gcBefore[i], _ = lastGC(sv.log)
+			}
+			if _, err := b.root.call(workReq{Op: "close-idle"}); err != nil {
+				return nil, err
+			}
+			for _, sv := range servers {
+				if err := waitFDs(sv.pid, func(n int) bool { return n <= sv.baseFDs }); err != nil {
+					return nil, fmt.Errorf("%s: %w", sv.name, err)
+				}
+			}
+			wait := 130 * time.Second
+			if b.opts.quick {
+				wait = 0
+			}
+			for i, sv := range servers {
+				if !waitGC(sv.log, gcBefore[i], wait) {
+					notes = append(notes, sv.name+": no GC cycle since the connections closed (the figure includes their garbage)")
+				}
+			}
 		}
-	}
-	// RSS is not a timing: the rounds are not warmed up, so that the first
-	// idle figure is vpnd's as it starts.
-	if err := interleave(rounds, 0, measure("vpnd", b.vpndPid, b.sock), measure("echo", b.echoPid, b.echoSock)); err != nil {
-		return nil, err
+		for _, sv := range servers {
+			rss, anon, ok := b.settledRSS(sv.pid)
+			settled = settled && ok
+			s := vpndSeries(sv.name+", "+phase, unitMiB)
+			if sv.name != "vpnd" {
+				s.Role = "baseline"
+			}
+			s.add(rss)
+			sv.series = append(sv.series, s)
+			_, live := lastGC(sv.log)
+			sv.anon, sv.live = append(sv.anon, anon), append(sv.live, live)
+		}
 	}
 	var results []*Result
 	for i, ph := range phases {
-		r := newResult("rss-"+itoa(i), "VmRSS, "+ph, series["vpnd"][i], series["echo"][i])
-		r.Extra = map[string]any{"rss_anon_mib_vpnd": anon["vpnd "+ph], "rss_anon_mib_echo": anon["echo "+ph]}
+		r := newResult("rss-"+itoa(i), "VmRSS, "+ph, servers[0].series[i], servers[1].series[i])
+		r.Extra = map[string]any{
+			"rss_anon_mib_vpnd": servers[0].anon[i], "rss_anon_mib_echo": servers[1].anon[i],
+			"heap_live_mib_vpnd": servers[0].live[i], "heap_live_mib_echo": servers[1].live[i],
+		}
+		r.Notes = append(r.Notes, fmt.Sprintf("RssAnon vpnd %.1f MiB, echo %.1f MiB; live heap after the last GC (gctrace): vpnd %.0f MiB, echo %.0f MiB",
+			servers[0].anon[i], servers[1].anon[i], servers[0].live[i], servers[1].live[i]))
 		results = append(results, r)
 	}
-	results[0].Notes = append(results[0].Notes, "VmRSS from /proc/PID/status, sampled every 100 ms until ten samples in a row are within 1% (or 128 KiB), and their median taken; no GC is forced (vpnd has no endpoint for it), so freed heap counts until the Go scavenger returns it. Round 1's idle figure is vpnd fresh from start")
+	results[0].Notes = append(results[0].Notes, "method: one round on a fresh vpnd; VmRSS from /proc/PID/status every 100 ms until ten samples in a row are within 1% (or 128 KiB), their median; no GC forced and no traffic sent; before the last phase, a wait for the runtime's own next GC cycle (at most two minutes), seen in its gctrace (GODEBUG=gctrace=1, which only logs); freed memory counts until the Go scavenger returns it")
+	results[0].Notes = append(results[0].Notes, notes...)
 	if !settled {
 		results[0].Notes = append(results[0].Notes, "some RSS figures did not settle within the time limit; their last ten samples' median is shown")
 	}
 	return results, nil
+}
+
+// gcLine is a gctrace line: "gc 12 @3.4s 0%: ... 4->4->1 MB, 5 MB goal, ...".
+var gcLine = regexp.MustCompile(`(?m)^gc (\d+) @.* (\d+)->(\d+)->(\d+) MB`)
+
+// lastGC returns the number of the last GC cycle in a gctrace log and the
+// live heap it left (MiB: gctrace's "MB" are MiB), or zeros.
+func lastGC(log string) (int, float64) {
+	b, _ := os.ReadFile(log)
+	m := gcLine.FindAllSubmatch(b, -1)
+	if len(m) == 0 {
+		return 0, 0
+	}
+	last := m[len(m)-1]
+	n, _ := strconv.Atoi(string(last[1]))
+	live, _ := strconv.ParseFloat(string(last[4]), 64)
+	return n, live
+}
+
+// waitGC waits up to limit for a GC cycle after cycle number after.
+func waitGC(log string, after int, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for {
+		if n, _ := lastGC(log); n > after {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // waitFDs waits until ok(fd count of pid), for accepted or closed

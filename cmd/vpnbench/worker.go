@@ -114,7 +114,7 @@ func (st *workerState) batchFiles(routes, uid int) ([2]string, error) {
 	var files [2]string
 	b, b6 := specFor(routes).ipBatch(uid)
 	for i, content := range [][]byte{b, b6} {
-		f, err := os.CreateTemp("", "vpnbench-batch-")
+		f, err := os.CreateTemp(".", "batch-") // in the run's directory, removed with it
 		if err != nil {
 			return files, err
 		}
