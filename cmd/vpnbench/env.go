@@ -191,9 +191,15 @@ func (b *bench) startVPND() error {
 	if err != nil {
 		return err
 	}
+	args := []string{"netns", "exec", b.nsVPND, b.vpndBin, "--socket", b.sock,
+		"--state-dir", filepath.Join(b.dir, "state"), "--accounts", accounts, "--log-format", "json"}
+	// A vpnd with DNS backends would look for systemd-resolved on the
+	// host's system bus: the benchmark leaves the host's D-Bus alone.
+	if help, _ := exec.Command(b.vpndBin, "--help").CombinedOutput(); bytes.Contains(help, []byte("dns-backend")) {
+		args = append(args, "--dns-backend", "none")
+	}
 	// `ip netns exec` execs vpnd, so the child's pid is vpnd's.
-	b.vpnd = exec.Command("ip", "netns", "exec", b.nsVPND, b.vpndBin, "--socket", b.sock,
-		"--state-dir", filepath.Join(b.dir, "state"), "--accounts", accounts, "--log-format", "json")
+	b.vpnd = exec.Command("ip", args...)
 	b.vpnd.Stdout, b.vpnd.Stderr = logf, logf
 	// gctrace makes the Go runtime log one line per GC cycle to stderr
 	// and changes nothing else: the RSS scenario reads it to measure at

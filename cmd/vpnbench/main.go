@@ -146,6 +146,7 @@ func run(args []string) int {
 	rep := &Report{Command: "vpnbench " + strings.Join(args, " "), Date: time.Now(), N: o.n, Warmup: o.warmup, Quick: o.quick}
 	rep.Command = strings.TrimSpace(rep.Command)
 	rep.Machine = collectMachine()
+	rep.Machine.VPND = describeVPND(o.vpnd)
 	start := time.Now()
 	if err := b.setUp(); err != nil {
 		fmt.Fprintln(os.Stderr, "vpnbench:", err)

@@ -111,7 +111,9 @@ type Machine struct {
 	Kernel     string `json:"kernel"`
 	Go         string `json:"go"`
 	IPRoute2   string `json:"iproute2"`
-	VPNDCommit string `json:"vpnd_commit,omitempty"`
+	// VPND says which vpnd was measured: the checkout's commit (git
+	// describe), or for -vpnd the binary's path and --version.
+	VPND string `json:"vpnd,omitempty"`
 }
 
 // Report is everything one run measured.
@@ -128,6 +130,28 @@ type Report struct {
 	Notes    []string   `json:"notes,omitempty"`
 	Errors   []string   `json:"errors,omitempty"`
 	plot     string     // the plot file, if one was written
+}
+
+// describeVPND says which vpnd a run measures.
+func describeVPND(prebuilt string) string {
+	if prebuilt != "" {
+		desc := "binary " + prebuilt
+		if out, err := exec.Command(prebuilt, "--version").Output(); err == nil {
+			if v, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n"); v != "" {
+				desc += " (" + v + ")"
+			}
+		}
+		return desc
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return ""
+	}
+	out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty", "--abbrev=12").Output()
+	if err != nil {
+		return "built from " + root
+	}
+	return "built from commit " + strings.TrimSpace(string(out))
 }
 
 func collectMachine() Machine {
@@ -156,11 +180,6 @@ func collectMachine() Machine {
 	}
 	if out, err := exec.Command("ip", "-V").Output(); err == nil {
 		m.IPRoute2 = strings.TrimSpace(string(out))
-	}
-	if root, err := moduleRoot(); err == nil {
-		if out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty", "--abbrev=12").Output(); err == nil {
-			m.VPNDCommit = strings.TrimSpace(string(out))
-		}
 	}
 	return m
 }
@@ -304,8 +323,8 @@ func (r *Report) markdown(mdPath string) string {
 	fmt.Fprintf(&b, "| machine | |\n|---|---|\n")
 	fmt.Fprintf(&b, "| CPU | %s%s |\n| cores | %d |\n| memory | %d MiB |\n| kernel | %s |\n| Go | %s |\n| iproute2 | %s |\n",
 		m.CPU, virt, m.Cores, m.MemoryMiB, m.Kernel, m.Go, m.IPRoute2)
-	if m.VPNDCommit != "" {
-		fmt.Fprintf(&b, "| vpnd | %s |\n", m.VPNDCommit)
+	if m.VPND != "" {
+		fmt.Fprintf(&b, "| vpnd | %s |\n", m.VPND)
 	}
 	b.WriteString("\n| scenario | series | n | median | p99 | vpnd/baseline |\n|---|---|--:|--:|--:|--:|\n")
 	for _, res := range r.Results {
