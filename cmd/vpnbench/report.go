@@ -104,13 +104,13 @@ type PerRoute struct {
 
 // Machine is where the figures were measured.
 type Machine struct {
-	CPU        string `json:"cpu"`
-	Cores      int    `json:"cores"`
-	Virtual    bool   `json:"virtual_machine"`
-	MemoryMiB  int64  `json:"memory_mib"`
-	Kernel     string `json:"kernel"`
-	Go         string `json:"go"`
-	IPRoute2   string `json:"iproute2"`
+	CPU       string `json:"cpu"`
+	Cores     int    `json:"cores"`
+	Virtual   bool   `json:"virtual_machine"`
+	MemoryMiB int64  `json:"memory_mib"`
+	Kernel    string `json:"kernel"`
+	Go        string `json:"go"`
+	IPRoute2  string `json:"iproute2"`
 	// VPND says which vpnd was measured: the checkout's commit (git
 	// describe), or for -vpnd the binary's path and --version.
 	VPND string `json:"vpnd,omitempty"`
