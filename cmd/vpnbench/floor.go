@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -162,4 +163,60 @@ func ipBatch(files [2]string) error {
 		return fmt.Errorf("ip -6 -batch: %v: %s", err, out)
 	}
 	return nil
+}
+
+// kernelState describes what the namespace holds of a VPN: the link's
+// kind, MTU and up state, its rp_filter and IPv6 address generation, its
+// addresses, the routes of table 98 and the rules at vpnd's priority, one
+// sorted line each. vpnbench compares vpnd's with the baselines' before it
+// measures, so that a baseline that did less (or other) kernel work than
+// vpnd cannot pass as its floor.
+func kernelState() ([]string, error) {
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("link %s: %w", ifname, err)
+	}
+	a := l.Attrs()
+	out := []string{fmt.Sprintf("link %s kind=%s mtu=%d up=%v", a.Name, l.Type(), a.MTU, a.Flags&net.FlagUp != 0)}
+	for _, f := range []string{"/proc/sys/net/ipv4/conf/" + ifname + "/rp_filter", "/proc/sys/net/ipv6/conf/" + ifname + "/addr_gen_mode"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, fmt.Sprintf("%s=%s", strings.TrimPrefix(f, "/proc/sys/net/"), strings.TrimSpace(string(b))))
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	for _, ad := range addrs {
+		out = append(out, fmt.Sprintf("addr %s noprefixroute=%v", ad.IPNet, ad.Flags&unix.IFA_F_NOPREFIXROUTE != 0))
+	}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range routes {
+		dev := "other"
+		if r.LinkIndex == a.Index {
+			dev = ifname
+		}
+		out = append(out, fmt.Sprintf("route %v type=%d proto=%d scope=%d dev=%s", r.Dst, r.Type, r.Protocol, r.Scope, dev))
+	}
+	rules, err := netlink.RuleListFiltered(netlink.FAMILY_ALL, &netlink.Rule{Priority: priority}, netlink.RT_FILTER_PRIORITY)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range rules {
+		uids, mask := "", uint32(0)
+		if r.UIDRange != nil {
+			uids = fmt.Sprintf("%d-%d", r.UIDRange.Start, r.UIDRange.End)
+		}
+		if r.Mask != nil {
+			mask = *r.Mask
+		}
+		out = append(out, fmt.Sprintf("rule family=%d priority=%d uidrange=%s fwmark=%#x/%#x table=%d", r.Family, r.Priority, uids, r.Mark, mask, r.Table))
+	}
+	slices.Sort(out)
+	return out, nil
 }

@@ -43,6 +43,43 @@ func (b *bench) baseCall(op string, routes int) (time.Duration, error) {
 	return time.Duration(r.D[0]), nil
 }
 
+// checkSameWork builds the VPN of routes once with vpnd and once with each
+// baseline, reads back what each left in the kernel, and fails unless all
+// hold the same link settings, addresses, routes and rules: a baseline is a
+// floor only if it does vpnd's kernel work.
+func (b *bench) checkSameWork(routes int) error {
+	if _, err := b.vpndSetUp(routes); err != nil {
+		return err
+	}
+	r, err := b.root.call(workReq{Op: "state"})
+	if _, derr := b.vpndDestroy(); err == nil {
+		err = derr
+	}
+	if err != nil {
+		return err
+	}
+	want := r.Line
+	for _, op := range []string{"floor-setup", "ip-sequence", "ip-batch"} {
+		if op == "ip-sequence" && routes != typical {
+			continue
+		}
+		if _, err := b.baseCall(op, routes); err != nil {
+			return err
+		}
+		r, err := b.base.call(workReq{Op: "state"})
+		if _, terr := b.baseCall("teardown", routes); err == nil {
+			err = terr
+		}
+		if err != nil {
+			return err
+		}
+		if r.Line != want {
+			return fmt.Errorf("the %s baseline does not build what vpnd builds:\n--- vpnd\n%s\n--- %s\n%s", op, want, op, r.Line)
+		}
+	}
+	return nil
+}
+
 // scenarioSetUp is scenarios 1 and 2: a typical setUp and its destroy,
 // against the netlink floor and the ip commands, then vpnd's server-side
 // setUp time.
@@ -54,6 +91,9 @@ func (b *bench) scenarioSetUp() ([]*Result, error) {
 	vDes := vpndSeries("vpnd, client-observed", unitMs)
 	fDes := baseSeries("netlink: rules, route, link deleted one request at a time", unitMs)
 	var reqLen int
+	if err := b.checkSameWork(typical); err != nil {
+		return nil, err
+	}
 	err := interleave(n, warm,
 		func(rec bool) error {
 			r, err := b.vpndSetUp(typical)
@@ -104,6 +144,7 @@ func (b *bench) scenarioSetUp() ([]*Result, error) {
 		return nil, err
 	}
 	setUp := newResult("setup", "setUp, typical", vSet, fSet, ipSet)
+	setUp.Notes = append(setUp.Notes, "checked before measuring: vpnd and both baselines leave the same link settings, addresses, routes and rules in the kernel")
 	destroy := newResult("destroy", "destroy, typical", vDes, fDes)
 	destroy.Notes = append(destroy.Notes, "both delete the link while the client still holds the TUN fd; the link deletion (the kernel's netdev unregistration) is most of either")
 	if b.opts.serverTime {
@@ -173,6 +214,9 @@ func (b *bench) scenarioRoutes() ([]*Result, []PerRoute, error) {
 		nameBatch = "ip -batch"
 	)
 	first := map[string]float64{}
+	if err := b.checkSameWork(100); err != nil {
+		return nil, nil, err
+	}
 	for _, nr := range routeCounts {
 		v := vpndSeries(nameV+", client-observed", unitMs)
 		loop := baseSeries(nameLoop+" (vishvananda RouteAdd loop)", unitMs)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -269,6 +270,12 @@ func (st *workerState) do(req workReq, resp *workResp) error {
 			return err
 		}
 		resp.D = []int64{int64(d)}
+	case "state": // what the namespace holds of the VPN
+		st, err := kernelState()
+		if err != nil {
+			return err
+		}
+		resp.Line = strings.Join(st, "\n")
 	case "flush", "flush-readd":
 		h, err := flushTable(req.Op == "flush-readd", req.Dur)
 		if err != nil {
