@@ -107,7 +107,7 @@ func TestTryStatus(t *testing.T) {
 	if r.code != 0 {
 		t.Errorf("exit %d:\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	if r.stdout != "state:           disconnected\n" {
+	if r.stdout != "state:           disconnected\nlockdown:        off\n" {
 		t.Errorf("vpnctl status printed %q", r.stdout)
 	}
 	if !strings.Contains(r.stderr, "try: building vpnd and vpnctl") {
@@ -135,7 +135,8 @@ vpnctl status`
 		t.Errorf("exit %d:\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	if len(lines) < 2 || lines[0] != fmt.Sprint(uidNormal) || lines[len(lines)-1] != "state:           disconnected" {
+	if len(lines) < 3 || lines[0] != fmt.Sprint(uidNormal) || lines[len(lines)-2] != "state:           disconnected" ||
+		lines[len(lines)-1] != "lockdown:        off" {
 		t.Errorf("want the uid first and a disconnected state last, got:\n%s", r.stdout)
 	}
 	for _, want := range []string{
