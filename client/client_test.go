@@ -81,18 +81,23 @@ func (s *fakeServer) close() {
 	}
 }
 
+// The fakeServer's methods run on goroutines that play the daemon, and
+// only the test's own goroutine may stop the test (t.Fatal): they report
+// failures with t.Errorf and carry on with zero values, and the client
+// call the test waits for then fails or times out.
+
 func (s *fakeServer) next() request {
 	s.t.Helper()
 	select {
 	case r, ok := <-s.reqs:
 		if !ok {
-			s.t.Fatal("server: connection closed")
+			s.t.Error("server: connection closed")
 		}
 		return r
 	case <-time.After(5 * time.Second):
-		s.t.Fatal("server: no request")
+		s.t.Error("server: no request")
 	}
-	panic("unreachable")
+	return request{}
 }
 
 func (s *fakeServer) send(resp protocol.Response, files ...*os.File) {
@@ -101,7 +106,8 @@ func (s *fakeServer) send(resp protocol.Response, files ...*os.File) {
 	resp.FDs = len(files)
 	b, err := json.Marshal(resp)
 	if err != nil {
-		s.t.Fatal(err)
+		s.t.Error(err)
+		return
 	}
 	if err := s.conn.WriteMessage(b, files...); err != nil {
 		s.t.Errorf("server write: %v", err)
@@ -112,7 +118,8 @@ func (s *fakeServer) reply(id json.RawMessage, result any, files ...*os.File) {
 	s.t.Helper()
 	b, err := json.Marshal(result)
 	if err != nil {
-		s.t.Fatal(err)
+		s.t.Error(err)
+		return
 	}
 	s.send(protocol.Response{ID: id, Result: b}, files...)
 }
@@ -138,11 +145,14 @@ func pipe(t *testing.T) (r, w *os.File) {
 	return r, w
 }
 
+// inode is f's inode number, 0 (and an error reported) if stat fails. It
+// is used on the fake daemon's goroutines too, so it does not t.Fatal.
 func inode(t *testing.T, f *os.File) uint64 {
 	t.Helper()
 	fi, err := f.Stat()
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return 0
 	}
 	return fi.Sys().(*syscall.Stat_t).Ino
 }
