@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/internal/errs"
 	"github.com/vpnd/vpnd/internal/rpc"
@@ -568,5 +569,54 @@ func TestDial(t *testing.T) {
 	}
 	if _, err := Dial(ctx(t), filepath.Join(t.TempDir(), "nope.sock")); err == nil {
 		t.Fatal("dial of a missing socket succeeded")
+	}
+}
+
+// A connection vpnd refuses at its connection limits: vpnd writes one
+// error line with a null id and closes without reading. The failing call
+// returns that error, whether the request was sent before the refusal
+// (the read then ends in ECONNRESET) or after vpnd closed (the write
+// fails with EPIPE), and so do later calls and Err.
+func TestRefusedConnection(t *testing.T) {
+	const detail = "too many connections from uid 1000: the per-user limit is 64"
+	refusal := `{"jsonrpc":"2.0","id":null,"error":{"code":19900002,"message":"System internal error.","data":{"detail":"` + detail + `"}}}` + "\n"
+	for i := 0; i < 20; i++ {
+		// Once with the request sent first, then racing vpnd's close.
+		callFirst := i == 0
+		a, b := rpctest.SocketPair(t)
+		c := New(a)
+		defer c.Close()
+		errc := make(chan error, 1)
+		if callFirst {
+			go func() { _, err := c.Status(ctx(t)); errc <- err }()
+			// Wait until the request is in vpnd's receive queue: closing
+			// with it unread makes the client's read fail with ECONNRESET.
+			rc, _ := b.SyscallConn()
+			deadline := time.Now().Add(5 * time.Second)
+			for time.Now().Before(deadline) {
+				var n int
+				rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+				if n > 0 {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+		b.Write([]byte(refusal))
+		b.Close()
+		if !callFirst {
+			go func() { _, err := c.Status(ctx(t)); errc <- err }()
+		}
+		err := <-errc
+		var e *Error
+		if !errors.As(err, &e) || e.Code != errs.CodeInternal || e.Detail != detail || !errors.Is(err, ErrInternal) {
+			t.Fatalf("call first %v: err %v, want 19900002 with vpnd's detail", callFirst, err)
+		}
+		if err := c.Destroy(ctx(t)); !errors.As(err, &e) || e.Detail != detail {
+			t.Fatalf("a later call: %v", err)
+		}
+		if err := c.Err(); !errors.As(err, &e) || e.Detail != detail {
+			t.Fatalf("Err: %v", err)
+		}
 	}
 }
