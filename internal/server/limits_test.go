@@ -67,30 +67,33 @@ func TestAdminReserve(t *testing.T) {
 	refused(t, b.sock, "an ADMIN caller over the reserve", "the limit is 3")
 }
 
-// Only connections really open count against the per-user limit: a
-// session busy elsewhere has not noticed yet that its client closed, and
-// must not make the user's next connection be refused.
-func TestPerUserLimitCountsOpenConnections(t *testing.T) {
-	release := make(chan struct{})
-	var calls atomic.Int32
-	lookup := func(uid, gid uint32) (auth.Identity, error) {
-		if calls.Add(1) <= 2 {
-			<-release // the two destroy calls hang in the user database
+// Only connections really open count against the limits: a session busy
+// elsewhere has not noticed yet that its client closed, and must not make
+// the next connection be refused.
+func TestLimitsCountOpenConnections(t *testing.T) {
+	for name, cfg := range map[string]Config{"per-user limit": {MaxConnsPerUser: 2}, "global limit": {MaxConns: 2, AdminReserve: -1}} {
+		release := make(chan struct{})
+		var calls atomic.Int32
+		cfg.Lookup = func(uid, gid uint32) (auth.Identity, error) {
+			if calls.Add(1) <= 2 {
+				<-release // the two destroy calls hang in the user database
+			}
+			return auth.Identity{UID: uid, GID: gid}, nil
 		}
-		return auth.Identity{UID: uid, GID: gid}, nil
-	}
-	b := start(t, Config{MaxConnsPerUser: 2, Policy: policy(t, `{"default":"normal"}`), Lookup: lookup})
-	defer close(release)
-	for i := 0; i < 2; i++ {
-		c, _ := rawDial(t, b.sock)
-		c.Write([]byte(`{"jsonrpc":"2.0","id":1,"method":"destroy"}` + "\n"))
-		deadline := time.Now().Add(5 * time.Second)
-		for calls.Load() < int32(i+1) && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
+		cfg.Policy = policy(t, `{"default":"normal"}`)
+		b := start(t, cfg)
+		for i := 0; i < 2; i++ {
+			c, _ := rawDial(t, b.sock)
+			c.Write([]byte(`{"jsonrpc":"2.0","id":1,"method":"destroy"}` + "\n"))
+			deadline := time.Now().Add(5 * time.Second)
+			for calls.Load() < int32(i+1) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			c.Close() // the client gives up; its session is still busy
 		}
-		c.Close() // the client gives up; its session is still busy
+		served(t, b.sock, name+": after the two connections closed")
+		close(release)
 	}
-	served(t, b.sock, "after the user's two connections closed")
 }
 
 // The user database is not asked with the server's lock held: a slow

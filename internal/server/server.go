@@ -70,6 +70,10 @@ const (
 	releaseEvery = 10 * time.Second
 )
 
+// globalReapEvery is how often at most vpnd looks for gone peers among
+// all connections, when it is at the global connection limit.
+const globalReapEvery = 100 * time.Millisecond
+
 // Accept backoff: after a failed accept (EMFILE: vpnd is out of
 // descriptors) vpnd waits before trying again, doubling the wait up to a
 // second, so that it neither spins nor floods the log.
@@ -126,12 +130,13 @@ type Server struct {
 	shutdownBy   atomic.Int64        // UnixNano; 0 until Close
 	sleep        func(time.Duration) // for tests
 
-	mu       sync.Mutex
-	sessions map[uint64]*session
-	live     int            // sessions counted against the limits
-	perUID   map[uint32]int // counted sessions per peer uid
-	closed   bool
-	wg       sync.WaitGroup
+	mu           sync.Mutex
+	sessions     map[uint64]*session
+	live         int            // sessions counted against the limits
+	perUID       map[uint32]int // counted sessions per peer uid
+	closed       bool
+	wg           sync.WaitGroup
+	globalReapAt time.Time // the last look for gone peers at the global limit
 	// Memory release after a burst (see releaseDrop).
 	peak       int
 	releasedAt time.Time
@@ -329,6 +334,16 @@ func (s *Server) refuse(c *rpc.Conn, why refusal, uid uint32) {
 // as they have answered what they already read.
 func (s *Server) reapGone(why refusal, uid uint32) {
 	s.mu.Lock()
+	if why == overGlobal {
+		// Looking at every connection takes a poll each: at most every
+		// globalReapEvery, however fast refused clients come.
+		now := time.Now()
+		if now.Sub(s.globalReapAt) < globalReapEvery {
+			s.mu.Unlock()
+			return
+		}
+		s.globalReapAt = now
+	}
 	var candidates []*session
 	for _, ss := range s.sessions {
 		if !ss.uncounted && (why == overGlobal || ss.uid == uid) {
