@@ -54,7 +54,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.StringVar(&o.protectMark, "protect-mark", "0x20000", "SO_MARK bit(s) that protect sets and the owner's rule excludes")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "console", "log format: json or console")
-	fs.IntVar(&o.maxConns, "max-connections", server.DefaultMaxConns, "most clients served at once; more are refused with an error")
+	fs.IntVar(&o.maxConns, "max-connections", server.DefaultMaxConns, "most clients served at once; more are refused with an error (admin accounts may hold 16 more)")
 	fs.IntVar(&o.maxPerUser, "max-connections-per-user", server.DefaultMaxPerUser, "most connections one uid may hold at once, admin accounts excepted (0: no per-user limit)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: vpnd [flags]
