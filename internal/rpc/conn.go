@@ -127,7 +127,7 @@ type queuedFD struct {
 // be called concurrently with it and with each other.
 type Conn struct {
 	uc   *net.UnixConn
-	rc   syscall.RawConn // uc's, for Wait
+	rc   syscall.RawConn // uc's, for the reader (see raw)
 	stop chan struct{}   // closed by Close and CloseRead: stop waiting for budget
 
 	wmu sync.Mutex // serialises whole messages on the write side
@@ -225,18 +225,27 @@ func (c *Conn) Wait() error {
 	if len(c.buf) > c.start || c.rerr != nil {
 		return nil
 	}
-	if c.rc == nil {
-		rc, err := c.uc.SyscallConn()
-		if err != nil {
-			return err
-		}
-		c.rc = rc
+	rc, err := c.raw()
+	if err != nil {
+		return err
 	}
-	err := c.rc.Read(readable)
+	err = rc.Read(readable)
 	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		return net.ErrClosed
 	}
 	return err
+}
+
+// raw returns uc's RawConn, made once. Only the reader uses it.
+func (c *Conn) raw() (syscall.RawConn, error) {
+	if c.rc == nil {
+		rc, err := c.uc.SyscallConn()
+		if err != nil {
+			return nil, err
+		}
+		c.rc = rc
+	}
+	return c.rc, nil
 }
 
 // readable reports whether fd has bytes, an end or an error to read,
@@ -410,7 +419,7 @@ func (c *Conn) fill() error {
 		c.grow(want)
 	}
 
-	rc, err := c.uc.SyscallConn()
+	rc, err := c.raw()
 	if err != nil {
 		return c.fail(err)
 	}
