@@ -231,29 +231,36 @@ func TestNotificationEncodedOnce(t *testing.T) {
 	}
 	ev := bigEvent(10000)
 	frame, _ := notificationFrame(ev)
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	b.s.broadcast(ev)
-	runtime.ReadMemStats(&after)
-	allocated := after.TotalAlloc - before.TotalAlloc
-	t.Logf("one %d-byte notification to %d subscribers allocated %d bytes", len(frame), subscribers, allocated)
-	if allocated > 4*uint64(len(frame)) {
-		t.Errorf("broadcast allocated %d bytes for a %d-byte notification: it is encoded per subscriber", allocated, len(frame))
+	// The fewest bytes allocated in a few tries: the counter is the
+	// process's, and other goroutines may allocate meanwhile.
+	const tries = 3
+	least := uint64(1 << 62)
+	for i := 0; i < tries; i++ {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		b.s.broadcast(ev)
+		runtime.ReadMemStats(&after)
+		least = min(least, after.TotalAlloc-before.TotalAlloc)
+	}
+	t.Logf("one %d-byte notification to %d subscribers allocated %d bytes", len(frame), subscribers, least)
+	if least > 20*uint64(len(frame)) {
+		t.Errorf("broadcast allocated %d bytes for a %d-byte notification to %d subscribers: it is encoded per subscriber", least, len(frame), subscribers)
 	}
 	b.s.subMu.Lock()
 	defer b.s.subMu.Unlock()
-	var first *byte
+	var first [tries]*byte
 	for _, sub := range b.s.subs {
-		if len(sub.frames) != 1 {
-			t.Fatalf("%d frames queued", len(sub.frames))
+		if len(sub.frames) != tries {
+			t.Fatalf("%d frames queued, want %d", len(sub.frames), tries)
 		}
-		f := <-sub.frames
-		if first == nil {
-			first = &f[0]
-		} else if &f[0] != first {
-			t.Fatal("subscribers got copies of the notification, not the same bytes")
+		for i := 0; i < tries; i++ {
+			f := <-sub.frames
+			if first[i] == nil {
+				first[i] = &f[0]
+			} else if &f[0] != first[i] {
+				t.Fatal("subscribers got copies of the notification, not the same bytes")
+			}
 		}
-		sub.frames <- f
 	}
 }
 
