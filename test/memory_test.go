@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,7 +44,11 @@ func dialasBin(t testing.TB) string {
 			return
 		}
 		out := filepath.Join(binDir, "dialas")
-		cmd := exec.Command("go", "build", "-o", out, "./test/internal/dialas")
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		cmd := exec.Command(goTool, "build", "-o", out, "./test/internal/dialas")
 		cmd.Dir = root
 		if o, err := cmd.CombinedOutput(); err != nil {
 			dialasErr = fmt.Errorf("go build dialas: %v\n%s", err, o)
