@@ -308,6 +308,7 @@ func TestMemoryAttacks(t *testing.T) {
 			manyMembers(`{"jsonrpc":"2.0","id":1,"method":"status",`, `}`),
 			manyMembers(`{"jsonrpc":"2.0","id":1,"method":"status","params":{`, `}}`),
 		}
+		start := time.Now()
 		var wg sync.WaitGroup
 		errc := make(chan error, len(conns))
 		for i, c := range conns {
@@ -339,6 +340,14 @@ func TestMemoryAttacks(t *testing.T) {
 		close(errc)
 		for err := range errc {
 			t.Error(err)
+		}
+		// A hang guard, not a timing goal: it takes seconds. A budget
+		// slot kept by a connection that answered and went idle made it
+		// take minutes.
+		took := time.Since(start)
+		t.Logf("the 64 lines were answered in %v", took.Round(time.Millisecond))
+		if took > time.Minute {
+			t.Errorf("answering the 64 lines took %v: large requests of one user wait for slots nobody gives back", took)
 		}
 		obs.finish(t, d, uidNormal2, "many members")
 		d.checkPeakRSS(t, "many members")

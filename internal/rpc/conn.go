@@ -107,8 +107,8 @@ type ReadLimits struct {
 	LineTimeout time.Duration
 	// Budget, if not nil, is drawn from for the bytes of a message beyond
 	// FreeBytes, in the share of Key. A message's bytes count until the
-	// next ReadMessage call, when the caller has answered it, or until
-	// Close.
+	// next ReadMessage or Wait call, when the caller has answered it, or
+	// until Close.
 	Budget *Budget
 	Key    uint32
 }
@@ -225,6 +225,10 @@ func (c *Conn) Wait() error {
 	if len(c.buf) > c.start || c.rerr != nil {
 		return nil
 	}
+	// The caller has dealt with the last message: its bytes no longer
+	// count, and an idle connection holds no budget.
+	c.lastSize = 0
+	c.settle()
 	rc, err := c.raw()
 	if err != nil {
 		return err

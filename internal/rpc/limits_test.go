@@ -221,10 +221,10 @@ func TestBudgetBackpressure(t *testing.T) {
 		t.Fatalf("a second large line (%d bytes) was read with no slot free", len(m.Line))
 	case <-time.After(300 * time.Millisecond):
 	}
-	// The first connection has answered: its next read gives the slot
-	// back.
-	a.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
-	a.ReadMessage()
+	// The first connection has answered: waiting for its next message
+	// gives the slot back.
+	waited := make(chan error, 1)
+	go func() { waited <- a.Wait() }()
 	select {
 	case m := <-got:
 		if len(m.Line) != len(big)-1 {
@@ -236,6 +236,8 @@ func TestBudgetBackpressure(t *testing.T) {
 	if err := <-wrote; err != nil {
 		t.Fatal(err)
 	}
+	a.Close()
+	<-waited
 	c2.Close()
 	if b.Free() != 1 {
 		t.Fatalf("%d slots free after Close, want 1", b.Free())
