@@ -19,6 +19,14 @@
 // A failed call returns an *Error carrying the contract's code; compare it
 // with errors.Is against the sentinels below. Transport failures (vpnd
 // went away) are plain wrapped errors, never an *Error.
+//
+// One exception: when vpnd refuses a connection (it is at its connection
+// limit, or at the caller's per-user limit, or shutting down), it writes
+// one error line with a null id and closes. Dial cannot see this, as the
+// refusal comes after the connection is made; the first call, every call
+// after it, and Err return that *Error: code 19900002 (ErrInternal), with
+// vpnd's detail, for example "too many connections from uid 1000: the
+// per-user limit is 64".
 package client
 
 import (
@@ -79,6 +87,9 @@ type Client struct {
 	subs    []*subscription
 	closed  bool  // Close was called
 	err     error // why the connection ended; set before done is closed
+	// refusal is the last error vpnd sent with a null id: how it says
+	// why it closes a connection it will not serve.
+	refusal *Error
 }
 
 type call struct {
@@ -198,6 +209,14 @@ func (c *Client) call(ctx context.Context, method string, params any, sub *subsc
 	}
 	if err != nil {
 		c.abandon(id, cl)
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+			// vpnd closed the connection, maybe with a line saying why:
+			// the reader gets to it before it sees the end.
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+			}
+		}
 		if cerr := c.Err(); cerr != nil {
 			return nil, nil, cerr
 		}
@@ -240,9 +259,12 @@ func (c *Client) readLoop() {
 	}
 
 	c.mu.Lock()
-	if c.closed {
+	switch {
+	case c.closed:
 		c.err = ErrClosed
-	} else {
+	case c.refusal != nil:
+		c.err = c.refusal
+	default:
 		c.err = fmt.Errorf("connection to vpnd lost: %w", err)
 	}
 	pending, subs := c.pending, c.subs
@@ -278,8 +300,15 @@ func (c *Client) dispatch(m rpc.Message) {
 				c.mu.Unlock()
 			}
 		}
-		// A response with a null id answers a request vpnd could not
-		// parse; we never send one, so there is nobody to give it to.
+		// A response with a null id answers no request of ours (we
+		// never send a line vpnd cannot parse): it is vpnd refusing the
+		// connection, just before it closes it. The connection's end
+		// reports it.
+		if resp.Error != nil {
+			c.mu.Lock()
+			c.refusal = resp.Error.Err()
+			c.mu.Unlock()
+		}
 		return
 	}
 	id, err := strconv.ParseUint(string(resp.ID), 10, 64)

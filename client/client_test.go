@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/internal/errs"
 	"github.com/vpnd/vpnd/internal/rpc"
@@ -81,18 +82,23 @@ func (s *fakeServer) close() {
 	}
 }
 
+// The fakeServer's methods run on goroutines that play the daemon, and
+// only the test's own goroutine may stop the test (t.Fatal): they report
+// failures with t.Errorf and carry on with zero values, and the client
+// call the test waits for then fails or times out.
+
 func (s *fakeServer) next() request {
 	s.t.Helper()
 	select {
 	case r, ok := <-s.reqs:
 		if !ok {
-			s.t.Fatal("server: connection closed")
+			s.t.Error("server: connection closed")
 		}
 		return r
 	case <-time.After(5 * time.Second):
-		s.t.Fatal("server: no request")
+		s.t.Error("server: no request")
 	}
-	panic("unreachable")
+	return request{}
 }
 
 func (s *fakeServer) send(resp protocol.Response, files ...*os.File) {
@@ -101,7 +107,8 @@ func (s *fakeServer) send(resp protocol.Response, files ...*os.File) {
 	resp.FDs = len(files)
 	b, err := json.Marshal(resp)
 	if err != nil {
-		s.t.Fatal(err)
+		s.t.Error(err)
+		return
 	}
 	if err := s.conn.WriteMessage(b, files...); err != nil {
 		s.t.Errorf("server write: %v", err)
@@ -112,7 +119,8 @@ func (s *fakeServer) reply(id json.RawMessage, result any, files ...*os.File) {
 	s.t.Helper()
 	b, err := json.Marshal(result)
 	if err != nil {
-		s.t.Fatal(err)
+		s.t.Error(err)
+		return
 	}
 	s.send(protocol.Response{ID: id, Result: b}, files...)
 }
@@ -138,11 +146,14 @@ func pipe(t *testing.T) (r, w *os.File) {
 	return r, w
 }
 
+// inode is f's inode number, 0 (and an error reported) if stat fails. It
+// is used on the fake daemon's goroutines too, so it does not t.Fatal.
 func inode(t *testing.T, f *os.File) uint64 {
 	t.Helper()
 	fi, err := f.Stat()
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return 0
 	}
 	return fi.Sys().(*syscall.Stat_t).Ino
 }
@@ -588,5 +599,54 @@ func TestSetLockdown(t *testing.T) {
 	s.fail(s.next().ID, errs.New(errs.CodePermission, "setLockdown needs an admin account"))
 	if err := <-done; !errors.Is(err, ErrPermission) {
 		t.Fatalf("refused: %v, want ErrPermission", err)
+	}
+}
+
+// A connection vpnd refuses at its connection limits: vpnd writes one
+// error line with a null id and closes without reading. The failing call
+// returns that error, whether the request was sent before the refusal
+// (the read then ends in ECONNRESET) or after vpnd closed (the write
+// fails with EPIPE), and so do later calls and Err.
+func TestRefusedConnection(t *testing.T) {
+	const detail = "too many connections from uid 1000: the per-user limit is 64"
+	refusal := `{"jsonrpc":"2.0","id":null,"error":{"code":19900002,"message":"System internal error.","data":{"detail":"` + detail + `"}}}` + "\n"
+	for i := 0; i < 20; i++ {
+		// Once with the request sent first, then racing vpnd's close.
+		callFirst := i == 0
+		a, b := rpctest.SocketPair(t)
+		c := New(a)
+		defer c.Close()
+		errc := make(chan error, 1)
+		if callFirst {
+			go func() { _, err := c.Status(ctx(t)); errc <- err }()
+			// Wait until the request is in vpnd's receive queue: closing
+			// with it unread makes the client's read fail with ECONNRESET.
+			rc, _ := b.SyscallConn()
+			deadline := time.Now().Add(5 * time.Second)
+			for time.Now().Before(deadline) {
+				var n int
+				rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+				if n > 0 {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+		b.Write([]byte(refusal))
+		b.Close()
+		if !callFirst {
+			go func() { _, err := c.Status(ctx(t)); errc <- err }()
+		}
+		err := <-errc
+		var e *Error
+		if !errors.As(err, &e) || e.Code != errs.CodeInternal || e.Detail != detail || !errors.Is(err, ErrInternal) {
+			t.Fatalf("call first %v: err %v, want 19900002 with vpnd's detail", callFirst, err)
+		}
+		if err := c.Destroy(ctx(t)); !errors.As(err, &e) || e.Detail != detail {
+			t.Fatalf("a later call: %v", err)
+		}
+		if err := c.Err(); !errors.As(err, &e) || e.Detail != detail {
+			t.Fatalf("Err: %v", err)
+		}
 	}
 }

@@ -144,29 +144,48 @@ func (d *daemon) dial(t testing.TB, uid uint32) *client {
 
 func dialSocket(t testing.TB, sock string, uid uint32) *client {
 	t.Helper()
+	c, err := dialSocketErr(t, sock, uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// dialSocketErr is dialSocket for any goroutine: it reports failure as an
+// error instead of failing the test, which only the test's goroutine may.
+func dialSocketErr(t testing.TB, sock string, uid uint32) (*client, error) {
 	cmd := exec.Command(bin(t, "rawclient"), sock)
 	if uid != 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: primaryGID(uid), Groups: []uint32{}}}
 	}
-	return startClient(t, cmd, uid, "READY")
+	return startClientErr(t, cmd, uid, "READY")
 }
 
 // startClient starts a rawclient command and waits for its first line,
 // which must begin with ready.
 func startClient(t testing.TB, cmd *exec.Cmd, uid uint32, ready string) *client {
 	t.Helper()
-	stdin, err := cmd.StdinPipe()
+	c, err := startClientErr(t, cmd, uid, ready)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+// startClientErr is startClient without failing the test.
+func startClientErr(t testing.TB, cmd *exec.Cmd, uid uint32, ready string) (*client, error) {
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start rawclient as uid %d: %v", uid, err)
+		return nil, fmt.Errorf("start rawclient as uid %d: %w", uid, err)
 	}
 	c := &client{t: t, uid: uid, cmd: cmd, stdin: stdin, lines: make(chan string, 64), nextID: 1, done: make(chan struct{})}
 	go func() {
@@ -195,11 +214,14 @@ func startClient(t testing.TB, cmd *exec.Cmd, uid uint32, ready string) *client 
 			t.Logf("rawclient uid %d stderr: %s", uid, s)
 		}
 	})
-	first := c.line()
-	if !strings.HasPrefix(first, ready) {
-		t.Fatalf("rawclient as uid %d: %q, want %q...; stderr %s", uid, first, ready, stderr.String())
+	first, err := c.lineErr()
+	if err != nil {
+		return nil, err
 	}
-	return c
+	if !strings.HasPrefix(first, ready) {
+		return nil, fmt.Errorf("rawclient as uid %d: %q, want %q...; stderr %s", uid, first, ready, stderr.String())
+	}
+	return c, nil
 }
 
 func primaryGID(uid uint32) uint32 {
@@ -212,16 +234,24 @@ func primaryGID(uid uint32) uint32 {
 
 func (c *client) line() string {
 	c.t.Helper()
+	l, err := c.lineErr()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return l
+}
+
+// lineErr is line without failing the test.
+func (c *client) lineErr() (string, error) {
 	select {
 	case l, ok := <-c.lines:
 		if !ok {
-			c.t.Fatalf("rawclient (uid %d) exited", c.uid)
+			return "", fmt.Errorf("rawclient (uid %d) exited", c.uid)
 		}
-		return l
+		return l, nil
 	case <-time.After(hangGuard):
-		c.t.Fatalf("rawclient (uid %d) gave no output for %v", c.uid, hangGuard)
+		return "", fmt.Errorf("rawclient (uid %d) gave no output for %v", c.uid, hangGuard)
 	}
-	return ""
 }
 
 // do runs one rawclient command and returns its output lines; a command
@@ -567,21 +597,22 @@ func mustRead(t testing.TB, c *wire.Conn) rpcMsg {
 // parallelClients starts n rawclients concurrently.
 func parallelClients(t testing.TB, d *daemon, uids []uint32) []*client {
 	t.Helper()
+	bin(t, "rawclient") // fails here, on the test's goroutine, if it did not build
 	cs := make([]*client, len(uids))
+	errs := make([]error, len(uids))
 	var wg sync.WaitGroup
 	for i, uid := range uids {
 		wg.Add(1)
 		go func() {
-			// A failure here marks the test failed and ends this goroutine
-			// only; the nil check below stops the test.
+			// Not d.dial: only the test's goroutine may fail the test.
 			defer wg.Done()
-			cs[i] = d.dial(t, uid)
+			cs[i], errs[i] = dialSocketErr(t, d.sock, uid)
 		}()
 	}
 	wg.Wait()
-	for i, c := range cs {
-		if c == nil {
-			t.Fatalf("client %d (uid %d) did not start", i, uids[i])
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("client %d (uid %d) did not start: %v", i, uids[i], err)
 		}
 	}
 	return cs

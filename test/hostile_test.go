@@ -314,9 +314,10 @@ func TestHostileClients(t *testing.T) {
 }
 
 // 1,000 idle connections with --max-connections 1000 (the VPN owner's is
-// one of them): the next one gets a 19900002 line naming the limit and is
-// closed, not left hanging; the idle ones are still served; a freed slot
-// is reused; everything is released at the end.
+// one of them): a NORMAL user's next one gets a 19900002 line naming the
+// limit and is closed, not left hanging, while root still gets in; the
+// idle ones are still served; a freed slot is reused; everything is
+// released at the end.
 func TestHostileConnectionLimit(t *testing.T) {
 	t.Parallel()
 	const limit = 1000
@@ -341,7 +342,10 @@ func TestHostileConnectionLimit(t *testing.T) {
 		n := d.fdCount(t)
 		return n >= len(h.fds)+limit-1, fmt.Sprintf("%d fds", n)
 	})
-	extra := d.rawConn(t)
+	// A NORMAL user's next connection gets the error line and is closed.
+	extra := d.dialAs(t, uidNormal2, 1)[0]
+	tv := unix.NsecToTimeval(hangGuard.Nanoseconds())
+	unix.SetsockoptTimeval(extra.FD(), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	m, open := readMsg(t, extra)
 	if !open {
 		t.Fatalf("connection %d closed without an error line", limit+1)
@@ -351,6 +355,12 @@ func TestHostileConnectionLimit(t *testing.T) {
 		t.Errorf("connection %d stays open after the error", limit+1)
 	}
 	extra.Close()
+	// root, an ADMIN, still gets in: admins have a reserve beyond the
+	// limit, so that users who fill it cannot lock root out.
+	admin := d.rawConn(t)
+	writeLine(t, admin, request(4, "status", "{}", 0))
+	ok(t, mustRead(t, admin))
+	admin.Close()
 
 	// The idle ones are served.
 	for _, c := range []*wire.Conn{idle[0], idle[len(idle)/2], idle[len(idle)-1]} {

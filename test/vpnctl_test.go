@@ -327,3 +327,36 @@ func TestVpnctl(t *testing.T) {
 		d.waitClean(t, "destroy")
 	})
 }
+
+// TestVpnctlConnectionRefused: a connection over vpnd's connection limit,
+// global or per-user, gets one error line and is closed; vpnctl shows it
+// as any failed call, not as "connection reset by peer".
+func TestVpnctlConnectionRefused(t *testing.T) {
+	t.Parallel()
+	t.Run("per-user limit", func(t *testing.T) {
+		d := startDaemon(t, withFlags("--max-connections-per-user", "1"))
+		d.dialAs(t, uidNormal, 1) // holds uidNormal's one connection
+		_, stderr, code := vpnctlRun(t, uidNormal, "--socket", d.sock, "status")
+		wantVpnctlError(t, stderr, 19900002, code, true)
+		if !strings.Contains(stderr, "the per-user limit is 1") {
+			t.Errorf("stderr %q does not name the per-user limit", stderr)
+		}
+		// Another user is served.
+		if out, stderr, code := vpnctlRun(t, uidNormal2, "--socket", d.sock, "status"); code != 0 {
+			t.Errorf("another user: exit %d, %q %q", code, out, stderr)
+		}
+	})
+	t.Run("global limit", func(t *testing.T) {
+		d := startDaemon(t, withFlags("--max-connections", "2"))
+		d.dialAs(t, uidNormal2, 2) // fill the limit
+		_, stderr, code := vpnctlRun(t, uidNormal, "--socket", d.sock, "status")
+		wantVpnctlError(t, stderr, 19900002, code, true)
+		if !strings.Contains(stderr, "too many connections: the limit is 2") {
+			t.Errorf("stderr %q does not name the limit", stderr)
+		}
+		// root, an ADMIN, gets in through the reserve.
+		if out, stderr, code := vpnctlRun(t, uidRoot, "--socket", d.sock, "status"); code != 0 {
+			t.Errorf("root: exit %d, %q %q", code, out, stderr)
+		}
+	})
+}

@@ -74,7 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.StringVar(&o.protectMark, "protect-mark", "0x20000", "SO_MARK bit(s) `MASK` that protect sets and the owner's rule excludes")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level `L`: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "console", "log format `F`: json or console")
-	fs.IntVar(&o.maxConns, "max-connections", server.DefaultMaxConns, "at most `N` clients served at once; more are refused with an error")
+	fs.IntVar(&o.maxConns, "max-connections", server.DefaultMaxConns, "at most `N` clients served at once, and admin accounts 16 more; one more gets an error line and is closed")
 	fs.IntVar(&o.maxPerUser, "max-connections-per-user", server.DefaultMaxPerUser, "at most `N` connections one uid may hold at once, admin accounts excepted (0: no per-user limit)")
 	fs.BoolVarP(&o.version, "version", "v", false, "print vpnd's version and exit")
 	fs.StringVar(&o.manDir, "man", "", "write vpnd's man page into `DIR` and exit")

@@ -9,10 +9,19 @@
 // member. Conn therefore queues every received fd in arrival order, lets
 // each complete line claim the next N, and closes what no message can
 // claim any more.
+//
+// A daemon holds many connections, most of them idle, and must not let
+// any peer make it hold much memory. So a Conn keeps no buffer while it
+// waits for a message: the 64 KiB it reads into comes from a shared pool
+// once data is there, a partial line is kept in a buffer of its own size,
+// and a large line's buffer goes with the message. ReadLimits add a
+// deadline for a line to complete and a Budget of bytes held across
+// connections.
 package rpc
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +33,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -42,6 +52,9 @@ var (
 	// ErrTruncated: the kernel truncated the ancillary data (MSG_CTRUNC):
 	// the peer sent more descriptors in one sendmsg than we accept.
 	ErrTruncated = errors.New("rpc: ancillary data truncated")
+	// ErrLineTimeout: a line did not complete within
+	// ReadLimits.LineTimeout of its first byte.
+	ErrLineTimeout = errors.New("rpc: line not completed in time")
 )
 
 // maxFDsPerRead sizes the oob buffer. It is larger than MaxQueuedFDs so
@@ -50,13 +63,28 @@ var (
 // closes whatever did not fit.
 const maxFDsPerRead = 32
 
-// readChunk is how much one recvmsg asks for.
+// readChunk is the most one recvmsg asks for.
 const readChunk = 64 << 10
+
+// bigLine: a line at least this long is handed to the caller in the
+// buffer it was read into; a shorter one is copied, so that the buffer can
+// go back to the pool or hold the next line.
+const bigLine = readChunk
+
+var oobSize = unix.CmsgSpace(maxFDsPerRead * 4)
+
+// chunks and oobs are the read buffers, shared by every connection and
+// held only for the duration of a read, or while complete lines wait in a
+// chunk.
+var (
+	chunks = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
+	oobs   = sync.Pool{New: func() any { b := make([]byte, oobSize); return &b }}
+)
 
 // Message is one received line and the descriptors it claimed.
 type Message struct {
-	// Line is the message without its trailing newline. It is a copy the
-	// caller owns.
+	// Line is the message without its trailing newline. The caller owns
+	// it.
 	Line []byte
 	// Files are the descriptors the line claimed through its "fds"
 	// member, in arrival order. The caller owns and must close them.
@@ -65,10 +93,24 @@ type Message struct {
 	// integer, or more than were queued. Files is then nil and every fd
 	// the line would have claimed has been closed.
 	FDErr error
-	// Members are the line's top-level members, decoded once here to find
-	// "fds", when the line is a JSON object; nil otherwise. A reader may
-	// use them instead of decoding the line again.
-	Members map[string]json.RawMessage
+	// Envelope holds the line's JSON-RPC members, found once here to read
+	// "fds"; a reader may use them instead of decoding the line again.
+	Envelope Envelope
+}
+
+// ReadLimits bound what a peer can make a daemon's ReadMessage hold.
+type ReadLimits struct {
+	// LineTimeout is how long a line may take to complete once its first
+	// byte arrived; then ReadMessage fails with ErrLineTimeout. Zero
+	// means no limit. A connection with no partial line may stay idle
+	// for ever.
+	LineTimeout time.Duration
+	// Budget, if not nil, is drawn from for the bytes of a message beyond
+	// FreeBytes, in the share of Key. A message's bytes count until the
+	// next ReadMessage or Wait call, when the caller has answered it, or
+	// until Close.
+	Budget *Budget
+	Key    uint32
 }
 
 // queuedFD is a received descriptor waiting to be claimed. end is the
@@ -84,32 +126,48 @@ type queuedFD struct {
 // one goroutine at a time; WriteMessage, Close and the deadline setters may
 // be called concurrently with it and with each other.
 type Conn struct {
-	uc *net.UnixConn
+	uc   *net.UnixConn
+	rc   syscall.RawConn // uc's, for the reader (see raw)
+	stop chan struct{}   // closed by Close and CloseRead: stop waiting for budget
 
 	wmu sync.Mutex // serialises whole messages on the write side
 
-	rmu     sync.Mutex // serialises readers
-	rbuf    []byte     // recvmsg buffer
-	oob     []byte
-	buf     []byte // received, unprocessed bytes are buf[start:]
-	start   int
-	scanned int   // buf[start:scanned] holds no newline
-	bufOff  int64 // stream offset of buf[start]
-	readOff int64 // stream offset of the next byte to be read
-	rerr    error // sticky fatal read error
+	rmu       sync.Mutex // serialises readers
+	buf       []byte     // received, unprocessed bytes are buf[start:]
+	chunk     *[]byte    // the pooled chunk buf lies in, or nil
+	start     int
+	scanned   int   // buf[start:scanned] holds no newline
+	bufOff    int64 // stream offset of buf[start]
+	readOff   int64 // stream offset of the next byte to be read
+	lineStart time.Time
+	lastRead  time.Time
+	lastSize  int   // bytes of the last message handed out
+	rerr      error // sticky fatal read error
+	limits    ReadLimits
 
-	qmu    sync.Mutex // guards queue and closed (Close runs concurrently with reads)
-	queue  []queuedFD
-	closed bool
+	dmu          sync.Mutex // guards the deadlines
+	userDeadline time.Time
+	lineDeadline time.Time
+
+	qmu      sync.Mutex // guards queue, closed, slot and stopped (Close runs concurrently with reads)
+	queue    []queuedFD
+	closed   bool
+	stopped  bool
+	slot     bool // holds a slot of limits.Budget
+	stopOnce sync.Once
 }
 
 // NewConn wraps c. The Conn owns c from now on.
 func NewConn(c *net.UnixConn) *Conn {
-	return &Conn{
-		uc:   c,
-		rbuf: make([]byte, readChunk),
-		oob:  make([]byte, unix.CmsgSpace(maxFDsPerRead*4)),
-	}
+	return &Conn{uc: c, stop: make(chan struct{})}
+}
+
+// SetReadLimits sets the limits for ReadMessage. Call it before the first
+// ReadMessage.
+func (c *Conn) SetReadLimits(l ReadLimits) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.limits = l
 }
 
 // UnixConn returns the underlying connection, for the local and remote
@@ -117,9 +175,9 @@ func NewConn(c *net.UnixConn) *Conn {
 func (c *Conn) UnixConn() *net.UnixConn { return c.uc }
 
 // ReadMessage returns the next complete line. A non-nil error is fatal for
-// the connection: io.EOF, ErrTooLong, ErrTooManyFDs, ErrTruncated or a
-// socket error. A timeout set with SetReadDeadline is the exception: it is
-// returned as is and reading may continue.
+// the connection: io.EOF, ErrTooLong, ErrTooManyFDs, ErrTruncated,
+// ErrLineTimeout or a socket error. A timeout set with SetReadDeadline is
+// the exception: it is returned as is and reading may continue.
 func (c *Conn) ReadMessage() (Message, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
@@ -135,6 +193,9 @@ func (c *Conn) ReadMessage() (Message, error) {
 	if closed {
 		return Message{}, net.ErrClosed
 	}
+	// The caller has dealt with the previous message.
+	c.lastSize = 0
+	c.settle()
 	for {
 		if i := bytes.IndexByte(c.buf[c.scanned:], '\n'); i >= 0 {
 			end := c.scanned + i // index of the newline
@@ -153,21 +214,83 @@ func (c *Conn) ReadMessage() (Message, error) {
 	}
 }
 
+// Wait blocks until there is something for ReadMessage: buffered bytes,
+// new bytes, the end of the stream or an error. It reads nothing and
+// holds no buffer, and a goroutine waiting in it has a short stack (which
+// the garbage collector shrinks after a busy call): call it before
+// ReadMessage so that an idle connection costs little. It returns nil or
+// the error a read would return now (a timeout set with SetReadDeadline,
+// net.ErrClosed). Like ReadMessage, it is for one goroutine at a time.
+func (c *Conn) Wait() error {
+	if len(c.buf) > c.start || c.rerr != nil {
+		return nil
+	}
+	// The caller has dealt with the last message: its bytes no longer
+	// count, and an idle connection holds no budget.
+	c.lastSize = 0
+	c.settle()
+	rc, err := c.raw()
+	if err != nil {
+		return err
+	}
+	err = rc.Read(readable)
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return net.ErrClosed
+	}
+	return err
+}
+
+// raw returns uc's RawConn, made once. Only the reader uses it.
+func (c *Conn) raw() (syscall.RawConn, error) {
+	if c.rc == nil {
+		rc, err := c.uc.SyscallConn()
+		if err != nil {
+			return nil, err
+		}
+		c.rc = rc
+	}
+	return c.rc, nil
+}
+
+// readable reports whether fd has bytes, an end or an error to read,
+// without reading: rawConn.Read's test before it parks the goroutine.
+func readable(fd uintptr) bool {
+	p := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+	n, err := unix.Poll(p[:], 0)
+	return err != nil || n > 0
+}
+
 // takeLine cuts buf[start:nl] out as a message and claims its fds.
 func (c *Conn) takeLine(nl int) Message {
-	line := bytes.Clone(c.buf[c.start:nl])
-	msgStart := c.bufOff
-	next := c.bufOff + int64(nl-c.start+1)
-	c.start = nl + 1
-	c.scanned = c.start
-	c.bufOff = next
-	if c.start == len(c.buf) {
-		c.buf, c.start, c.scanned = c.buf[:0], 0, 0
+	var line []byte
+	if c.chunk == nil && c.start == 0 && nl >= bigLine {
+		// A large line keeps the buffer it was read into; whatever
+		// follows it moves to a buffer of its own size.
+		line = c.buf[:nl:nl]
+		rest := c.buf[nl+1:]
+		c.buf = nil
+		if len(rest) > 0 {
+			c.buf = bytes.Clone(rest)
+		}
+		c.start, c.scanned = 0, 0
+	} else {
+		line = bytes.Clone(c.buf[c.start:nl])
+		c.start = nl + 1
+		c.scanned = c.start
+		if c.start == len(c.buf) {
+			c.dropBuf()
+		}
 	}
+	msgStart := c.bufOff
+	size := len(line) + 1
+	next := c.bufOff + int64(size)
+	c.bufOff = next
+	c.lastSize = size
+	c.lineStart = c.lastRead // the next line, if any, began with the last read
 
-	members := objectMembers(line)
-	n, fdErr := declaredFDs(members)
-	m := Message{Line: line, Members: members}
+	env := ParseEnvelope(line)
+	n, fdErr := declaredFDs(env.FDs)
+	m := Message{Line: line, Envelope: env}
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	c.dropStrayLocked(msgStart)
@@ -193,6 +316,15 @@ func (c *Conn) takeLine(nl int) Message {
 	return m
 }
 
+// dropBuf forgets the (fully processed) buffer, returning a pooled chunk.
+func (c *Conn) dropBuf() {
+	if c.chunk != nil {
+		chunks.Put(c.chunk)
+		c.chunk = nil
+	}
+	c.buf, c.start, c.scanned = nil, 0, 0
+}
+
 // dropStrayLocked closes queued fds delivered by reads that ended at or
 // before off.
 func (c *Conn) dropStrayLocked(off int64) {
@@ -206,11 +338,138 @@ func (c *Conn) dropStrayLocked(off int64) {
 	}
 }
 
+// pending is how many bytes this connection holds for the budget: the
+// unprocessed ones and the last message handed out.
+func (c *Conn) pending() int { return len(c.buf) - c.start + c.lastSize }
+
+// settle gives back the budget slot once the connection holds no more
+// than FreeBytes.
+func (c *Conn) settle() {
+	b := c.limits.Budget
+	if b == nil || c.pending() > FreeBytes {
+		return
+	}
+	c.qmu.Lock()
+	had := c.slot
+	c.slot = false
+	c.qmu.Unlock()
+	if had {
+		b.give(c.limits.Key)
+	}
+}
+
+// room returns how many bytes the next read may take: up to readChunk,
+// and within FreeBytes, or within a budget slot (a whole message and
+// FreeBytes). A line that outgrows FreeBytes waits for a slot, and the
+// wait does not count against its LineTimeout: the connections that hold
+// the slots complete their lines or time out, so a slot always comes,
+// and meanwhile the waiting line holds no more than FreeBytes.
+func (c *Conn) room() (int, error) {
+	b := c.limits.Budget
+	if b == nil {
+		return readChunk, nil
+	}
+	c.qmu.Lock()
+	slot := c.slot
+	c.qmu.Unlock()
+	if !slot && c.pending() >= FreeBytes {
+		waitStart := time.Now()
+		if !b.take(c.limits.Key, c.stop) {
+			return 0, c.fail(net.ErrClosed)
+		}
+		c.lineStart = c.lineStart.Add(time.Since(waitStart))
+		c.qmu.Lock()
+		if c.stopped {
+			// Closed while we waited: the slot goes back at once.
+			c.qmu.Unlock()
+			b.give(c.limits.Key)
+			return 0, c.fail(net.ErrClosed)
+		}
+		c.slot, slot = true, true
+		c.qmu.Unlock()
+	}
+	limit := FreeBytes
+	if slot {
+		limit += slotBytes
+	}
+	return max(1, min(readChunk, limit-c.pending())), nil
+}
+
 // fill performs one recvmsg, queueing any fds it delivers.
 func (c *Conn) fill() error {
-	n, oobn, flags, _, err := c.uc.ReadMsgUnix(c.rbuf, c.oob)
-	fds, perr := parseRights(c.oob[:oobn])
+	inLine := len(c.buf) > c.start
+	want, err := c.room()
+	if err != nil {
+		return err
+	}
+	var deadline time.Time
+	if c.limits.LineTimeout > 0 && inLine {
+		deadline = c.lineStart.Add(c.limits.LineTimeout)
+	}
+	c.setLineDeadline(deadline)
+	switch {
+	case c.chunk != nil && inLine:
+		// A partial line at the end of a pooled chunk moves to a buffer
+		// of its own, so that no chunk is held while we wait for data.
+		partial := make([]byte, len(c.buf)-c.start, len(c.buf)-c.start+want)
+		copy(partial, c.buf[c.start:])
+		scanned := c.scanned - c.start
+		c.dropBuf()
+		c.buf, c.scanned = partial, scanned
+	case c.chunk != nil:
+		c.dropBuf()
+	}
+	if inLine {
+		c.grow(want)
+	}
 
+	rc, err := c.raw()
+	if err != nil {
+		return c.fail(err)
+	}
+	var n, oobn, flags int
+	var rerr, perr error
+	var fds []int
+	err = rc.Read(func(fd uintptr) bool {
+		oob := oobs.Get().(*[]byte)
+		defer oobs.Put(oob)
+		var p []byte
+		var chunk *[]byte
+		if inLine {
+			p = c.buf[len(c.buf) : len(c.buf)+want]
+		} else {
+			chunk = chunks.Get().(*[]byte)
+			p = (*chunk)[:want]
+		}
+		for {
+			n, oobn, flags, _, rerr = unix.Recvmsg(int(fd), p, *oob, unix.MSG_CMSG_CLOEXEC)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		if rerr == unix.EAGAIN {
+			if chunk != nil {
+				chunks.Put(chunk)
+			}
+			return false
+		}
+		if rerr != nil {
+			n, oobn = 0, 0
+		}
+		fds, perr = parseRights((*oob)[:oobn])
+		switch {
+		case n > 0 && chunk != nil:
+			c.buf, c.chunk, c.start, c.scanned = (*chunk)[:n], chunk, 0, 0
+		case n > 0:
+			c.buf = c.buf[:len(c.buf)+n]
+		case chunk != nil:
+			chunks.Put(chunk)
+		}
+		return true
+	})
+	if err != nil {
+		return c.readFailed(err)
+	}
 	if perr != nil {
 		closeFDs(fds)
 		return c.fail(perr)
@@ -219,15 +478,12 @@ func (c *Conn) fill() error {
 		closeFDs(fds)
 		return c.fail(ErrTruncated)
 	}
-
 	if n > 0 {
-		if c.start > 0 && c.start >= len(c.buf)/2 {
-			k := copy(c.buf, c.buf[c.start:])
-			c.buf = c.buf[:k]
-			c.scanned -= c.start
-			c.start = 0
+		now := time.Now()
+		if !inLine {
+			c.lineStart = now
 		}
-		c.buf = append(c.buf, c.rbuf[:n]...)
+		c.lastRead = now
 		c.readOff += int64(n)
 	}
 	if len(fds) > 0 {
@@ -251,81 +507,115 @@ func (c *Conn) fill() error {
 			return c.fail(ErrTooManyFDs)
 		}
 	}
-
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return c.fail(io.EOF)
-		}
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			return err
-		}
-		return c.fail(err)
+	if rerr != nil {
+		return c.fail(c.opError(os.NewSyscallError("recvmsg", rerr)))
 	}
 	if n == 0 && len(fds) == 0 {
 		return c.fail(io.EOF)
 	}
+	c.settle()
 	return nil
 }
 
-// fail records a fatal read error and releases every queued fd.
+func (c *Conn) opError(err error) error {
+	return &net.OpError{Op: "read", Net: "unix", Source: c.uc.LocalAddr(), Addr: c.uc.RemoteAddr(), Err: err}
+}
+
+// grow makes room for want more bytes after buf's end. A line that keeps
+// growing grows its buffer by a quarter at a time, so that a 4 MiB line
+// holds little more than 4 MiB.
+func (c *Conn) grow(want int) {
+	if c.start > 0 {
+		k := copy(c.buf, c.buf[c.start:])
+		c.buf = c.buf[:k]
+		c.scanned -= c.start
+		c.start = 0
+	}
+	if cap(c.buf)-len(c.buf) >= want {
+		return
+	}
+	nc := len(c.buf) + max(want, len(c.buf)/4)
+	nb := make([]byte, len(c.buf), nc)
+	copy(nb, c.buf)
+	c.buf = nb
+}
+
+// readFailed turns an error of the read itself into ReadMessage's error.
+func (c *Conn) readFailed(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.dmu.Lock()
+		line := c.lineDeadline
+		c.dmu.Unlock()
+		if !line.IsZero() && !time.Now().Before(line) {
+			return c.fail(ErrLineTimeout)
+		}
+		return err // the caller's deadline: not fatal
+	}
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+		return c.fail(net.ErrClosed)
+	}
+	return c.fail(err)
+}
+
+// fail records a fatal read error and releases every queued fd and all
+// budget.
 func (c *Conn) fail(err error) error {
 	c.rerr = err
-	c.buf, c.start, c.scanned = nil, 0, 0
+	c.dropBuf()
+	c.lastSize = 0
 	c.qmu.Lock()
 	closeQueued(c.queue)
 	c.queue = nil
 	c.qmu.Unlock()
+	c.settle()
 	return err
 }
 
-// parseRights returns every fd in every SCM_RIGHTS message of oob. On a
-// parse error it still returns the fds it could extract, for closing.
+// parseRights returns every fd in every SCM_RIGHTS message of oob. If the
+// buffer is malformed it still returns every fd it holds, with an error,
+// so that the caller can close them (unix.ParseSocketControlMessage
+// returns nothing at all then, and the fds would leak). The kernel only
+// writes whole descriptors, so every whole 4 bytes of SCM_RIGHTS data is
+// one, even in a message whose length runs past the buffer.
 func parseRights(oob []byte) ([]int, error) {
-	if len(oob) == 0 {
-		return nil, nil
-	}
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, fmt.Errorf("rpc: parse control message: %w", err)
-	}
 	var fds []int
-	var perr error
-	for i := range msgs {
-		if msgs[i].Header.Level != unix.SOL_SOCKET || msgs[i].Header.Type != unix.SCM_RIGHTS {
-			continue
+	var err error
+	for len(oob) > 0 {
+		if len(oob) < unix.SizeofCmsghdr {
+			return fds, fmt.Errorf("rpc: control message: %d stray bytes", len(oob))
 		}
-		got, err := unix.ParseUnixRights(&msgs[i])
-		if err != nil && perr == nil {
-			perr = fmt.Errorf("rpc: parse SCM_RIGHTS: %w", err)
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		hlen := int(h.Len)
+		bad := hlen < unix.SizeofCmsghdr || hlen > len(oob)
+		data := oob[unix.SizeofCmsghdr:]
+		if !bad {
+			data = oob[unix.SizeofCmsghdr:hlen]
 		}
-		fds = append(fds, got...)
+		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS {
+			for i := 0; i+4 <= len(data); i += 4 {
+				fds = append(fds, int(int32(binary.NativeEndian.Uint32(data[i:]))))
+			}
+			if len(data)%4 != 0 && err == nil {
+				err = fmt.Errorf("rpc: SCM_RIGHTS data of %d bytes", len(data))
+			}
+		}
+		if bad {
+			return fds, fmt.Errorf("rpc: control message header length %d, %d bytes left", hlen, len(oob))
+		}
+		next := unix.CmsgSpace(hlen - unix.SizeofCmsghdr)
+		if next >= len(oob) {
+			break
+		}
+		oob = oob[next:]
 	}
-	return fds, perr
-}
-
-// objectMembers decodes line's top-level members if it is a JSON object,
-// and returns nil otherwise.
-func objectMembers(line []byte) map[string]json.RawMessage {
-	i := 0
-	for i < len(line) && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r') {
-		i++
-	}
-	if i == len(line) || line[i] != '{' {
-		return nil // not an object: no need to parse
-	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(line, &obj); err != nil {
-		return nil
-	}
-	return obj
+	return fds, err
 }
 
 // declaredFDs reads the "fds" member. A line that is not a JSON object, or
 // has no "fds", declares 0. The key is matched exactly, unlike
 // encoding/json's case-insensitive struct fields.
-func declaredFDs(members map[string]json.RawMessage) (int, error) {
-	raw, ok := members["fds"]
-	if !ok {
+func declaredFDs(raw json.RawMessage) (int, error) {
+	if raw == nil {
 		return 0, nil
 	}
 	n, err := strconv.ParseUint(string(raw), 10, 31)
@@ -345,27 +635,40 @@ func (c *Conn) WriteMessage(line []byte, files ...*os.File) error {
 	if bytes.IndexByte(line, '\n') >= 0 {
 		return errors.New("rpc: message contains a newline")
 	}
-	if len(files) > protocol.MaxQueuedFDs {
-		return fmt.Errorf("rpc: %d files in one message, at most %d", len(files), protocol.MaxQueuedFDs)
-	}
 	b := make([]byte, len(line)+1)
 	copy(b, line)
 	b[len(line)] = '\n'
+	return c.WriteFrame(b, files...)
+}
 
+// WriteFrame is WriteMessage for a message that already ends in its
+// newline and holds no other: it sends frame as is, without a copy, so
+// that one encoded notification can go to many connections. frame is
+// only read.
+func (c *Conn) WriteFrame(frame []byte, files ...*os.File) error {
+	if len(frame) > protocol.MaxMessage {
+		return ErrTooLong
+	}
+	if len(frame) == 0 || frame[len(frame)-1] != '\n' {
+		return errors.New("rpc: frame does not end in a newline")
+	}
+	if len(files) > protocol.MaxQueuedFDs {
+		return fmt.Errorf("rpc: %d files in one message, at most %d", len(files), protocol.MaxQueuedFDs)
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if len(files) == 0 {
-		_, err := c.uc.Write(b)
+		_, err := c.uc.Write(frame)
 		return err
 	}
 	err := withFDs(files, make([]int, 0, len(files)), func(fds []int) error {
-		n, _, err := c.uc.WriteMsgUnix(b, unix.UnixRights(fds...), nil)
+		n, _, err := c.uc.WriteMsgUnix(frame, unix.UnixRights(fds...), nil)
 		if err != nil {
 			return err
 		}
-		if n < len(b) {
+		if n < len(frame) {
 			// The fds went with the first byte; the rest is plain data.
-			_, err = c.uc.Write(b[n:])
+			_, err = c.uc.Write(frame[n:])
 		}
 		return err
 	})
@@ -399,8 +702,33 @@ func withFDs(files []*os.File, fds []int, fn func([]int) error) error {
 	return ferr
 }
 
-// SetReadDeadline sets the deadline for ReadMessage.
-func (c *Conn) SetReadDeadline(t time.Time) error { return c.uc.SetReadDeadline(t) }
+// SetReadDeadline sets the deadline for ReadMessage. Reaching it is not
+// fatal, unlike a line timeout.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.userDeadline = t
+	return c.applyDeadlineLocked()
+}
+
+func (c *Conn) setLineDeadline(t time.Time) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if t.Equal(c.lineDeadline) {
+		return
+	}
+	c.lineDeadline = t
+	c.applyDeadlineLocked()
+}
+
+// applyDeadlineLocked puts the earlier of the two deadlines on the socket.
+func (c *Conn) applyDeadlineLocked() error {
+	d := c.userDeadline
+	if d.IsZero() || (!c.lineDeadline.IsZero() && c.lineDeadline.Before(d)) {
+		d = c.lineDeadline
+	}
+	return c.uc.SetReadDeadline(d)
+}
 
 // SetWriteDeadline sets the deadline for WriteMessage. A write that times
 // out may have sent part of a message; the connection must then be closed.
@@ -426,15 +754,55 @@ func (c *Conn) PeerCred() (*unix.Ucred, error) {
 	return cred, nil
 }
 
-// Close closes the socket and every fd still queued. It unblocks a
-// concurrent ReadMessage, and is safe to call more than once.
+// PeerGone reports whether the peer has closed the connection (or shut
+// down its writing side), without reading: a reader busy elsewhere may
+// not have noticed yet. It asks the kernel with a poll that does not
+// wait.
+func (c *Conn) PeerGone() bool {
+	rc, err := c.uc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	gone := false
+	if cerr := rc.Control(func(fd uintptr) {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		n, err := unix.Poll(p, 0)
+		gone = err == nil && n > 0 && p[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+	}); cerr != nil {
+		return true
+	}
+	return gone
+}
+
+// CloseRead shuts down the reading side: ReadMessage returns io.EOF (or
+// net.ErrClosed while it waits for budget), and writes still work, so
+// that answers and notifications can be flushed before Close.
+func (c *Conn) CloseRead() error {
+	c.stopReading()
+	return c.uc.CloseRead()
+}
+
+func (c *Conn) stopReading() {
+	c.stopOnce.Do(func() { close(c.stop) })
+}
+
+// Close closes the socket, every fd still queued, and gives back any
+// budget held. It unblocks a concurrent ReadMessage, and is safe to call
+// more than once.
 func (c *Conn) Close() error {
+	c.stopReading()
 	err := c.uc.Close()
 	c.qmu.Lock()
 	c.closed = true
+	c.stopped = true
 	closeQueued(c.queue)
 	c.queue = nil
+	slot := c.slot
+	c.slot = false
 	c.qmu.Unlock()
+	if slot {
+		c.limits.Budget.give(c.limits.Key)
+	}
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}

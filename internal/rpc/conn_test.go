@@ -524,7 +524,14 @@ func TestConcurrentWriters(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				line := fmt.Sprintf(`{"g":%d,"i":%d,"ino":%d,"fds":1,"pad":"%s"}`, g, i, inode(t, pw), strings.Repeat("p", 3000*i))
+				// Not inode(t, ...): only the test's goroutine may t.Fatal.
+				fi, err := pw.Stat()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ino := fi.Sys().(*syscall.Stat_t).Ino
+				line := fmt.Sprintf(`{"g":%d,"i":%d,"ino":%d,"fds":1,"pad":"%s"}`, g, i, ino, strings.Repeat("p", 3000*i))
 				if err := w.WriteMessage([]byte(line), pw); err != nil {
 					t.Error(err)
 				}

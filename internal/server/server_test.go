@@ -18,6 +18,7 @@ import (
 	"github.com/vpnd/vpnd/internal/config"
 	"github.com/vpnd/vpnd/internal/errs"
 	"github.com/vpnd/vpnd/internal/manager"
+	"github.com/vpnd/vpnd/internal/rpc"
 	"github.com/vpnd/vpnd/internal/tun/tuntest"
 	"github.com/vpnd/vpnd/protocol"
 )
@@ -50,14 +51,12 @@ func TestDecode(t *testing.T) {
 		{`{"jsonrpc":"2.0","id":{},"method":"status"}`, errs.CodeInvalidRequest, false},
 	} {
 		req, err := decode([]byte(tc.line), nil)
-		// With the members decoded already, as rpc hands them over, the
+		// With the envelope found already, as rpc hands it over, the
 		// answer is the same.
-		var members map[string]json.RawMessage
-		if json.Unmarshal([]byte(tc.line), &members) == nil && members != nil {
-			req2, err2 := decode([]byte(tc.line), members)
-			if errs.CodeOf(err2) != errs.CodeOf(err) || (err == nil) != (err2 == nil) || req2.method != req.method || string(req2.id) != string(req.id) {
-				t.Errorf("%s: with members %+v %v, without %+v %v", tc.line, req2, err2, req, err)
-			}
+		env := rpc.ParseEnvelope([]byte(tc.line))
+		req2, err2 := decode([]byte(tc.line), &env)
+		if errs.CodeOf(err2) != errs.CodeOf(err) || (err == nil) != (err2 == nil) || req2.method != req.method || string(req2.id) != string(req.id) {
+			t.Errorf("%s: with the envelope %+v %v, without %+v %v", tc.line, req2, err2, req, err)
 		}
 		if tc.code == 0 {
 			if err != nil {
@@ -100,19 +99,35 @@ func policy(t *testing.T, js string) *auth.Holder {
 }
 
 // serve runs a Server with a manager on the fake kernel; every peer is an
-// ADMIN named "test".
+// ADMIN named "test" unless cfg says otherwise.
 func serve(t *testing.T, cfg Config) (sock string, k *tuntest.Fake) {
 	t.Helper()
-	k = tuntest.New()
+	b := start(t, cfg)
+	return b.sock, b.k
+}
+
+// bed is a running Server and what it runs on.
+type bed struct {
+	sock string
+	k    *tuntest.Fake
+	m    *manager.Manager
+	s    *Server
+}
+
+func start(t *testing.T, cfg Config) *bed {
+	t.Helper()
+	k := tuntest.New()
 	m := manager.New(k, manager.Options{IfName: "vpn-tun", Table: 98, RulePriority: 10000, ProtectMark: 0x20000})
 	if cfg.Policy == nil {
 		cfg.Policy = policy(t, `{"default":"admin"}`)
 	}
 	cfg.Manager, cfg.Users = m, noUsers{}
-	cfg.Lookup = func(uid, gid uint32) (auth.Identity, error) {
-		return auth.Identity{UID: uid, GID: gid, User: "test"}, nil
+	if cfg.Lookup == nil {
+		cfg.Lookup = func(uid, gid uint32) (auth.Identity, error) {
+			return auth.Identity{UID: uid, GID: gid, User: "test"}, nil
+		}
 	}
-	sock = filepath.Join(t.TempDir(), "vpnd.sock")
+	sock := filepath.Join(t.TempDir(), "vpnd.sock")
 	ln, err := Listen(sock)
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +142,7 @@ func serve(t *testing.T, cfg Config) (sock string, k *tuntest.Fake) {
 		s.Close()
 		k.Close()
 	})
-	return sock, k
+	return &bed{sock: sock, k: k, m: m, s: s}
 }
 
 func rawDial(t *testing.T, sock string) (*net.UnixConn, *bufio.Reader) {
@@ -174,7 +189,7 @@ func TestPipelinedAndParseErrors(t *testing.T) {
 }
 
 func TestConnectionLimit(t *testing.T) {
-	sock, _ := serve(t, Config{MaxConns: 3})
+	sock, _ := serve(t, Config{MaxConns: 3, Policy: policy(t, `{"default":"normal"}`)})
 	for i := 0; i < 3; i++ {
 		c, r := rawDial(t, sock)
 		c.Write([]byte(`{"jsonrpc":"2.0","id":1,"method":"status"}` + "\n"))

@@ -170,3 +170,7 @@ func (c *Conn) fill() error {
 
 // File wraps a received descriptor.
 func File(fd int, name string) *os.File { return os.NewFile(uintptr(fd), name) }
+
+// FromFD wraps an already connected socket, for example one that another
+// process connected and handed over. The Conn owns fd.
+func FromFD(fd int) *Conn { return &Conn{fd: fd} }
