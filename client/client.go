@@ -1,4 +1,4 @@
-// Package client is the public Go client of vpnd (contract §8).
+// Package client is the public Go client of vpnd.
 //
 // A VPN app dials vpnd's socket, sets a VPN up and gets the TUN device as
 // an *os.File, protects its tunnel socket so that the tunnel's own traffic
@@ -16,7 +16,7 @@
 // process exits) vpnd tears the VPN down.
 //
 // Calls are safe for concurrent use and are pipelined on one connection.
-// A failed call returns an *Error carrying the contract's code; compare it
+// A failed call returns an *Error carrying vpnd's error code; compare it
 // with errors.Is against the sentinels below. Transport failures (vpnd
 // went away) are plain wrapped errors, never an *Error.
 //
@@ -47,14 +47,14 @@ import (
 	"github.com/vpnd/vpnd/protocol"
 )
 
-// Error is the error a failed call returns: Code is the contract's code
-// (§4), Detail says what exactly was wrong.
+// Error is the error a failed call returns: Code is one of vpnd's error
+// codes (docs/protocol.md, "Errors"), Detail says what exactly was wrong.
 type Error = errs.Error
 
 // Code is a numeric error code.
 type Code = errs.Code
 
-// Sentinels, one per code of the contract, for errors.Is. They are the
+// Sentinels, one per error code of vpnd, for errors.Is. They are the
 // same values the daemon uses, so errors.Is matches by code.
 var (
 	ErrGuestDenied    = errs.ErrGuestDenied    // 2203001

@@ -15,7 +15,7 @@ import (
 	"github.com/vpnd/vpnd/test/internal/wire"
 )
 
-// §2 and the hostile clients. Each case runs while a VPN is up and
+// The framing rules of docs/protocol.md against hostile clients. Each case runs while a VPN is up and
 // then checks three things: vpnd still serves another connection, its
 // descriptors are back to what they were with the VPN up (nothing leaked),
 // and the VPN in the kernel is exactly as before.

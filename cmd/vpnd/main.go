@@ -1,4 +1,4 @@
-// Command vpnd is the VPN manager daemon. See README.md and the contract.
+// Command vpnd is the VPN manager daemon. See README.md and docs/.
 package main
 
 import (
@@ -34,7 +34,7 @@ import (
 	"github.com/vpnd/vpnd/protocol"
 )
 
-// options are vpnd's flags (contract §8).
+// options are vpnd's flags (README.md, "Running vpnd").
 type options struct {
 	socket      string
 	accounts    string

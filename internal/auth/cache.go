@@ -90,7 +90,7 @@ func NewIdentityCache() *IdentityCache {
 	}
 }
 
-// Lookup is LookupIdentity through the cache, with the same contract. The
+// Lookup is LookupIdentity through the cache, with the same results. The
 // Identity returned is the caller's to keep.
 func (c *IdentityCache) Lookup(uid, gid uint32) (Identity, error) {
 	key := identityKey{uid, gid}

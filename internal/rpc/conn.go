@@ -1,4 +1,4 @@
-// Package rpc is vpnd's wire codec (contract §2): newline-framed JSON-RPC
+// Package rpc is vpnd's wire codec (docs/protocol.md): newline-framed JSON-RPC
 // messages over a SOCK_STREAM Unix socket, with file descriptors passed as
 // SCM_RIGHTS. Both the daemon and the public client use it, so that the
 // fd-claiming rules are implemented exactly once.

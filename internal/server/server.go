@@ -633,7 +633,7 @@ type request struct {
 	notifies bool
 }
 
-// decode checks the envelope of §2. env holds the line's envelope if the
+// decode checks the JSON-RPC envelope (docs/protocol.md). env holds the line's envelope if the
 // caller has it already (rpc finds it to read "fds"), or is nil. Its
 // error is the JSON-RPC error to answer; id is what to answer it with.
 func decode(line []byte, env *rpc.Envelope) (request, error) {

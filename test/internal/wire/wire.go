@@ -1,5 +1,5 @@
 // Package wire is the integration tests' own, deliberately independent
-// implementation of vpnd's framing (contract §2): one JSON value per line,
+// implementation of vpnd's framing (docs/protocol.md): one JSON value per line,
 // descriptors as SCM_RIGHTS in the same sendmsg as a message's first byte.
 // It does not import internal/rpc on purpose, so that a bug in the daemon's
 // codec cannot hide behind the same bug in the tests.
