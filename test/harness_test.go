@@ -144,6 +144,59 @@ func bin(t testing.TB, name string) string {
 	return p
 }
 
+// lazyBins are the programs that only some tests need, built on first use
+// into TestMain's bin dir: package path by binary name.
+var lazyBins = map[string]string{
+	"dialas":  "./test/internal/dialas",
+	"netpeer": "./test/internal/netpeer",
+	"tunfwd":  "./test/internal/tunfwd",
+	"vpnd-wg": "./cmd/vpnd-wg",
+	"wgpeer":  "./test/internal/wgpeer",
+}
+
+var (
+	lazyMu    sync.Mutex
+	lazyBuilt = map[string]error{}
+)
+
+// lazyBin builds the program name of lazyBins once and returns its path,
+// failing the test if it does not build.
+func lazyBin(t testing.TB, name string) string {
+	t.Helper()
+	requireRoot(t)
+	pkg, ok := lazyBins[name]
+	if !ok {
+		t.Fatalf("no program %q in lazyBins", name)
+	}
+	out := filepath.Join(binDir, name)
+	lazyMu.Lock()
+	defer lazyMu.Unlock()
+	err, done := lazyBuilt[name]
+	if !done {
+		err = buildProgram(pkg, out)
+		lazyBuilt[name] = err
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// buildProgram builds the module's package pkg into out, with the go
+// command that go test put first in PATH.
+func buildProgram(pkg, out string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, o)
+	}
+	return os.Chmod(out, 0o755)
+}
+
 func randomHex(n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,42 +25,6 @@ const rssLimitKB = 256 << 10
 // it.
 const lineTimeout = 10 * time.Second
 
-var (
-	dialasOnce sync.Once
-	dialasPath string
-	dialasErr  error
-)
-
-// dialasBin builds test/internal/dialas once, next to the other binaries.
-func dialasBin(t testing.TB) string {
-	t.Helper()
-	requireRoot(t)
-	dialasOnce.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			dialasErr = err
-			return
-		}
-		out := filepath.Join(binDir, "dialas")
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
-		}
-		cmd := exec.Command(goTool, "build", "-o", out, "./test/internal/dialas")
-		cmd.Dir = root
-		if o, err := cmd.CombinedOutput(); err != nil {
-			dialasErr = fmt.Errorf("go build dialas: %v\n%s", err, o)
-			return
-		}
-		dialasErr = os.Chmod(out, 0o755)
-		dialasPath = out
-	})
-	if dialasErr != nil {
-		t.Fatal(dialasErr)
-	}
-	return dialasPath
-}
-
 // dialAs opens n connections to vpnd as uid (gid the same number) and
 // returns them to the test process: a dialas process running as uid
 // connects and hands the sockets over, so vpnd sees uid as their peer,
@@ -76,7 +38,7 @@ func (d *daemon) dialAs(t testing.TB, uid uint32, n int) []*wire.Conn {
 	}
 	defer unix.Close(sp[0])
 	child := os.NewFile(uintptr(sp[1]), "dialas-handoff")
-	cmd := exec.Command(dialasBin(t), d.sock, strconv.Itoa(n))
+	cmd := exec.Command(lazyBin(t, "dialas"), d.sock, strconv.Itoa(n))
 	cmd.ExtraFiles = []*os.File{child}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: primaryGID(uid), Groups: []uint32{}}}
 	var stderr syncBuffer

@@ -16,9 +16,7 @@ package test
 import (
 	"bufio"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -62,42 +60,6 @@ var twFamilies = []twFamily{
 	{"ipv6", "udp6", "tcp6", twRemote6, twExcluded6, "fd00:8::2", twAddrA6},
 }
 
-var (
-	helperOnce sync.Once
-	helperErr  error
-)
-
-// helperBin builds test/internal/netpeer and test/internal/tunfwd into
-// TestMain's bin dir once.
-func helperBin(t testing.TB, name string) string {
-	t.Helper()
-	requireRoot(t)
-	helperOnce.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			helperErr = err
-			return
-		}
-		for _, n := range []string{"netpeer", "tunfwd"} {
-			out := filepath.Join(binDir, n)
-			cmd := exec.Command("go", "build", "-o", out, "./test/internal/"+n)
-			cmd.Dir = root
-			if o, err := cmd.CombinedOutput(); err != nil {
-				helperErr = fmt.Errorf("go build %s: %v\n%s", n, err, o)
-				return
-			}
-			if err := os.Chmod(out, 0o755); err != nil {
-				helperErr = err
-				return
-			}
-		}
-	})
-	if helperErr != nil {
-		t.Fatal(helperErr)
-	}
-	return filepath.Join(binDir, name)
-}
-
 // world is namespace A (vpnd) joined to namespace B (the peer host).
 type world struct {
 	d    *daemon
@@ -125,7 +87,7 @@ func newWorld(t *testing.T, opts ...daemonOpt) *world {
 	nsIP(t, a, "-6", "route", "add", "2001:db8:100::/64", "via", twAddrB6)
 	strictRPFilter(t, a)
 	w.d = startDaemon(t, append([]daemonOpt{inNetns(a)}, opts...)...)
-	w.sink = startLineProc(t, "netpeer sink", "ip", "netns", "exec", b, helperBin(t, "netpeer"), "sink", twSinkPort)
+	w.sink = startLineProc(t, "netpeer sink", "ip", "netns", "exec", b, lazyBin(t, "netpeer"), "sink", twSinkPort)
 	w.sink.wait(t, "READY")
 	return w
 }
@@ -540,14 +502,14 @@ func TestTrafficTunnelRoundTrip(t *testing.T) {
 	kernelOnly(t, "real datagrams through the VPN")
 	t.Parallel()
 	w := newWorld(t)
-	decap := startLineProc(t, "netpeer decap", "ip", "netns", "exec", w.b, helperBin(t, "netpeer"),
+	decap := startLineProc(t, "netpeer decap", "ip", "netns", "exec", w.b, lazyBin(t, "netpeer"),
 		"decap", twAddrB4+":"+twDecapPort)
 	decap.wait(t, "READY")
 
 	cmd := exec.Command("ip", "netns", "exec", w.a, "setpriv", fmt.Sprintf("--reuid=%d", uidNormal),
 		fmt.Sprintf("--regid=%d", uidNormal), "--clear-groups",
 		bin(t, "vpnctl"), "--socket", w.d.sock, "up", "--address", "10.8.0.2/24", "--address", "fd00:8::2/64",
-		"--", helperBin(t, "tunfwd"), w.d.sock, twAddrB4+":"+twDecapPort)
+		"--", lazyBin(t, "tunfwd"), w.d.sock, twAddrB4+":"+twDecapPort)
 	fwd := startLineCmd(t, "vpnctl up -- tunfwd", cmd)
 	fwd.wait(t, "READY")
 

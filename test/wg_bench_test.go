@@ -38,7 +38,7 @@ func BenchmarkWireGuard(b *testing.B) {
 	w := newWGWorld(b, 2)
 	d := startBenchDaemon(b, w.a)
 	for i, x := range w.extra {
-		argv := []string{"ip", "netns", "exec", w.a, wgBin(b, "wgpeer"), "device"}
+		argv := []string{"ip", "netns", "exec", w.a, lazyBin(b, "wgpeer"), "device"}
 		if i == 1 {
 			argv = append(argv, "--no-offload")
 		}
@@ -54,11 +54,11 @@ func BenchmarkWireGuard(b *testing.B) {
 	// Sinks in A for the "down" way: root's answers through the main
 	// table, uid 4000's through its VPN.
 	const rootSink, userSink = "7003", "7004"
-	startLineProc(b, "wgpeer sink (root, A)", "ip", "netns", "exec", w.a, wgBin(b, "wgpeer"), "sink", rootSink).wait(b, "READY")
-	startLineCmd(b, "wgpeer sink (uid 4000, A)", w.asUser(wgBin(b, "wgpeer"), "sink", userSink)).wait(b, "READY")
+	startLineProc(b, "wgpeer sink (root, A)", "ip", "netns", "exec", w.a, lazyBin(b, "wgpeer"), "sink", rootSink).wait(b, "READY")
+	startLineCmd(b, "wgpeer sink (uid 4000, A)", w.asUser(lazyBin(b, "wgpeer"), "sink", userSink)).wait(b, "READY")
 
 	blastArgs := func(dst, port string) []string {
-		return []string{wgBin(b, "wgpeer"), "blast", dst + ":" + port, fmt.Sprint(size)}
+		return []string{lazyBin(b, "wgpeer"), "blast", dst + ":" + port, fmt.Sprint(size)}
 	}
 	inA := func(dst string) *exec.Cmd {
 		return exec.Command("ip", append([]string{"netns", "exec", w.a}, blastArgs(dst, wgSinkPort)...)...)

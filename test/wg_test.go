@@ -42,42 +42,6 @@ const (
 	wgUID            = uidNormal
 )
 
-var (
-	wgBinOnce sync.Once
-	wgBinErr  error
-)
-
-// wgBin builds cmd/vpnd-wg and test/internal/wgpeer into TestMain's bin
-// dir once.
-func wgBin(t testing.TB, name string) string {
-	t.Helper()
-	requireRoot(t)
-	wgBinOnce.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			wgBinErr = err
-			return
-		}
-		for _, pkg := range []string{"./cmd/vpnd-wg", "./test/internal/wgpeer"} {
-			out := filepath.Join(binDir, filepath.Base(pkg))
-			cmd := exec.Command("go", "build", "-o", out, pkg)
-			cmd.Dir = root
-			if o, err := cmd.CombinedOutput(); err != nil {
-				wgBinErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, o)
-				return
-			}
-			if err := os.Chmod(out, 0o755); err != nil {
-				wgBinErr = err
-				return
-			}
-		}
-	})
-	if wgBinErr != nil {
-		t.Fatal(wgBinErr)
-	}
-	return filepath.Join(binDir, name)
-}
-
 // wgWorld is namespaces A and B joined by a veth, the two ends' wg-quick
 // files, and the peer in B.
 type wgWorld struct {
@@ -182,15 +146,15 @@ func newWGWorld(t testing.TB, extra int) *wgWorld {
 		}
 	}
 
-	peer := startLineProc(t, "wgpeer device", "ip", "netns", "exec", b, wgBin(t, "wgpeer"), "device", "wg-b", w.confB)
+	peer := startLineProc(t, "wgpeer device", "ip", "netns", "exec", b, lazyBin(t, "wgpeer"), "device", "wg-b", w.confB)
 	peer.wait(t, "READY")
 	nsIP(t, b, "addr", "add", wgAddrB+"/24", "dev", "wg-b")
 	for _, x := range w.extra {
 		nsIP(t, b, "addr", "add", x.addrB+"/24", "dev", "wg-b")
 	}
 	nsIP(t, b, "link", "set", "wg-b", "up")
-	startLineProc(t, "wgpeer echo", "ip", "netns", "exec", b, wgBin(t, "wgpeer"), "echo", wgEchoPort).wait(t, "READY")
-	startLineProc(t, "wgpeer sink", "ip", "netns", "exec", b, wgBin(t, "wgpeer"), "sink", wgSinkPort).wait(t, "READY")
+	startLineProc(t, "wgpeer echo", "ip", "netns", "exec", b, lazyBin(t, "wgpeer"), "echo", wgEchoPort).wait(t, "READY")
+	startLineProc(t, "wgpeer sink", "ip", "netns", "exec", b, lazyBin(t, "wgpeer"), "sink", wgSinkPort).wait(t, "READY")
 	return w
 }
 
@@ -206,7 +170,7 @@ func (w *wgWorld) asUser(argv ...string) *exec.Cmd {
 // up.
 func (w *wgWorld) up(t testing.TB, d *daemon, flags ...string) *lineProc {
 	t.Helper()
-	argv := append([]string{wgBin(t, "vpnd-wg"), "up", "--socket", d.sock, "--uapi-dir", w.uapiDir}, flags...)
+	argv := append([]string{lazyBin(t, "vpnd-wg"), "up", "--socket", d.sock, "--uapi-dir", w.uapiDir}, flags...)
 	p := startLineCmd(t, "vpnd-wg up", w.asUser(append(argv, w.confA)...))
 	p.wait(t, "vpn-tun is up")
 	return p
@@ -218,7 +182,7 @@ func (w *wgWorld) up(t testing.TB, d *daemon, flags ...string) *lineProc {
 func (w *wgWorld) probe(t testing.TB, timeout time.Duration) (string, bool) {
 	t.Helper()
 	tok := "tok-" + randomHex(4)
-	out, err := w.asUser(wgBin(t, "wgpeer"), "probe", "--timeout", timeout.String(), wgAddrB, wgEchoPort, tok).CombinedOutput()
+	out, err := w.asUser(lazyBin(t, "wgpeer"), "probe", "--timeout", timeout.String(), wgAddrB, wgEchoPort, tok).CombinedOutput()
 	return string(out), err == nil && strings.Contains(string(out), "TCP ok "+tok) && strings.Contains(string(out), "UDP ok "+tok)
 }
 
@@ -304,7 +268,7 @@ func TestWireGuard(t *testing.T) {
 	})
 
 	t.Run("show", func(t *testing.T) {
-		out, err := w.asUser(wgBin(t, "vpnd-wg"), "show", "--uapi-dir", w.uapiDir).CombinedOutput()
+		out, err := w.asUser(lazyBin(t, "vpnd-wg"), "show", "--uapi-dir", w.uapiDir).CombinedOutput()
 		if err != nil {
 			t.Fatalf("vpnd-wg show: %v\n%s", err, out)
 		}
@@ -320,7 +284,7 @@ func TestWireGuard(t *testing.T) {
 
 	t.Run("a refusal prints vpnd's code and message", func(t *testing.T) {
 		other := filepath.Join(w.dir, "run2")
-		out, err := w.asUser(wgBin(t, "vpnd-wg"), "up", "--socket", d.sock, "--uapi-dir", other, w.confA).CombinedOutput()
+		out, err := w.asUser(lazyBin(t, "vpnd-wg"), "up", "--socket", d.sock, "--uapi-dir", other, w.confA).CombinedOutput()
 		if code := exitCode(err); code != 1 || !strings.HasPrefix(string(out), "vpnd-wg: 2203002 VPN already exists. (") {
 			t.Errorf("second vpnd-wg up: exit %d, output:\n%s", code, out)
 		}
