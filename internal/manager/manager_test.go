@@ -617,11 +617,17 @@ func TestConcurrentSetUp(t *testing.T) {
 	var mu sync.Mutex
 	var wins int
 	var files []*os.File
-	for i := 0; i < 40; i++ {
+	// Parse before starting goroutines: parse calls t.Fatalf, which must
+	// run on the test's own goroutine.
+	cfgs := make([]*config.Config, 40)
+	for i := range cfgs {
+		cfgs[i] = parse(t, `{"addresses":["10.8.0.2/24"]}`)
+	}
+	for i := range cfgs {
 		wg.Add(1)
-		go func(c manager.Caller) {
+		go func(c manager.Caller, cfg *config.Config) {
 			defer wg.Done()
-			f, _, _, err := m.SetUp(c, parse(t, `{"addresses":["10.8.0.2/24"]}`))
+			f, _, _, err := m.SetUp(c, cfg)
 			mu.Lock()
 			defer mu.Unlock()
 			if err == nil {
@@ -630,7 +636,7 @@ func TestConcurrentSetUp(t *testing.T) {
 			} else if errs.CodeOf(err) != errs.CodeVPNExists {
 				t.Errorf("uid %d: %v", c.UID, err)
 			}
-		}(callers[i%len(callers)])
+		}(callers[i%len(callers)], cfgs[i])
 	}
 	wg.Wait()
 	for _, f := range files {
