@@ -540,9 +540,15 @@ func (ss *session) log(level zapcore.Level, msg string, fields ...zap.Field) {
 func (ss *session) run() {
 	defer ss.end()
 	ss.log(zap.DebugLevel, "connection accepted")
+	var lastReply time.Time
 	for {
-		if err := ss.c.Wait(); err != nil {
-			return
+		// A connection that has just been answered is likely to send
+		// its next request at once: read straight away, and save Wait's
+		// poll. One that has been quiet waits in Wait.
+		if lastReply.IsZero() || time.Since(lastReply) > hotWindow {
+			if err := ss.c.Wait(); err != nil {
+				return
+			}
 		}
 		msg, err := ss.c.ReadMessage()
 		if err != nil {
@@ -550,8 +556,13 @@ func (ss *session) run() {
 			return
 		}
 		ss.handle(msg)
+		lastReply = time.Now()
 	}
 }
+
+// hotWindow is how soon after its last answer a connection counts as busy
+// (see run).
+const hotWindow = time.Millisecond
 
 // end releases the connection and everything it holds.
 func (ss *session) end() {
