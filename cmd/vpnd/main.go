@@ -2,7 +2,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -15,8 +14,6 @@ import (
 	"syscall"
 
 	"github.com/coreos/go-systemd/v22/daemon"
-	"github.com/spf13/cobra"
-	"github.com/spf13/cobra/doc"
 	flag "github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -432,57 +429,6 @@ wait:
 	removeSocket()
 	log.Info("vpnd stopped")
 	return 0
-}
-
-// writeManPage writes vpnd.8 into dir, from fs's flag definitions and the
-// description that --help prints, so that the page cannot drift from them.
-func writeManPage(fs *flag.FlagSet, dir string) error {
-	var help bytes.Buffer
-	out := fs.Output()
-	fs.SetOutput(&help)
-	fs.Usage()
-	fs.SetOutput(out)
-	description, _, _ := strings.Cut(strings.TrimPrefix(help.String(), "Usage: vpnd [flags]\n\n"), "\nFlags:\n")
-	cmd := &cobra.Command{
-		Use:               "vpnd [flags]",
-		Short:             "the VPN manager daemon",
-		Long:              unwrapList(description),
-		DisableAutoGenTag: true,
-	}
-	cmd.Flags().AddFlagSet(fs)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("--man: %w", err)
-	}
-	header := &doc.GenManHeader{Section: "8", Source: "vpnd " + version.String(), Manual: "vpnd manual"}
-	if err := doc.GenManTree(cmd, header, dir); err != nil {
-		return fmt.Errorf("--man: %w", err)
-	}
-	return nil
-}
-
-// unwrapList makes the help's numbered list markdown for the man page: a
-// blank line before it, and each item on one line, since the renderer
-// would keep the help's line breaks inside an item.
-func unwrapList(text string) string {
-	var out []string
-	inList := false
-	for _, line := range strings.Split(text, "\n") {
-		trimmed := strings.TrimSpace(line)
-		switch {
-		case len(trimmed) > 2 && trimmed[0] >= '1' && trimmed[0] <= '9' && strings.HasPrefix(trimmed[1:], ". "):
-			if !inList && len(out) > 0 && out[len(out)-1] != "" {
-				out = append(out, "")
-			}
-			inList = true
-			out = append(out, trimmed)
-		case inList && trimmed != "" && line != trimmed:
-			out[len(out)-1] += " " + trimmed
-		default:
-			inList = false
-			out = append(out, line)
-		}
-	}
-	return strings.Join(out, "\n")
 }
 
 // sdNotify tells systemd (Type=notify, NOTIFY_SOCKET) how vpnd's start or

@@ -6,6 +6,7 @@ package manager
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -95,6 +96,18 @@ type Manager struct {
 	// status, read without the lock.
 	lockdown lockdownState
 	lockInfo atomic.Pointer[protocol.Lockdown]
+
+	// statusJSON is the last status answer, encoded, with the current
+	// and lockInfo it was made of: both are replaced, never changed, so
+	// the answer holds as long as they are the same pointers.
+	statusJSON atomic.Pointer[encodedStatus]
+}
+
+// encodedStatus is a status answer encoded as JSON, and what it says.
+type encodedStatus struct {
+	info *protocol.VpnInfo
+	lock *protocol.Lockdown
+	body []byte
 }
 
 // vpn is the live VPN and everything vpnd added to the kernel for it.
@@ -477,13 +490,36 @@ func (m *Manager) Protect(c Caller, fd int) error {
 
 // Status reports the slot and lockdown.
 func (m *Manager) Status() protocol.StatusResult {
-	lock := *m.lockdownInfo()
-	info := m.current.Load()
+	return statusOf(m.current.Load(), m.lockInfo.Load())
+}
+
+func statusOf(info *protocol.VpnInfo, lock *protocol.Lockdown) protocol.StatusResult {
+	l := protocol.Lockdown{Applications: []string{}}
+	if lock != nil {
+		l = *lock
+	}
 	if info == nil {
-		return protocol.StatusResult{State: protocol.StateDisconnected, Lockdown: lock}
+		return protocol.StatusResult{State: protocol.StateDisconnected, Lockdown: l}
 	}
 	cp := *info // the slices are never changed after set-up
-	return protocol.StatusResult{State: protocol.StateConnected, VPN: &cp, Lockdown: lock}
+	return protocol.StatusResult{State: protocol.StateConnected, VPN: &cp, Lockdown: l}
+}
+
+// StatusJSON is Status encoded as JSON. The encoding is made once per
+// state, not per call: a status answer for a VPN of 10,000 routes is
+// about 200 KB, and every client may ask for it in a loop. The bytes are
+// shared; callers must not change them.
+func (m *Manager) StatusJSON() (json.RawMessage, error) {
+	info, lock := m.current.Load(), m.lockInfo.Load()
+	if c := m.statusJSON.Load(); c != nil && c.info == info && c.lock == lock {
+		return c.body, nil
+	}
+	body, err := json.Marshal(statusOf(info, lock))
+	if err != nil {
+		return nil, fmt.Errorf("encode status: %w", err)
+	}
+	m.statusJSON.Store(&encodedStatus{info: info, lock: lock, body: body})
+	return body, nil
 }
 
 // Subscribe calls fn with every state change until cancel is called. fn

@@ -617,11 +617,17 @@ func TestConcurrentSetUp(t *testing.T) {
 	var mu sync.Mutex
 	var wins int
 	var files []*os.File
-	for i := 0; i < 40; i++ {
+	// Parse before starting goroutines: parse calls t.Fatalf, which must
+	// run on the test's own goroutine.
+	cfgs := make([]*config.Config, 40)
+	for i := range cfgs {
+		cfgs[i] = parse(t, `{"addresses":["10.8.0.2/24"]}`)
+	}
+	for i := range cfgs {
 		wg.Add(1)
-		go func(c manager.Caller) {
+		go func(c manager.Caller, cfg *config.Config) {
 			defer wg.Done()
-			f, _, _, err := m.SetUp(c, parse(t, `{"addresses":["10.8.0.2/24"]}`))
+			f, _, _, err := m.SetUp(c, cfg)
 			mu.Lock()
 			defer mu.Unlock()
 			if err == nil {
@@ -630,7 +636,7 @@ func TestConcurrentSetUp(t *testing.T) {
 			} else if errs.CodeOf(err) != errs.CodeVPNExists {
 				t.Errorf("uid %d: %v", c.UID, err)
 			}
-		}(callers[i%len(callers)])
+		}(callers[i%len(callers)], cfgs[i])
 	}
 	wg.Wait()
 	for _, f := range files {
@@ -657,4 +663,48 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// TestStatusJSON: the encoded status, made once per state and shared, is
+// always the encoding of Status: it changes with the VPN and with
+// lockdown, and stays the same bytes while nothing changes.
+func TestStatusJSON(t *testing.T) {
+	m, _, _ := newManager(t)
+	check := func(step string) []byte {
+		t.Helper()
+		got, err := m.StatusJSON()
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		want, err := json.Marshal(m.Status())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Fatalf("%s: StatusJSON\n%s\nwant\n%s", step, got, want)
+		}
+		return got
+	}
+	check("no VPN")
+	f, _, _, err := m.SetUp(alice, parse(t, `{"addresses":["10.8.0.2/24"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	up := check("VPN up")
+	if again := check("VPN up, again"); &again[0] != &up[0] {
+		t.Error("StatusJSON encoded an unchanged status again")
+	}
+	if err := m.SetLockdown(root, config.Lockdown{Enabled: true, Users: []config.User{testUsers["bob"]}}); err != nil {
+		t.Fatal(err)
+	}
+	check("lockdown on")
+	if err := m.Destroy(alice); err != nil {
+		t.Fatal(err)
+	}
+	check("VPN destroyed, lockdown on")
+	if err := m.SetLockdown(root, config.Lockdown{}); err != nil {
+		t.Fatal(err)
+	}
+	check("lockdown off")
 }

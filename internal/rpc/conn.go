@@ -141,8 +141,9 @@ type Conn struct {
 	readOff   int64 // stream offset of the next byte to be read
 	lineStart time.Time
 	lastRead  time.Time
-	lastSize  int   // bytes of the last message handed out
-	rerr      error // sticky fatal read error
+	lastSize  int       // bytes of the last message handed out
+	recv      *recvCall // fill's recvmsg, made on the first read
+	rerr      error     // sticky fatal read error
 	limits    ReadLimits
 
 	dmu          sync.Mutex // guards the deadlines
@@ -427,46 +428,16 @@ func (c *Conn) fill() error {
 	if err != nil {
 		return c.fail(err)
 	}
-	var n, oobn, flags int
-	var rerr, perr error
-	var fds []int
-	err = rc.Read(func(fd uintptr) bool {
-		oob := oobs.Get().(*[]byte)
-		defer oobs.Put(oob)
-		var p []byte
-		var chunk *[]byte
-		if inLine {
-			p = c.buf[len(c.buf) : len(c.buf)+want]
-		} else {
-			chunk = chunks.Get().(*[]byte)
-			p = (*chunk)[:want]
-		}
-		for {
-			n, oobn, flags, _, rerr = unix.Recvmsg(int(fd), p, *oob, unix.MSG_CMSG_CLOEXEC)
-			if rerr != unix.EINTR {
-				break
-			}
-		}
-		if rerr == unix.EAGAIN {
-			if chunk != nil {
-				chunks.Put(chunk)
-			}
-			return false
-		}
-		if rerr != nil {
-			n, oobn = 0, 0
-		}
-		fds, perr = parseRights((*oob)[:oobn])
-		switch {
-		case n > 0 && chunk != nil:
-			c.buf, c.chunk, c.start, c.scanned = (*chunk)[:n], chunk, 0, 0
-		case n > 0:
-			c.buf = c.buf[:len(c.buf)+n]
-		case chunk != nil:
-			chunks.Put(chunk)
-		}
-		return true
-	})
+	r := c.recv
+	if r == nil {
+		r = &recvCall{c: c}
+		r.fn = r.do
+		c.recv = r
+	}
+	r.inLine, r.want, r.n, r.flags = inLine, want, 0, 0
+	err = rc.Read(r.fn)
+	n, flags, rerr, perr, fds := r.n, r.flags, r.rerr, r.perr, r.fds
+	r.rerr, r.perr, r.fds = nil, nil, nil
 	if err != nil {
 		return c.readFailed(err)
 	}
@@ -515,6 +486,63 @@ func (c *Conn) fill() error {
 	}
 	c.settle()
 	return nil
+}
+
+// recvCall is fill's recvmsg, run by RawConn.Read. It is a method value
+// made once per connection, not a closure: every variable a closure
+// shares with fill would be a heap allocation on every read.
+type recvCall struct {
+	c  *Conn
+	fn func(fd uintptr) bool // r.do, bound once
+
+	// In: whether a line is partly read, and how many bytes to read.
+	inLine bool
+	want   int
+	// Out.
+	n, flags   int
+	rerr, perr error
+	fds        []int
+}
+
+func (r *recvCall) do(fd uintptr) bool {
+	c := r.c
+	oob := oobs.Get().(*[]byte)
+	defer oobs.Put(oob)
+	var p []byte
+	var chunk *[]byte
+	if r.inLine {
+		p = c.buf[len(c.buf) : len(c.buf)+r.want]
+	} else {
+		chunk = chunks.Get().(*[]byte)
+		p = (*chunk)[:r.want]
+	}
+	var n, oobn int
+	for {
+		n, oobn, r.flags, _, r.rerr = unix.Recvmsg(int(fd), p, *oob, unix.MSG_CMSG_CLOEXEC)
+		if r.rerr != unix.EINTR {
+			break
+		}
+	}
+	if r.rerr == unix.EAGAIN {
+		if chunk != nil {
+			chunks.Put(chunk)
+		}
+		return false
+	}
+	if r.rerr != nil {
+		n, oobn = 0, 0
+	}
+	r.n = n
+	r.fds, r.perr = parseRights((*oob)[:oobn])
+	switch {
+	case n > 0 && chunk != nil:
+		c.buf, c.chunk, c.start, c.scanned = (*chunk)[:n], chunk, 0, 0
+	case n > 0:
+		c.buf = c.buf[:len(c.buf)+n]
+	case chunk != nil:
+		chunks.Put(chunk)
+	}
+	return true
 }
 
 func (c *Conn) opError(err error) error {

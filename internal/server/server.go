@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -539,9 +540,15 @@ func (ss *session) log(level zapcore.Level, msg string, fields ...zap.Field) {
 func (ss *session) run() {
 	defer ss.end()
 	ss.log(zap.DebugLevel, "connection accepted")
+	var lastReply time.Time
 	for {
-		if err := ss.c.Wait(); err != nil {
-			return
+		// A connection that has just been answered is likely to send
+		// its next request at once: read straight away, and save Wait's
+		// poll. One that has been quiet waits in Wait.
+		if lastReply.IsZero() || time.Since(lastReply) > hotWindow {
+			if err := ss.c.Wait(); err != nil {
+				return
+			}
 		}
 		msg, err := ss.c.ReadMessage()
 		if err != nil {
@@ -549,8 +556,13 @@ func (ss *session) run() {
 			return
 		}
 		ss.handle(msg)
+		lastReply = time.Now()
 	}
 }
+
+// hotWindow is how soon after its last answer a connection counts as busy
+// (see run).
+const hotWindow = time.Millisecond
 
 // end releases the connection and everything it holds.
 func (ss *session) end() {
@@ -593,13 +605,23 @@ func (ss *session) reply(id json.RawMessage, result any, err error, f *os.File) 
 	return true
 }
 
+// lineBufs are the buffers responses are built in: a response is
+// written before writeResponse returns, so the buffer can serve the next.
+// Buffers that grew past maxPooledLine (a large status answer) go to the
+// garbage collector instead, so that the pool holds little.
+var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+const maxPooledLine = 64 << 10
+
 // writeResponse encodes and sends one response. It builds the line by
 // hand around the request's raw id, so that a large id is copied once,
 // not three times as json.Marshal of a protocol.Response would.
 func writeResponse(c *rpc.Conn, id json.RawMessage, result any, err error, f *os.File) error {
 	var body []byte
 	var merr error
-	if err != nil {
+	if raw, ok := result.(json.RawMessage); ok && err == nil {
+		body = raw // encoded already, and valid: vpnd made it
+	} else if err != nil {
 		body, merr = json.Marshal(protocol.NewErrorObject(err))
 	} else {
 		body, merr = json.Marshal(result)
@@ -607,7 +629,14 @@ func writeResponse(c *rpc.Conn, id json.RawMessage, result any, err error, f *os
 	if merr != nil {
 		return merr
 	}
-	b := make([]byte, 0, len(id)+len(body)+64)
+	bp := lineBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= maxPooledLine {
+			lineBufs.Put(bp)
+		}
+	}()
+	b := slices.Grow((*bp)[:0], len(id)+len(body)+64)
+	defer func() { *bp = b[:0] }()
 	b = append(b, `{"jsonrpc":"2.0","id":`...)
 	b = append(b, id...)
 	if err != nil {
@@ -661,15 +690,47 @@ func decode(line []byte, env *rpc.Envelope) (request, error) {
 	} else {
 		req.notifies = true
 	}
-	var version string
-	if env.JSONRPC == nil || env.JSONRPC[0] != '"' || json.Unmarshal(env.JSONRPC, &version) != nil || version != protocol.Version {
+	if version, ok := jsonString(env.JSONRPC); !ok || version != protocol.Version {
 		return req, errs.New(errs.CodeInvalidRequest, `jsonrpc: must be "2.0"`)
 	}
-	if env.Method == nil || env.Method[0] != '"' || json.Unmarshal(env.Method, &req.method) != nil || req.method == "" {
+	method, ok := jsonString(env.Method)
+	if !ok || method == "" {
 		return req, errs.New(errs.CodeInvalidRequest, "method: must be a non-empty string")
 	}
+	req.method = method
 	req.params = env.Params
 	return req, nil
+}
+
+// knownStrings are the strings a request's envelope usually holds;
+// jsonString returns them without allocating.
+var knownStrings = []string{
+	protocol.Version,
+	protocol.MethodSetUp, protocol.MethodCreate, protocol.MethodProtect, protocol.MethodDestroy,
+	protocol.MethodStatus, protocol.MethodSubscribe, protocol.MethodSetLockdown,
+}
+
+// jsonString decodes raw, a valid JSON value, if it is a string. A string
+// without escapes is its bytes between the quotes; the common ones come
+// from knownStrings, so that decoding a request allocates nothing.
+func jsonString(raw json.RawMessage) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' {
+		return "", false
+	}
+	body := raw[1 : len(raw)-1]
+	if bytes.IndexByte(body, '\\') < 0 {
+		for _, k := range knownStrings {
+			if string(body) == k {
+				return k, true
+			}
+		}
+		return string(body), true
+	}
+	var v string
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", false
+	}
+	return v, true
 }
 
 func (ss *session) handle(msg rpc.Message) {
@@ -772,7 +833,11 @@ func (ss *session) call(req request, files []*os.File) (any, *os.File, uint64, e
 		if err := emptyParams(req.params); err != nil {
 			return nil, nil, 0, err
 		}
-		return m.Status(), nil, 0, nil
+		body, err := m.StatusJSON()
+		if err != nil {
+			return nil, nil, 0, errs.Wrap(errs.CodeInternal, err, "status")
+		}
+		return body, nil, 0, nil
 	case protocol.MethodSetLockdown:
 		l, err := config.ParseLockdown(req.params, ss.s.cfg.Users)
 		if err != nil {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,25 +31,32 @@ func TestDecode(t *testing.T) {
 		line   string
 		code   errs.Code // 0: valid
 		notify bool
+		method string // for a valid line: "status" unless set
 	}{
-		{`{"jsonrpc":"2.0","id":1,"method":"status"}`, 0, false},
-		{`{"jsonrpc":"2.0","id":"a","method":"status","params":{}}`, 0, false},
-		{`{"jsonrpc":"2.0","id":null,"method":"status"}`, 0, false},
-		{`{"jsonrpc":"2.0","method":"destroy"}`, 0, true},
-		{`{"jsonrpc":"2.0","id":-1.5e3,"method":"status"}`, 0, false},
-		{"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"st\xffatus\"}", errs.CodeParse, false},
-		{`{"jsonrpc":"2.0",`, errs.CodeParse, false},
-		{`not json`, errs.CodeParse, false},
-		{`[]`, errs.CodeInvalidRequest, false},
-		{`"x"`, errs.CodeInvalidRequest, false},
-		{`null`, errs.CodeInvalidRequest, false},
-		{`{"jsonrpc":"1.0","id":1,"method":"status"}`, errs.CodeInvalidRequest, false},
-		{`{"id":1,"method":"status"}`, errs.CodeInvalidRequest, false},
-		{`{"jsonrpc":"2.0","id":1}`, errs.CodeInvalidRequest, false},
-		{`{"jsonrpc":"2.0","id":1,"method":""}`, errs.CodeInvalidRequest, false},
-		{`{"jsonrpc":"2.0","id":1,"method":7}`, errs.CodeInvalidRequest, false},
-		{`{"jsonrpc":"2.0","id":true,"method":"status"}`, errs.CodeInvalidRequest, false},
-		{`{"jsonrpc":"2.0","id":{},"method":"status"}`, errs.CodeInvalidRequest, false},
+		{`{"jsonrpc":"2.0","id":1,"method":"status"}`, 0, false, ""},
+		{`{"jsonrpc":"2.0","id":"a","method":"status","params":{}}`, 0, false, ""},
+		{`{"jsonrpc":"2.0","id":null,"method":"status"}`, 0, false, ""},
+		{`{"jsonrpc":"2.0","method":"destroy"}`, 0, true, "destroy"},
+		{`{"jsonrpc":"2.0","id":-1.5e3,"method":"status"}`, 0, false, ""},
+		// Escapes are JSON: they decode to the same strings.
+		{`{"jsonrpc":"2\u002e0","id":1,"method":"st\u0061tus"}`, 0, false, ""},
+		{`{"jsonrpc":"2.0","id":1,"method":"\u00e9t\"at"}`, 0, false, "\u00e9t\"at"},
+		{`{"jsonrpc":"2.0","id":1,"method":"nosuchmethod"}`, 0, false, "nosuchmethod"},
+		{`{"jsonrpc":"2\u002e1","id":1,"method":"status"}`, errs.CodeInvalidRequest, false, ""},
+		{`{"jsonrpc":2.0,"id":1,"method":"status"}`, errs.CodeInvalidRequest, false, ""},
+		{"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"st\xffatus\"}", errs.CodeParse, false, ""},
+		{`{"jsonrpc":"2.0",`, errs.CodeParse, false, ""},
+		{`not json`, errs.CodeParse, false, ""},
+		{`[]`, errs.CodeInvalidRequest, false, ""},
+		{`"x"`, errs.CodeInvalidRequest, false, ""},
+		{`null`, errs.CodeInvalidRequest, false, ""},
+		{`{"jsonrpc":"1.0","id":1,"method":"status"}`, errs.CodeInvalidRequest, false, ""},
+		{`{"id":1,"method":"status"}`, errs.CodeInvalidRequest, false, ""},
+		{`{"jsonrpc":"2.0","id":1}`, errs.CodeInvalidRequest, false, ""},
+		{`{"jsonrpc":"2.0","id":1,"method":""}`, errs.CodeInvalidRequest, false, ""},
+		{`{"jsonrpc":"2.0","id":1,"method":7}`, errs.CodeInvalidRequest, false, ""},
+		{`{"jsonrpc":"2.0","id":true,"method":"status"}`, errs.CodeInvalidRequest, false, ""},
+		{`{"jsonrpc":"2.0","id":{},"method":"status"}`, errs.CodeInvalidRequest, false, ""},
 	} {
 		req, err := decode([]byte(tc.line), nil)
 		// With the envelope found already, as rpc hands it over, the
@@ -64,11 +72,29 @@ func TestDecode(t *testing.T) {
 			} else if req.notifies != tc.notify {
 				t.Errorf("%s: notifies = %v", tc.line, req.notifies)
 			}
+			if want := cmp.Or(tc.method, "status"); req.method != want {
+				t.Errorf("%s: method %q, want %q", tc.line, req.method, want)
+			}
 			continue
 		}
 		if got := errs.CodeOf(err); err == nil || got != tc.code {
 			t.Errorf("%s: got %v, want code %d", tc.line, err, tc.code)
 		}
+	}
+}
+
+// TestDecodeAllocs: decoding a usual request allocates nothing; every
+// status call of every client goes through it.
+func TestDecodeAllocs(t *testing.T) {
+	line := []byte(`{"jsonrpc":"2.0","id":7,"method":"status"}`)
+	env := rpc.ParseEnvelope(line)
+	var req request
+	var err error
+	if n := testing.AllocsPerRun(100, func() { req, err = decode(line, &env) }); n != 0 {
+		t.Errorf("decode: %v allocations per call, want 0", n)
+	}
+	if err != nil || req.method != protocol.MethodStatus {
+		t.Fatalf("decode: %+v, %v", req, err)
 	}
 }
 
@@ -87,7 +113,7 @@ func (noUsers) ResolveUser(s string) (config.User, error) {
 	return config.User{}, errors.New("no users here")
 }
 
-func policy(t *testing.T, js string) *auth.Holder {
+func policy(t testing.TB, js string) *auth.Holder {
 	t.Helper()
 	p, err := auth.ParsePolicy([]byte(js))
 	if err != nil {
@@ -100,7 +126,7 @@ func policy(t *testing.T, js string) *auth.Holder {
 
 // serve runs a Server with a manager on the fake kernel; every peer is an
 // ADMIN named "test" unless cfg says otherwise.
-func serve(t *testing.T, cfg Config) (sock string, k *tuntest.Fake) {
+func serve(t testing.TB, cfg Config) (sock string, k *tuntest.Fake) {
 	t.Helper()
 	b := start(t, cfg)
 	return b.sock, b.k
@@ -114,7 +140,7 @@ type bed struct {
 	s    *Server
 }
 
-func start(t *testing.T, cfg Config) *bed {
+func start(t testing.TB, cfg Config) *bed {
 	t.Helper()
 	k := tuntest.New()
 	m := manager.New(k, manager.Options{IfName: "vpn-tun", Table: 98, RulePriority: 10000, ProtectMark: 0x20000})
