@@ -269,6 +269,9 @@ func (s *Server) admit(uc *net.UnixConn) {
 		if why == admitted {
 			ss := s.addLocked(c, cred)
 			s.mu.Unlock()
+			// Logged here, not in run: a logger call there would grow
+			// every session's stack, idle or not, to twice its size.
+			ss.log(zap.DebugLevel, "connection accepted")
 			go ss.run()
 			return
 		}
@@ -539,7 +542,6 @@ func (ss *session) log(level zapcore.Level, msg string, fields ...zap.Field) {
 // little.
 func (ss *session) run() {
 	defer ss.end()
-	ss.log(zap.DebugLevel, "connection accepted")
 	var lastReply time.Time
 	for {
 		// A connection that has just been answered is likely to send
@@ -550,14 +552,27 @@ func (ss *session) run() {
 				return
 			}
 		}
-		msg, err := ss.c.ReadMessage()
-		if err != nil {
-			ss.readFailed(err)
+		if !ss.serveNext() {
 			return
 		}
-		ss.handle(msg)
 		lastReply = time.Now()
 	}
+}
+
+// serveNext reads and answers one request; false ends the connection.
+// It is a function of its own, never inlined, so that its frames are
+// not on the stack of a session parked in Wait: the smaller that stack,
+// the less an idle connection costs.
+//
+//go:noinline
+func (ss *session) serveNext() bool {
+	msg, err := ss.c.ReadMessage()
+	if err != nil {
+		ss.readFailed(err)
+		return false
+	}
+	ss.handle(msg)
+	return true
 }
 
 // hotWindow is how soon after its last answer a connection counts as busy
