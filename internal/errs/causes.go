@@ -155,6 +155,12 @@ var causes = map[Code][]Cause{
 			Sites: []string{"internal/server/server.go: %s"},
 		},
 		{
+			Text:   "status could not encode its answer. This is a bug in vpnd: the answer is plain data.",
+			Detail: "status: encode status: ...",
+			Fix:    "Report it with vpnd's log and version (`vpnd --version`).",
+			Sites:  []string{"internal/server/server.go: status"},
+		},
+		{
 			Text: "bringing the VPN up failed; vpnd removed everything it had added before answering. The detail starts with \"bring-up:\" and names the step.",
 			Cases: []string{
 				"create tun IFNAME: open /dev/net/tun: ... (the tun module is not loaded, or vpnd may not open the device)",
