@@ -493,7 +493,7 @@ func (k *Kernel) delRuleLocked(r tun.Rule) error {
 // Install applies o as tun.Netlink does: each object is tried in turn, a
 // failure does not stop the others, and the result lists what took.
 func (k *Kernel) Install(o *tun.Objects) (tun.Objects, error) {
-	if err := validate(o); err != nil {
+	if err := o.Validate(); err != nil {
 		return tun.Objects{}, err
 	}
 	k.mu.Lock()
@@ -540,30 +540,6 @@ func (k *Kernel) Install(o *tun.Objects) (tun.Objects, error) {
 		}
 	}
 	return added, first
-}
-
-func validate(o *tun.Objects) error {
-	if l := o.Link; l != nil {
-		if l.Index <= 0 {
-			return fmt.Errorf("invalid interface index %d", l.Index)
-		}
-		for _, a := range l.Addrs {
-			if err := tun.ValidateAddr(a); err != nil {
-				return fmt.Errorf("add address %s: %w", a, err)
-			}
-		}
-	}
-	for _, r := range o.Routes {
-		if err := r.Validate(); err != nil {
-			return fmt.Errorf("add route %s: %w", r, err)
-		}
-	}
-	for _, r := range o.Rules {
-		if err := r.Validate(); err != nil {
-			return fmt.Errorf("add rule %s: %w", r, err)
-		}
-	}
-	return nil
 }
 
 // Remove deletes o as tun.Netlink does: rules (skipping, with

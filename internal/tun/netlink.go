@@ -184,7 +184,7 @@ func (l linkStringer) String() string { return fmt.Sprintf("#%d", int(l)) }
 // removes exactly what was added to roll back. Install sends nothing if any
 // object is invalid.
 func (n *Netlink) Install(o *Objects) (Objects, error) {
-	if err := validateObjects(o); err != nil {
+	if err := o.Validate(); err != nil {
 		return Objects{}, err
 	}
 	var m msgBuf
@@ -243,30 +243,6 @@ func (n *Netlink) Install(o *Objects) (Objects, error) {
 		}
 	}
 	return added, first
-}
-
-func validateObjects(o *Objects) error {
-	if l := o.Link; l != nil {
-		if l.Index <= 0 {
-			return fmt.Errorf("invalid interface index %d", l.Index)
-		}
-		for _, a := range l.Addrs {
-			if err := ValidateAddr(a); err != nil {
-				return fmt.Errorf("add address %s: %w", a, err)
-			}
-		}
-	}
-	for _, r := range o.Routes {
-		if err := r.Validate(); err != nil {
-			return fmt.Errorf("add route %s: %w", r, err)
-		}
-	}
-	for _, r := range o.Rules {
-		if err := r.Validate(); err != nil {
-			return fmt.Errorf("add rule %s: %w", r, err)
-		}
-	}
-	return nil
 }
 
 // present returns the objects of o that the kernel has, after a batch whose

@@ -213,3 +213,30 @@ func familyOf(a netip.Addr) int {
 	}
 	return unix.AF_INET6
 }
+
+// Validate checks o before anything of it is installed: a link's index,
+// and each address, route and rule. Both kernels (netlink's and the
+// simulation's) refuse a set it rejects, so that they fail alike.
+func (o *Objects) Validate() error {
+	if l := o.Link; l != nil {
+		if l.Index <= 0 {
+			return fmt.Errorf("invalid interface index %d", l.Index)
+		}
+		for _, a := range l.Addrs {
+			if err := ValidateAddr(a); err != nil {
+				return fmt.Errorf("add address %s: %w", a, err)
+			}
+		}
+	}
+	for _, r := range o.Routes {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("add route %s: %w", r, err)
+		}
+	}
+	for _, r := range o.Rules {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("add rule %s: %w", r, err)
+		}
+	}
+	return nil
+}
