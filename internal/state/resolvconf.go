@@ -1,7 +1,6 @@
 package state
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,22 +44,12 @@ func (d *Dir) SaveResolvConf(r ResolvConf) error {
 
 // LoadResolvConf returns the record, or nil if there is none.
 func (d *Dir) LoadResolvConf() (*ResolvConf, error) {
-	p := filepath.Join(d.path, resolvConfFile)
-	b, err := os.ReadFile(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read resolv.conf record: %w", err)
-	}
 	var r ResolvConf
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return nil, fmt.Errorf("resolv.conf record %s: %w", p, err)
+	if found, err := d.readJSON(resolvConfFile, "resolv.conf record", &r); !found || err != nil {
+		return nil, err
 	}
 	if !filepath.IsAbs(r.Path) {
-		return nil, fmt.Errorf("resolv.conf record %s: path %q is not absolute", p, r.Path)
+		return nil, fmt.Errorf("resolv.conf record %s: path %q is not absolute", filepath.Join(d.path, resolvConfFile), r.Path)
 	}
 	return &r, nil
 }

@@ -72,21 +72,32 @@ type storedUser struct {
 	Name string `json:"name,omitempty"`
 }
 
+// readJSON decodes the file name of d into v, strictly (no unknown
+// members). A missing file is found false and no error; what names the
+// file in errors.
+func (d *Dir) readJSON(name, what string, v any) (found bool, err error) {
+	p := filepath.Join(d.path, name)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", what, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return false, fmt.Errorf("%s %s: %w", what, p, err)
+	}
+	return true, nil
+}
+
 // LoadLockdown reads lockdown's state; a missing file is lockdown off.
 func (d *Dir) LoadLockdown() (config.Lockdown, error) {
 	var l config.Lockdown
-	b, err := os.ReadFile(filepath.Join(d.path, lockdownFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return l, nil
-	}
-	if err != nil {
-		return l, fmt.Errorf("read lockdown state: %w", err)
-	}
 	var s storedLockdown
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil {
-		return l, fmt.Errorf("lockdown state %s: %w", filepath.Join(d.path, lockdownFile), err)
+	if found, err := d.readJSON(lockdownFile, "lockdown state", &s); !found || err != nil {
+		return l, err
 	}
 	if s.Enabled && len(s.Users) == 0 {
 		return l, fmt.Errorf("lockdown state %s: enabled with no users", filepath.Join(d.path, lockdownFile))
