@@ -226,6 +226,7 @@ func procStatus(t testing.TB, pid int, keys ...string) map[string]string {
 // user, its encrypted traffic leaves by the protected socket, the tunnel
 // breaks without protect, and a SIGKILL leaves nothing in the kernel.
 func TestWireGuard(t *testing.T) {
+	kernelOnly(t, "a real WireGuard tunnel: encrypted packets through the TUN and out by the protected socket's mark")
 	w := newWGWorld(t, 0)
 	d := startDaemon(t, inNetns(w.a))
 	veth := startCapture(t, w.b, "veth-b")
