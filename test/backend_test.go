@@ -19,8 +19,9 @@ import (
 // Under sim what an app sees is checked as it is on the kernel,
 // through the same socket, with the same clients. What differs:
 //   - Tests about the kernel itself (its rules and routes, real packets,
-//     the start-up checks, the sweep, self-healing) call kernelOnly and
-//     are skipped, with the reason.
+//     the start-up checks, the sweep, self-healing), about vpnd's
+//     privileges, or about the host's DNS call kernelOnly and are
+//     skipped, with the reason.
 //   - The kernel views of a daemon (d.link, d.routes, d.vpnRules...) fail
 //     the test under sim (kns): there is nothing of the VPN to see there.
 //     Tests that run on both keep such checks in an `if !d.sim` block.

@@ -30,6 +30,7 @@ func TestConfinedAddressesRefused(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	owner := w.dialIn(t, uidNormal)
+	waitIPv6Settled(t, w.a)
 	before := nsState(t, w.a)
 	for _, tc := range []struct {
 		addrs  string
@@ -54,6 +55,38 @@ func TestConfinedAddressesRefused(t *testing.T) {
 			t.Errorf("ip route get %s uid %d = %q", dst, uidNormal2, got)
 		}
 	}
+}
+
+// waitIPv6Settled waits until every IPv6 address in ns is in use: none is
+// tentative, and each has its route in the local table, which the kernel
+// adds once duplicate address detection is over. A veth's link-local
+// address comes and settles on its own, a second or so after the link is
+// up: a snapshot of the namespace taken before then would differ from one
+// taken after for no doing of vpnd's.
+func waitIPv6Settled(t testing.TB, ns string) {
+	t.Helper()
+	eventually(t, "the IPv6 addresses of "+ns+" settled", func() (bool, string) {
+		var links []struct {
+			Ifname   string `json:"ifname"`
+			AddrInfo []struct {
+				Local     string `json:"local"`
+				Tentative bool   `json:"tentative"`
+			} `json:"addr_info"`
+		}
+		nsJSON(t, ns, &links, "-6", "addr", "show")
+		local := nsIP(t, ns, "-6", "route", "show", "table", "local")
+		for _, l := range links {
+			for _, a := range l.AddrInfo {
+				if a.Tentative {
+					return false, a.Local + " on " + l.Ifname + " is tentative"
+				}
+				if !strings.Contains(local, "local "+a.Local+" dev "+l.Ifname+" ") {
+					return false, "no local route for " + a.Local + " on " + l.Ifname + ":\n" + local
+				}
+			}
+		}
+		return true, ""
+	})
 }
 
 // TestConfinedOverlap: inside pools that an administrator opened wide, a

@@ -55,6 +55,7 @@ func wantResolved(t testing.TB, r *resolvedtest.Resolved, want ...string) {
 // split tunnel (search domains only), on the VPN's link index, and
 // RevertLink when the VPN ends.
 func TestDNSResolved(t *testing.T) {
+	kernelOnly(t, "the host's resolver: systemd-resolved's calls for an admin's VPN, which a simulated vpnd never makes (it applies no DNS)")
 	t.Parallel()
 	standIn, env := withStandIn(t)
 	d := startDaemon(t, env)
@@ -102,6 +103,7 @@ func TestDNSResolved(t *testing.T) {
 // the harness's default), and setUp still works; --dns-backend resolved
 // refuses to start instead.
 func TestDNSAutoWithoutResolved(t *testing.T) {
+	kernelOnly(t, "how vpnd picks the host's DNS backend; a simulated vpnd always applies none, and refuses --dns-backend resolved")
 	t.Parallel()
 	bus := resolvedtest.StartBus(t)
 	for _, opts := range [][]daemonOpt{{withEnv("DBUS_SYSTEM_BUS_ADDRESS=" + bus.Address)}, nil} {
@@ -186,6 +188,7 @@ func runDNSEndings(t *testing.T, newCheck func(t *testing.T) dnsBackendCheck) {
 // RevertLink on every ending: destroy, connection closed, owner killed,
 // TUN fd closed, ip link del, SIGTERM, SIGINT.
 func TestDNSResolvedEveryEnding(t *testing.T) {
+	kernelOnly(t, "the host's resolver: systemd-resolved's RevertLink on every ending, which a simulated vpnd never calls (it applies no DNS)")
 	t.Parallel()
 	runDNSEndings(t, func(t *testing.T) dnsBackendCheck {
 		standIn, env := withStandIn(t)
@@ -261,6 +264,7 @@ func noRecord(t testing.TB, ns string) {
 // The file backend: during the VPN its servers first, then its search
 // domains; after every ending the exact bytes of before.
 func TestDNSFileEveryEnding(t *testing.T) {
+	kernelOnly(t, "the host's resolv.conf rewritten and put back on every ending; a simulated vpnd refuses --dns-backend file")
 	t.Parallel()
 	runDNSEndings(t, func(t *testing.T) dnsBackendCheck {
 		p, flags := newResolvConf(t)
@@ -288,6 +292,7 @@ func TestDNSFileEveryEnding(t *testing.T) {
 // A vpnd killed with SIGKILL leaves the VPN's resolv.conf; the next vpnd
 // restores the exact previous bytes before it serves.
 func TestDNSFileRestoredAfterSIGKILL(t *testing.T) {
+	kernelOnly(t, "the host's resolv.conf put back at the next start; a simulated vpnd refuses --dns-backend file")
 	t.Parallel()
 	p, flags := newResolvConf(t)
 	d := startDaemon(t, flags)
@@ -319,6 +324,7 @@ func TestDNSFileRestoredAfterSIGKILL(t *testing.T) {
 // Someone else rewrote the file while the VPN was up: vpnd keeps their
 // content, says so, and drops its record.
 func TestDNSFileChangedUnderneath(t *testing.T) {
+	kernelOnly(t, "the host's resolv.conf changed under vpnd; a simulated vpnd refuses --dns-backend file")
 	t.Parallel()
 	p, flags := newResolvConf(t)
 	d := startDaemon(t, flags)
@@ -344,6 +350,7 @@ func TestDNSFileChangedUnderneath(t *testing.T) {
 // 19900002 naming the file and the reason, nothing left in the kernel,
 // the file as it was.
 func TestDNSFileWriteFails(t *testing.T) {
+	kernelOnly(t, "the host's resolv.conf not writable; a simulated vpnd refuses --dns-backend file")
 	t.Parallel()
 	p, flags := newResolvConf(t)
 	d := startDaemon(t, flags)
@@ -372,6 +379,7 @@ func TestDNSFileWriteFails(t *testing.T) {
 // the reason: a symbolic link (resolved's stub), a mount point (a
 // container's resolv.conf).
 func TestDNSFileRefusedAtStart(t *testing.T) {
+	kernelOnly(t, "the file backend's start-up checks of the host's resolv.conf; a simulated vpnd refuses --dns-backend file before them")
 	t.Parallel()
 	dir := t.TempDir()
 	stub := filepath.Join(dir, "stub-resolv.conf")
@@ -398,7 +406,8 @@ func TestDNSFileRefusedAtStart(t *testing.T) {
 }
 
 // vpnctl up warns when the VPN carries DNS servers that no backend
-// applies, and only then.
+// applies, and only then. Under sim the backend is always none
+// (TestSimulationAppliesNoDNS): the resolved part is the kernel's.
 func TestDNSVpnctlWarns(t *testing.T) {
 	t.Parallel()
 	const warning = "vpnctl: warning: vpnd applies none of the VPN's DNS servers"
@@ -417,6 +426,9 @@ func TestDNSVpnctlWarns(t *testing.T) {
 	}
 	if s := up(none); strings.Contains(s, warning) {
 		t.Errorf("no DNS servers: warning anyway: %q", s)
+	}
+	if simBackend {
+		return
 	}
 	_, env := withStandIn(t)
 	resolved := startDaemon(t, env)

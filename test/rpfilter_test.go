@@ -16,6 +16,7 @@ import (
 // address generation off on the link: no fe80:: address, so no router
 // solicitation or MLD report of the kernel's own lands in the app's TUN.
 func TestStrictRPFilter(t *testing.T) {
+	kernelOnly(t, "the kernel's reverse-path filter on real packets written into the TUN, and the link's sysctls")
 	t.Parallel()
 	w := newWorld(t) // namespace A runs strict rp_filter
 	owner := w.dialIn(t, uidNormal)

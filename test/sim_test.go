@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -239,6 +241,45 @@ func TestSimulationLockdown(t *testing.T) {
 	// This vpnd started with lockdown on, and with it a goroutine that
 	// keeps its (simulated) rules in place.
 	d2.baseGoroutines--
+}
+
+// TestSimulationAppliesNoDNS: a simulation never touches the host's DNS.
+// It refuses a DNS backend asked for by name, and auto does not even
+// connect to the system bus (a listener of the test's that records every
+// connection): an admin's VPN with DNS servers says dnsBackend "none".
+func TestSimulationAppliesNoDNS(t *testing.T) {
+	t.Parallel()
+	for _, backend := range []string{"file", "resolved"} {
+		code, out := runVpndToExit(t, filepath.Join(newDaemonDir(t), "vpnd.sock"), "--sim", "--dns-backend", backend)
+		if want := "vpnd: --dns-backend " + backend + ": a simulation applies no DNS settings; use none\n"; code != 2 || out != want {
+			t.Errorf("vpnd --sim --dns-backend %s: exit %d, %q; want 2, %q", backend, code, out, want)
+		}
+	}
+
+	bus := filepath.Join(newDaemonDir(t), "system_bus_socket")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: bus, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := os.Chmod(bus, 0o666); err != nil { // the simulated vpnd's uid may connect
+		t.Fatal(err)
+	}
+	d := startSim(t, withEnv("DBUS_SYSTEM_BUS_ADDRESS=unix:path="+bus))
+	c := d.dial(t, uidRoot)
+	var info vpnInfo
+	if err := json.Unmarshal(ok(t, c.call("setUp", dnsFullTunnel, "")), &info); err != nil || !info.Simulated || info.DNSBackend != "none" {
+		t.Errorf("setUp: %+v (%v), want a simulated VPN with dnsBackend none", info, err)
+	}
+	ok(t, c.call("destroy", "{}", ""))
+	d.waitClean(t, "destroy")
+	// A connection vpnd made waits in the listener's queue. (A deadline
+	// already passed would fail Accept before it looks.)
+	ln.SetDeadline(time.Now().Add(100 * time.Millisecond))
+	if conn, err := ln.Accept(); err == nil {
+		conn.Close()
+		t.Errorf("a simulated vpnd connected to the system bus")
+	}
 }
 
 // TestSimulationExample runs examples/simping, the README's example, as

@@ -32,6 +32,7 @@ import (
 // -wgbench.paths=vpnd-wg,veth (after the package) runs only the paths
 // named, -wgbench.ways=up or down only that way (for profiling).
 func BenchmarkWireGuard(b *testing.B) {
+	kernelOnly(b, "WireGuard's throughput through vpnd's TUN, against the kernel's own paths")
 	requireRoot(b)
 	const size = 200_000_000 // bytes per transfer
 
