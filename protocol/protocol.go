@@ -167,6 +167,13 @@ type RouteInfo struct {
 // address family the VPN does not accept, vpnd makes the covered users'
 // traffic of that family fail closed, so that it cannot leak outside the
 // VPN; true lets that traffic take the normal path instead.
+//
+// Offload is vpnd's own member too: true creates the TUN with
+// IFF_VNET_HDR, so that every read and write on its fd carries a 10-byte
+// struct virtio_net_hdr before the packet, and the app may turn on the
+// TUN's offloads (TSO, USO, checksum) with TUNSETOFFLOAD on its fd. Only
+// an app that handles that header may ask for it. An older vpnd refuses
+// the member (19900001, "params.offload: unknown member").
 type VpnConfig struct {
 	Addresses           []LinkAddress `json:"addresses"`
 	Routes              []RouteInfo   `json:"routes,omitempty"`
@@ -179,6 +186,7 @@ type VpnConfig struct {
 	IsMetered           bool          `json:"isMetered,omitempty"`
 	IsLegacy            bool          `json:"isLegacy,omitempty"`
 	AllowFamilyBypass   bool          `json:"allowFamilyBypass,omitempty"`
+	Offload             bool          `json:"offload,omitempty"`
 	TrustedApplications []string      `json:"trustedApplications,omitempty"`
 	BlockedApplications []string      `json:"blockedApplications,omitempty"`
 }
@@ -208,6 +216,7 @@ type VpnInfo struct {
 	IsIPv6Accepted      bool     `json:"isIPv6Accepted"`
 	IsMetered           bool     `json:"isMetered"`
 	AllowFamilyBypass   bool     `json:"allowFamilyBypass"`
+	Offload             bool     `json:"offload"` // the TUN has IFF_VNET_HDR (see VpnConfig)
 	TrustedApplications []string `json:"trustedApplications"`
 	BlockedApplications []string `json:"blockedApplications"`
 	Owner               Owner    `json:"owner"`

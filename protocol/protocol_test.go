@@ -59,7 +59,7 @@ func TestAllowFamilyBypassJSON(t *testing.T) {
 		}
 	}
 	b, _ := json.Marshal(VpnInfo{})
-	if !strings.Contains(string(b), `"isMetered":false,"allowFamilyBypass":false,"trustedApplications"`) {
+	if !strings.Contains(string(b), `"isMetered":false,"allowFamilyBypass":false,"offload":false,"trustedApplications"`) {
 		t.Errorf("VpnInfo = %s, want allowFamilyBypass after isMetered", b)
 	}
 	var info VpnInfo
@@ -69,6 +69,37 @@ func TestAllowFamilyBypassJSON(t *testing.T) {
 	b, _ = json.Marshal(VpnInfo{RouteGateways: map[string]string{"10.0.0.0/8": "10.8.0.1"}, CoveredUIDs: []string{"1000-1000"}})
 	if !strings.HasSuffix(string(b), `,"routeGateways":{"10.0.0.0/8":"10.8.0.1"},"coveredUids":["1000-1000"]}`) {
 		t.Errorf("VpnInfo = %s, want routeGateways and coveredUids last", b)
+	}
+}
+
+// offload is sent only when true, like allowFamilyBypass, and VpnInfo
+// always reports it, right after allowFamilyBypass.
+func TestOffloadJSON(t *testing.T) {
+	addr, _ := ParseLinkAddress("10.8.0.2/24")
+	for _, tc := range []struct {
+		v    VpnConfig
+		want string
+	}{
+		{VpnConfig{Addresses: []LinkAddress{addr}, Offload: false}, `{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24}]}`},
+		{VpnConfig{Addresses: []LinkAddress{addr}, AllowFamilyBypass: true, Offload: true},
+			`{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24}],"allowFamilyBypass":true,"offload":true}`},
+	} {
+		b, err := json.Marshal(tc.v)
+		if err != nil || string(b) != tc.want {
+			t.Errorf("Marshal(%+v) = %s, %v; want %s", tc.v, b, err, tc.want)
+		}
+	}
+	b, _ := json.Marshal(VpnInfo{Offload: true})
+	if !strings.Contains(string(b), `"allowFamilyBypass":false,"offload":true,"trustedApplications"`) {
+		t.Errorf("VpnInfo = %s, want offload after allowFamilyBypass", b)
+	}
+	b, _ = json.Marshal(VpnInfo{})
+	if !strings.Contains(string(b), `"offload":false`) {
+		t.Errorf("VpnInfo = %s, want offload reported when false too", b)
+	}
+	var info VpnInfo
+	if err := json.Unmarshal([]byte(`{"offload":true}`), &info); err != nil || !info.Offload {
+		t.Errorf("Unmarshal: %+v, %v", info, err)
 	}
 }
 

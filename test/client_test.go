@@ -102,6 +102,7 @@ type vpnInfo struct {
 	IsMetered      bool     `json:"isMetered"`
 	IsIPv4Accepted bool     `json:"isIPv4Accepted"`
 	IsIPv6Accepted bool     `json:"isIPv6Accepted"`
+	Offload        bool     `json:"offload"`
 	Owner          struct {
 		UID  uint32 `json:"uid"`
 		PID  int    `json:"pid"`

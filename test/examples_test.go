@@ -41,7 +41,7 @@ func TestExamplesParse(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, m := range []string{"addresses", "routes", "dnsAddresses", "searchDomains", "mtu", "isIPv4Accepted",
-		"isIPv6Accepted", "isBlocking", "isMetered", "isLegacy", "allowFamilyBypass", "trustedApplications",
+		"isIPv6Accepted", "isBlocking", "isMetered", "isLegacy", "allowFamilyBypass", "offload", "trustedApplications",
 		"blockedApplications"} {
 		if _, ok := members[m]; !ok {
 			t.Errorf("%s does not show member %q", exampleVPN, m)

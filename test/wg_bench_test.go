@@ -11,15 +11,26 @@ import (
 )
 
 // BenchmarkWireGuard measures bounded TCP bulk transfers (200 MB each)
-// between namespaces A and B (see wg_test.go), along four paths:
+// between namespaces A and B (see wg_test.go), along five paths:
 //
 //	veth                root, plain over the veth (no tunnel)
 //	wireguard-go        root, through wireguard-go on a TUN it made itself
 //	                    (IFF_VNET_HDR: TSO/GRO offloads, UDP GSO/GRO), as it
 //	                    normally runs
-//	wireguard-go-plain  the same on a TUN with vpnd's flags (IFF_TUN|IFF_NO_PI,
-//	                    no offloads) and wireguard-go's own tun.Device
-//	vpnd-wg             uid 4000, through vpnd-wg on vpnd's TUN
+//	wireguard-go-plain  the same on a TUN without IFF_VNET_HDR (IFF_TUN|
+//	                    IFF_NO_PI, no offloads) and wireguard-go's own
+//	                    tun.Device
+//	vpnd-wg             uid 4000, through vpnd-wg on vpnd's TUN, with
+//	                    offload (IFF_VNET_HDR; wireguard-go's offload device)
+//	vpnd-wg-no-offload  the same with --no-offload (no IFF_VNET_HDR;
+//	                    vpnd-wg's batching device)
+//
+// Only one VPN runs at a time, so the two vpnd-wg paths take turns: before
+// each, the other's vpnd-wg is stopped, this one started and warmed up
+// with a transfer of 32 MB each way (untimed). Both namespaces keep no TCP
+// metrics (net.ipv4.tcp_no_metrics_save=1): the two vpnd-wg paths share
+// their addresses, and one's connections must not set the start of the
+// other's.
 //
 // and both ways: "up" sends from A to a sink in B, "down" from B to a sink
 // in A. B's end is always wireguard-go with offloads. The paths and ways
@@ -37,6 +48,11 @@ func BenchmarkWireGuard(b *testing.B) {
 	const size = 200_000_000 // bytes per transfer
 
 	w := newWGWorld(b, 2)
+	for _, ns := range []string{w.a, w.b} {
+		if out, err := exec.Command("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_no_metrics_save=1").CombinedOutput(); err != nil {
+			b.Fatalf("tcp_no_metrics_save in %s: %v: %s", ns, err, out)
+		}
+	}
 	d := startBenchDaemon(b, w.a)
 	for i, x := range w.extra {
 		argv := []string{"ip", "netns", "exec", w.a, lazyBin(b, "wgpeer"), "device"}
@@ -48,15 +64,38 @@ func BenchmarkWireGuard(b *testing.B) {
 		nsIP(b, w.a, "addr", "add", x.addrA+"/24", "dev", ifname)
 		nsIP(b, w.a, "link", "set", ifname, "up")
 	}
-	client := w.up(b, d)
-	if out, ok := w.probe(b, hangGuard); !ok {
-		b.Fatalf("vpnd-wg's tunnel does not work:\n%s", out)
+	// The vpnd-wg running now, and whether with offload.
+	var client *lineProc
+	var clientOffload bool
+	// useClient makes the running vpnd-wg one with or without offload,
+	// and reports whether it had to start it.
+	useClient := func(offload bool) bool {
+		b.Helper()
+		if client != nil && clientOffload == offload {
+			return false
+		}
+		if client != nil {
+			terminate(b, client, syscall.SIGTERM)
+		}
+		var flags []string
+		if !offload {
+			flags = append(flags, "--no-offload")
+		}
+		client, clientOffload = w.up(b, d, flags...), offload
+		if l, _ := client.find("vpn-tun is up"); !strings.HasSuffix(l, map[bool]string{false: "offload off", true: "offload on"}[offload]) {
+			b.Fatalf("vpnd-wg %v: %q", flags, l)
+		}
+		if out, ok := w.probe(b, hangGuard); !ok {
+			b.Fatalf("vpnd-wg's tunnel %v does not work:\n%s", flags, out)
+		}
+		return true
 	}
+	useClient(true)
 	// Sinks in A for the "down" way: root's answers through the main
 	// table, uid 4000's through its VPN.
-	const rootSink, userSink = "7003", "7004"
+	const rootSink, userSink = "7003", wgUserSinkPort
 	startLineProc(b, "wgpeer sink (root, A)", "ip", "netns", "exec", w.a, lazyBin(b, "wgpeer"), "sink", rootSink).wait(b, "READY")
-	startLineCmd(b, "wgpeer sink (uid 4000, A)", w.asUser(lazyBin(b, "wgpeer"), "sink", userSink)).wait(b, "READY")
+	w.startUserSink(b)
 
 	blastArgs := func(dst, port string) []string {
 		return []string{lazyBin(b, "wgpeer"), "blast", dst + ":" + port, fmt.Sprint(size)}
@@ -67,11 +106,24 @@ func BenchmarkWireGuard(b *testing.B) {
 	inB := func(dst, port string) *exec.Cmd {
 		return exec.Command("ip", append([]string{"netns", "exec", w.b}, blastArgs(dst, port)...)...)
 	}
+	vpndWG := func(offload bool) wgBenchPath {
+		name := "vpnd-wg"
+		if !offload {
+			name += "-no-offload"
+		}
+		return wgBenchPath{name, func() *exec.Cmd { return w.asUser(blastArgs(wgAddrB, wgSinkPort)...) }, func() *exec.Cmd { return inB(wgAddrA, userSink) },
+			func() {
+				if useClient(offload) {
+					w.bulk(b, 32<<20) // a fresh process, fresh pools: warm it up
+				}
+			}}
+	}
 	paths := []wgBenchPath{
-		{"veth", func() *exec.Cmd { return inA(twAddrB4) }, func() *exec.Cmd { return inB(twAddrA4, rootSink) }},
-		{"wireguard-go", func() *exec.Cmd { return inA(w.extra[0].addrB) }, func() *exec.Cmd { return inB(w.extra[0].addrA, rootSink) }},
-		{"wireguard-go-plain", func() *exec.Cmd { return inA(w.extra[1].addrB) }, func() *exec.Cmd { return inB(w.extra[1].addrA, rootSink) }},
-		{"vpnd-wg", func() *exec.Cmd { return w.asUser(blastArgs(wgAddrB, wgSinkPort)...) }, func() *exec.Cmd { return inB(wgAddrA, userSink) }},
+		{"veth", func() *exec.Cmd { return inA(twAddrB4) }, func() *exec.Cmd { return inB(twAddrA4, rootSink) }, nil},
+		{"wireguard-go", func() *exec.Cmd { return inA(w.extra[0].addrB) }, func() *exec.Cmd { return inB(w.extra[0].addrA, rootSink) }, nil},
+		{"wireguard-go-plain", func() *exec.Cmd { return inA(w.extra[1].addrB) }, func() *exec.Cmd { return inB(w.extra[1].addrA, rootSink) }, nil},
+		vpndWG(true),
+		vpndWG(false),
 	}
 	if *wgBenchPaths != "" {
 		want := strings.Split(*wgBenchPaths, ",")
@@ -93,6 +145,11 @@ func BenchmarkWireGuard(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		var round []string
 		for _, p := range paths {
+			if p.prepare != nil {
+				b.StopTimer()
+				p.prepare()
+				b.StartTimer()
+			}
 			var up, down float64
 			if *wgBenchWays != "down" {
 				up = blast(p.up())
@@ -112,19 +169,25 @@ func BenchmarkWireGuard(b *testing.B) {
 		mean[k] = v / float64(b.N)
 		b.ReportMetric(mean[k], k+"-Mbit/s")
 	}
-	for _, way := range []string{"up", "down"} {
-		if wg, ours := mean["wireguard-go-"+way], mean["vpnd-wg-"+way]; wg > 0 && ours > 0 {
-			b.ReportMetric(100*ours/wg, "vpnd-wg/wireguard-go-"+way+"-%")
+	for _, ours := range []string{"vpnd-wg", "vpnd-wg-no-offload"} {
+		for _, way := range []string{"up", "down"} {
+			if wg, v := mean["wireguard-go-"+way], mean[ours+"-"+way]; wg > 0 && v > 0 {
+				b.ReportMetric(100*v/wg, ours+"/wireguard-go-"+way+"-%")
+			}
 		}
 	}
-	terminate(b, client, syscall.SIGTERM)
+	if client != nil {
+		terminate(b, client, syscall.SIGTERM)
+	}
 }
 
 // wgBenchPath is one path between A and B: the command that sends from A
-// to B's sink, and the one that sends from B to A's.
+// to B's sink, the one that sends from B to A's, and what to do before
+// them (nil: nothing).
 type wgBenchPath struct {
 	name     string
 	up, down func() *exec.Cmd
+	prepare  func()
 }
 
 var (

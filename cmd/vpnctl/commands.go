@@ -113,6 +113,7 @@ func printStatus(w io.Writer, st *protocol.StatusResult) {
 	fmt.Fprintf(w, "ipv4 accepted:   %t\n", v.IsIPv4Accepted)
 	fmt.Fprintf(w, "ipv6 accepted:   %t\n", v.IsIPv6Accepted)
 	fmt.Fprintf(w, "metered:         %t\n", v.IsMetered)
+	fmt.Fprintf(w, "offload:         %t\n", v.Offload)
 	fmt.Fprintf(w, "trusted users:   %s\n", list(v.TrustedApplications))
 	fmt.Fprintf(w, "blocked users:   %s\n", list(v.BlockedApplications))
 	fmt.Fprintf(w, "covered uids:    %s\n", list(v.CoveredUIDs))

@@ -59,12 +59,13 @@ type upOptions struct {
 	metered       bool
 	legacy        bool
 	familyBypass  bool
+	offload       bool
 	trusted       listFlag
 	blocked       listFlag
 }
 
 // configFlags are the flags that --config replaces.
-var configFlags = []string{"address", "route", "exclude", "dns", "search-domain", "mtu", "ipv4", "ipv6", "blocking", "metered", "legacy", "allow-family-bypass", "trusted", "blocked"}
+var configFlags = []string{"address", "route", "exclude", "dns", "search-domain", "mtu", "ipv4", "ipv6", "blocking", "metered", "legacy", "allow-family-bypass", "offload", "trusted", "blocked"}
 
 func (o *upOptions) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.configFile, "config", "", "read the whole VpnConfig from `FILE.json` (\"-\" for stdin) and send it as is; excludes the other config flags")
@@ -83,6 +84,7 @@ func (o *upOptions) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.metered, "metered", false, "mark the VPN as metered")
 	fs.BoolVar(&o.legacy, "legacy", false, "send isLegacy: true (vpnd refuses it with 19900001: it has no legacy VPN types)")
 	fs.BoolVar(&o.familyBypass, "allow-family-bypass", false, "let the covered users' traffic of a family the VPN does not accept take the normal path (by default it fails closed)")
+	fs.BoolVar(&o.offload, "offload", false, "create the TUN with IFF_VNET_HDR: every read and write on its fd then carries a 10-byte virtio_net_hdr before the packet (for a CMD that handles it)")
 	fs.Var(&o.trusted, "trusted", "only this `USER`'s traffic (name or uid) enters the VPN (repeatable; other users need ADMIN)")
 	fs.Var(&o.blocked, "blocked", "this `USER`'s traffic (name or uid) bypasses the VPN (repeatable; other users need ADMIN)")
 }
@@ -135,6 +137,7 @@ func (o *upOptions) vpnConfig(set map[string]bool) (protocol.VpnConfig, error) {
 	cfg.IsMetered = o.metered
 	cfg.IsLegacy = o.legacy
 	cfg.AllowFamilyBypass = o.familyBypass
+	cfg.Offload = o.offload
 	cfg.TrustedApplications = o.trusted
 	cfg.BlockedApplications = o.blocked
 	return cfg, nil

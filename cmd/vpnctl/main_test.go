@@ -115,7 +115,7 @@ func TestUpFlagsToVpnConfig(t *testing.T) {
 			"--address", "10.8.0.2/24", "--address", "fd00::2/64",
 			"--route", "10.0.0.0/8", "--route", "::/0", "--exclude", "10.1.0.0/16",
 			"--dns", "10.8.0.1", "--dns", "fd00::1", "--search-domain", "corp.example",
-			"--mtu", "1400", "--ipv4", "--ipv6=false", "--blocking", "--metered", "--allow-family-bypass",
+			"--mtu", "1400", "--ipv4", "--ipv6=false", "--blocking", "--metered", "--allow-family-bypass", "--offload",
 			"--trusted", "alice", "--trusted", "1001", "--blocked", "bob"},
 			`{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24},` +
 				`{"address":{"address":"fd00::2","family":2},"prefixLength":64}],` +
@@ -123,7 +123,7 @@ func TestUpFlagsToVpnConfig(t *testing.T) {
 				`{"destination":{"address":{"address":"::","family":2},"prefixLength":0}},` +
 				`{"destination":{"address":{"address":"10.1.0.0","family":1},"prefixLength":16},"isExcludedRoute":true}],` +
 				`"dnsAddresses":["10.8.0.1","fd00::1"],"searchDomains":["corp.example"],"mtu":1400,` +
-				`"isIPv4Accepted":true,"isIPv6Accepted":false,"isBlocking":true,"isMetered":true,"allowFamilyBypass":true,` +
+				`"isIPv4Accepted":true,"isIPv6Accepted":false,"isBlocking":true,"isMetered":true,"allowFamilyBypass":true,"offload":true,` +
 				`"trustedApplications":["alice","1001"],"blockedApplications":["bob"]}`},
 		{"legacy is sent for vpnd to refuse", []string{"--address", "10.8.0.2/24", "--legacy"},
 			`{"addresses":[{"address":{"address":"10.8.0.2","family":1},"prefixLength":24}],"isLegacy":true}`},
@@ -472,6 +472,7 @@ func TestStatus(t *testing.T) {
 	info.Routes = []string{"10.0.0.0/8", "198.51.100.0/24", "2001:db8::/32"}
 	info.RouteGateways = map[string]string{"10.0.0.0/8": "10.8.0.1", "2001:db8::/32": "fd00::1"}
 	info.CoveredUIDs = []string{"0-999", "1001-4294967294"}
+	info.Offload = true
 	d := newFakeDaemon(t, func(_ *rpc.Conn, req protocol.Request, _ []*os.File) (any, []*os.File, error) {
 		if req.Method != "status" {
 			return nil, nil, errs.New(errs.CodeMethodNotFound, "")
@@ -487,6 +488,7 @@ func TestStatus(t *testing.T) {
 		"routes:          10.0.0.0/8 198.51.100.0/24 2001:db8::/32\n",
 		"route gateways:  10.0.0.0/8 via 10.8.0.1 2001:db8::/32 via fd00::1\n",
 		"covered uids:    0-999 1001-4294967294\n",
+		"offload:         true\n",
 		"owner:           alice (uid 1000, pid 42)\n",
 	} {
 		if code != 0 || stderr != "" || !strings.Contains(out, want) {

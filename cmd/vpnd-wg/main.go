@@ -33,7 +33,7 @@ import (
 )
 
 const usage = `usage:
-  vpnd-wg up [--socket PATH] [--uapi-dir DIR] [--verbose] FILE.conf
+  vpnd-wg up [--socket PATH] [--uapi-dir DIR] [--no-offload] [--verbose] FILE.conf
   vpnd-wg show [--uapi-dir DIR] [INTERFACE]
   vpnd-wg genkey
   vpnd-wg pubkey < private.key
@@ -94,6 +94,7 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	socket := fs.String("socket", os.Getenv("VPND_SOCKET"), "vpnd's socket (default $VPND_SOCKET, else /run/vpnd/vpnd.sock)")
 	uapiDir := fs.String("uapi-dir", wgclient.DefaultUAPIDir(), "where to serve the state for `vpnd-wg show` (default $XDG_RUNTIME_DIR/vpnd-wg)")
 	verbose := fs.Bool("verbose", false, "log wireguard-go's debug messages")
+	noOffload := fs.Bool("no-offload", false, "set the VPN up without vpnd's offload member: a TUN without IFF_VNET_HDR, so no TSO/USO or GRO on the TUN, one packet per read and write (slower downloads)")
 	noProtect := fs.Bool("test-no-protect", false, "FOR TESTS ONLY: do not protect the tunnel sockets; with AllowedIPs covering the endpoint the tunnel then routes itself into itself and never works")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -118,7 +119,7 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vpnd-wg: --test-no-protect: the tunnel sockets are NOT protected (tests only)")
 	}
 	t, err := wgclient.Up(ctx, cfg, wgclient.Options{
-		Socket: *socket, UAPIDir: *uapiDir, Log: stderr, Verbose: *verbose, TestNoProtect: *noProtect,
+		Socket: *socket, UAPIDir: *uapiDir, Log: stderr, Verbose: *verbose, TestNoProtect: *noProtect, NoOffload: *noOffload,
 	})
 	if err != nil {
 		return fail(stderr, err)
@@ -126,8 +127,12 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	for _, n := range t.Notes {
 		fmt.Fprintln(stderr, "vpnd-wg: note:", n)
 	}
-	fmt.Fprintf(stdout, "vpnd-wg: %s is up: addresses %s; routes %s; mtu %d\n", t.Info.Interface,
-		strings.Join(t.Info.Addresses, ", "), strings.Join(t.Info.Routes, ", "), t.Info.MTU)
+	offload := "off"
+	if t.Offload {
+		offload = "on"
+	}
+	fmt.Fprintf(stdout, "vpnd-wg: %s is up: addresses %s; routes %s; mtu %d; offload %s\n", t.Info.Interface,
+		strings.Join(t.Info.Addresses, ", "), strings.Join(t.Info.Routes, ", "), t.Info.MTU, offload)
 	if t.UAPIPath != "" {
 		fmt.Fprintf(stdout, "vpnd-wg: state on %s\n", t.UAPIPath)
 	}

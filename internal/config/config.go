@@ -49,8 +49,12 @@ type Config struct {
 	// take the normal path instead of failing closed (unreachable), the
 	// default that keeps it from leaking outside the VPN.
 	AllowFamilyBypass bool
-	Trusted           []User
-	Blocked           []User
+	// Offload is offload: the TUN is created with IFF_VNET_HDR, so that
+	// every read and write on its fd carries a struct virtio_net_hdr
+	// before the packet, and the app may turn on the TUN's offloads.
+	Offload bool
+	Trusted []User
+	Blocked []User
 }
 
 // UserResolver resolves a trustedApplications/blockedApplications entry,

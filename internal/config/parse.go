@@ -11,7 +11,7 @@
 //   - Checks run in a fixed order and the first violation is reported:
 //     unknown members, then addresses, routes, dnsAddresses, searchDomains,
 //     mtu, isIPv4Accepted, isIPv6Accepted, isBlocking, isMetered, isLegacy,
-//     allowFamilyBypass, trustedApplications, blockedApplications. A rule relating two members
+//     allowFamilyBypass, offload, trustedApplications, blockedApplications. A rule relating two members
 //     is checked with the later one: "route family accepted" right after the
 //     isIPv*Accepted flags, "lists are mutually exclusive" after
 //     blockedApplications. An array's length is checked before its entries,
@@ -37,6 +37,8 @@
 //     routes are added only when no included route remains at all.
 //   - allowFamilyBypass (vpnd's own member, like Android's allowFamily): a
 //     boolean, false by default, checked after the other flags.
+//   - offload (vpnd's own member): a boolean, false by default, checked
+//     right after allowFamilyBypass.
 //   - dnsAddresses: any IP but the unspecified address; duplicates merged.
 //   - searchDomains: kept as given (case and one trailing dot preserved);
 //     letters, digits and hyphens only (no underscore); duplicates merged
@@ -77,6 +79,7 @@ const (
 	mMetered
 	mLegacy
 	mAllowFamilyBypass
+	mOffload
 	mTrusted
 	mBlocked
 	numMembers
@@ -89,7 +92,7 @@ const (
 var vpnConfigMembers = [numMembers]string{
 	"addresses", "routes", "dnsAddresses", "searchDomains", "mtu",
 	"isIPv4Accepted", "isIPv6Accepted", "isBlocking", "isMetered", "isLegacy", "allowFamilyBypass",
-	"trustedApplications", "blockedApplications",
+	"offload", "trustedApplications", "blockedApplications",
 }
 
 // memberName returns the name of member i, as details show it.
@@ -1030,7 +1033,10 @@ func (p *parser) flags() *errs.Error {
 	if legacy {
 		return invalid(memberPath(mLegacy), "legacy VPN types are not supported")
 	}
-	p.cfg.AllowFamilyBypass, _, err = p.flag(mAllowFamilyBypass, false)
+	if p.cfg.AllowFamilyBypass, _, err = p.flag(mAllowFamilyBypass, false); err != nil {
+		return err
+	}
+	p.cfg.Offload, _, err = p.flag(mOffload, false)
 	return err
 }
 

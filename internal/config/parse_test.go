@@ -197,6 +197,11 @@ func TestParseRejects(t *testing.T) {
 		{"allowFamilyBypass not a number", `{` + v4 + `,"allowFamilyBypass":1}`, "allowFamilyBypass: expected boolean, got number"},
 		{"allowFamilyBypass is case-sensitive", `{` + v4 + `,"AllowFamilyBypass":true}`, "AllowFamilyBypass: unknown member"},
 		{"allowFamilyBypass repeated", `{` + v4 + `,"allowFamilyBypass":true,"allowFamilyBypass":true}`, "allowFamilyBypass: duplicate member"},
+		{"offload bool", `{` + v4 + `,"offload":"true"}`, "offload: expected boolean, got string"},
+		{"offload not a number", `{` + v4 + `,"offload":1}`, "offload: expected boolean, got number"},
+		{"offload not an array", `{` + v4 + `,"offload":[true]}`, "offload: expected boolean, got array"},
+		{"offload is case-sensitive", `{` + v4 + `,"Offload":true}`, "Offload: unknown member"},
+		{"offload repeated", `{` + v4 + `,"offload":true,"offload":false}`, "offload: duplicate member"},
 
 		// applications
 		{"trustedApplications array", `{` + v4 + `,"trustedApplications":"alice"}`, "trustedApplications: expected array of user names or uids, got string"},
@@ -219,6 +224,8 @@ func TestParseRejects(t *testing.T) {
 		{"order: isLegacy before applications", `{` + v4 + `,"trustedApplications":["bob"],"isLegacy":true}`, "isLegacy: legacy VPN types are not supported"},
 		{"order: isLegacy before allowFamilyBypass", `{` + v4 + `,"allowFamilyBypass":1,"isLegacy":true}`, "isLegacy: legacy VPN types are not supported"},
 		{"order: allowFamilyBypass before applications", `{` + v4 + `,"trustedApplications":["bob"],"allowFamilyBypass":0}`, "allowFamilyBypass: expected boolean, got number"},
+		{"order: allowFamilyBypass before offload", `{` + v4 + `,"offload":0,"allowFamilyBypass":0}`, "allowFamilyBypass: expected boolean, got number"},
+		{"order: offload before applications", `{` + v4 + `,"trustedApplications":["bob"],"offload":0}`, "offload: expected boolean, got number"},
 		{"order: first element first", `{"addresses":["127.0.0.1/8","10.8.0.0/24"]}`, "addresses[0]: 127.0.0.1/8 is a loopback address"},
 	}
 	seen := make(map[string]bool)
@@ -397,8 +404,19 @@ func TestParseAccepts(t *testing.T) {
 			want:   Config{Addresses: []netip.Prefix{pfx("10.8.0.2/24")}, Routes: defaultV4, MTU: 1500, IPv4: true},
 		},
 		{
+			name:   "offload true",
+			params: `{"addresses":["10.8.0.2/24"],"offload":true}`,
+			want: Config{Addresses: []netip.Prefix{pfx("10.8.0.2/24")}, Routes: defaultV4, MTU: 1500, IPv4: true,
+				Offload: true},
+		},
+		{
+			name:   "offload false is the default",
+			params: `{"offload":false,"addresses":["10.8.0.2/24"]}`,
+			want:   Config{Addresses: []netip.Prefix{pfx("10.8.0.2/24")}, Routes: defaultV4, MTU: 1500, IPv4: true},
+		},
+		{
 			name:   "null members count as absent",
-			params: `{"addresses":["10.8.0.2/24"],"routes":null,"mtu":null,"isIPv4Accepted":null,"allowFamilyBypass":null,"trustedApplications":null}`,
+			params: `{"addresses":["10.8.0.2/24"],"routes":null,"mtu":null,"isIPv4Accepted":null,"allowFamilyBypass":null,"offload":null,"trustedApplications":null}`,
 			want:   Config{Addresses: []netip.Prefix{pfx("10.8.0.2/24")}, Routes: defaultV4, MTU: 1500, IPv4: true},
 		},
 	}

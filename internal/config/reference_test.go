@@ -358,7 +358,7 @@ func refIsDigits(s string) bool {
 var refVpnConfigMembers = []string{
 	"addresses", "routes", "dnsAddresses", "searchDomains", "mtu",
 	"isIPv4Accepted", "isIPv6Accepted", "isBlocking", "isMetered", "isLegacy", "allowFamilyBypass",
-	"trustedApplications", "blockedApplications",
+	"offload", "trustedApplications", "blockedApplications",
 }
 
 // refParse validates params, the VpnConfig of a setUp request,
@@ -803,6 +803,9 @@ func (p *refParser) flags() *errs.Error {
 		return refInvalid("isLegacy", "legacy VPN types are not supported")
 	}
 	if p.cfg.AllowFamilyBypass, _, err = p.o.optBool("allowFamilyBypass", false); err != nil {
+		return refAsErr(err)
+	}
+	if p.cfg.Offload, _, err = p.o.optBool("offload", false); err != nil {
 		return refAsErr(err)
 	}
 	return nil

@@ -18,10 +18,11 @@ import (
 // runs in.
 type Kernel interface {
 	// CreateTUN creates a non-persistent TUN device (IFF_TUN|IFF_NO_PI|
-	// IFF_TUN_EXCL) and returns its only fd and its interface index. The
-	// fd is non-blocking unless blocking is set. The link lives exactly
-	// as long as some copy of the fd is open.
-	CreateTUN(name string, blocking bool) (*os.File, int, error)
+	// IFF_TUN_EXCL, and IFF_VNET_HDR if opt.VnetHdr) and returns its only
+	// fd and its interface index. The fd is non-blocking unless
+	// opt.Blocking. The link lives exactly as long as some copy of the fd
+	// is open.
+	CreateTUN(name string, opt tun.TUNOptions) (*os.File, int, error)
 	// Install configures o's link and adds o's addresses, routes and rules.
 	// It returns what it added: all of o unless err, the first failure, is
 	// set. The caller removes exactly what was added to roll back.

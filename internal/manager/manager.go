@@ -268,7 +268,7 @@ func firstFew[T any](ss []T, n int) string {
 // as it was. Kernel errors already name the step and its object ("add route
 // 198.51.100.0/24 ...: file exists"), so they are returned as they are.
 func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err error) {
-	f, index, err := m.k.CreateTUN(m.opt.IfName, cfg.Blocking)
+	f, index, err := m.k.CreateTUN(m.opt.IfName, tun.TUNOptions{Blocking: cfg.Blocking, VnetHdr: cfg.Offload})
 	if err != nil {
 		return nil, err
 	}
@@ -428,6 +428,7 @@ func (m *Manager) describe(v *vpn, c Caller, cfg *config.Config) protocol.VpnInf
 		IsIPv6Accepted:      cfg.IPv6,
 		IsMetered:           cfg.Metered,
 		AllowFamilyBypass:   cfg.AllowFamilyBypass,
+		Offload:             cfg.Offload,
 		TrustedApplications: userStrs(cfg.Trusted),
 		BlockedApplications: userStrs(cfg.Blocked),
 		Owner:               protocol.Owner{UID: c.UID, PID: c.PID, User: c.User},

@@ -196,6 +196,40 @@ func TestSetUpAppliesConfig(t *testing.T) {
 	}
 }
 
+// offload creates the TUN with a virtio_net_hdr (the kernel's
+// IFF_VNET_HDR) and nothing else: the same link, routes and rules as
+// without, and VpnInfo reports it either way.
+func TestOffload(t *testing.T) {
+	const cfg = `{"addresses":["10.8.0.2/24"],"routes":["198.51.100.0/24"]`
+	var plain tuntest.State
+	for _, offload := range []bool{false, true} {
+		t.Run(fmt.Sprint("offload ", offload), func(t *testing.T) {
+			m, k, _ := newManager(t)
+			js := cfg + "}"
+			if offload {
+				js = cfg + `,"offload":true}`
+			}
+			f, info := setUp(t, m, alice, js)
+			s := k.Snapshot()
+			if len(s.Links) != 1 || s.Links[0].VnetHdr != offload {
+				t.Fatalf("links %+v, want one with VnetHdr %v", s.Links, offload)
+			}
+			if info.Offload != offload || m.Status().VPN.Offload != offload {
+				t.Errorf("VpnInfo offload %v, status %v; want %v", info.Offload, m.Status().VPN.Offload, offload)
+			}
+			s.Links[0].VnetHdr = false
+			if offload && !s.Equal(plain) {
+				t.Errorf("with offload the kernel holds\n%+v\nwithout\n%+v", s, plain)
+			}
+			plain = s
+			f.Close()
+			if err := m.Destroy(alice); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
 // TestPrefixRoutes: which prefix routes an address brings into the table.
 func TestPrefixRoutes(t *testing.T) {
 	for _, tc := range []struct {

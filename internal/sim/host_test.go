@@ -89,7 +89,7 @@ func TestHostUnprivileged(t *testing.T) {
 		}
 	}
 
-	f, index, err := h.CreateTUN("vpn-tun", true)
+	f, index, err := h.CreateTUN("vpn-tun", tun.TUNOptions{Blocking: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,9 @@
 // A simulated TUN is one end of a SOCK_SEQPACKET socket pair, one IP packet
 // per message. The model holds the other end, like a kernel: the link lives
 // until every copy of the client's end is closed, and a deleted link
-// closes the model's end, so the client reads EOF.
+// closes the model's end, so the client reads EOF. A TUN created with
+// TUNOptions.VnetHdr carries a virtio_net_hdr before each packet, both
+// ways, as a TUN with IFF_VNET_HDR does (vnethdr.go).
 package sim
 
 import (
@@ -41,6 +43,9 @@ type Link struct {
 	MTU       int
 	Up        bool
 	Addresses []netip.Prefix // sorted
+	// VnetHdr: the TUN was created with TUNOptions.VnetHdr, and each
+	// message on it carries a virtio_net_hdr before the packet.
+	VnetHdr bool
 }
 
 // State is everything the model holds. Links are sorted by index; routes
@@ -55,7 +60,8 @@ type State struct {
 // Equal reports whether s and o hold the same things.
 func (s State) Equal(o State) bool {
 	return slices.EqualFunc(s.Links, o.Links, func(a, b Link) bool {
-		return a.Name == b.Name && a.Index == b.Index && a.MTU == b.MTU && a.Up == b.Up && slices.Equal(a.Addresses, b.Addresses)
+		return a.Name == b.Name && a.Index == b.Index && a.MTU == b.MTU && a.Up == b.Up && a.VnetHdr == b.VnetHdr &&
+			slices.Equal(a.Addresses, b.Addresses)
 	}) && slices.Equal(s.Routes, o.Routes) && slices.Equal(s.Rules, o.Rules)
 }
 
@@ -71,7 +77,9 @@ type Options struct {
 	HostPrefixes func(except string) ([]tun.HostPrefix, error)
 	// Packet, if set, is called with each packet the client writes into a
 	// simulated TUN, with the link it came in on; what it returns is
-	// written back to the client, one packet per message.
+	// written back to the client, one packet per message. Packets are
+	// IP packets: on a link with VnetHdr the model strips and adds the
+	// header.
 	Packet func(l Link, pkt []byte) [][]byte
 }
 
@@ -191,8 +199,9 @@ func (k *Kernel) Close() {
 }
 
 // CreateTUN makes a simulated TUN link and returns the client's end of its
-// socket pair, in the blocking mode asked for, close-on-exec.
-func (k *Kernel) CreateTUN(name string, blocking bool) (*os.File, int, error) {
+// socket pair, in the blocking mode asked for, close-on-exec. With
+// opt.VnetHdr every message carries a virtio_net_hdr before the packet.
+func (k *Kernel) CreateTUN(name string, opt tun.TUNOptions) (*os.File, int, error) {
 	if err := tun.ValidateName(name); err != nil {
 		return nil, 0, fmt.Errorf("create tun %q: %w", name, err)
 	}
@@ -213,7 +222,7 @@ func (k *Kernel) CreateTUN(name string, blocking bool) (*os.File, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("create tun %s: socketpair: %w", name, err)
 	}
-	if blocking {
+	if opt.Blocking {
 		if err := unix.SetNonblock(fds[0], false); err != nil {
 			unix.Close(fds[0])
 			unix.Close(fds[1])
@@ -222,7 +231,7 @@ func (k *Kernel) CreateTUN(name string, blocking bool) (*os.File, int, error) {
 	}
 	index := k.nextIndex
 	k.nextIndex++
-	l := &link{Link: Link{Name: name, Index: index, MTU: DefaultMTU}, held: os.NewFile(uintptr(fds[1]), "sim-tun")}
+	l := &link{Link: Link{Name: name, Index: index, MTU: DefaultMTU, VnetHdr: opt.VnetHdr}, held: os.NewFile(uintptr(fds[1]), "sim-tun")}
 	k.links[index] = l
 	k.readers.Add(1)
 	go k.serve(l)
@@ -261,7 +270,17 @@ func (k *Kernel) serve(l *link) {
 		if k.opt.Packet == nil || !up {
 			continue
 		}
-		for _, out := range k.opt.Packet(cur, buf[:n]) {
+		pkt := buf[:n]
+		if cur.VnetHdr {
+			var ok bool
+			if pkt, ok = fromVnetHdr(pkt); !ok {
+				continue
+			}
+		}
+		for _, out := range k.opt.Packet(cur, pkt) {
+			if cur.VnetHdr {
+				out = toVnetHdr(out)
+			}
 			// Never wait for the client: one that does not read loses
 			// packets once its queue is full, as on a TUN, and the
 			// packets it writes are still read meanwhile.

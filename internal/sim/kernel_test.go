@@ -68,7 +68,7 @@ func TestRemoveRuleExact(t *testing.T) {
 // in the details of the manager's errors: "configure link #2".
 func TestErrorWords(t *testing.T) {
 	k := newKernel(t, sim.Options{})
-	f, index, err := k.CreateTUN("vpn-tun", false)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestRuleOrder(t *testing.T) {
 // setUp's error detail.
 func TestOccupantsNameLinks(t *testing.T) {
 	k := newKernel(t, sim.Options{})
-	f, index, err := k.CreateTUN("vpn-tun", false)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestOccupantsNameLinks(t *testing.T) {
 // link that is down with ENETDOWN.
 func TestGatewayChecks(t *testing.T) {
 	k := newKernel(t, sim.Options{})
-	f, index, err := k.CreateTUN("vpn-tun", false)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +234,7 @@ func TestWatchGone(t *testing.T) {
 	default:
 		t.Error("a watch of a missing link is not gone")
 	}
-	f, index, err := k.CreateTUN("vpn-tun", false)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +273,7 @@ func TestWatchGone(t *testing.T) {
 // refused (EINVAL) and so are IPv6 routes through the link (ENODEV).
 func TestMTUBelowIPv6Minimum(t *testing.T) {
 	k := newKernel(t, sim.Options{})
-	f, index, err := k.CreateTUN("vpn-tun", false)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +328,7 @@ func fdFlags(t *testing.T, f *os.File) (fl, fdfl, typ int) {
 // the blocking mode asked for; names are checked as for a real TUN.
 func TestCreateTUN(t *testing.T) {
 	k := newKernel(t, sim.Options{})
-	f, index, err := k.CreateTUN("vpn-tun", false)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +336,7 @@ func TestCreateTUN(t *testing.T) {
 	if fl, fdfl, typ := fdFlags(t, f); fl&unix.O_NONBLOCK == 0 || fdfl&unix.FD_CLOEXEC == 0 || typ != unix.SOCK_SEQPACKET {
 		t.Errorf("fd: flags %#x, fd flags %#x, type %d; want O_NONBLOCK, FD_CLOEXEC, SOCK_SEQPACKET", fl, fdfl, typ)
 	}
-	fb, ib, err := k.CreateTUN("vpn-tun-b", true)
+	fb, ib, err := k.CreateTUN("vpn-tun-b", tun.TUNOptions{Blocking: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,12 +358,12 @@ func TestCreateTUN(t *testing.T) {
 		{"vpn-tun", fmt.Sprintf("a tun link (index %d) has this name", index)},
 		{"lo", "(index 1) has this name"},
 	} {
-		if _, _, err := k.CreateTUN(tc.name, false); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), tc.text) {
+		if _, _, err := k.CreateTUN(tc.name, tun.TUNOptions{}); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), tc.text) {
 			t.Errorf("CreateTUN(%q) = %v, want ErrLinkExists saying %q", tc.name, err, tc.text)
 		}
 	}
 	for _, bad := range []string{"", "sixteen-bytes-xx", "a/b", "tun%d"} {
-		if _, _, err := k.CreateTUN(bad, false); err == nil || errors.Is(err, tun.ErrLinkExists) {
+		if _, _, err := k.CreateTUN(bad, tun.TUNOptions{}); err == nil || errors.Is(err, tun.ErrLinkExists) {
 			t.Errorf("CreateTUN(%q) = %v, want a name error", bad, err)
 		}
 	}
@@ -385,7 +385,7 @@ func TestPackets(t *testing.T) {
 		}
 		return [][]byte{append([]byte("re:"), pkt...), []byte("and again")}
 	}})
-	f, index, err := k.CreateTUN("vpn-tun", true)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{Blocking: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +393,7 @@ func TestPackets(t *testing.T) {
 	addrs := []netip.Prefix{netip.MustParsePrefix("10.8.0.2/24"), netip.MustParsePrefix("fd00:8::2/64")}
 
 	// A link that is down drops what its client writes.
-	down, _, err := k.CreateTUN("down", true)
+	down, _, err := k.CreateTUN("down", tun.TUNOptions{Blocking: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -440,7 +440,7 @@ func TestPackets(t *testing.T) {
 // with its routes, as a non-persistent TUN does; its watch is gone.
 func TestClientCloseRemovesLink(t *testing.T) {
 	k := newKernel(t, sim.Options{})
-	f, index, err := k.CreateTUN("vpn-tun", false)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,7 +456,7 @@ func TestClientCloseRemovesLink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, _, err := k.CreateTUN("other", false)
+	other, _, err := k.CreateTUN("other", tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -480,7 +480,7 @@ func TestLinkDeletionIsEOF(t *testing.T) {
 		{"External().DeleteLink", func(index int) { k.External().DeleteLink(index) }},
 	} {
 		for _, blocking := range []bool{true, false} {
-			f, index, err := k.CreateTUN("vpn-tun", blocking)
+			f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{Blocking: blocking})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -502,7 +502,7 @@ func TestClose(t *testing.T) {
 	k := sim.New(sim.Options{})
 	var files []*os.File
 	for _, name := range []string{"a", "b", "c"} {
-		f, _, err := k.CreateTUN(name, true)
+		f, _, err := k.CreateTUN(name, tun.TUNOptions{Blocking: true})
 		if err != nil {
 			t.Fatal(err)
 		}

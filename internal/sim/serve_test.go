@@ -21,7 +21,7 @@ func upTUN(t *testing.T, blocking bool) (*Kernel, *os.File, int) {
 	t.Helper()
 	k := New(Options{Packet: Echo})
 	t.Cleanup(k.Close)
-	f, index, err := k.CreateTUN("vpn-tun", blocking)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{Blocking: blocking})
 	if err != nil {
 		t.Fatal(err)
 	}

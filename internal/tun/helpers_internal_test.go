@@ -29,7 +29,7 @@ func openNetlink(t *testing.T, log *zap.Logger) *Netlink {
 // the test ends (closing it earlier is fine).
 func makeTUN(t *testing.T, n *Netlink, name string) (*os.File, int) {
 	t.Helper()
-	f, index, err := n.CreateTUN(name, false)
+	f, index, err := n.CreateTUN(name, TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,7 @@ func newNetlink(t *testing.T) *tun.Netlink {
 // when the test ends (closing it earlier is fine).
 func createTUN(t *testing.T, n *tun.Netlink, name string) (*os.File, int) {
 	t.Helper()
-	f, index, err := n.CreateTUN(name, false)
+	f, index, err := n.CreateTUN(name, tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

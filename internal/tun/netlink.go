@@ -61,16 +61,23 @@ func (n *Netlink) Close() error {
 //
 // IFF_TUN_EXCL makes the kernel refuse a name that already exists instead of
 // attaching to it, so vpnd can never configure or hand out somebody else's
-// device. IFF_NO_PI: packets carry no extra header. The fd is close-on-exec,
-// and non-blocking unless blocking is set. The device lives exactly as long
-// as some copy of the fd is open.
-func (n *Netlink) CreateTUN(name string, blocking bool) (*os.File, int, error) {
+// device. IFF_NO_PI: packets carry no packet-info header. With
+// opt.VnetHdr, IFF_VNET_HDR too: each packet is led by a virtio_net_hdr,
+// and the kernel's defaults stay (a 10-byte header, every offload off until
+// the fd's owner asks with TUNSETOFFLOAD). The fd is close-on-exec, and
+// non-blocking unless opt.Blocking. The device lives exactly as long as
+// some copy of the fd is open.
+func (n *Netlink) CreateTUN(name string, opt TUNOptions) (*os.File, int, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, 0, fmt.Errorf("create tun %q: %w", name, err)
 	}
 	flags := unix.O_RDWR | unix.O_CLOEXEC
-	if !blocking {
+	if !opt.Blocking {
 		flags |= unix.O_NONBLOCK
+	}
+	tunFlags := uint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_TUN_EXCL)
+	if opt.VnetHdr {
+		tunFlags |= unix.IFF_VNET_HDR
 	}
 	fd, err := unix.Open("/dev/net/tun", flags, 0)
 	if err != nil {
@@ -78,7 +85,7 @@ func (n *Netlink) CreateTUN(name string, blocking bool) (*os.File, int, error) {
 	}
 	ifr, err := unix.NewIfreq(name)
 	if err == nil {
-		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_TUN_EXCL)
+		ifr.SetUint16(tunFlags)
 		err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
 	}
 	if err != nil {

@@ -85,7 +85,7 @@ func TestCreateTUN(t *testing.T) {
 	}
 	n := newNetlink(t)
 
-	f, index, err := n.CreateTUN("vpn-tun", false)
+	f, index, err := n.CreateTUN("vpn-tun", tun.TUNOptions{})
 	must(t, err)
 	defer f.Close()
 	if got := tunFlags(t, f); got != unix.IFF_TUN|unix.IFF_NO_PI {
@@ -107,34 +107,34 @@ func TestCreateTUN(t *testing.T) {
 	}
 	info, _ := links[0]["linkinfo"].(map[string]any)
 	data, _ := info["info_data"].(map[string]any)
-	if info["info_kind"] != "tun" || data["type"] != "tun" || data["pi"] != false || data["multi_queue"] != false || data["persist"] != false {
+	if info["info_kind"] != "tun" || data["type"] != "tun" || data["pi"] != false || data["vnet_hdr"] != false || data["multi_queue"] != false || data["persist"] != false {
 		t.Errorf("linkinfo %v, want a non-persistent single-queue tun without pi", info)
 	}
 
 	// IFF_TUN_EXCL: a second device under a taken name is refused, with
 	// the holder named.
 	want := "a tun link (index " + strconv.Itoa(index) + ") has this name"
-	if _, _, err := n.CreateTUN("vpn-tun", false); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), want) {
+	if _, _, err := n.CreateTUN("vpn-tun", tun.TUNOptions{}); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), want) {
 		t.Errorf("second CreateTUN: %v, want ErrLinkExists saying %q", err, want)
 	}
 	netnstest.IP(t, "link", "add", "foreign0", "type", "bridge")
-	if _, _, err := n.CreateTUN("foreign0", false); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "a bridge link (index ") {
+	if _, _, err := n.CreateTUN("foreign0", tun.TUNOptions{}); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "a bridge link (index ") {
 		t.Errorf("CreateTUN over a bridge: %v, want ErrLinkExists naming a bridge link", err)
 	}
 	netnstest.IP(t, "tuntap", "add", "tap0", "mode", "tap")
-	if _, _, err := n.CreateTUN("tap0", false); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "a tap link (index ") {
+	if _, _, err := n.CreateTUN("tap0", tun.TUNOptions{}); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "a tap link (index ") {
 		t.Errorf("CreateTUN over a tap: %v, want ErrLinkExists naming a tap link", err)
 	}
-	if _, _, err := n.CreateTUN("lo", false); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "(index 1)") {
+	if _, _, err := n.CreateTUN("lo", tun.TUNOptions{}); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "(index 1)") {
 		t.Errorf("CreateTUN(lo): %v, want ErrLinkExists naming index 1", err)
 	}
 	for _, bad := range []string{"", "sixteen-bytes-xx", "a/b", "a b", "tun%d"} {
-		if _, _, err := n.CreateTUN(bad, false); err == nil || errors.Is(err, tun.ErrLinkExists) {
+		if _, _, err := n.CreateTUN(bad, tun.TUNOptions{}); err == nil || errors.Is(err, tun.ErrLinkExists) {
 			t.Errorf("CreateTUN(%q) = %v, want a name error", bad, err)
 		}
 	}
 
-	fb, ib, err := n.CreateTUN("vpn-tun-b", true)
+	fb, ib, err := n.CreateTUN("vpn-tun-b", tun.TUNOptions{Blocking: true})
 	must(t, err)
 	if fl, fdfl := fdFlags(t, fb); fl&unix.O_NONBLOCK != 0 || fdfl&unix.FD_CLOEXEC == 0 {
 		t.Errorf("blocking fd: flags %#x, fd flags %#x; want no O_NONBLOCK, FD_CLOEXEC", fl, fdfl)
@@ -165,9 +165,53 @@ func TestCreateTUN(t *testing.T) {
 		t.Error("foreign0 is gone")
 	}
 	// The name is free again.
-	f2, _, err := n.CreateTUN("vpn-tun", false)
+	f2, _, err := n.CreateTUN("vpn-tun", tun.TUNOptions{})
 	must(t, err)
 	f2.Close()
+}
+
+// With VnetHdr (the config's offload) the TUN is IFF_TUN|IFF_NO_PI|
+// IFF_VNET_HDR and nothing else: the same kind of link, the kernel's
+// default header size (10 bytes, TUNGETVNETHDRSZ), and the fd's mode as
+// asked. Without it, TestCreateTUN sees exactly IFF_TUN|IFF_NO_PI.
+func TestCreateTUNVnetHdr(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	n := newNetlink(t)
+	const want = unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR
+	for _, opt := range []tun.TUNOptions{{VnetHdr: true}, {VnetHdr: true, Blocking: true}} {
+		f, index, err := n.CreateTUN("vpn-tun", opt)
+		must(t, err)
+		if got := tunFlags(t, f); got != want {
+			t.Errorf("%+v: TUNGETIFF flags %#x, want IFF_TUN|IFF_NO_PI|IFF_VNET_HDR (%#x) and nothing else", opt, got, want)
+		}
+		rc, err := f.SyscallConn()
+		must(t, err)
+		var size int
+		var ierr error
+		must(t, rc.Control(func(fd uintptr) { size, ierr = unix.IoctlGetInt(int(fd), unix.TUNGETVNETHDRSZ) }))
+		if ierr != nil || size != tun.VnetHdrLen {
+			t.Errorf("%+v: TUNGETVNETHDRSZ = %d, %v; want the kernel's default %d", opt, size, ierr, tun.VnetHdrLen)
+		}
+		if fl, fdfl := fdFlags(t, f); (fl&unix.O_NONBLOCK == 0) != opt.Blocking || fdfl&unix.FD_CLOEXEC == 0 {
+			t.Errorf("%+v: flags %#x, fd flags %#x", opt, fl, fdfl)
+		}
+		links := ipJSON(t, "-d", "link", "show", "vpn-tun")
+		if len(links) != 1 || int(links[0]["ifindex"].(float64)) != index {
+			t.Fatalf("ip link show vpn-tun: %v, want index %d", links, index)
+		}
+		info, _ := links[0]["linkinfo"].(map[string]any)
+		data, _ := info["info_data"].(map[string]any)
+		if info["info_kind"] != "tun" || data["type"] != "tun" || data["pi"] != false || data["vnet_hdr"] != true ||
+			data["multi_queue"] != false || data["persist"] != false {
+			t.Errorf("%+v: linkinfo %v, want a non-persistent single-queue tun without pi, with vnet_hdr", opt, info)
+		}
+		f.Close()
+		if linkExists(t, "vpn-tun") {
+			t.Fatalf("vpn-tun still exists after its fd was closed")
+		}
+	}
 }
 
 // Install of a whole VPN: the link's MTU, loose reverse path filtering, no
@@ -1038,7 +1082,7 @@ func TestCloseStopsMonitor(t *testing.T) {
 	}
 	n, err := tun.New(nil)
 	must(t, err)
-	f, index, err := n.CreateTUN("vpn-tun", false)
+	f, index, err := n.CreateTUN("vpn-tun", tun.TUNOptions{})
 	must(t, err)
 	defer f.Close()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -123,6 +123,22 @@ type Link struct {
 	Addrs []netip.Prefix
 }
 
+// TUNOptions say how CreateTUN makes a TUN device. The zero value is
+// vpnd's default: IFF_TUN|IFF_NO_PI, a non-blocking fd.
+type TUNOptions struct {
+	// Blocking leaves the fd in blocking mode.
+	Blocking bool
+	// VnetHdr adds IFF_VNET_HDR: every read and write on the fd carries a
+	// struct virtio_net_hdr (VnetHdrLen bytes, the kernel's default)
+	// before the packet, and the fd's owner may turn on the TUN's offloads
+	// with TUNSETOFFLOAD, which needs no capability.
+	VnetHdr bool
+}
+
+// VnetHdrLen is the size of struct virtio_net_hdr, the header that leads
+// every packet on a TUN with IFF_VNET_HDR until TUNSETVNETHDRSZ changes it.
+const VnetHdrLen = 10
+
 // Objects is a set of things vpnd adds to the kernel together, and removes
 // together: a VPN (its link's settings, its routes and rules), or
 // lockdown's rules (no link).

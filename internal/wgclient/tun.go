@@ -3,6 +3,7 @@ package wgclient
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/vpnd/vpnd/protocol"
 )
 
 // vpndTUN is the TUN device that vpnd created, as a wireguard-go
@@ -23,17 +26,25 @@ import (
 // vpnd owns the link: it set the addresses, the MTU and the up state, and
 // it ends the VPN by deleting the link, which the reads see as EBADFD.
 //
-// vpnd's TUN is IFF_TUN|IFF_NO_PI without IFF_VNET_HDR: each read is one
-// IP packet, no offloads. To cut the per-packet cost of wireguard-go's
-// pipeline anyway, Read drains up to a batch of packets that are already
-// queued (non-blocking reads until EAGAIN) and waits in the runtime's
-// poller only when there is none.
+// vpndTUN runs where the TUN has no offloads: a TUN without IFF_VNET_HDR
+// (vpnd-wg --no-offload, or a vpnd older than the offload member), where
+// each read is one IP packet, and vpnd --sim's socket pair. To cut the
+// per-packet cost of wireguard-go's pipeline anyway, Read drains up to a
+// batch of packets that are already queued (non-blocking reads until
+// EAGAIN) and waits in the runtime's poller only when there is none.
+//
+// With vnetHdr (vpnd --sim with offload: a socket pair that carries a
+// virtio_net_hdr before each packet, but takes no TUN ioctl, so no
+// offload), each packet read is led by a header, which Read drops, and
+// Write puts a zero header (a whole, checksummed packet) before each
+// packet, in the room wireguard-go leaves before offset.
 type vpndTUN struct {
-	file   *os.File
-	rc     syscall.RawConn
-	name   string
-	mtu    int
-	events chan tun.Event
+	file    *os.File
+	rc      syscall.RawConn
+	name    string
+	mtu     int
+	vnetHdr bool
+	events  chan tun.Event
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -42,16 +53,20 @@ type vpndTUN struct {
 
 var _ tun.Device = (*vpndTUN)(nil)
 
-// openTUN returns the device to run WireGuard on. vpnd's TUN has no
-// IFF_VNET_HDR today, and gets vpndTUN. A TUN that has it (a vpnd that
-// offers offloads) gets wireguard-go's own device, which turns TSO/USO
-// on with TUNSETOFFLOAD (no capability needed, unlike the MTU) and reads
-// and writes 64 KiB segments; it is made with CreateUnmonitoredTUNFromFD,
-// which sets no MTU and watches nothing.
-func openTUN(f *os.File, name string, mtu int) (tun.Device, error) {
+// openTUN returns the device to run WireGuard on, and whether it has the
+// TUN's offloads. What the fd is decides, as TUNGETIFF reports it. A TUN
+// with IFF_VNET_HDR (the VPN was set up with offload) gets wireguard-go's
+// own device, which turns TSO/USO on with TUNSETOFFLOAD (no capability
+// needed, unlike the MTU) and reads and writes up to 64 KiB at a time; it
+// is made with CreateUnmonitoredTUNFromFD, which sets no MTU and watches
+// nothing. A TUN without it gets vpndTUN. An fd that is not a TUN is vpnd
+// --sim's socket pair, which carries a virtio_net_hdr when info says
+// offload.
+func openTUN(f *os.File, info *protocol.VpnInfo) (tun.Device, bool, error) {
+	name, mtu := info.Interface, info.MTU
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return nil, fmt.Errorf("tun: %w", err)
+		return nil, false, fmt.Errorf("tun: %w", err)
 	}
 	var flags uint16
 	var dup int
@@ -68,25 +83,27 @@ func openTUN(f *os.File, name string, mtu int) (tun.Device, error) {
 			dup, ierr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 		}
 	}); err != nil {
-		return nil, fmt.Errorf("tun: %w", err)
+		return nil, false, fmt.Errorf("tun: %w", err)
 	}
 	if errors.Is(ierr, unix.ENOTTY) || errors.Is(ierr, unix.EBADFD) {
 		// Not a TUN: vpnd --sim's packet socket, one packet per message.
-		return newVpndTUN(f, name, mtu)
+		dev, err := newVpndTUN(f, name, mtu, info.Offload)
+		return dev, false, err
 	}
 	if ierr != nil {
-		return nil, fmt.Errorf("tun: TUNGETIFF: %w", ierr)
+		return nil, false, fmt.Errorf("tun: TUNGETIFF: %w", ierr)
 	}
 	if flags&unix.IFF_VNET_HDR == 0 {
-		return newVpndTUN(f, name, mtu)
+		dev, err := newVpndTUN(f, name, mtu, false)
+		return dev, false, err
 	}
 	dev, _, err := tun.CreateUnmonitoredTUNFromFD(dup)
 	if err != nil {
 		unix.Close(dup)
-		return nil, fmt.Errorf("tun with offloads: %w", err)
+		return nil, false, fmt.Errorf("tun with offloads: %w", err)
 	}
 	f.Close() // the device holds its own copy
-	return dev, nil
+	return dev, true, nil
 }
 
 // tunBatch is how many packets one Read may return: wireguard-go's own
@@ -95,8 +112,9 @@ const tunBatch = 128
 
 // newVpndTUN wraps the TUN file vpnd handed out. The file must be in
 // non-blocking mode (vpnd's default), so that reads wait in the poller and
-// Read can drain the queue without blocking a thread.
-func newVpndTUN(f *os.File, name string, mtu int) (*vpndTUN, error) {
+// Read can drain the queue without blocking a thread. vnetHdr says that
+// each packet on it is led by a virtio_net_hdr.
+func newVpndTUN(f *os.File, name string, mtu int, vnetHdr bool) (*vpndTUN, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("tun: %w", err)
@@ -113,7 +131,7 @@ func newVpndTUN(f *os.File, name string, mtu int) (*vpndTUN, error) {
 	if flags&unix.O_NONBLOCK == 0 {
 		return nil, errors.New("tun: the TUN file is in blocking mode; set it up without isBlocking")
 	}
-	return &vpndTUN{file: f, rc: rc, name: name, mtu: mtu, events: make(chan tun.Event)}, nil
+	return &vpndTUN{file: f, rc: rc, name: name, mtu: mtu, vnetHdr: vnetHdr, events: make(chan tun.Event)}, nil
 }
 
 func (t *vpndTUN) File() *os.File { return t.file }
@@ -121,14 +139,22 @@ func (t *vpndTUN) File() *os.File { return t.file }
 // Read returns at least one packet, and every further one already queued,
 // up to len(bufs).
 func (t *vpndTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	hdr := t.hdrLen()
+	if offset < hdr {
+		return 0, io.ErrShortBuffer
+	}
 	n := 0
 	var rerr error
 	err := t.rc.Read(func(fd uintptr) bool {
 		for n < len(bufs) {
-			m, err := unix.Read(int(fd), bufs[n][offset:])
+			// The header, if any, lands in the room before offset.
+			m, err := unix.Read(int(fd), bufs[n][offset-hdr:])
 			switch {
+			case err == nil && m > 0 && m < hdr:
+				// Too short for its header: not a packet. (0 is the
+				// end, or an empty message, shown as before.)
 			case err == nil:
-				sizes[n] = m
+				sizes[n] = max(m-hdr, 0)
 				n++
 			case err == unix.EINTR:
 			case err == unix.EAGAIN:
@@ -155,11 +181,17 @@ func (t *vpndTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 
 // Write writes each packet; one bad packet does not stop the others.
 func (t *vpndTUN) Write(bufs [][]byte, offset int) (int, error) {
+	hdr := t.hdrLen()
+	if offset < hdr {
+		return 0, io.ErrShortBuffer
+	}
 	var errs []error
 	i := 0
 	err := t.rc.Write(func(fd uintptr) bool {
 		for i < len(bufs) {
-			_, err := unix.Write(int(fd), bufs[i][offset:])
+			// A zero header: a whole packet, its checksums done.
+			clear(bufs[i][offset-hdr : offset])
+			_, err := unix.Write(int(fd), bufs[i][offset-hdr:])
 			switch {
 			case err == unix.EINTR:
 				continue
@@ -180,6 +212,18 @@ func (t *vpndTUN) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	return i, errors.Join(errs...)
 }
+
+// hdrLen is the size of the header before each packet on the file.
+func (t *vpndTUN) hdrLen() int {
+	if t.vnetHdr {
+		return virtioNetHdrLen
+	}
+	return 0
+}
+
+// virtioNetHdrLen is the size of struct virtio_net_hdr, the kernel's
+// default for a TUN with IFF_VNET_HDR, which vpnd keeps.
+const virtioNetHdrLen = 10
 
 // MTU is the MTU vpnd applied.
 func (t *vpndTUN) MTU() (int, error) { return t.mtu, nil }

@@ -29,7 +29,7 @@ func packetPair(t *testing.T, nonblock bool) (*os.File, int) {
 // up to the batch, and waits only when there is none.
 func TestTUNReadDrainsQueue(t *testing.T) {
 	f, far := packetPair(t, true)
-	tun, err := newVpndTUN(f, "vpn-tun", 1420)
+	tun, err := newVpndTUN(f, "vpn-tun", 1420, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,57 @@ func TestTUNReadDrainsQueue(t *testing.T) {
 func TestTUNRefusesBlocking(t *testing.T) {
 	f, _ := packetPair(t, false)
 	defer f.Close()
-	if _, err := newVpndTUN(f, "vpn-tun", 1420); err == nil {
+	if _, err := newVpndTUN(f, "vpn-tun", 1420, false); err == nil {
 		t.Fatal("a blocking TUN file was accepted")
+	}
+}
+
+// With vnetHdr (vpnd --sim with offload), each message carries a 10-byte
+// virtio_net_hdr before the packet: Read drops it, leaving the packet at
+// offset, and Write puts a zero one before each packet. Offsets too small
+// for the header are refused.
+func TestTUNVnetHdr(t *testing.T) {
+	f, far := packetPair(t, true)
+	tun, err := newVpndTUN(f, "vpn-tun", 1420, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	const offset = 16
+	bufs := [][]byte{make([]byte, offset+2000), make([]byte, offset+2000), make([]byte, offset+2000)}
+	sizes := make([]int, len(bufs))
+	hdr := bytes.Repeat([]byte{0xee}, virtioNetHdrLen) // whatever the header says
+	for _, msg := range [][]byte{
+		append(append([]byte{}, hdr...), 0x45, 1, 2),
+		{0x45, 9}, // shorter than a header: no packet
+		append(append([]byte{}, hdr...), 0x60, 3),
+	} {
+		if _, err := unix.Write(far, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := tun.Read(bufs, sizes, offset)
+	if err != nil || n != 2 {
+		t.Fatalf("Read = %d, %v; want the 2 packets", n, err)
+	}
+	if !bytes.Equal(bufs[0][offset:offset+sizes[0]], []byte{0x45, 1, 2}) || !bytes.Equal(bufs[1][offset:offset+sizes[1]], []byte{0x60, 3}) {
+		t.Errorf("packets % x and % x", bufs[0][offset:offset+sizes[0]], bufs[1][offset:offset+sizes[1]])
+	}
+
+	out := [][]byte{append(bytes.Repeat([]byte{0xaa}, offset), 0x45, 7, 8)}
+	if n, err := tun.Write(out, offset); n != 1 || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	buf := make([]byte, 100)
+	m, err := unix.Read(far, buf)
+	if want := append(make([]byte, virtioNetHdrLen), 0x45, 7, 8); err != nil || !bytes.Equal(buf[:m], want) {
+		t.Errorf("far end read % x, %v; want % x", buf[:m], err, want)
+	}
+
+	if _, err := tun.Read(bufs, sizes, virtioNetHdrLen-1); err == nil {
+		t.Error("Read with no room for the header before offset succeeded")
+	}
+	if _, err := tun.Write(out, virtioNetHdrLen-1); err == nil {
+		t.Error("Write with no room for the header before offset succeeded")
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"io"
 	"log"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,10 @@ type Options struct {
 	Verbose bool
 	// Resolver resolves endpoint names; nil is the system's.
 	Resolver Resolver
+	// NoOffload sets the VPN up without vpnd's offload member, so that
+	// the TUN has no IFF_VNET_HDR and the tunnel runs vpndTUN, one packet
+	// per read and write, batched.
+	NoOffload bool
 
 	// TestNoProtect leaves the tunnel sockets unprotected. It exists only
 	// so that tests can show that protect is what keeps the encrypted
@@ -58,6 +63,10 @@ type Tunnel struct {
 	// (invalid for a peer without one).
 	Endpoints []netip.AddrPort
 	UAPIPath  string // "" if not served
+	// Offload is true when the tunnel runs on a TUN with IFF_VNET_HDR,
+	// through wireguard-go's offload-aware device (TSO/USO and GRO on the
+	// TUN).
+	Offload bool
 
 	vpnd *client.Client
 	// ownsVPN: our setUp succeeded. vpnd knows owners by uid, so a
@@ -100,12 +109,16 @@ func Up(ctx context.Context, cfg *Config, opts Options) (_ *Tunnel, err error) {
 	if err != nil {
 		return nil, err
 	}
-	tunFile, info, err := t.vpnd.SetUp(ctx, vc)
+	vc.Offload = !opts.NoOffload
+	tunFile, info, note, err := setUp(ctx, t.vpnd, vc)
 	if err != nil {
 		return nil, err
 	}
+	if note != "" {
+		t.Notes = append(t.Notes, note)
+	}
 	t.Info, t.ownsVPN = info, true
-	t.tun, err = openTUN(tunFile, info.Interface, info.MTU)
+	t.tun, t.Offload, err = openTUN(tunFile, info)
 	if err != nil {
 		tunFile.Close()
 		return nil, err
@@ -132,6 +145,26 @@ func Up(ctx context.Context, cfg *Config, opts Options) (_ *Tunnel, err error) {
 	}
 	go t.watch()
 	return t, nil
+}
+
+// setUpper is what setUp needs of a *client.Client.
+type setUpper interface {
+	SetUp(ctx context.Context, cfg protocol.VpnConfig) (*os.File, *protocol.VpnInfo, error)
+}
+
+// setUp asks vpnd for the VPN. A vpnd older than the offload member
+// refuses it as an unknown member (19900001, "offload: unknown member"):
+// then setUp asks once more without it, and returns a note saying so.
+func setUp(ctx context.Context, c setUpper, vc protocol.VpnConfig) (*os.File, *protocol.VpnInfo, string, error) {
+	f, info, err := c.SetUp(ctx, vc)
+	var ve *client.Error
+	if err == nil || !vc.Offload || !errors.Is(err, client.ErrInvalidParam) || !errors.As(err, &ve) ||
+		!strings.HasSuffix(ve.Detail, "offload: unknown member") {
+		return f, info, "", err
+	}
+	vc.Offload = false
+	f, info, err = c.SetUp(ctx, vc)
+	return f, info, fmt.Sprintf("vpnd refused offload (%s): an older vpnd; set up again without it, so the TUN has no offloads", ve.Detail), err
 }
 
 // unwrapProtect digs vpnd's refusal out of wireguard-go's wrapping, so

@@ -237,7 +237,7 @@ type result struct {
 
 func create(name string, blocking bool) func(w *world) (string, error) {
 	return func(w *world) (string, error) {
-		f, index, err := w.k.CreateTUN(name, blocking)
+		f, index, err := w.k.CreateTUN(name, tun.TUNOptions{Blocking: blocking})
 		if err != nil {
 			return "", err
 		}

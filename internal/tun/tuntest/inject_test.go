@@ -20,7 +20,7 @@ var errInjected = errors.New("injected")
 // TUN, watch it, install the VPN; on failure remove exactly what Install
 // reported and close the TUN.
 func bringUp(k *tuntest.Fake, o func(index int) *tun.Objects) (err error) {
-	f, index, err := k.CreateTUN("vpn-tun", false)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{})
 	if err != nil {
 		return err
 	}
@@ -108,7 +108,7 @@ func TestFailAtEveryStep(t *testing.T) {
 func TestFailOn(t *testing.T) {
 	k := tuntest.New()
 	defer k.Close()
-	f, index, err := k.CreateTUN("vpn-tun", true)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{Blocking: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestMarks(t *testing.T) {
 func TestFakeLinkGoesWithItsFile(t *testing.T) {
 	k := tuntest.New()
 	defer k.Close()
-	f, index, err := k.CreateTUN("vpn-tun", false)
+	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +285,7 @@ func TestFakeLinkGoesWithItsFile(t *testing.T) {
 		t.Errorf("after the link went: routes %v, rules %v", s.Routes, s.Rules)
 	}
 	// The name is free again.
-	f2, _, err := k.CreateTUN("vpn-tun", false)
+	f2, _, err := k.CreateTUN("vpn-tun", tun.TUNOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

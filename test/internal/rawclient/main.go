@@ -42,6 +42,13 @@
 //	tunall MS        print every packet read from the last TUN for MS ms:
 //	                 "PKT ..." (any protocol), or "RAW N HEX" for what does
 //	                 not parse.
+//	vnethdr N        from now on, each packet on the TUN is led by an N-byte
+//	                 virtio_net_hdr (a VPN set up with offload: N = 10; 0,
+//	                 the default, for none): tunwrite puts N zero bytes
+//	                 before the packet, tunread and tunall take N bytes
+//	                 off each packet they read, and tunread prints the
+//	                 header of the packet it finds as "VNETHDR HEX" before
+//	                 its PKT line.
 //
 // Every command ends with a "DONE" line; a failed one prints "ERR <text>"
 // first. The process exits when stdin closes.
@@ -67,6 +74,7 @@ type client struct {
 	lastSock int   // first socket of the last send, -1 if none
 	received []int
 	named    map[string]int // sockets made by "sock"
+	vnetHdr  int            // header length before each TUN packet ("vnethdr")
 }
 
 func main() {
@@ -135,7 +143,7 @@ func (c *client) run(line string) error {
 		return nil
 	case "close":
 		return c.conn.Close()
-	case "sock", "sendto", "connect", "write", "recvfrom", "tunread", "bind", "tunwrite", "tunall":
+	case "sock", "sendto", "connect", "write", "recvfrom", "tunread", "bind", "tunwrite", "tunall", "vnethdr":
 		return c.runTraffic(cmd, strings.Fields(rest), rest)
 	default:
 		return fmt.Errorf("unknown command %q", cmd)

@@ -119,8 +119,18 @@ func (c *client) runTraffic(cmd string, args []string, rest string) error {
 		if err != nil {
 			return err
 		}
-		_, err = unix.Write(tun, pkt)
+		_, err = unix.Write(tun, append(make([]byte, c.vnetHdr), pkt...))
 		return err
+	case "vnethdr":
+		if len(args) != 1 {
+			return errors.New("usage: vnethdr N")
+		}
+		n, err := strconv.Atoi(args[0])
+		if err != nil || n < 0 {
+			return fmt.Errorf("vnethdr %q: want a length", args[0])
+		}
+		c.vnetHdr = n
+		return nil
 	case "tunall":
 		if len(args) != 1 {
 			return errors.New("usage: tunall MS")
@@ -246,11 +256,18 @@ func (c *client) tunRead(d time.Duration, token []byte) error {
 		if err != nil {
 			return fmt.Errorf("read TUN: %w", err)
 		}
-		p, err := packet.Parse(buf[:n])
+		if n < c.vnetHdr {
+			return fmt.Errorf("read TUN: %d bytes, shorter than the %d-byte header", n, c.vnetHdr)
+		}
+		hdr := buf[:c.vnetHdr]
+		p, err := packet.Parse(buf[c.vnetHdr:n])
 		if err != nil || (p.Proto != packet.ProtoUDP && p.Proto != packet.ProtoTCP) {
 			continue // router solicitations, MLD reports and the like
 		}
 		if bytes.Contains(p.Payload, token) {
+			if c.vnetHdr > 0 {
+				c.printf("VNETHDR %x", hdr)
+			}
 			c.printf("PKT %s", p)
 			return nil
 		}
@@ -298,10 +315,15 @@ func (c *client) tunAll(d time.Duration) error {
 		if err != nil {
 			return fmt.Errorf("read TUN: %w", err)
 		}
-		if p, err := packet.Parse(buf[:n]); err == nil {
+		if n < c.vnetHdr {
+			c.printf("RAW %d %x", n, buf[:n])
+			continue
+		}
+		pkt := buf[c.vnetHdr:n]
+		if p, err := packet.Parse(pkt); err == nil {
 			c.printf("PKT %s", p)
 		} else {
-			c.printf("RAW %d %x", n, buf[:min(n, 64)])
+			c.printf("RAW %d %x", len(pkt), pkt[:min(len(pkt), 64)])
 		}
 	}
 }
