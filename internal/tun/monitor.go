@@ -160,11 +160,68 @@ func (m *monitor) open() (*os.File, error) {
 	for _, g := range monitorGroups {
 		groups |= 1 << (g - 1)
 	}
+	// The filter goes on before the groups are joined, so that no echo
+	// can be queued unfiltered.
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, ownEchoFilter(m.n.c.pid)); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("monitor filter: %w", err)
+	}
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("monitor bind: %w", err)
 	}
 	return os.NewFile(uintptr(fd), "netlink-monitor"), nil
+}
+
+// ownEchoFilter is a socket filter that drops, in the kernel, the
+// announcements of the routes and rules that vpnd's own request socket
+// (port id pid) added or deleted: the kernel stamps an announcement with
+// the port id of the request that caused it. The monitor ignores them
+// anyway (eventLocked; the host-prefix cache looks only at the main
+// table, where vpnd adds nothing), but a 10,000-route bring-up would
+// otherwise queue 10,000 of them, to be read and parsed, and could
+// overflow the socket's buffer into a resync. Links and addresses pass:
+// the link view follows vpnd's own changes to them. Each announcement is
+// one skb holding one message, so the header at offset 0 is all there is
+// to look at.
+func ownEchoFilter(pid uint32) *unix.SockFprog {
+	// Classic BPF loads in network byte order; netlink's header is in the
+	// host's. be gives the value a load of v's bytes yields.
+	be16 := func(v uint16) uint32 {
+		var b [2]byte
+		binary.NativeEndian.PutUint16(b[:], v)
+		return uint32(binary.BigEndian.Uint16(b[:]))
+	}
+	be32 := func(v uint32) uint32 {
+		var b [4]byte
+		binary.NativeEndian.PutUint32(b[:], v)
+		return binary.BigEndian.Uint32(b[:])
+	}
+	const (
+		ldH    = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
+		ldW    = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
+		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		ret    = unix.BPF_RET | unix.BPF_K
+		typeAt = 4  // nlmsghdr.nlmsg_type
+		pidAt  = 12 // nlmsghdr.nlmsg_pid
+	)
+	// Jumps count instructions from the one after the jump.
+	prog := []unix.SockFilter{
+		/* 0 */ {Code: ldH, K: typeAt},
+		/* 1 */ {Code: jeq, K: be16(unix.RTM_NEWROUTE), Jt: 3},
+		/* 2 */ {Code: jeq, K: be16(unix.RTM_DELROUTE), Jt: 2},
+		/* 3 */ {Code: jeq, K: be16(unix.RTM_NEWRULE), Jt: 1},
+		/* 4 */ {Code: jeq, K: be16(unix.RTM_DELRULE), Jf: 2},
+		/* 5 */ {Code: ldW, K: pidAt},
+		/* 6 */ {Code: jeq, K: be32(pid), Jt: 1},
+		/* 7 */ {Code: ret, K: 0xffffffff}, // keep it whole
+		/* 8 */ {Code: ret, K: 0}, // drop it
+	}
+	if pid == 0 {
+		// No request socket to tell apart: keep everything.
+		prog = prog[7:8]
+	}
+	return &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 }
 
 func (m *monitor) run() {
