@@ -101,6 +101,12 @@ func TestVpnctl(t *testing.T) {
 			}
 			return d.hasVPN(t), "no vpn-tun or no route yet"
 		})
+		// vpnd has the VPN before vpnctl has read the answer; a signal
+		// in between is one during setUp ("interrupted", exit 1). vpnctl
+		// says when it holds the VPN.
+		eventually(t, "vpnctl up says it holds the VPN", func() (bool, string) {
+			return strings.Contains(out.String(), "VPN is up; interrupt to end it"), out.String()
+		})
 		d.wantTUNLink(t, 1500)
 		if !d.sim {
 			if got := d.globalAddrs(t); !equalStrings(got, []string{"10.8.0.2/24"}) {
