@@ -209,17 +209,32 @@ func display(s string) string {
 		}
 		return r
 	}, s)
-	if key, _, ok := strings.Cut(s, "="); ok {
-		switch k := strings.TrimSpace(key); strings.ToLower(k) {
-		case "privatekey", "presharedkey":
-			return k + " = (hidden)"
-		}
+	if key, _, ok := strings.Cut(s, "="); ok && isSecretKey(key) {
+		return strings.TrimSpace(key) + " = (hidden)"
 	}
 	s = strings.TrimSpace(s)
 	if len(s) > maxShownLen {
 		s = strings.ToValidUTF8(s[:maxShownLen], "") + "..."
 	}
 	return s
+}
+
+// isSecretKey reports whether a line's key names key material. It looks at
+// the letters only, so that a key the parser will refuse (with a control
+// character, a stray byte or a space inside it) still has its value
+// hidden: "PrivateKey\f= ..." must not show the key in the error.
+func isSecretKey(key string) bool {
+	var b strings.Builder
+	for _, r := range key {
+		if 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' {
+			b.WriteRune(r | 0x20)
+		}
+	}
+	switch b.String() {
+	case "privatekey", "presharedkey":
+		return true
+	}
+	return false
 }
 
 func (p *parser) line(raw []byte) error {
