@@ -11,7 +11,7 @@ import (
 // trips whatever the size (the deletes go out in batches and the rule list
 // is read once), so every ending of a VPN at the limits finishes within
 // 100 ms on a quiet machine. The assertion here is loose (1 s, for a shared
-// CI machine); BenchmarkTeardownLarge keeps the real figures.
+// CI machine); BenchmarkTeardownLarge measures the real figures.
 
 // largeTeardownLimit is the loose CI bound on an ending of a largest config.
 const largeTeardownLimit = time.Second
@@ -120,6 +120,37 @@ func TestLargeConfigEndings(t *testing.T) {
 					d.stop(t)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkTeardownLarge times a destroy of each largest config, from the
+// request to a clean kernel (the probe of TestLargeConfigEndings), with the
+// setUp before each one untimed:
+//
+//	go test -run '^$' -bench BenchmarkTeardownLarge -benchtime 10x ./test/
+func BenchmarkTeardownLarge(b *testing.B) {
+	kernelOnly(b, "how fast the kernel is clean after an ending")
+	requireRoot(b)
+	for _, cfg := range largeConfigs {
+		params := cfg.params()
+		b.Run(strings.ReplaceAll(cfg.name, " ", "_"), func(b *testing.B) {
+			ns := newNetns(b)
+			probe := openProbe(b, ns)
+			d := startBenchDaemon(b, ns)
+			var times []time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				trigger := armTeardown(b, d, "destroy", params)
+				b.StartTimer()
+				start := time.Now()
+				trigger()
+				end := probe.waitClean(b, d)
+				b.StopTimer()
+				times = append(times, end.Sub(start))
+			}
+			reportTimes(b, times, "ms/teardown")
 		})
 	}
 }

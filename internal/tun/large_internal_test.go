@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -154,4 +156,81 @@ func TestLargestVPN(t *testing.T) {
 		t.Errorf("Sweep reports %d objects, first %q; want %d, the link with the %d routes through it", len(removed), removed[0], want, len(o.Routes)-throws)
 	}
 
+}
+
+// Remove deletes a VPN's rules before its link, so that no traffic looks
+// up the table while the link goes: in one batch when a few routes stay
+// behind the link, and before the link's deletion on a socket of its own
+// when many do. The kernel's notifications, read in the order it sent
+// them, show the order.
+func TestRemoveRulesBeforeLink(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	n := openNetlink(t, nil)
+	for _, throws := range []int{1, parallelRemoveRoutes} {
+		t.Run(fmt.Sprintf("%d throw routes", throws), func(t *testing.T) {
+			_, index := makeTUN(t, n, "vpn-tun")
+			o := &Objects{Link: &Link{Index: index, MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix("10.8.0.2/24")}}}
+			o.Routes = append(o.Routes, Route{Table: 98, Dst: netip.MustParsePrefix("0.0.0.0/0"), LinkIndex: index})
+			for i := range throws {
+				o.Routes = append(o.Routes, Route{Table: 98, Dst: netip.PrefixFrom(netip.AddrFrom4([4]byte{20, byte(i >> 8), byte(i), 0}), 24), Kind: Throw})
+			}
+			for uid := range uint32(4) {
+				o.Rules = append(o.Rules, Rule{Family: unix.AF_INET, Priority: 10000, Table: 98, UIDStart: 1000 + uid, UIDEnd: 1000 + uid})
+			}
+			if _, err := n.Install(o); err != nil {
+				t.Fatal(err)
+			}
+			fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
+			if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_LINK | unix.RTMGRP_IPV4_RULE | unix.RTMGRP_IPV4_ROUTE}); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.Remove(o); err != nil {
+				t.Fatal(err)
+			}
+			var seen []string // "rule", "route" and "link" deletions, in order
+			buf := make([]byte, 1<<16)
+			for {
+				k, _, err := unix.Recvfrom(fd, buf, 0)
+				if err == unix.EAGAIN {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				msgs, err := syscall.ParseNetlinkMessage(buf[:k])
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, m := range msgs {
+					switch m.Header.Type {
+					case unix.RTM_DELRULE:
+						seen = append(seen, "rule")
+					case unix.RTM_DELROUTE:
+						seen = append(seen, "route")
+					case unix.RTM_DELLINK:
+						seen = append(seen, "link")
+					}
+				}
+			}
+			firstLink, lastRule, rules := slices.Index(seen, "link"), -1, 0
+			for i, s := range seen {
+				if s == "rule" {
+					lastRule, rules = i, rules+1
+				}
+			}
+			if firstLink < 0 || rules != len(o.Rules) {
+				t.Fatalf("deletions seen: %v; want %d rules and the link", seen, len(o.Rules))
+			}
+			if lastRule > firstLink {
+				t.Errorf("the link went before the last rule: %v", seen[:min(len(seen), 12)])
+			}
+		})
+	}
 }

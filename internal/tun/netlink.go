@@ -305,8 +305,10 @@ func (n *Netlink) present(o *Objects) Objects {
 // with the link (throw and unreachable routes); then the link, which takes
 // its addresses and every route through it along (deleting 10,000 of those
 // one by one took 700 ms), and detaches the client's fd even if the client
-// still holds it. Only if the link cannot be deleted are its routes and
-// addresses deleted one by one. Objects already gone are not errors. It
+// still holds it. With parallelRemoveRoutes or more routes that stay
+// behind, the link is deleted beside them instead, after the rules. Only if
+// the link cannot be deleted are its routes and addresses deleted one by
+// one. Objects already gone are not errors. It
 // goes on past errors, so that one stuck object does not keep the others in
 // place, and returns them all.
 //
@@ -341,6 +343,38 @@ func (n *Netlink) Remove(o *Objects) error {
 			ops = append(ops, op{what: "delete rule", obj: r})
 		}
 	}
+	unlinked := 0
+	for _, r := range o.Routes {
+		if !r.OnLink() {
+			unlinked++
+		}
+	}
+	if o.Link != nil && unlinked >= parallelRemoveRoutes {
+		// Many routes stay behind the link: delete the link beside them.
+		// The rules go first, on their own, so that the table is out of
+		// use before its link goes, as in the single batch below.
+		if len(ops) > 0 {
+			results, err := n.c.exchange(&m)
+			errs = append(errs, opErrors(ops, results, err)...)
+			m.reset()
+			ops = ops[:0]
+		}
+		linkDone := make(chan error, 1)
+		go func() { linkDone <- n.deleteLinkAside(o.Link.Index) }()
+		for i := len(o.Routes) - 1; i >= 0; i-- {
+			if r := o.Routes[i]; !r.OnLink() {
+				m.route(unix.RTM_DELROUTE, 0, r)
+				ops = append(ops, op{what: "delete route", obj: r})
+			}
+		}
+		results, err := n.c.exchange(&m)
+		errs = append(errs, opErrors(ops, results, err)...)
+		if err := <-linkDone; err != nil && !IsGone(err) {
+			errs = append(errs, fmt.Errorf("delete link %s: %w", linkStringer(o.Link.Index), err))
+			errs = append(errs, n.removeLinkObjects(o)...)
+		}
+		return errors.Join(errs...)
+	}
 	for i := len(o.Routes) - 1; i >= 0; i-- {
 		if r := o.Routes[i]; !r.OnLink() {
 			m.route(unix.RTM_DELROUTE, 0, r)
@@ -370,31 +404,78 @@ func (n *Netlink) Remove(o *Objects) error {
 		}
 	}
 	if linkStuck {
-		m.reset()
-		ops = ops[:0]
-		for i := len(o.Routes) - 1; i >= 0; i-- {
-			if r := o.Routes[i]; r.OnLink() {
-				m.route(unix.RTM_DELROUTE, 0, r)
-				ops = append(ops, op{what: "delete route", obj: r})
-			}
-		}
-		for _, a := range o.Link.Addrs {
-			m.addr(unix.RTM_DELADDR, 0, o.Link.Index, a)
-			ops = append(ops, op{what: "delete address", obj: prefixStringer(a)})
-		}
-		if len(ops) > 0 {
-			results, err := n.c.exchange(&m)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("remove: %w", err))
-			}
-			for i, op := range ops {
-				if e := results[i]; e != nil && !IsGone(e) {
-					errs = append(errs, fmt.Errorf("%s %s: %w", op.what, op.obj, e))
-				}
+		errs = append(errs, n.removeLinkObjects(o)...)
+	}
+	return errors.Join(errs...)
+}
+
+// parallelRemoveRoutes is the number of routes that do not go with the
+// link (throw and unreachable ones) from which Remove deletes the link on a
+// socket of its own, beside the route deletes. A link's unregistration
+// holds the kernel's RTNL lock only in part: the rest (tens of
+// milliseconds of waiting for RCU grace periods and references) blocks only
+// the request that asked for it, and the next request in the same batch.
+// On another socket the route deletes go on meanwhile: 9,999 throw routes
+// and the link then take the longer of the two, not their sum. For a few
+// routes a second socket costs more than it saves.
+const parallelRemoveRoutes = 256
+
+// deleteLinkAside deletes link index on a netlink socket of its own, so that
+// the request socket stays free meanwhile. Without a socket to spare (at
+// the fd limit, say) it waits for the request socket instead.
+func (n *Netlink) deleteLinkAside(index int) error {
+	c, err := openNLConn()
+	if err != nil {
+		c = n.c
+	} else {
+		defer c.close()
+	}
+	var m msgBuf
+	m.linkDel(index)
+	results, err := c.exchange(&m)
+	if err != nil {
+		return err
+	}
+	return results[0]
+}
+
+// opErrors returns the errors of an exchange of ops, leaving out those that
+// say the object is gone.
+func opErrors(ops []op, results []error, err error) []error {
+	var errs []error
+	if err != nil {
+		errs = append(errs, fmt.Errorf("remove: %w", err))
+	}
+	for i, op := range ops {
+		if i < len(results) {
+			if e := results[i]; e != nil && !IsGone(e) {
+				errs = append(errs, fmt.Errorf("%s %s: %w", op.what, op.obj, e))
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return errs
+}
+
+// removeLinkObjects deletes one by one what the link would have taken
+// along, for a link that could not be deleted: its routes and addresses.
+func (n *Netlink) removeLinkObjects(o *Objects) []error {
+	var m msgBuf
+	var ops []op
+	for i := len(o.Routes) - 1; i >= 0; i-- {
+		if r := o.Routes[i]; r.OnLink() {
+			m.route(unix.RTM_DELROUTE, 0, r)
+			ops = append(ops, op{what: "delete route", obj: r})
+		}
+	}
+	for _, a := range o.Link.Addrs {
+		m.addr(unix.RTM_DELADDR, 0, o.Link.Index, a)
+		ops = append(ops, op{what: "delete address", obj: prefixStringer(a)})
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	results, err := n.c.exchange(&m)
+	return opErrors(ops, results, err)
 }
 
 // IsGone reports whether err says the object is already absent, which is
