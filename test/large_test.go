@@ -128,7 +128,7 @@ func TestLargeConfigEndings(t *testing.T) {
 // request to a clean kernel (the probe of TestLargeConfigEndings), with the
 // setUp before each one untimed:
 //
-//	go test -run '^$' -bench BenchmarkTeardownLarge -benchtime 10x ./test/
+//	go test -run '^$' -bench BenchmarkTeardownLarge -benchtime 15x ./test/
 func BenchmarkTeardownLarge(b *testing.B) {
 	kernelOnly(b, "how fast the kernel is clean after an ending")
 	requireRoot(b)
@@ -141,14 +141,7 @@ func BenchmarkTeardownLarge(b *testing.B) {
 			var times []time.Duration
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				trigger := armTeardown(b, d, "destroy", params)
-				b.StartTimer()
-				start := time.Now()
-				trigger()
-				end := probe.waitClean(b, d)
-				b.StopTimer()
-				times = append(times, end.Sub(start))
+				times = append(times, timeTeardown(b, d, probe, "destroy", params))
 			}
 			reportTimes(b, times, "ms/teardown")
 		})
