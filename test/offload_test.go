@@ -154,3 +154,45 @@ func TestOffloadSimulated(t *testing.T) {
 		}
 	}
 }
+
+// TestAllowOffload: vpnd --allow-offload admin refuses offload to a NORMAL
+// user with 201 (before 2203002, and leaving nothing behind), while the
+// same user still gets a VPN without it and an admin gets one with it;
+// --allow-offload none refuses it to the admin too.
+func TestAllowOffload(t *testing.T) {
+	t.Parallel()
+	const plain, offload = `{"addresses":["10.8.0.2/24"]}`, `{"addresses":["10.8.0.2/24"],"offload":true}`
+	d := startDaemon(t, withFlags("--allow-offload", "admin"))
+	user := d.dial(t, uidNormal)
+	wantError(t, user.call("setUp", offload, ""), 201,
+		fmt.Sprintf("offload: this vpnd allows it to admin accounts only (--allow-offload admin); caller uid %d is normal", uidNormal))
+	if p := d.leftovers(t); len(p) > 0 {
+		t.Fatalf("a refused setUp left %v", p)
+	}
+	if info := setUpOK(t, user.call("setUp", plain, "")); info.Offload {
+		t.Errorf("VpnInfo offload true without offload")
+	}
+	wantError(t, user.call("setUp", offload, ""), 201, "offload: this vpnd allows it to admin accounts only")
+	ok(t, user.call("destroy", "{}", ""))
+	user.closeTUN()
+	d.waitClean(t, "destroy")
+
+	admin := d.dial(t, uidRoot)
+	m := admin.call("setUp", offload, "")
+	if info := setUpOK(t, m); !info.Offload {
+		t.Errorf("an admin's VpnInfo offload false, want true")
+	}
+	if fi := m.fdInfo[0]; !simBackend && fi.Flags&unix.IFF_VNET_HDR == 0 {
+		t.Errorf("the admin's TUN %s has no IFF_VNET_HDR", fi)
+	}
+	ok(t, admin.call("destroy", "{}", ""))
+	admin.closeTUN()
+	d.waitClean(t, "destroy")
+	d.stop(t)
+
+	d = startDaemon(t, withFlags("--allow-offload", "none"))
+	wantError(t, d.dial(t, uidRoot).call("setUp", offload, ""), 201, "offload: this vpnd allows it to nobody (--allow-offload none)")
+	if p := d.leftovers(t); len(p) > 0 {
+		t.Fatalf("a refused setUp left %v", p)
+	}
+}

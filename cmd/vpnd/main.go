@@ -41,16 +41,19 @@ type options struct {
 	priority    uint
 	protectMark string
 	logLevel    string
-	logFormat   string
-	maxConns    int
-	maxPerUser  int
-	stateDir    string
-	dnsBackend  string
-	resolvConf  string
-	version     bool
-	manDir      string
-	sim         bool
-	metrics     string
+	// allowOffload is --allow-offload as given; offload is what it says.
+	allowOffload string
+	offload      manager.OffloadPolicy
+	logFormat    string
+	maxConns     int
+	maxPerUser   int
+	stateDir     string
+	dnsBackend   string
+	resolvConf   string
+	version      bool
+	manDir       string
+	sim          bool
+	metrics      string
 }
 
 func main() {
@@ -96,6 +99,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.MarkHidden("man") // for packagers and CI
 	fs.BoolVar(&o.sim, "sim", false, "simulation mode: run as any user and change nothing in the kernel (see above)")
 	fs.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics, e.g. 127.0.0.1:9477 (off when empty)")
+	fs.StringVar(&o.allowOffload, "allow-offload", "all", "who may set up a VPN with \"offload\": true (a TUN with the kernel's virtio_net_hdr), `WHO`: all, admin or none; others get 201")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: vpnd [flags]
 
@@ -217,6 +221,9 @@ Flags:
 	}
 	if o.maxPerUser < 0 {
 		return nil, 0, fmt.Errorf("--max-connections-per-user %d: must not be negative", o.maxPerUser)
+	}
+	if o.offload, err = manager.ParseOffloadPolicy(o.allowOffload); err != nil {
+		return nil, 0, fmt.Errorf("--allow-offload: %w", err)
 	}
 	return o, uint32(mark), nil
 }
@@ -365,6 +372,7 @@ func run(args []string, stderr io.Writer) int {
 		DNS:          resolver,
 		Simulated:    o.sim,
 		Observer:     mgrObserver,
+		Offload:      o.offload,
 	})
 	removed, err := kernel.Sweep(log.Named("sweep"), tun.SweepSpec{IfName: o.ifname, Table: int(o.table), Priority: int(o.priority),
 		LockdownPriority: mgr.LockdownPriority(), Keep: mgr.LockdownKeep(lockdown)})

@@ -40,6 +40,9 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--dns-backend", "resolved", "--resolv-conf", "/tmp/x"}, "", 0x20000},
 		{[]string{"--dns-backend", "none"}, "", 0x20000},
 		{[]string{"--dns-backend", "resolvconf"}, "--dns-backend", 0},
+		{[]string{"--allow-offload", "admin"}, "", 0x20000},
+		{[]string{"--allow-offload", "none"}, "", 0x20000},
+		{[]string{"--allow-offload", "root"}, `--allow-offload: want all, admin or none, not "root"`, 0},
 	} {
 		_, mark, err := parseFlags(tc.args, io.Discard)
 		switch {

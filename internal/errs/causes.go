@@ -260,6 +260,18 @@ var causes = map[Code][]Cause{
 			Sites:  []string{"internal/manager/manager.go: addresses[%d]: %s overlaps %s on %s, and a non-admin user's VPN address must not overlap the host's own networks; caller uid %d is %s"},
 		},
 		{
+			Text: "setUp with \"offload\": true by a caller that vpnd's --allow-offload leaves out: a non-admin under --allow-offload admin, anyone under --allow-offload none.",
+			Cases: []string{
+				"offload: this vpnd allows it to admin accounts only (--allow-offload admin); caller uid N is normal",
+				"offload: this vpnd allows it to nobody (--allow-offload none)",
+			},
+			Fix: "Set the VPN up without offload (vpnd-wg does so by itself), or ask the administrator.",
+			Sites: []string{
+				"internal/manager/manager.go: offload: this vpnd allows it to admin accounts only (--allow-offload admin); caller uid %d is %s",
+				"internal/manager/manager.go: offload: this vpnd allows it to nobody (--allow-offload none)",
+			},
+		},
+		{
 			Text:   "setLockdown by a non-admin.",
 			Detail: "setLockdown needs an admin account; caller uid N is normal",
 			Sites:  []string{"internal/manager/lockdown.go: setLockdown needs an admin account; caller uid %d is %s"},

@@ -91,7 +91,7 @@ var catalogue = map[Code]Entry{
 		Name:        "Permission Denied",
 		Message:     "Permission denied.",
 		Description: "This error code is reported if the caller is not allowed to perform the operation.",
-		Cause:       "The caller neither owns the current VPN nor is an ADMIN account, is a GUEST calling protect, is not ADMIN and names other users in its application lists or uses VPN addresses outside its address pools or overlapping the host's networks, or calls setLockdown without being ADMIN.",
+		Cause:       "The caller neither owns the current VPN nor is an ADMIN account, is a GUEST calling protect, is not ADMIN and names other users in its application lists or uses VPN addresses outside its address pools or overlapping the host's networks, asks for offload where vpnd does not allow it to the caller, or calls setLockdown without being ADMIN.",
 		Solution:    "Call the API as the user that owns the VPN, or as an ADMIN account.",
 	},
 	CodeParse: {

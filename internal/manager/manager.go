@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,38 @@ type Options struct {
 	Simulated bool
 	// Observer is told about the VPN's life (metrics); nil observes nothing.
 	Observer Observer
+	// Offload says who may ask for "offload": true (vpnd --allow-offload).
+	Offload OffloadPolicy
+}
+
+// OffloadPolicy says which callers may set up a VPN with "offload": true,
+// whose TUN hands the app the kernel's virtio_net_hdr handling. An
+// administrator who wants that kernel code out of ordinary users' reach
+// allows it to admins only, or to nobody.
+type OffloadPolicy int
+
+const (
+	OffloadAll   OffloadPolicy = iota // NORMAL and ADMIN callers (the default)
+	OffloadAdmin                      // ADMIN callers only
+	OffloadNone                       // nobody
+)
+
+// OffloadPolicies are the names ParseOffloadPolicy takes, in order.
+var OffloadPolicies = []string{"all", "admin", "none"}
+
+func (p OffloadPolicy) String() string {
+	if p >= 0 && int(p) < len(OffloadPolicies) {
+		return OffloadPolicies[p]
+	}
+	return fmt.Sprintf("OffloadPolicy(%d)", int(p))
+}
+
+// ParseOffloadPolicy parses "all", "admin" or "none".
+func ParseOffloadPolicy(s string) (OffloadPolicy, error) {
+	if i := slices.Index(OffloadPolicies, s); i >= 0 {
+		return OffloadPolicy(i), nil
+	}
+	return 0, fmt.Errorf("want all, admin or none, not %q", s)
 }
 
 // Caller is who is calling, as vpnd learnt it from the kernel and the
@@ -157,6 +190,9 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 			return nil, nil, 0, err
 		}
 	}
+	if err := m.checkOffload(c, cfg); err != nil {
+		return nil, nil, 0, err
+	}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -238,6 +274,20 @@ func (m *Manager) checkAddresses(c Caller, cfg *config.Config) error {
 		}
 	}
 	return nil
+}
+
+// checkOffload refuses "offload": true to a caller that --allow-offload
+// leaves out (201).
+func (m *Manager) checkOffload(c Caller, cfg *config.Config) error {
+	switch {
+	case !cfg.Offload || m.opt.Offload == OffloadAll:
+		return nil
+	case m.opt.Offload == OffloadAdmin && c.Type == auth.Admin:
+		return nil
+	case m.opt.Offload == OffloadAdmin:
+		return errs.New(errs.CodePermission, "offload: this vpnd allows it to admin accounts only (--allow-offload admin); caller uid %d is %s", c.UID, c.Type)
+	}
+	return errs.New(errs.CodePermission, "offload: this vpnd allows it to nobody (--allow-offload none)")
 }
 
 func prefixList(ps []netip.Prefix) string {

@@ -449,6 +449,67 @@ func TestAddressConfinement(t *testing.T) {
 	setUp(t, m, normal, `{"addresses":["10.8.0.2/24","fd00:2::2/64"]}`)
 }
 
+// TestOffloadPolicy: --allow-offload decides who may ask for offload (201
+// for the others); a VPN without offload is not affected. The check comes
+// after GUEST's 2203001 and before 2203002.
+func TestOffloadPolicy(t *testing.T) {
+	const plain, offload = `{"addresses":["10.8.0.2/24"]}`, `{"addresses":["10.8.0.2/24"],"offload":true}`
+	for _, tc := range []struct {
+		policy        manager.OffloadPolicy
+		normal, admin string // "" allowed, else the refusal's detail
+	}{
+		{manager.OffloadAll, "", ""},
+		{manager.OffloadAdmin, "offload: this vpnd allows it to admin accounts only (--allow-offload admin); caller uid 1000 is normal", ""},
+		{manager.OffloadNone, "offload: this vpnd allows it to nobody (--allow-offload none)", "offload: this vpnd allows it to nobody (--allow-offload none)"},
+	} {
+		t.Run(tc.policy.String(), func(t *testing.T) {
+			k := tuntest.New()
+			m := manager.New(k, manager.Options{IfName: "vpn-tun", Table: table, RulePriority: priority, ProtectMark: mark, Offload: tc.policy})
+			t.Cleanup(func() { m.Shutdown(); k.Close() })
+			_, _, _, err := m.SetUp(guest, parse(t, offload))
+			wantCode(t, err, errs.CodeGuestDenied)
+			for _, c := range []struct {
+				who    manager.Caller
+				detail string
+			}{{alice, tc.normal}, {root, tc.admin}} {
+				f, _ := setUp(t, m, c.who, plain)
+				f.Close()
+				m.Destroy(c.who)
+				f, info, _, err := m.SetUp(c.who, parse(t, offload))
+				if c.detail == "" {
+					if err != nil || !info.Offload {
+						t.Fatalf("%s: offload refused: %v", c.who.User, err)
+					}
+					// With a VPN up, the refusal still comes before 2203002.
+					if tc.normal != "" {
+						_, _, _, err = m.SetUp(alice, parse(t, offload))
+						wantCode(t, err, errs.CodePermission)
+					}
+					f.Close()
+					m.Destroy(c.who)
+					continue
+				}
+				wantCode(t, err, errs.CodePermission)
+				var e *errs.Error
+				if !errors.As(err, &e) || e.Detail != c.detail {
+					t.Errorf("%s: %v, want detail %q", c.who.User, err, c.detail)
+				}
+				if s := k.Snapshot(); len(s.Links) != 0 {
+					t.Fatalf("refused setUp touched the kernel: %+v", s)
+				}
+			}
+		})
+	}
+	for _, name := range manager.OffloadPolicies {
+		if p, err := manager.ParseOffloadPolicy(name); err != nil || p.String() != name {
+			t.Errorf("ParseOffloadPolicy(%q) = %v, %v", name, p, err)
+		}
+	}
+	if _, err := manager.ParseOffloadPolicy("admins"); err == nil {
+		t.Error("ParseOffloadPolicy took admins")
+	}
+}
+
 func TestDestroyCheckOrder(t *testing.T) {
 	m, k, _ := newManager(t)
 	wantCode(t, m.Destroy(guest), errs.CodeGuestDenied)

@@ -27,10 +27,12 @@ func (f *fakeSetUp) SetUp(_ context.Context, cfg protocol.VpnConfig) (*os.File, 
 }
 
 // setUp asks for offload when told to; a vpnd that does not know the
-// member (an older one) gets the same config again without it, once, and
-// the note says so. Other refusals are final.
+// member (an older one), or does not allow it to the caller, gets the same
+// config again without it, once, and the note says so. Other refusals are
+// final.
 func TestSetUpOffloadFallback(t *testing.T) {
 	unknown := errs.New(errs.CodeInvalidParam, "offload: unknown member")
+	notAllowed := errs.New(errs.CodePermission, "offload: this vpnd allows it to admin accounts only (--allow-offload admin); caller uid 1000 is normal")
 	for _, tc := range []struct {
 		name    string
 		offload bool
@@ -48,6 +50,9 @@ func TestSetUpOffloadFallback(t *testing.T) {
 			[]bool{true}, "", errs.ErrInvalidParam},
 		{"unknown member without offload asked", false, []error{unknown}, []bool{false}, "", errs.ErrInvalidParam},
 		{"not a parameter error", true, []error{errs.New(errs.CodeInternal, "offload: unknown member")}, []bool{true}, "", errs.ErrInternal},
+		{"not allowed to this user", true, []error{notAllowed, nil}, []bool{true, false}, "vpnd refused offload (offload: this vpnd allows it to admin accounts only", nil},
+		{"another permission refusal", true, []error{errs.New(errs.CodePermission, "addresses[0]: 8.8.8.8/32 is outside the address pools")},
+			[]bool{true}, "", errs.ErrPermission},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeSetUp{errs: tc.errs}

@@ -153,18 +153,28 @@ type setUpper interface {
 }
 
 // setUp asks vpnd for the VPN. A vpnd older than the offload member
-// refuses it as an unknown member (19900001, "offload: unknown member"):
-// then setUp asks once more without it, and returns a note saying so.
+// refuses it as an unknown member (19900001, "offload: unknown member"),
+// and a vpnd whose --allow-offload leaves the caller out refuses it with
+// 201 and a detail that starts "offload: ". Then setUp asks once more
+// without it, and returns a note saying so.
 func setUp(ctx context.Context, c setUpper, vc protocol.VpnConfig) (*os.File, *protocol.VpnInfo, string, error) {
 	f, info, err := c.SetUp(ctx, vc)
 	var ve *client.Error
-	if err == nil || !vc.Offload || !errors.Is(err, client.ErrInvalidParam) || !errors.As(err, &ve) ||
-		!strings.HasSuffix(ve.Detail, "offload: unknown member") {
+	if err == nil || !vc.Offload || !errors.As(err, &ve) {
+		return f, info, "", err
+	}
+	var why string
+	switch {
+	case errors.Is(err, client.ErrInvalidParam) && strings.HasSuffix(ve.Detail, "offload: unknown member"):
+		why = "an older vpnd"
+	case errors.Is(err, client.ErrPermission) && strings.HasPrefix(ve.Detail, "offload: "):
+		why = "not allowed to this user"
+	default:
 		return f, info, "", err
 	}
 	vc.Offload = false
 	f, info, err = c.SetUp(ctx, vc)
-	return f, info, fmt.Sprintf("vpnd refused offload (%s): an older vpnd; set up again without it, so the TUN has no offloads", ve.Detail), err
+	return f, info, fmt.Sprintf("vpnd refused offload (%s): %s; set up again without it, so the TUN has no offloads", ve.Detail, why), err
 }
 
 // unwrapProtect digs vpnd's refusal out of wireguard-go's wrapping, so
