@@ -107,19 +107,7 @@ func TestExamplesVpnctlUp(t *testing.T) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uidNormal, Gid: uidNormal, Groups: []uint32{}}}
 	var stdout, stderr syncBuffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = vpnFile, &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	defer func() {
-		select {
-		case <-done:
-		default:
-			cmd.Process.Kill()
-			<-done
-		}
-	}()
+	done := startBackground(t, cmd)
 	eventually(t, "vpnctl up says the VPN is up", func() (bool, string) {
 		select {
 		case <-done:

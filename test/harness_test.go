@@ -1054,3 +1054,23 @@ func (d *daemon) logContains(subs ...string) bool {
 	}
 	return false
 }
+
+// startBackground starts cmd and returns a channel that is closed once it
+// has exited. If it still runs when the test ends, it is killed.
+func startBackground(t testing.TB, cmd *exec.Cmd) <-chan struct{} {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return done
+}

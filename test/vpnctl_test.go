@@ -80,19 +80,7 @@ func TestVpnctl(t *testing.T) {
 		cmd := exec.Command(bin(t, "vpnctl"), "--socket", d.sock, "up", "--address", "10.8.0.2/24", "--route", "198.51.100.0/24")
 		var out syncBuffer
 		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		defer func() {
-			select {
-			case <-done:
-			default:
-				cmd.Process.Kill()
-				<-done
-			}
-		}()
+		done := startBackground(t, cmd)
 		eventually(t, "vpnctl up brings vpn-tun up", func() (bool, string) {
 			select {
 			case <-done:
@@ -312,15 +300,7 @@ func TestVpnctl(t *testing.T) {
 		cmd := exec.Command(bin(t, "vpnctl"), "--socket", d.sock, "watch")
 		var out syncBuffer
 		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		defer func() {
-			cmd.Process.Kill()
-			<-done
-		}()
+		startBackground(t, cmd)
 		// Wait for watch to subscribe: poll until vpnd counts its connection.
 		eventually(t, "vpnctl watch connects", func() (bool, string) {
 			return d.fdCount(t) > len(d.baseFDs), "no new connection"

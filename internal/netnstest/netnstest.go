@@ -118,16 +118,28 @@ func IP(t *testing.T, args ...string) string {
 }
 
 // IPJSON runs `ip -j ARGS...` and decodes its output into a slice of
-// generic objects.
+// generic objects. A routing table that does not exist (yet) holds nothing:
+// nil, not a failure.
 func IPJSON(t *testing.T, args ...string) []map[string]any {
 	t.Helper()
-	out := IP(t, append([]string{"-j"}, args...)...)
+	args = append([]string{"-j"}, args...)
+	out, err := exec.Command("ip", args...).Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		if strings.Contains(string(stderr), "FIB table does not exist") {
+			return nil
+		}
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, stderr)
+	}
 	var v []map[string]any
-	if strings.TrimSpace(out) == "" {
+	if strings.TrimSpace(string(out)) == "" {
 		return nil
 	}
-	if err := json.Unmarshal([]byte(out), &v); err != nil {
-		t.Fatalf("decode `ip -j %s`: %v\n%s", strings.Join(args, " "), err, out)
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatalf("decode `ip %s`: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return v
 }

@@ -15,7 +15,9 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
+	"github.com/vpnd/vpnd/internal/netnstest"
 	"github.com/vpnd/vpnd/internal/tun"
+	"github.com/vpnd/vpnd/internal/tun/tuntest"
 )
 
 // Every test binary run checks that nothing leaked a goroutine: in the
@@ -112,74 +114,20 @@ func strs[T fmt.Stringer](xs []T) string {
 	return strings.Join(out, "\n")
 }
 
-// ipJSON runs `ip -j ARGS...` and decodes it; a table that does not exist
-// yet reads as empty.
-func ipJSON(t *testing.T, args ...string) []map[string]any {
-	t.Helper()
-	out, err := exec.Command("ip", append([]string{"-j"}, args...)...).CombinedOutput()
-	if err != nil {
-		if strings.Contains(string(out), "FIB table does not exist") {
-			return nil
-		}
-		t.Fatalf("ip -j %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	var v []map[string]any
-	if s := strings.TrimSpace(string(out)); s == "" {
-		return nil
-	}
-	if err := json.Unmarshal(out, &v); err != nil {
-		t.Fatalf("decode ip -j %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return v
-}
-
 // linkIndexes maps every link's name to its index, from `ip link`.
 func linkIndexes(t *testing.T) map[string]int {
 	t.Helper()
 	m := map[string]int{}
-	for _, l := range ipJSON(t, "link", "show") {
+	for _, l := range netnstest.IPJSON(t, "link", "show") {
 		m[l["ifname"].(string)] = int(l["ifindex"].(float64))
 	}
 	return m
 }
 
-// kernelRoutes reads table's routes of both families with `ip -j route`,
-// in vpnd's terms. A route vpnd could not have made fails the test.
+// kernelRoutes reads table's routes of both families, in vpnd's terms.
 func kernelRoutes(t *testing.T, tbl int) []tun.Route {
 	t.Helper()
-	idx := linkIndexes(t)
-	var out []tun.Route
-	for _, fam := range []string{"-4", "-6"} {
-		for _, j := range ipJSON(t, fam, "route", "show", "table", strconv.Itoa(tbl)) {
-			dst := j["dst"].(string)
-			switch {
-			case dst == "default" && fam == "-4":
-				dst = "0.0.0.0/0"
-			case dst == "default":
-				dst = "::/0"
-			case !strings.Contains(dst, "/") && fam == "-4":
-				dst += "/32"
-			case !strings.Contains(dst, "/"):
-				dst += "/128"
-			}
-			r := tun.Route{Table: tbl, Dst: pfx(dst)}
-			switch j["type"] {
-			case nil, "unicast":
-				r.LinkIndex = idx[j["dev"].(string)]
-				if gw, ok := j["gateway"].(string); ok {
-					r.Gateway = ip(gw)
-				}
-			case "throw":
-				r.Kind = tun.Throw
-			case "unreachable":
-				r.Kind = tun.Unreachable
-			default:
-				t.Errorf("table %d holds a route vpnd never makes: %v", tbl, j)
-			}
-			out = append(out, r)
-		}
-	}
-	return out
+	return tuntest.KernelRoutes(t, tbl, linkIndexes(t))
 }
 
 // kernelRules reads the rules of both families at the priorities with
@@ -191,7 +139,7 @@ func kernelRules(t *testing.T, prios ...int) []tun.Rule {
 	for _, fam := range []int{v4, v6} {
 		flag := map[int]string{v4: "-4", v6: "-6"}[fam]
 	rules:
-		for _, j := range ipJSON(t, flag, "rule", "show") {
+		for _, j := range netnstest.IPJSON(t, flag, "rule", "show") {
 			p := int(j["priority"].(float64))
 			if !slices.Contains(prios, p) {
 				continue

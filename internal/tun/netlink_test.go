@@ -101,7 +101,7 @@ func TestCreateTUN(t *testing.T) {
 	if fdfl&unix.FD_CLOEXEC == 0 {
 		t.Error("fd is not close-on-exec")
 	}
-	links := ipJSON(t, "-d", "link", "show", "vpn-tun")
+	links := netnstest.IPJSON(t, "-d", "link", "show", "vpn-tun")
 	if len(links) != 1 || int(links[0]["ifindex"].(float64)) != index {
 		t.Fatalf("ip link show vpn-tun: %v, want index %d", links, index)
 	}
@@ -197,7 +197,7 @@ func TestCreateTUNVnetHdr(t *testing.T) {
 		if fl, fdfl := fdFlags(t, f); (fl&unix.O_NONBLOCK == 0) != opt.Blocking || fdfl&unix.FD_CLOEXEC == 0 {
 			t.Errorf("%+v: flags %#x, fd flags %#x", opt, fl, fdfl)
 		}
-		links := ipJSON(t, "-d", "link", "show", "vpn-tun")
+		links := netnstest.IPJSON(t, "-d", "link", "show", "vpn-tun")
 		if len(links) != 1 || int(links[0]["ifindex"].(float64)) != index {
 			t.Fatalf("ip link show vpn-tun: %v, want index %d", links, index)
 		}
@@ -265,7 +265,7 @@ func TestInstall(t *testing.T) {
 	// No prefix route, IPv4 or IPv6 (nor a link-local one), in main: there
 	// it would serve every uid.
 	for _, fam := range []string{"-4", "-6"} {
-		for _, r := range ipJSON(t, fam, "route", "show", "table", "main") {
+		for _, r := range netnstest.IPJSON(t, fam, "route", "show", "table", "main") {
 			if r["dev"] == "vpn-tun" {
 				t.Errorf("main table has a route through vpn-tun: %v", r)
 			}
@@ -619,7 +619,7 @@ func TestRestore(t *testing.T) {
 				t.Errorf("%s: address %+v", what, a)
 			}
 		}
-		for _, r := range ipJSON(t, "-6", "route", "show", "table", "main") {
+		for _, r := range netnstest.IPJSON(t, "-6", "route", "show", "table", "main") {
 			if r["dev"] == "vpn-tun" {
 				t.Errorf("%s: main has %v", what, r)
 			}

@@ -2,7 +2,6 @@ package tuntest_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -754,26 +753,13 @@ func (o ipOutside) flushTable(table int) error {
 }
 
 // addRoute replaces the route to r's destination, as `ip route replace`.
-func (o ipOutside) addRoute(r tun.Route) error {
-	args := []string{famFlag(r.Dst.Addr().Is6()), "route", "replace"}
-	switch r.Kind {
-	case tun.Throw:
-		args = append(args, "throw")
-	case tun.Unreachable:
-		args = append(args, "unreachable")
-	}
-	args = append(args, r.Dst.String())
-	if r.Gateway.IsValid() {
-		args = append(args, "via", r.Gateway.String())
-	}
-	if r.LinkIndex != 0 {
-		args = append(args, "dev", o.name(r.LinkIndex))
-	}
-	return o.ip(append(args, "table", strconv.Itoa(r.Table))...)
-}
+func (o ipOutside) addRoute(r tun.Route) error { return o.route("replace", r) }
 
-func (o ipOutside) deleteRoute(r tun.Route) error {
-	args := []string{famFlag(r.Dst.Addr().Is6()), "route", "del"}
+func (o ipOutside) deleteRoute(r tun.Route) error { return o.route("del", r) }
+
+// route runs `ip route VERB` with r's description.
+func (o ipOutside) route(verb string, r tun.Route) error {
+	args := []string{famFlag(r.Dst.Addr().Is6()), "route", verb}
 	switch r.Kind {
 	case tun.Throw:
 		args = append(args, "throw")
@@ -832,32 +818,13 @@ func newKernelWorld(t *testing.T, n *tun.Netlink) *world {
 	return w
 }
 
-func ipJSON(t *testing.T, args ...string) []map[string]any {
-	t.Helper()
-	out, err := exec.Command("ip", append([]string{"-j"}, args...)...).CombinedOutput()
-	if err != nil {
-		if strings.Contains(string(out), "FIB table does not exist") {
-			return nil
-		}
-		t.Fatalf("ip -j %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	var v []map[string]any
-	if len(strings.TrimSpace(string(out))) == 0 {
-		return nil
-	}
-	if err := json.Unmarshal(out, &v); err != nil {
-		t.Fatalf("decode ip -j %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return v
-}
-
 // observeKernel reads the kernel's state with `ip -j`, independently of
 // vpnd's own reading of it.
 func observeKernel(t *testing.T, w *world) observation {
 	t.Helper()
 	var o observation
 	byName := map[string]int{}
-	links := ipJSON(t, "addr", "show")
+	links := netnstest.IPJSON(t, "addr", "show")
 	slices.SortFunc(links, func(a, b map[string]any) int { return int(a["ifindex"].(float64) - b["ifindex"].(float64)) })
 	for _, l := range links {
 		name := l["ifname"].(string)
@@ -872,41 +839,11 @@ func observeKernel(t *testing.T, w *world) observation {
 		}
 		o.Links = append(o.Links, renderLink(name, int(l["mtu"].(float64)), slices.Contains(l["flags"].([]any), any("UP")), addrs))
 	}
-	var routes []tun.Route
-	for _, fam := range []string{"-4", "-6"} {
-		for _, j := range ipJSON(t, fam, "route", "show", "table", strconv.Itoa(table)) {
-			dst := j["dst"].(string)
-			switch {
-			case dst == "default" && fam == "-4":
-				dst = "0.0.0.0/0"
-			case dst == "default":
-				dst = "::/0"
-			case !strings.Contains(dst, "/") && fam == "-4":
-				dst += "/32"
-			case !strings.Contains(dst, "/"):
-				dst += "/128"
-			}
-			r := tun.Route{Table: table, Dst: pfx(dst)}
-			switch j["type"] {
-			case nil, "unicast":
-				r.LinkIndex = byName[j["dev"].(string)]
-				if gw, ok := j["gateway"].(string); ok {
-					r.Gateway = addr(gw)
-				}
-			case "throw":
-				r.Kind = tun.Throw
-			case "unreachable":
-				r.Kind = tun.Unreachable
-			default:
-				t.Errorf("table %d holds a route vpnd never makes: %v", table, j)
-			}
-			routes = append(routes, r)
-		}
-	}
+	routes := tuntest.KernelRoutes(t, table, byName)
 	o.Routes = w.renderRoutes(routes)
 	var rules []tun.Rule
 	for _, fam := range []int{v4, v6} {
-		for _, j := range ipJSON(t, famFlag(fam == v6), "rule", "show") {
+		for _, j := range netnstest.IPJSON(t, famFlag(fam == v6), "rule", "show") {
 			r := tun.Rule{Family: fam, Priority: int(j["priority"].(float64))}
 			if r.Priority != prio && r.Priority != lock {
 				continue
