@@ -218,25 +218,18 @@ func (d *dec) inObject() bool { return d.objects[d.depth>>6]&(1<<(d.depth&63)) !
 // openObject enters the object at b[i], which must start with '{'. It
 // returns false for an empty object, which it has then read whole;
 // otherwise the first member's key comes next.
-func (d *dec) openObject() bool {
-	if !d.push(true) {
-		return false
-	}
-	if d.peek() == '}' {
-		d.i++
-		d.depth--
-		return false
-	}
-	return true
-}
+func (d *dec) openObject() bool { return d.open(true, '}') }
 
 // openArray enters the array at b[i], which must start with '['. It
 // returns false for an empty array, which it has then read whole.
-func (d *dec) openArray() bool {
-	if !d.push(false) {
+func (d *dec) openArray() bool { return d.open(false, ']') }
+
+// open enters an object or array whose closing bracket is end.
+func (d *dec) open(object bool, end byte) bool {
+	if !d.push(object) {
 		return false
 	}
-	if d.peek() == ']' {
+	if d.peek() == end {
 		d.i++
 		d.depth--
 		return false
