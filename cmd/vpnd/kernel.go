@@ -19,8 +19,6 @@ import (
 // it, from the socket to the manager, is the same for both.
 type backend interface {
 	manager.Kernel
-	// Sweep removes what a killed vpnd left behind.
-	Sweep(*zap.Logger, tun.SweepSpec) ([]string, error)
 	Close() error
 }
 
@@ -35,12 +33,14 @@ var (
 // printed.
 func openKernel(simulate bool, log *zap.Logger, stderr io.Writer) backend {
 	if simulate {
-		h, err := sim.NewHost()
+		// The overlap check of a NORMAL user's addresses reads the real
+		// host's addresses, which needs no privilege.
+		r, err := tun.NewHostReader()
 		if err != nil {
 			fmt.Fprintf(stderr, "vpnd: netlink: %v\n", err)
 			return nil
 		}
-		return h
+		return simHost{sim.NewHost(r.HostPrefixes), r}
 	}
 	if missing := preflight.Check(preflight.TUNPath); len(missing) > 0 {
 		for _, err := range missing {
@@ -49,12 +49,24 @@ func openKernel(simulate bool, log *zap.Logger, stderr io.Writer) backend {
 		}
 		return nil
 	}
-	k, err := tun.New(log)
+	k, err := tun.New(log, nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "vpnd: netlink: %v\n", err)
 		return nil
 	}
 	return k
+}
+
+// simHost is the simulated kernel with the host reader it answers the
+// overlap check from.
+type simHost struct {
+	*sim.Host
+	r *tun.HostReader
+}
+
+func (h simHost) Close() error {
+	h.Host.Close()
+	return h.r.Close()
 }
 
 // simDefaults sets what --sim changes in the defaults of the flags that

@@ -27,7 +27,6 @@ import (
 	"github.com/vpnd/vpnd/internal/ownership"
 	"github.com/vpnd/vpnd/internal/server"
 	"github.com/vpnd/vpnd/internal/state"
-	"github.com/vpnd/vpnd/internal/tun"
 	"github.com/vpnd/vpnd/internal/version"
 	"github.com/vpnd/vpnd/protocol"
 )
@@ -374,12 +373,16 @@ func run(args []string, stderr io.Writer) int {
 		Observer:     mgrObserver,
 		Offload:      o.offload,
 	})
-	removed, err := kernel.Sweep(log.Named("sweep"), tun.SweepSpec{IfName: o.ifname, Table: int(o.table), Priority: int(o.priority),
-		LockdownPriority: mgr.LockdownPriority(), Keep: mgr.LockdownKeep(lockdown)})
-	if errors.Is(err, tun.ErrLinkExists) {
+	// The start-up sweep, and lockdown: vpnd removes what a killed vpnd
+	// left in its places and applies the stored lockdown, so that it is
+	// in force before vpnd serves and a listed user is never free while
+	// vpnd (re)starts.
+	removed, err := mgr.Start(lockdown)
+	if errors.Is(err, manager.ErrLinkExists) {
 		// Not ours to remove: setUp answers 19900002 until it is gone.
 		log.Warn("interface name taken by a foreign link", zap.String("ifname", o.ifname), zap.Error(err))
 	} else if err != nil {
+		mgr.Shutdown()
 		ln.Close()
 		removeSocket()
 		fmt.Fprintf(stderr, "vpnd: start-up sweep: %v\n", err)
@@ -391,20 +394,13 @@ func run(args []string, stderr io.Writer) int {
 	// A vpnd killed while its file backend had replaced a resolv.conf
 	// left a record of the previous file: put it back before serving.
 	if path, err := dns.RestoreLeftover(state, log.Named("dns")); err != nil {
+		mgr.Shutdown()
 		ln.Close()
 		removeSocket()
 		fmt.Fprintf(stderr, "vpnd: start-up sweep: %v\n", err)
 		return 1
 	} else if path != "" {
 		log.Info("start-up sweep dealt with a resolv.conf left by a killed vpnd", zap.String("path", path))
-	}
-	// Lockdown is in force before vpnd serves: a listed user is never
-	// free while vpnd (re)starts.
-	if err := mgr.StartLockdown(lockdown); err != nil {
-		ln.Close()
-		removeSocket()
-		fmt.Fprintf(stderr, "vpnd: lockdown: %v\n", err)
-		return 1
 	}
 	srv := server.New(server.Config{
 		Manager:         mgr,

@@ -7,6 +7,7 @@ package manager
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -22,7 +23,6 @@ import (
 	"github.com/vpnd/vpnd/internal/auth"
 	"github.com/vpnd/vpnd/internal/config"
 	"github.com/vpnd/vpnd/internal/errs"
-	"github.com/vpnd/vpnd/internal/tun"
 	"github.com/vpnd/vpnd/internal/uidrange"
 	"github.com/vpnd/vpnd/protocol"
 )
@@ -104,30 +104,38 @@ type Caller struct {
 }
 
 // Manager is the single VPN slot. Its methods are safe for concurrent use.
+//
+// Locking. mu guards the slot, lockdown's state, the subscribers and the
+// closed flag, and is never held across a call to the kernel, the DNS
+// backend or the store: status and protect read atomics, a second setUp
+// gets 2203002 at once, and a ConnClosed of a connection that owns no VPN
+// returns at once, whatever a bring-up or a teardown is waiting for. The
+// kernel work itself is serialised by the reconciler, which has one
+// goroutine. ldMu serialises the lockdown changes with each other (each
+// waits for the kernel); it is taken before mu, never after.
 type Manager struct {
 	k   Kernel
 	opt Options
 	log *zap.Logger
+	rec *reconciler
 
-	// mu serialises every change of the slot, including the kernel work of
-	// bring-up and teardown, so that a second setUp sees 2203002 and never
-	// races with a teardown that still holds the rule priority.
-	// Self-healing does not take it.
-	mu  sync.Mutex
-	vpn *vpn
-	// current is the VpnInfo of m.vpn (nil when there is none), set with
-	// m.vpn under mu, and cleared as soon as a teardown begins. Status and
-	// protect read it without the lock, so they never wait for a bring-up
-	// or a teardown.
+	ldMu sync.Mutex
+
+	mu       sync.Mutex
+	vpn      *vpn
+	closed   bool
+	lockdown config.Lockdown
+	nextID   uint64
+	subs     map[uint64]func(protocol.StateChanged)
+	nextSub  uint64
+
+	// isClosed mirrors closed for the entry points that take no lock.
+	isClosed atomic.Bool
+	// current is the VpnInfo of an up VPN (nil when there is none), set
+	// when its bring-up ends and cleared as soon as its teardown begins.
+	// Status and protect read it without the lock.
 	current atomic.Pointer[protocol.VpnInfo]
-	nextID  uint64
-	subs    map[uint64]func(protocol.StateChanged)
-	nextSub uint64
-	healing sync.WaitGroup
-
-	// lockdown is lockdown's state, under mu; lockInfo its description for
-	// status, read without the lock.
-	lockdown lockdownState
+	// lockInfo describes lockdown's state for status.
 	lockInfo atomic.Pointer[protocol.Lockdown]
 
 	// statusJSON is the last status answer, encoded, with the current
@@ -143,21 +151,64 @@ type encodedStatus struct {
 	body []byte
 }
 
-// vpn is the live VPN and everything vpnd added to the kernel for it.
+// vpnPhase is where a VPN is in its life.
+type vpnPhase int
+
+const (
+	settingUp vpnPhase = iota // the slot is taken; the kernel is being set up
+	up                        // serving
+	ending                    // the kernel is being cleared
+)
+
+// vpn is the VPN in the slot.
 type vpn struct {
 	id        uint64
+	phase     vpnPhase
 	info      protocol.VpnInfo
 	ownerUID  uint32
+	ownerPID  int32
 	ownerConn uint64
 	index     int
-	// guard holds what the VPN put in the kernel (what Install added) and
-	// keeps it in place.
-	guard *guard
+	// objs is what the VPN wants in the kernel; nil before its TUN exists
+	// and once its teardown begins.
+	objs *vpnObjects
 	// dns is the backend that applied the VPN's DNS settings, nil if none.
 	dns DNS
+	// endReason is an ending that came while the VPN was being set up:
+	// it ends as soon as it is up.
+	endReason string
+	// ready is closed when the bring-up has ended, well or not; gone when
+	// the slot is free again.
+	ready, gone chan struct{}
 }
 
-// New returns a Manager with an empty slot.
+// vpnObjects is what a VPN puts in the kernel.
+type vpnObjects struct {
+	link   Link
+	routes []Route
+	rules  []Rule
+	// failClosed4 and failClosed6 are the covered users of a family the
+	// VPN does not carry, for the firewall.
+	failClosed4, failClosed6 []uidrange.Range
+}
+
+// Timeouts of the waits for the kernel. They bound what a client waits
+// for; the reconciler goes on regardless.
+const (
+	// leftoverWait bounds the wait for an earlier VPN's leftovers to go
+	// before a setUp.
+	leftoverWait = 2 * time.Second
+	// bringUpWait bounds a bring-up that keeps failing for reasons that
+	// may pass (lost answers, a kernel that kept changing).
+	bringUpWait = 5 * time.Second
+	// endWait bounds how long a teardown, a rollback or a lockdown change
+	// waits for the kernel before answering; what is left is removed in
+	// the background.
+	endWait = 5 * time.Second
+)
+
+// New returns a Manager with an empty slot, and starts its reconciler:
+// call Shutdown to stop it. Start sweeps and applies the stored lockdown.
 func New(k Kernel, opt Options) *Manager {
 	if opt.Now == nil {
 		opt.Now = time.Now
@@ -168,16 +219,84 @@ func New(k Kernel, opt Options) *Manager {
 	if opt.Observer == nil {
 		opt.Observer = noObserver{}
 	}
-	return &Manager{k: k, opt: opt, log: opt.Log, subs: make(map[uint64]func(protocol.StateChanged))}
+	m := &Manager{k: k, opt: opt, log: opt.Log, subs: make(map[uint64]func(protocol.StateChanged))}
+	places := Places{IfName: opt.IfName, Table: opt.Table, Priorities: []int{opt.RulePriority, opt.RulePriority + 1}}
+	m.rec = newReconciler(k, places, opt.Log.Named("reconcile"), opt.Observer, m.linkGone)
+	m.rec.Set(m.wantLocked())
+	m.rec.start()
+	return m
 }
+
+// Start sweeps what an earlier vpnd may have left in vpnd's places (its
+// interface if it is a TUN device, its rules at its priority that look up
+// its table, the routes in its table, its firewall table, and lockdown's
+// rules that l does not want), and applies lockdown's stored state l. It
+// returns once the kernel holds exactly that, with the descriptions of
+// what it removed. A link of another kind with vpnd's interface name is
+// left alone: the error then wraps ErrLinkExists, and setUp fails until it
+// is gone. Start must be called before any other method, before vpnd
+// serves.
+func (m *Manager) Start(l config.Lockdown) ([]string, error) {
+	m.ldMu.Lock()
+	defer m.ldMu.Unlock()
+	keep := m.lockdownRules(l)
+	var foreign error
+	err := m.rec.Call(func() {
+		foreign = m.rec.adopt(func(r Rule) bool { return m.isLockdownRule(r) && !slices.Contains(keep, r) })
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.lockdown = l
+	m.lockInfo.Store(describeLockdown(l))
+	gen := m.rec.Set(m.wantLocked())
+	m.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), endWait)
+	defer cancel()
+	if err := m.rec.Wait(ctx, gen); err != nil {
+		return nil, fmt.Errorf("sweep and lockdown: %w", err)
+	}
+	var removed []string
+	m.rec.Call(func() { removed, m.rec.swept = m.rec.swept, nil })
+	return removed, foreign
+}
+
+// wantLocked is what vpnd wants in the kernel now: the VPN's objects,
+// lockdown's rules and the firewall. m.mu must be held.
+func (m *Manager) wantLocked() Want {
+	var w Want
+	w.Firewall = Firewall{Ifname: m.opt.IfName, ProtectMark: m.opt.ProtectMark}
+	if v := m.vpn; v != nil && v.objs != nil {
+		o := v.objs
+		link := o.link
+		w.Link = &link
+		w.Routes = o.routes
+		w.Rules = slices.Clone(o.rules)
+		w.Firewall.FailClosedV4, w.Firewall.FailClosedV6 = o.failClosed4, o.failClosed6
+	}
+	if m.lockdown.Enabled {
+		w.Rules = append(w.Rules, m.lockdownRules(m.lockdown)...)
+		w.Firewall.Lockdown = uidrange.FromUIDs(uids(m.lockdown.Users))
+	}
+	return w
+}
+
+// publishLocked hands the reconciler what vpnd wants now and returns its
+// generation. m.mu must be held.
+func (m *Manager) publishLocked() uint64 { return m.rec.Set(m.wantLocked()) }
+
+// errClosed answers every call once Shutdown has begun.
+func errClosed() error { return errs.New(errs.CodeInternal, "vpnd is shutting down") }
 
 // SetUp creates the VPN for c. It checks, in this order, what is left
 // after parameter validation: account type (2203001), application lists
 // naming other users without ADMIN (201), a NORMAL caller's addresses
-// outside its pools or overlapping the host's (201), an existing VPN
-// (2203002), then brings it up (19900002 after a full rollback). On success
-// the caller must hand the returned file to the client and close it; if
-// the hand-off fails it calls Abort with the returned id.
+// outside its pools or overlapping the host's (201), offload (201), an
+// existing VPN (2203002), then brings it up (19900002 after a full
+// rollback). On success the caller must hand the returned file to the
+// client and close it; if the hand-off fails it calls Abort with the
+// returned id.
 func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnInfo, uint64, error) {
 	if c.Type == auth.Guest {
 		return nil, nil, 0, errs.New(errs.CodeGuestDenied, "user %s (uid %d) is a guest account", userName(c), c.UID)
@@ -195,37 +314,59 @@ func (m *Manager) SetUp(c Caller, cfg *config.Config) (*os.File, *protocol.VpnIn
 	}
 
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if v := m.vpn; v != nil {
-		return nil, nil, 0, errs.New(errs.CodeVPNExists, "%s is up, owned by uid %d (pid %d)", v.info.Interface, v.ownerUID, v.info.Owner.PID)
-	}
-	// vpnd shares neither its table nor its rule priority: a foreign route
-	// in the table would steer VPN traffic, and a foreign rule at the
-	// priority could shadow vpnd's. The start-up sweep emptied both, so
-	// anything there now is someone else's.
-	occupants, err := m.k.Occupants(m.opt.Table, m.opt.RulePriority)
-	if err != nil {
-		return nil, nil, 0, errs.Wrap(errs.CodeInternal, err, "check routing table and rule priority")
-	}
-	if len(occupants) > 0 {
-		m.log.Warn("vpn table or rule priority in use by someone else", zap.Strings("occupants", occupants))
-		return nil, nil, 0, errs.New(errs.CodeInternal, "routing table %d or rule priority %d is in use by someone else: %s",
-			m.opt.Table, m.opt.RulePriority, firstFew(occupants, 5))
+	for {
+		if m.closed {
+			m.mu.Unlock()
+			return nil, nil, 0, errClosed()
+		}
+		v := m.vpn
+		if v == nil {
+			break
+		}
+		if v.phase != ending {
+			m.mu.Unlock()
+			return nil, nil, 0, errs.New(errs.CodeVPNExists, "%s is up, owned by uid %d (pid %d)", m.opt.IfName, v.ownerUID, v.ownerPID)
+		}
+		// The last VPN is being torn down: once it is gone, the slot is
+		// free.
+		m.mu.Unlock()
+		<-v.gone
+		m.mu.Lock()
 	}
 	m.nextID++
-	v := &vpn{id: m.nextID, ownerUID: c.UID, ownerConn: c.Conn}
+	v := &vpn{id: m.nextID, phase: settingUp, ownerUID: c.UID, ownerPID: c.PID, ownerConn: c.Conn,
+		ready: make(chan struct{}), gone: make(chan struct{})}
+	m.vpn = v
+	m.mu.Unlock()
+
 	f, err := m.bringUp(v, c, cfg)
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	close(v.ready)
 	if err != nil {
+		m.vpn = nil
+		close(v.gone)
 		m.log.Warn("vpn bring-up failed, rolled back", zap.Uint32("uid", c.UID), zap.Error(err))
+		var e *errs.Error
+		if errors.As(err, &e) {
+			return nil, nil, 0, err
+		}
 		return nil, nil, 0, errs.Wrap(errs.CodeInternal, err, "bring-up")
 	}
-	m.vpn = v
+	v.phase = up
 	m.current.Store(&v.info)
-	m.opt.Observer.VPNUp(len(v.guard.want.Routes), len(v.guard.want.Rules))
+	m.opt.Observer.VPNUp(len(v.objs.routes), len(v.objs.rules))
 	m.log.Info("vpn up", zap.String("ifname", v.info.Interface), zap.Int("index", v.index),
-		zap.Uint32("uid", c.UID), zap.Int32("pid", c.PID), zap.Int("addresses", len(v.guard.want.Addrs())),
-		zap.Int("routes", len(v.guard.want.Routes)), zap.Int("rules", len(v.guard.want.Rules)))
+		zap.Uint32("uid", c.UID), zap.Int32("pid", c.PID), zap.Int("addresses", len(v.objs.link.Addrs)),
+		zap.Int("routes", len(v.objs.routes)), zap.Int("rules", len(v.objs.rules)))
 	m.notify(protocol.ReasonSetUp, v)
+	switch {
+	case v.endReason != "":
+		go m.end(v, v.endReason)
+	case m.closed:
+		// Shutdown waits for v.ready, then ends it.
+	}
 	info := v.info
 	return f, &info, v.id, nil
 }
@@ -313,73 +454,97 @@ func firstFew[T any](ss []T, n int) string {
 	return b.String()
 }
 
-// bringUp does the kernel work of SetUp, recording in v what it added. On
-// failure it removes what was added and closes the TUN, so the kernel ends
-// as it was. Kernel errors already name the step and its object ("add route
-// 198.51.100.0/24 ...: file exists"), so they are returned as they are.
+// bringUp does the kernel work of SetUp for the VPN in the slot: it waits
+// until an earlier VPN's leftovers are gone, refuses to share vpnd's table
+// or priority with someone else, creates the TUN, has the reconciler put
+// the VPN's objects in, and applies its DNS settings. On failure
+// everything is rolled back and the TUN closed.
 func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err error) {
-	f, index, err := m.k.CreateTUN(m.opt.IfName, tun.TUNOptions{Blocking: cfg.Blocking, VnetHdr: cfg.Offload})
+	ctx, cancel := context.WithTimeout(context.Background(), leftoverWait)
+	err = m.rec.Wait(ctx, m.rec.Gen())
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("vpnd is still removing an earlier VPN's objects: %w", err)
+	}
+	// vpnd shares neither its table nor its rule priority: a foreign route
+	// in the table would steer VPN traffic, and a foreign rule at the
+	// priority could shadow vpnd's.
+	var occupants []string
+	var readErr error
+	if err := m.rec.Call(func() { occupants, readErr = m.rec.freshOccupants() }); err != nil {
+		return nil, err
+	}
+	if readErr != nil {
+		return nil, fmt.Errorf("check routing table and rule priority: %w", readErr)
+	}
+	if len(occupants) > 0 {
+		m.log.Warn("vpn table or rule priority in use by someone else", zap.Strings("occupants", occupants))
+		return nil, errs.New(errs.CodeInternal, "routing table %d or rule priority %d is in use by someone else: %s",
+			m.opt.Table, m.opt.RulePriority, firstFew(occupants, 5))
+	}
+	f, index, err := m.k.CreateTUN(m.opt.IfName, TUNOptions{Blocking: cfg.Blocking, VnetHdr: cfg.Offload})
 	if err != nil {
 		return nil, err
 	}
 	v.index = index
-	ctx, cancel := context.WithCancel(context.Background())
-	g := &guard{
-		name: "vpn",
-		// Until Install says more, the link is all there is to remove.
-		want:  tun.Objects{Link: &tun.Link{Index: index}},
-		query: tun.Query{LinkIndex: index, Table: m.opt.Table, Priorities: []int{m.opt.RulePriority}},
-		stop:  cancel,
-	}
-	v.guard = g
 	defer func() {
 		if err != nil {
-			m.revertDNS(v) // nothing unless a step after applyDNS failed
-			if rerr := m.remove(g); rerr != nil {
-				m.log.Error("rollback incomplete", zap.Error(rerr))
-			}
+			m.revertDNS(v) // nothing unless applyDNS succeeded
+			m.rollBack(v)
 			f.Close()
 		}
 	}()
-	// Watch before configuring: a configuration that succeeds proves the
-	// link outlived the registration, so no deletion can be missed.
-	gone, changed, err := m.k.Watch(ctx, g.filter())
-	if err != nil {
-		return nil, fmt.Errorf("watch link %d: %w", index, err)
-	}
-	plan := m.plan(index, c, cfg)
-	added, err := m.k.Install(&plan)
-	if added.Link != nil {
-		g.want = added
-	}
+	objs := m.plan(index, c, cfg)
+	m.mu.Lock()
+	v.objs = &objs
+	gen := m.publishLocked()
+	m.mu.Unlock()
+	ctx, cancel = context.WithTimeout(context.Background(), bringUpWait)
+	err = m.rec.Wait(ctx, gen)
+	cancel()
 	if err != nil {
 		return nil, err
 	}
 	if err := m.applyDNS(v, c, cfg); err != nil {
 		return nil, err
 	}
-	go func() {
-		select {
-		case <-gone:
-			m.end(v.id, protocol.ReasonLinkGone)
-		case <-ctx.Done():
-		}
-	}()
-	m.startHealing(ctx, g, changed)
 	v.info = m.describe(v, c, cfg)
 	return f, nil
 }
 
-// plan lists what a VPN puts in the kernel: the link's MTU and addresses,
-// then its routes and rules.
-func (m *Manager) plan(index int, c Caller, cfg *config.Config) tun.Objects {
-	return tun.Objects{
-		Link:   &tun.Link{Index: index, MTU: cfg.MTU, Addrs: cfg.Addresses},
-		Routes: m.routesFor(index, cfg),
-		Rules:  m.rulesFor(c, cfg),
+// rollBack has the reconciler remove v's objects, and waits a while for
+// it. What it could not remove yet it goes on removing.
+func (m *Manager) rollBack(v *vpn) {
+	m.mu.Lock()
+	v.objs = nil
+	gen := m.publishLocked()
+	m.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), endWait)
+	defer cancel()
+	if err := m.rec.Wait(ctx, gen); err != nil {
+		m.log.Error("rollback incomplete; vpnd goes on removing what is left", zap.Error(err))
 	}
 }
 
+// plan lists what a VPN puts in the kernel: the link's MTU and addresses,
+// its routes and rules, and the users the firewall fails closed for.
+func (m *Manager) plan(index int, c Caller, cfg *config.Config) vpnObjects {
+	o := vpnObjects{
+		link:   Link{Index: index, MTU: cfg.MTU, Addrs: cfg.Addresses},
+		routes: m.routesFor(index, cfg),
+		rules:  m.rulesFor(c, cfg),
+	}
+	if !cfg.AllowFamilyBypass {
+		covered := coveredUIDs(c, cfg)
+		if !cfg.IPv4 {
+			o.failClosed4 = covered
+		}
+		if !cfg.IPv6 {
+			o.failClosed6 = covered
+		}
+	}
+	return o
+}
 // routesFor lists the table routes of cfg: each address's prefix route
 // (the kernel was told not to put it into main, where it would serve every
 // uid), included routes on the TUN, and excluded routes as throw routes so
@@ -387,8 +552,8 @@ func (m *Manager) plan(index int, c Caller, cfg *config.Config) tun.Objects {
 // address's prefix, included or excluded, takes the place of the prefix
 // route; host addresses (/32, /128) and addresses of a family the VPN does
 // not accept get none.
-func (m *Manager) routesFor(index int, cfg *config.Config) []tun.Route {
-	rs := make([]tun.Route, 0, len(cfg.Addresses)+len(cfg.Routes)+len(cfg.ExcludedRoutes))
+func (m *Manager) routesFor(index int, cfg *config.Config) []Route {
+	rs := make([]Route, 0, len(cfg.Addresses)+len(cfg.Routes)+len(cfg.ExcludedRoutes))
 	given := make(map[netip.Prefix]bool, len(cfg.Routes)+len(cfg.ExcludedRoutes))
 	for _, r := range cfg.Routes {
 		given[r.Dst] = true
@@ -403,13 +568,13 @@ func (m *Manager) routesFor(index int, cfg *config.Config) []tun.Route {
 			continue
 		}
 		given[p] = true
-		rs = append(rs, tun.Route{Table: m.opt.Table, Dst: p, LinkIndex: index})
+		rs = append(rs, Route{Dst: p, LinkIndex: index})
 	}
 	for _, r := range cfg.Routes {
-		rs = append(rs, tun.Route{Table: m.opt.Table, Dst: r.Dst, Gateway: r.Gateway, LinkIndex: index})
+		rs = append(rs, Route{Dst: r.Dst, Gateway: r.Gateway, LinkIndex: index})
 	}
 	for _, p := range cfg.ExcludedRoutes {
-		rs = append(rs, tun.Route{Table: m.opt.Table, Dst: p, Kind: tun.Throw})
+		rs = append(rs, Route{Dst: p, Kind: Throw})
 	}
 	// The other family fails closed: its default in the table is
 	// unreachable, so the covered uids' traffic of a family the VPN does
@@ -417,10 +582,10 @@ func (m *Manager) routesFor(index int, cfg *config.Config) []tun.Route {
 	// VPN (the classic IPv6 leak of an IPv4-only VPN).
 	if !cfg.AllowFamilyBypass {
 		if !cfg.IPv4 {
-			rs = append(rs, tun.Route{Table: m.opt.Table, Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Kind: tun.Unreachable})
+			rs = append(rs, Route{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Kind: Unreachable})
 		}
 		if !cfg.IPv6 {
-			rs = append(rs, tun.Route{Table: m.opt.Table, Dst: netip.PrefixFrom(netip.IPv6Unspecified(), 0), Kind: tun.Unreachable})
+			rs = append(rs, Route{Dst: netip.PrefixFrom(netip.IPv6Unspecified(), 0), Kind: Unreachable})
 		}
 	}
 	return rs
@@ -432,7 +597,7 @@ func (m *Manager) routesFor(index int, cfg *config.Config) []tun.Route {
 // the fwmark match so that its protected sockets bypass the VPN; the other
 // covered uids (ADMIN owners only) get none, so that a socket some other
 // user protected cannot escape an ADMIN's VPN.
-func (m *Manager) rulesFor(c Caller, cfg *config.Config) []tun.Rule {
+func (m *Manager) rulesFor(c Caller, cfg *config.Config) []Rule {
 	covered := coveredUIDs(c, cfg)
 	var fams []int
 	if cfg.IPv4 || !cfg.AllowFamilyBypass {
@@ -441,9 +606,9 @@ func (m *Manager) rulesFor(c Caller, cfg *config.Config) []tun.Rule {
 	if cfg.IPv6 || !cfg.AllowFamilyBypass {
 		fams = append(fams, unix.AF_INET6)
 	}
-	var rules []tun.Rule
+	var rules []Rule
 	for _, fam := range fams {
-		base := tun.Rule{Family: fam, Priority: m.opt.RulePriority, Table: m.opt.Table}
+		base := Rule{Family: fam, Priority: m.opt.RulePriority, Table: m.opt.Table}
 		if uidrange.Contains(covered, c.UID) {
 			r := base
 			r.UIDStart, r.UIDEnd, r.Mask = c.UID, c.UID, m.opt.ProtectMark
@@ -499,32 +664,58 @@ func (m *Manager) describe(v *vpn, c Caller, cfg *config.Config) protocol.VpnInf
 // Abort ends the VPN with this id because its TUN fd could not be handed
 // to the client. The client never saw the VPN, so this counts as the
 // owner being gone.
-func (m *Manager) Abort(id uint64) { m.end(id, protocol.ReasonOwnerGone) }
+func (m *Manager) Abort(id uint64) {
+	m.mu.Lock()
+	v := m.vpn
+	m.mu.Unlock()
+	if v != nil && v.id == id {
+		m.end(v, protocol.ReasonOwnerGone)
+	}
+}
 
 // Destroy ends the VPN for c: account type (2203001), no VPN (success,
-// destroy is idempotent), not owner and not ADMIN (201), teardown.
+// destroy is idempotent), not owner and not ADMIN (201), teardown. It
+// returns once the kernel no longer holds the VPN (or, if the kernel keeps
+// refusing, after endWait, with vpnd going on in the background).
 func (m *Manager) Destroy(c Caller) error {
 	if c.Type == auth.Guest {
 		return errs.New(errs.CodeGuestDenied, "user %s (uid %d) is a guest account", userName(c), c.UID)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	v := m.vpn
-	if v == nil {
+	for {
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return errClosed()
+		}
+		v := m.vpn
+		m.mu.Unlock()
+		if v == nil {
+			return nil
+		}
+		if v.ownerUID != c.UID && c.Type != auth.Admin {
+			return errs.New(errs.CodePermission, "the VPN is owned by uid %d; caller uid %d is neither its owner nor admin", v.ownerUID, c.UID)
+		}
+		switch v.phase {
+		case settingUp:
+			<-v.ready // then it is up, or gone
+			continue
+		case ending:
+			<-v.gone
+			return nil
+		}
+		m.end(v, protocol.ReasonDestroy)
 		return nil
 	}
-	if v.ownerUID != c.UID && c.Type != auth.Admin {
-		return errs.New(errs.CodePermission, "the VPN is owned by uid %d; caller uid %d is neither its owner nor admin", v.ownerUID, c.UID)
-	}
-	m.teardownLocked(v, protocol.ReasonDestroy)
-	return nil
 }
 
 // Protect marks the socket fd so that its traffic bypasses the VPN:
 // descriptor (2203004), GUEST or not owner/ADMIN while a VPN exists (201),
 // then the mark. The fd is the caller's to close.
 func (m *Manager) Protect(c Caller, fd int) error {
-	if err := m.k.CheckSocket(fd); err != nil {
+	if m.isClosed.Load() {
+		return errClosed()
+	}
+	if err := checkSocket(fd); err != nil {
 		return err
 	}
 	if c.Type == auth.Guest {
@@ -539,7 +730,7 @@ func (m *Manager) Protect(c Caller, fd int) error {
 	return nil
 }
 
-// Status reports the slot and lockdown.
+// Status reports the slot and lockdown. It never waits.
 func (m *Manager) Status() protocol.StatusResult {
 	return statusOf(m.current.Load(), m.lockInfo.Load())
 }
@@ -589,50 +780,99 @@ func (m *Manager) Subscribe(fn func(protocol.StateChanged)) (cancel func()) {
 	}
 }
 
-// ConnClosed ends the VPN if conn was its owner's connection.
+// ConnClosed ends the VPN if conn was its owner's connection. For any
+// other connection it returns at once.
 func (m *Manager) ConnClosed(conn uint64) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if v := m.vpn; v != nil && v.ownerConn == conn {
-		m.teardownLocked(v, protocol.ReasonOwnerGone)
+	v := m.vpn
+	if v == nil || v.ownerConn != conn {
+		m.mu.Unlock()
+		return
 	}
-}
-
-// Shutdown ends the VPN, if any, because vpnd is stopping, and waits for
-// self-healing to stop. Lockdown's rules stay in the kernel: lockdown
-// fails closed while vpnd is away.
-func (m *Manager) Shutdown() {
-	m.mu.Lock()
-	if v := m.vpn; v != nil {
-		m.teardownLocked(v, protocol.ReasonShutdown)
+	if v.phase == settingUp {
+		v.endReason = protocol.ReasonOwnerGone // ends once it is up
+		m.mu.Unlock()
+		return
 	}
 	m.mu.Unlock()
-	m.stopLockdown()
-	m.healing.Wait()
+	m.end(v, protocol.ReasonOwnerGone)
 }
 
-// end tears down the VPN with this id, if it is still the current one.
-func (m *Manager) end(id uint64, reason string) {
+// linkGone ends the VPN whose link, with this index, disappeared. The
+// reconciler calls it; a bring-up notices on its own.
+func (m *Manager) linkGone(index int) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if v := m.vpn; v != nil && v.id == id {
-		m.teardownLocked(v, reason)
+	v := m.vpn
+	m.mu.Unlock()
+	if v != nil && v.index == index {
+		m.end(v, protocol.ReasonLinkGone)
 	}
 }
 
-// teardownLocked empties the slot, removes everything v added and tells
-// the subscribers why. Status says "disconnected" from the first moment.
-func (m *Manager) teardownLocked(v *vpn, reason string) {
-	m.vpn = nil
+// Shutdown ends the VPN, if any, because vpnd is stopping, and stops the
+// reconciler once the kernel holds lockdown's state alone: lockdown's
+// rules and firewall stay, so that it fails closed while vpnd is away.
+// From its start, every method refuses (19900002), and nothing touches the
+// kernel after it returns.
+func (m *Manager) Shutdown() {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	m.closed = true
+	m.isClosed.Store(true)
+	m.mu.Unlock()
+	for {
+		m.mu.Lock()
+		v := m.vpn
+		m.mu.Unlock()
+		if v == nil {
+			break
+		}
+		switch v.phase {
+		case settingUp:
+			<-v.ready
+		case up:
+			m.end(v, protocol.ReasonShutdown)
+		case ending:
+			<-v.gone
+		}
+	}
+	m.rec.Stop()
+}
+
+// end tears v down, if it is still up, and tells the subscribers why.
+// Status says "disconnected" from the first moment; the slot is free once
+// the kernel no longer holds v (or endWait passed, with the reconciler
+// going on alone).
+func (m *Manager) end(v *vpn, reason string) {
+	m.mu.Lock()
+	if m.vpn != v || v.phase != up {
+		m.mu.Unlock()
+		return
+	}
+	v.phase = ending
 	m.current.Store(nil)
+	m.mu.Unlock()
 	start := time.Now()
 	// DNS first, while the link still exists for a per-link resolver, and
 	// so that no query goes to the VPN's servers once the VPN is going.
 	m.revertDNS(v)
-	err := m.remove(v.guard)
+	m.mu.Lock()
+	v.objs = nil
+	gen := m.publishLocked()
+	m.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), endWait)
+	err := m.rec.Wait(ctx, gen)
+	cancel()
 	if err != nil {
-		m.log.Error("vpn teardown incomplete", zap.String("ifname", v.info.Interface), zap.Error(err))
+		m.log.Error("vpn teardown incomplete; vpnd goes on removing what is left", zap.String("ifname", v.info.Interface), zap.Error(err))
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.vpn = nil
+	close(v.gone)
 	m.log.Info("vpn down", zap.String("ifname", v.info.Interface), zap.String("reason", reason),
 		zap.Uint32("uid", v.ownerUID), zap.Bool("complete", err == nil), zap.Duration("took", time.Since(start)))
 	m.opt.Observer.VPNDown(reason)

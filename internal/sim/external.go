@@ -4,41 +4,25 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/vpnd/vpnd/internal/tun"
+	"github.com/vpnd/vpnd/internal/manager"
 )
 
 // External changes the model the way another program would (`ip link set
-// down`, `ip route flush`...), behind vpnd's back: unlike changes made
-// through the Kernel interface, these are announced to watches. Tests use it
-// to exercise self-healing and the link watch.
+// down`, `ip route flush`, `nft delete table`...), behind vpnd's back:
+// unlike changes made through the Kernel interface, these are announced
+// to watches. Tests use it to exercise self-healing and the link watch.
 type External struct{ k *Kernel }
 
 // External returns the model's back door.
 func (k *Kernel) External() External { return External{k} }
 
-// announceLocked signals the watches that a change of this link, table or
-// rule priority concerns (0 and -1 match nothing).
-func (k *Kernel) announceLocked(index, table, priority int) {
-	for w := range k.watches {
-		if w.isGone {
-			continue
-		}
-		if (index > 0 && w.f.LinkIndex == index) || (table > 0 && w.f.Table == table) || slices.Contains(w.f.Priorities, priority) {
-			select {
-			case w.changed <- struct{}{}:
-			default:
-			}
-		}
-	}
-}
-
-func (e External) do(index, table, priority int, f func() error) error {
+func (e External) do(p manager.Parts, f func() error) error {
 	e.k.mu.Lock()
 	defer e.k.mu.Unlock()
 	if err := f(); err != nil {
 		return err
 	}
-	e.k.announceLocked(index, table, priority)
+	e.k.announceLocked(p)
 	return nil
 }
 
@@ -46,45 +30,52 @@ func (e External) do(index, table, priority int, f func() error) error {
 func (e External) DeleteLink(index int) bool {
 	e.k.mu.Lock()
 	defer e.k.mu.Unlock()
-	return e.k.removeLinkLocked(index)
+	return e.k.removeLinkLocked(index, true)
 }
 
 // SetDown sets a link down: it loses its routes and IPv6 addresses.
 func (e External) SetDown(index int) error {
-	return e.do(index, -1, -1, func() error { return e.k.setUpLocked(index, false) })
+	return e.do(manager.PartLinks, func() error { return e.k.setUpLocked(index, false) })
 }
 
 // SetMTU changes a link's MTU.
 func (e External) SetMTU(index, mtu int) error {
-	return e.do(index, -1, -1, func() error { return e.k.setMTULocked(index, mtu) })
+	return e.do(manager.PartLinks, func() error { return e.k.setMTULocked(index, mtu) })
 }
 
 // DeleteAddress deletes an address from a link.
 func (e External) DeleteAddress(index int, p netip.Prefix) error {
-	return e.do(index, -1, -1, func() error { return e.k.delAddrLocked(index, p) })
+	return e.do(manager.PartLinks, func() error { return e.k.delAddrLocked(index, p) })
 }
 
-// AddRoute adds a route (EEXIST if its destination is taken in its table).
-func (e External) AddRoute(r tun.Route) error {
-	return e.do(-1, r.Table, -1, func() error { return e.k.addRouteLocked(r, false) })
+// AddForeignAddress adds an address to a link as `ip addr add` does,
+// without vpnd's flags.
+func (e External) AddForeignAddress(index int, p netip.Prefix) error {
+	return e.do(manager.PartLinks, func() error { return e.k.addAddrLocked(index, p, true) })
 }
 
-// ReplaceRoute replaces the route to r's destination in its table.
-func (e External) ReplaceRoute(r tun.Route) error {
-	return e.do(-1, r.Table, -1, func() error { return e.k.addRouteLocked(r, true) })
+// AddRoute adds a route to table (EEXIST if its identity is taken there).
+// r.Foreign marks it as made with another protocol, scope or flags.
+func (e External) AddRoute(table int, r manager.Route) error {
+	return e.do(manager.PartRoutes, func() error { return e.k.putRouteLocked(Route{Table: table, Route: r}, false) })
 }
 
-// DeleteRoute deletes exactly r.
-func (e External) DeleteRoute(r tun.Route) error {
-	return e.do(-1, r.Table, -1, func() error { return e.k.delRouteLocked(r) })
+// ReplaceRoute replaces the route with r's identity in table, or adds it.
+func (e External) ReplaceRoute(table int, r manager.Route) error {
+	return e.do(manager.PartRoutes, func() error { return e.k.putRouteLocked(Route{Table: table, Route: r}, true) })
+}
+
+// DeleteRoute deletes the route with r's identity in table.
+func (e External) DeleteRoute(table int, r manager.Route) error {
+	return e.do(manager.PartRoutes, func() error { return e.k.delRouteLocked(Route{Table: table, Route: r}) })
 }
 
 // FlushTable deletes every route in table and returns how many there were.
 func (e External) FlushTable(table int) int {
 	n := 0
-	e.do(-1, table, -1, func() error {
+	e.do(manager.PartRoutes, func() error {
 		before := len(e.k.routes)
-		e.k.routes = slices.DeleteFunc(e.k.routes, func(r tun.Route) bool { return r.Table == table })
+		e.k.routes = slices.DeleteFunc(e.k.routes, func(r Route) bool { return r.Table == table })
 		n = before - len(e.k.routes)
 		return nil
 	})
@@ -92,12 +83,28 @@ func (e External) FlushTable(table int) int {
 }
 
 // AddRule adds a rule (EEXIST if an identical one exists).
-func (e External) AddRule(r tun.Rule) error {
-	return e.do(-1, r.Table, r.Priority, func() error { return e.k.addRuleLocked(r) })
+func (e External) AddRule(r manager.Rule) error {
+	return e.do(manager.PartRules, func() error { return e.k.addRuleLocked(r) })
 }
 
 // DeleteRule deletes the kernel's first match for a delete of r, as `ip
 // rule del` does: that may be another rule than r, and r need not exist.
-func (e External) DeleteRule(r tun.Rule) error {
-	return e.do(-1, r.Table, r.Priority, func() error { return e.k.delRuleLocked(r) })
+func (e External) DeleteRule(r manager.Rule) error {
+	return e.do(manager.PartRules, func() error { return e.k.delRuleLocked(r) })
+}
+
+// DeleteFirewall deletes vpnd's firewall table (`nft delete table`).
+func (e External) DeleteFirewall() {
+	e.do(manager.PartFirewall, func() error { e.k.fw = nil; return nil })
+}
+
+// ChangeFirewall replaces what vpnd's firewall table holds.
+func (e External) ChangeFirewall(f manager.Firewall) {
+	e.do(manager.PartFirewall, func() error { e.k.fw = &f; return nil })
+}
+
+// Lose announces a loss of notifications (ENOBUFS): every part may have
+// changed.
+func (e External) Lose() {
+	e.do(manager.PartAll, func() error { return nil })
 }

@@ -1,11 +1,11 @@
 // Package sim is vpnd's simulated kernel: an in-memory model of the links,
-// addresses, routes and rules vpnd manages, behind the same Kernel interface
-// as the real one (internal/tun). It serves `vpnd --sim`, where vpnd runs
-// with no privilege and changes nothing in the host's network configuration,
-// and, wrapped with fault injection, the manager's unit tests
-// (internal/tun/tuntest). internal/tun/tuntest runs one scenario table
-// against this model and against the real kernel, so that the two agree
-// wherever the manager can tell them apart.
+// addresses, routes, rules and firewall table vpnd manages, behind the same
+// Kernel interface as the real one (internal/tun). It serves `vpnd --sim`,
+// where vpnd runs with no privilege and changes nothing in the host's
+// network configuration, and, wrapped with fault injection, the manager's
+// unit tests (internal/tun/tuntest). internal/tun/tuntest runs one scenario
+// table against this model and against the real kernel, so that the two
+// agree wherever the manager can tell them apart.
 //
 // A simulated TUN is one end of a SOCK_SEQPACKET socket pair, one IP packet
 // per message. The model holds the other end, like a kernel: the link lives
@@ -20,17 +20,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"iter"
 	"net/netip"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vpnd/vpnd/internal/tun"
+	"github.com/vpnd/vpnd/internal/manager"
 )
 
 // DefaultMTU is the MTU of a new simulated TUN, as for a real one.
@@ -46,35 +44,48 @@ type Link struct {
 	// VnetHdr: the TUN was created with TUNOptions.VnetHdr, and each
 	// message on it carries a virtio_net_hdr before the packet.
 	VnetHdr bool
+	// ForeignAddrs are the addresses someone else added without vpnd's
+	// flags (External.AddForeignAddress).
+	ForeignAddrs []netip.Prefix
+}
+
+// Route is a route of the model, with its table.
+type Route struct {
+	Table int
+	manager.Route
 }
 
 // State is everything the model holds. Links are sorted by index; routes
 // by family, table and destination; rules by family and priority, in
 // insertion order within a priority (the kernel's order).
 type State struct {
-	Links  []Link
-	Routes []tun.Route
-	Rules  []tun.Rule
+	Links    []Link
+	Routes   []Route
+	Rules    []manager.Rule
+	Firewall *manager.Firewall // nil: no table
 }
 
 // Equal reports whether s and o hold the same things.
 func (s State) Equal(o State) bool {
+	fwEq := (s.Firewall == nil) == (o.Firewall == nil) && (s.Firewall == nil || s.Firewall.Equal(o.Firewall))
 	return slices.EqualFunc(s.Links, o.Links, func(a, b Link) bool {
 		return a.Name == b.Name && a.Index == b.Index && a.MTU == b.MTU && a.Up == b.Up && a.VnetHdr == b.VnetHdr &&
-			slices.Equal(a.Addresses, b.Addresses)
-	}) && slices.Equal(s.Routes, o.Routes) && slices.Equal(s.Rules, o.Rules)
+			slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.ForeignAddrs, b.ForeignAddrs)
+	}) && slices.Equal(s.Routes, o.Routes) && slices.Equal(s.Rules, o.Rules) && fwEq
 }
 
 // Options configure a Kernel.
 type Options struct {
-	// Inject, if set, is asked before every change the Kernel makes on
-	// vpnd's behalf (creating a TUN, each object of a batch, marking a
-	// socket); a non-nil answer makes that change fail with it, changing
-	// nothing. what names the change ("add route", "create tun"...), obj
-	// its object.
+	// Inject, if set, is asked before every call and every change the
+	// Kernel makes on vpnd's behalf (creating a TUN, a read, each op of an
+	// Apply, the firewall, marking a socket). A non-nil answer makes that
+	// step fail with it, changing nothing; ErrLostAnswer instead lets the
+	// change happen and loses the answer, as a full netlink socket does.
+	// what names the step ("create tun", "read", "add route"...), obj its
+	// object.
 	Inject func(what string, obj any) error
 	// HostPrefixes answers HostPrefixes; nil means the host has none.
-	HostPrefixes func(except string) ([]tun.HostPrefix, error)
+	HostPrefixes func(except string) ([]manager.HostPrefix, error)
 	// Packet, if set, is called with each packet the client writes into a
 	// simulated TUN, with the link it came in on; what it returns is
 	// written back to the client, one packet per message. Packets are
@@ -83,6 +94,10 @@ type Options struct {
 	Packet func(l Link, pkt []byte) [][]byte
 }
 
+// ErrLostAnswer, returned by Options.Inject, lets a change happen but
+// loses its answer.
+var ErrLostAnswer = fmt.Errorf("netlink answers lost: %w", manager.ErrTransient)
+
 // Kernel is the in-memory kernel. All methods are safe for concurrent use.
 type Kernel struct {
 	opt Options
@@ -90,9 +105,11 @@ type Kernel struct {
 	mu        sync.Mutex
 	nextIndex int
 	links     map[int]*link
-	routes    []tun.Route
-	rules     []tun.Rule // kernel order
-	watches   map[*watch]struct{}
+	routes    []Route
+	rules     []manager.Rule // kernel order
+	fw        *manager.Firewall
+	watches   map[chan struct{}]manager.Places
+	pending   manager.Parts
 	readers   sync.WaitGroup
 
 	// marksMu guards marks apart from the model: protect never waits for
@@ -106,20 +123,7 @@ type link struct {
 	held *os.File // the model's end of the socket pair
 }
 
-type watch struct {
-	f       tun.ChangeFilter
-	gone    chan struct{}
-	changed chan struct{}
-	isGone  bool
-}
-
 type sockID struct{ dev, ino uint64 }
-
-// linkRef names a link in errors and in the fault injector's log as
-// tun.Netlink does: "configure link #3".
-type linkRef int
-
-func (l linkRef) String() string { return fmt.Sprintf("#%d", int(l)) }
 
 // New returns an empty model. Like a fresh network namespace it has a
 // loopback link, index 1, which is not in Snapshot.
@@ -129,7 +133,7 @@ func New(opt Options) *Kernel {
 		nextIndex: 2,
 		links:     map[int]*link{},
 		marks:     map[sockID]uint32{},
-		watches:   map[*watch]struct{}{},
+		watches:   map[chan struct{}]manager.Places{},
 	}
 }
 
@@ -147,35 +151,48 @@ func (k *Kernel) Snapshot() State {
 	var s State
 	for _, l := range k.links {
 		c := l.Link
-		// The kernel's address order is its own business: sort.
-		c.Addresses = slices.Clone(l.Addresses)
-		slices.SortFunc(c.Addresses, func(a, b netip.Prefix) int {
-			if c := a.Addr().Compare(b.Addr()); c != 0 {
-				return c
-			}
-			return a.Bits() - b.Bits()
-		})
+		c.Addresses = sortedPrefixes(l.Addresses)
+		c.ForeignAddrs = sortedPrefixes(l.ForeignAddrs)
 		s.Links = append(s.Links, c)
 	}
 	slices.SortFunc(s.Links, func(a, b Link) int { return a.Index - b.Index })
 	s.Routes = slices.Clone(k.routes)
 	SortRoutes(s.Routes)
 	s.Rules = slices.Clone(k.rules)
-	slices.SortStableFunc(s.Rules, func(a, b tun.Rule) int {
+	slices.SortStableFunc(s.Rules, func(a, b manager.Rule) int {
 		if a.Family != b.Family {
 			return a.Family - b.Family
 		}
 		return a.Priority - b.Priority
 	})
+	if k.fw != nil {
+		fw := *k.fw
+		s.Firewall = &fw
+	}
 	return s
+}
+
+func sortedPrefixes(ps []netip.Prefix) []netip.Prefix {
+	out := slices.Clone(ps)
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return out
 }
 
 // SortRoutes sorts routes by family, table, destination and bits: the
 // order Snapshot uses, for comparing with routes read from a kernel.
-func SortRoutes(rs []tun.Route) {
-	slices.SortFunc(rs, func(a, b tun.Route) int {
-		if a.Family() != b.Family() {
-			return a.Family() - b.Family()
+func SortRoutes(rs []Route) {
+	slices.SortFunc(rs, func(a, b Route) int {
+		fa, fb := a.Dst.Addr().Is4(), b.Dst.Addr().Is4()
+		if fa != fb {
+			if fa {
+				return -1
+			}
+			return 1
 		}
 		if a.Table != b.Table {
 			return a.Table - b.Table
@@ -183,26 +200,29 @@ func SortRoutes(rs []tun.Route) {
 		if c := a.Dst.Addr().Compare(b.Dst.Addr()); c != 0 {
 			return c
 		}
-		return a.Dst.Bits() - b.Dst.Bits()
+		if a.Dst.Bits() != b.Dst.Bits() {
+			return a.Dst.Bits() - b.Dst.Bits()
+		}
+		return int(int64(a.Metric) - int64(b.Metric))
 	})
 }
 
 // Close deletes every link and waits until the TUN readers have exited.
 // Files handed out stay open (they read EOF).
-func (k *Kernel) Close() {
+func (k *Kernel) Close() error {
 	k.mu.Lock()
 	for index := range k.links {
-		k.removeLinkLocked(index)
+		k.removeLinkLocked(index, false)
 	}
 	k.mu.Unlock()
 	k.readers.Wait()
+	return nil
 }
-
 // CreateTUN makes a simulated TUN link and returns the client's end of its
 // socket pair, in the blocking mode asked for, close-on-exec. With
 // opt.VnetHdr every message carries a virtio_net_hdr before the packet.
-func (k *Kernel) CreateTUN(name string, opt tun.TUNOptions) (*os.File, int, error) {
-	if err := tun.ValidateName(name); err != nil {
+func (k *Kernel) CreateTUN(name string, opt manager.TUNOptions) (*os.File, int, error) {
+	if err := validateName(name); err != nil {
 		return nil, 0, fmt.Errorf("create tun %q: %w", name, err)
 	}
 	k.mu.Lock()
@@ -211,11 +231,11 @@ func (k *Kernel) CreateTUN(name string, opt tun.TUNOptions) (*os.File, int, erro
 		return nil, 0, fmt.Errorf("create tun %s: %w", name, err)
 	}
 	if name == "lo" {
-		return nil, 0, fmt.Errorf("create tun %s: %w: a device link (index 1) has this name", name, tun.ErrLinkExists)
+		return nil, 0, fmt.Errorf("create tun %s: %w: a device link (index 1) has this name", name, manager.ErrLinkExists)
 	}
 	for _, l := range k.links {
 		if l.Name == name {
-			return nil, 0, fmt.Errorf("create tun %s: %w: a tun link (index %d) has this name", name, tun.ErrLinkExists, l.Index)
+			return nil, 0, fmt.Errorf("create tun %s: %w: a tun link (index %d) has this name", name, manager.ErrLinkExists, l.Index)
 		}
 	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
@@ -258,7 +278,7 @@ func (k *Kernel) serve(l *link) {
 			// closed its own end (the link was deleted).
 			k.mu.Lock()
 			if k.links[l.Index] == l {
-				k.removeLinkLocked(l.Index)
+				k.removeLinkLocked(l.Index, true)
 			}
 			k.mu.Unlock()
 			return
@@ -304,22 +324,29 @@ func hungUp(rc syscall.RawConn) bool {
 	return hup
 }
 
+// validateName checks an interface name as the kernel does, roughly: the
+// real check is tun.ValidateName, and vpnd validates --ifname at start.
+func validateName(name string) error {
+	if name == "" || len(name) > 15 || name == "." || name == ".." {
+		return fmt.Errorf("invalid interface name %q", name)
+	}
+	return nil
+}
+
 // removeLinkLocked deletes a link as the kernel does: its addresses and
-// every route through it go too; rules stay. k.mu must be held.
-func (k *Kernel) removeLinkLocked(index int) bool {
+// every route through it go too; rules stay. announce says that vpnd did
+// not ask for it. k.mu must be held.
+func (k *Kernel) removeLinkLocked(index int, announce bool) bool {
 	l, ok := k.links[index]
 	if !ok {
 		return false
 	}
 	delete(k.links, index)
-	k.routes = slices.DeleteFunc(k.routes, func(r tun.Route) bool { return r.Kind == tun.Unicast && r.LinkIndex == index })
-	for w := range k.watches {
-		if w.f.LinkIndex == index && !w.isGone {
-			w.isGone = true
-			close(w.gone)
-		}
-	}
+	k.routes = slices.DeleteFunc(k.routes, func(r Route) bool { return r.Kind == manager.Unicast && r.LinkIndex == index })
 	l.held.Close() // the client reads EOF; the reader exits
+	if announce {
+		k.announceLocked(manager.PartLinks | manager.PartRoutes)
+	}
 	return true
 }
 
@@ -343,7 +370,7 @@ func sameAddress(a, b netip.Prefix) bool {
 	return a.Addr().Is6() || a.Bits() == b.Bits()
 }
 
-// ops: the model's single steps, each as the kernel would answer it.
+// The model's single steps, each as the kernel would answer it.
 
 // ipv6MinMTU is IPv6's minimum MTU: below it the kernel takes IPv6 off a
 // link.
@@ -361,10 +388,11 @@ func (k *Kernel) setMTULocked(index, mtu int) error {
 	if mtu < ipv6MinMTU {
 		// IPv6 leaves the link with its addresses and routes; raising the
 		// MTU again brings IPv6 back without them.
-		k.routes = slices.DeleteFunc(k.routes, func(r tun.Route) bool {
-			return r.Kind == tun.Unicast && r.LinkIndex == index && r.Dst.Addr().Is6()
+		k.routes = slices.DeleteFunc(k.routes, func(r Route) bool {
+			return r.Kind == manager.Unicast && r.LinkIndex == index && r.Dst.Addr().Is6()
 		})
 		l.Addresses = slices.DeleteFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
+		l.ForeignAddrs = slices.DeleteFunc(l.ForeignAddrs, func(p netip.Prefix) bool { return p.Addr().Is6() })
 	}
 	return nil
 }
@@ -377,28 +405,34 @@ func (k *Kernel) setUpLocked(index int, up bool) error {
 	if l.Up && !up {
 		// A link set down loses its routes, and its IPv6 addresses
 		// (keep_addr_on_down=0).
-		k.routes = slices.DeleteFunc(k.routes, func(r tun.Route) bool { return r.Kind == tun.Unicast && r.LinkIndex == index })
+		k.routes = slices.DeleteFunc(k.routes, func(r Route) bool { return r.Kind == manager.Unicast && r.LinkIndex == index })
 		l.Addresses = slices.DeleteFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
+		l.ForeignAddrs = slices.DeleteFunc(l.ForeignAddrs, func(p netip.Prefix) bool { return p.Addr().Is6() })
 	}
 	l.Up = up
 	return nil
 }
 
-func (k *Kernel) addAddrLocked(index int, p netip.Prefix) error {
-	if err := tun.ValidateAddr(p); err != nil {
-		return err
-	}
+func (k *Kernel) addAddrLocked(index int, p netip.Prefix, foreign bool) error {
 	l, err := k.linkLocked(index)
 	if err != nil {
 		return err
 	}
+	if !p.IsValid() || p.Addr().Zone() != "" || p.Addr().Is4In6() {
+		return unix.EINVAL
+	}
 	if p.Addr().Is6() && l.MTU < ipv6MinMTU {
 		return unix.EINVAL // no IPv6 on the link
 	}
-	if slices.ContainsFunc(l.Addresses, func(a netip.Prefix) bool { return sameAddress(a, p) }) {
+	clash := func(a netip.Prefix) bool { return sameAddress(a, p) }
+	if slices.ContainsFunc(l.Addresses, clash) || slices.ContainsFunc(l.ForeignAddrs, clash) {
 		return unix.EEXIST
 	}
-	l.Addresses = append(l.Addresses, p)
+	if foreign {
+		l.ForeignAddrs = append(l.ForeignAddrs, p)
+	} else {
+		l.Addresses = append(l.Addresses, p)
+	}
 	return nil
 }
 
@@ -407,32 +441,35 @@ func (k *Kernel) delAddrLocked(index int, p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	i := slices.Index(l.Addresses, p)
-	if i < 0 {
+	if i := slices.Index(l.Addresses, p); i >= 0 {
+		l.Addresses = slices.Delete(l.Addresses, i, i+1)
+	} else if i := slices.Index(l.ForeignAddrs, p); i >= 0 {
+		l.ForeignAddrs = slices.Delete(l.ForeignAddrs, i, i+1)
+	} else {
 		return unix.EADDRNOTAVAIL
 	}
-	l.Addresses = slices.Delete(l.Addresses, i, i+1)
-	if p.Addr().Is4() && !slices.ContainsFunc(l.Addresses, func(a netip.Prefix) bool { return a.Addr().Is4() }) {
+	is4 := func(a netip.Prefix) bool { return a.Addr().Is4() }
+	if p.Addr().Is4() && !slices.ContainsFunc(l.Addresses, is4) && !slices.ContainsFunc(l.ForeignAddrs, is4) {
 		// With its last IPv4 address gone the kernel disables IPv4 on the
 		// link and flushes every IPv4 route through it, in every table.
-		k.routes = slices.DeleteFunc(k.routes, func(r tun.Route) bool {
-			return r.Kind == tun.Unicast && r.LinkIndex == index && r.Dst.Addr().Is4()
+		k.routes = slices.DeleteFunc(k.routes, func(r Route) bool {
+			return r.Kind == manager.Unicast && r.LinkIndex == index && r.Dst.Addr().Is4()
 		})
 	}
 	return nil
 }
 
-// addRouteLocked adds r as the kernel does: a second route to the same
-// destination in the same table is EEXIST (unless replace); a missing link
-// ENODEV; a gateway that is a local address EINVAL; a link that is down
-// ENETDOWN. vpnd's gateway routes are "onlink": any other gateway is taken
-// to be on the link.
-func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
-	if err := r.Validate(); err != nil {
-		return err
+// putRouteLocked adds r as the kernel does: a second route with the same
+// identity in the same table is EEXIST (unless replace, which replaces
+// it); a missing link ENODEV; a gateway that is a local address EINVAL; a
+// link that is down ENETDOWN. vpnd's gateway routes are "onlink": any
+// other gateway is taken to be on the link.
+func (k *Kernel) putRouteLocked(r Route, replace bool) error {
+	if !r.Dst.IsValid() || r.Table <= 0 {
+		return unix.EINVAL
 	}
 	r.Dst = r.Dst.Masked()
-	if r.Kind == tun.Unicast {
+	if r.Kind == manager.Unicast {
 		l, err := k.linkLocked(r.LinkIndex)
 		switch {
 		case err != nil:
@@ -447,7 +484,7 @@ func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 			return unix.ENETDOWN
 		}
 	}
-	i := slices.IndexFunc(k.routes, func(o tun.Route) bool { return o.Table == r.Table && o.Dst == r.Dst })
+	i := slices.IndexFunc(k.routes, func(o Route) bool { return o.Table == r.Table && o.Key() == r.Key() })
 	switch {
 	case i >= 0 && replace:
 		k.routes[i] = r
@@ -462,16 +499,18 @@ func (k *Kernel) addRouteLocked(r tun.Route, replace bool) error {
 // localLocked reports whether a is an address of one of the links.
 func (k *Kernel) localLocked(a netip.Addr) bool {
 	for _, l := range k.links {
-		if slices.ContainsFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr() == a }) {
+		is := func(p netip.Prefix) bool { return p.Addr() == a }
+		if slices.ContainsFunc(l.Addresses, is) || slices.ContainsFunc(l.ForeignAddrs, is) {
 			return true
 		}
 	}
 	return false
 }
 
-func (k *Kernel) delRouteLocked(r tun.Route) error {
-	r.Dst = r.Dst.Masked()
-	i := slices.Index(k.routes, r)
+// delRouteLocked deletes the route with r's identity in r's table,
+// whatever it is.
+func (k *Kernel) delRouteLocked(r Route) error {
+	i := slices.IndexFunc(k.routes, func(o Route) bool { return o.Table == r.Table && o.Key() == r.Key() })
 	if i < 0 {
 		return unix.ESRCH
 	}
@@ -479,9 +518,9 @@ func (k *Kernel) delRouteLocked(r tun.Route) error {
 	return nil
 }
 
-func (k *Kernel) addRuleLocked(r tun.Rule) error {
-	if err := r.Validate(); err != nil {
-		return err
+func (k *Kernel) addRuleLocked(r manager.Rule) error {
+	if r.Family != unix.AF_INET && r.Family != unix.AF_INET6 || r.Priority <= 0 || r.UIDStart > r.UIDEnd {
+		return unix.EINVAL
 	}
 	if slices.Contains(k.rules, r) {
 		return unix.EEXIST
@@ -498,10 +537,23 @@ func (k *Kernel) addRuleLocked(r tun.Rule) error {
 	return nil
 }
 
+// matchesDelete reports whether the kernel, asked to delete r, could
+// delete k: it mirrors the kernel's rule lookup for a delete, where a
+// selector the request leaves out is a wildcard. Family, priority, action
+// and uid range always count; the table counts when set; the mark and mask
+// count when the mask is set; other selectors count when given.
+func matchesDelete(r, k manager.Rule) bool {
+	return k.Family == r.Family && k.Priority == r.Priority && k.Action == r.Action &&
+		(r.Table == 0 || k.Table == r.Table) &&
+		k.UIDStart == r.UIDStart && k.UIDEnd == r.UIDEnd &&
+		(r.Mask == 0 || k.Mask == r.Mask && k.Mark == r.Mark) &&
+		(r.Selectors == "" || k.Selectors == r.Selectors)
+}
+
 // delRuleLocked deletes the kernel's first match for a delete of r, which
-// may be another rule: the caller checks for that first.
-func (k *Kernel) delRuleLocked(r tun.Rule) error {
-	i := slices.IndexFunc(k.rules, r.MatchesDelete)
+// may be another rule.
+func (k *Kernel) delRuleLocked(r manager.Rule) error {
+	i := slices.IndexFunc(k.rules, func(o manager.Rule) bool { return matchesDelete(r, o) })
 	if i < 0 {
 		return unix.ENOENT
 	}
@@ -509,252 +561,225 @@ func (k *Kernel) delRuleLocked(r tun.Rule) error {
 	return nil
 }
 
-// Install applies o as tun.Netlink does: each object is tried in turn, a
-// failure does not stop the others, and the result lists what took.
-func (k *Kernel) Install(o *tun.Objects) (tun.Objects, error) {
-	if err := o.Validate(); err != nil {
-		return tun.Objects{}, err
-	}
+// isGone reports whether a delete's error says the object is absent.
+func isGone(err error) bool {
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EADDRNOTAVAIL)
+}
+
+// Apply carries out ops as tun.Netlink does: each in turn, a failure does
+// not stop the others, a delete of something absent is no error.
+func (k *Kernel) Apply(ops []manager.Op) ([]error, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	var added tun.Objects
-	var first error
-	fail := func(what string, obj any, err error) {
-		if first == nil {
-			first = fmt.Errorf("%s %v: %w", what, obj, err)
+	results := make([]error, len(ops))
+	var lost error
+	for i, op := range ops {
+		err := k.inject(opName(op), op)
+		if errors.Is(err, ErrLostAnswer) {
+			lost, err = err, nil
 		}
-	}
-	step := func(what string, obj any, do func() error) bool {
-		err := k.inject(what, obj)
 		if err == nil {
-			err = do()
+			err = k.applyLocked(op)
+		}
+		if err != nil && isDelete(op.Kind) && isGone(err) {
+			err = nil
 		}
 		if err != nil {
-			fail(what, obj, err)
-			return false
-		}
-		return true
-	}
-	if l := o.Link; l != nil {
-		added.Link = &tun.Link{Index: l.Index, MTU: l.MTU, Addrs: []netip.Prefix{}}
-		step("configure link", linkRef(l.Index), func() error { return k.setMTULocked(l.Index, l.MTU) })
-		for _, a := range l.Addrs {
-			if step("add address", a, func() error { return k.addAddrLocked(l.Index, a) }) {
-				added.Link.Addrs = append(added.Link.Addrs, a)
-			}
-		}
-		step("set up link", linkRef(l.Index), func() error { return k.setUpLocked(l.Index, true) })
-	}
-	added.Routes = []tun.Route{}
-	for _, r := range o.Routes {
-		if step("add route", r, func() error { return k.addRouteLocked(r, false) }) {
-			r.Dst = r.Dst.Masked()
-			added.Routes = append(added.Routes, r)
+			results[i] = err
 		}
 	}
-	added.Rules = []tun.Rule{}
-	for _, r := range o.Rules {
-		if step("add rule", r, func() error { return k.addRuleLocked(r) }) {
-			added.Rules = append(added.Rules, r)
-		}
+	if lost != nil {
+		return results, lost
 	}
-	return added, first
+	return results, nil
 }
 
-// Remove deletes o as tun.Netlink does: rules (skipping, with
-// ErrAmbiguousRule, one that is there but whose delete would hit another
-// rule first), routes that do not go with the link, then the link; if the
-// link cannot be deleted, its routes and addresses one by one. Gone
-// objects are no errors.
-func (k *Kernel) Remove(o *tun.Objects) error {
+func (k *Kernel) applyLocked(op manager.Op) error {
+	switch op.Kind {
+	case manager.SetLink:
+		return k.setMTULocked(op.Link.Index, op.Link.MTU)
+	case manager.LinkUp:
+		return k.setUpLocked(op.Link.Index, true)
+	case manager.AddAddr:
+		return k.addAddrLocked(op.Link.Index, op.Addr, false)
+	case manager.DelAddr:
+		return k.delAddrLocked(op.Link.Index, op.Addr)
+	case manager.PutRoute:
+		r := op.Route
+		r.Foreign = false
+		return k.putRouteLocked(Route{Table: op.Table, Route: r}, true)
+	case manager.DelRoute:
+		return k.delRouteLocked(Route{Table: op.Table, Route: op.Route})
+	case manager.AddRule:
+		return k.addRuleLocked(op.Rule)
+	case manager.DelRule:
+		return k.delRuleLocked(op.Rule)
+	case manager.DelLink:
+		if !k.removeLinkLocked(op.Link.Index, false) {
+			return unix.ENODEV
+		}
+		return nil
+	}
+	return unix.EINVAL
+}
+
+func isDelete(kind manager.OpKind) bool {
+	return kind == manager.DelAddr || kind == manager.DelRoute || kind == manager.DelRule || kind == manager.DelLink
+}
+
+// opName is the step name Inject gets for op: "add route", "delete
+// rule"...
+func opName(op manager.Op) string {
+	switch op.Kind {
+	case manager.SetLink:
+		return "configure link"
+	case manager.LinkUp:
+		return "set up link"
+	case manager.AddAddr:
+		return "add address"
+	case manager.DelAddr:
+		return "delete address"
+	case manager.PutRoute:
+		return "add route"
+	case manager.DelRoute:
+		return "delete route"
+	case manager.AddRule:
+		return "add rule"
+	case manager.DelRule:
+		return "delete rule"
+	case manager.DelLink:
+		return "delete link"
+	}
+	return "op"
+}
+
+// Read reports what q asks for, as a kernel dump would.
+func (k *Kernel) Read(q manager.Query) (*manager.Have, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	var errs []error
-	step := func(what string, obj any, do func() error) bool {
-		err := k.inject(what, obj)
-		if err == nil {
-			err = do()
-		}
-		if err != nil && !tun.IsGone(err) {
-			errs = append(errs, fmt.Errorf("%s %v: %w", what, obj, err))
-			return false
-		}
-		return true
+	if err := k.inject("read", q.What); err != nil {
+		return nil, err
 	}
-	for i := len(o.Rules) - 1; i >= 0; i-- {
-		r := o.Rules[i]
-		j := slices.IndexFunc(k.rules, r.MatchesDelete)
-		if j < 0 || !slices.Contains(k.rules[j:], r) {
-			continue // gone already
-		}
-		if k.rules[j] != r {
-			errs = append(errs, fmt.Errorf("delete rule %s: %w: %s", r, tun.ErrAmbiguousRule, k.rules[j]))
-			continue
-		}
-		step("delete rule", r, func() error { return k.delRuleLocked(r) })
-	}
-	for i := len(o.Routes) - 1; i >= 0; i-- {
-		if r := o.Routes[i]; !r.OnLink() {
-			step("delete route", r, func() error { return k.delRouteLocked(r) })
-		}
-	}
-	if l := o.Link; l != nil {
-		deleted := step("delete link", linkRef(l.Index), func() error {
-			if !k.removeLinkLocked(l.Index) {
-				return unix.ENODEV
+	h := &manager.Have{}
+	if q.What&manager.PartLinks != 0 {
+		for _, l := range k.links {
+			if l.Name != q.Places.IfName && !slices.Contains(q.Links, l.Index) {
+				continue
 			}
-			return nil
-		})
-		if !deleted {
-			for i := len(o.Routes) - 1; i >= 0; i-- {
-				if r := o.Routes[i]; r.OnLink() {
-					step("delete route", r, func() error { return k.delRouteLocked(r) })
+			s := manager.LinkState{Index: l.Index, Name: l.Name, TUN: true, MTU: l.MTU, Up: l.Up}
+			for _, p := range l.Addresses {
+				s.Addrs = append(s.Addrs, manager.Addr{Prefix: p})
+			}
+			for _, p := range l.ForeignAddrs {
+				s.Addrs = append(s.Addrs, manager.Addr{Prefix: p, Foreign: true})
+			}
+			slices.SortFunc(s.Addrs, func(a, b manager.Addr) int {
+				if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+					return c
 				}
-			}
-			for _, a := range l.Addrs {
-				step("delete address", a, func() error { return k.delAddrLocked(l.Index, a) })
-			}
+				return a.Prefix.Bits() - b.Prefix.Bits()
+			})
+			h.Links = append(h.Links, s)
 		}
+		slices.SortFunc(h.Links, func(a, b manager.LinkState) int { return a.Index - b.Index })
 	}
-	return errors.Join(errs...)
-}
-
-// Read reports the state of q's link, table and priorities.
-func (k *Kernel) Read(q tun.Query) (*tun.State, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	s := &tun.State{}
-	if q.LinkIndex != 0 {
-		if l, ok := k.links[q.LinkIndex]; ok {
-			s.Link = &tun.LinkState{Index: l.Index, Name: l.Name, MTU: l.MTU, Up: l.Up, Addrs: slices.Clone(l.Addresses)}
-		}
-	}
-	if q.Table != 0 {
+	if q.What&manager.PartRoutes != 0 {
 		for _, r := range k.routes {
-			if r.Table == q.Table {
-				s.Routes = append(s.Routes, r)
+			if r.Table == q.Places.Table {
+				h.Routes = append(h.Routes, r.Route)
 			}
 		}
 	}
-	for r := range k.rulesLocked() {
-		if slices.Contains(q.Priorities, r.Priority) {
-			s.Rules = append(s.Rules, r)
-		}
-	}
-	return s, nil
-}
-
-// rulesLocked yields the rules as a kernel dump of both families does:
-// IPv4's, then IPv6's, each in the kernel's order.
-func (k *Kernel) rulesLocked() iter.Seq[tun.Rule] {
-	return func(yield func(tun.Rule) bool) {
+	if q.What&manager.PartRules != 0 {
+		// A dump of both families: IPv4's, then IPv6's, each in the
+		// kernel's order.
 		for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
 			for _, r := range k.rules {
-				if r.Family == fam && !yield(r) {
-					return
+				if r.Family == fam && slices.Contains(q.Places.Priorities, r.Priority) {
+					h.Rules = append(h.Rules, r)
 				}
 			}
 		}
 	}
+	return h, nil
 }
 
-// Restore puts back what r lists, as tun.Netlink does.
-func (k *Kernel) Restore(r *tun.Repair) (tun.Repair, error) {
+// FirewallHolds reports whether the model's firewall table is exactly f.
+func (k *Kernel) FirewallHolds(f manager.Firewall) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	done := tun.Repair{LinkIndex: r.LinkIndex}
-	var errs []error
-	step := func(what string, obj any, do func() error) bool {
-		err := k.inject(what, obj)
-		if err == nil {
-			err = do()
-		}
-		switch {
-		case err == nil:
-			return true
-		case errors.Is(err, unix.EEXIST):
-		default:
-			errs = append(errs, fmt.Errorf("%s %v: %w", what, obj, err))
-		}
-		return false
+	if err := k.inject("read firewall", nil); err != nil {
+		return false, err
 	}
-	if r.MTU > 0 && step("set mtu of link", linkRef(r.LinkIndex), func() error { return k.setMTULocked(r.LinkIndex, r.MTU) }) {
-		done.MTU = r.MTU
+	if k.fw == nil {
+		return f.Empty(), nil
 	}
-	if r.Up && step("set up link", linkRef(r.LinkIndex), func() error { return k.setUpLocked(r.LinkIndex, true) }) {
-		done.Up = true
-	}
-	for _, a := range r.Addrs {
-		if step("restore address", a, func() error { return k.addAddrLocked(r.LinkIndex, a) }) {
-			done.Addrs = append(done.Addrs, a)
-		}
-	}
-	for _, rt := range r.Routes {
-		if step("restore route", rt, func() error { return k.addRouteLocked(rt, true) }) {
-			done.Routes = append(done.Routes, rt)
-		}
-	}
-	for _, rl := range r.Rules {
-		if step("restore rule", rl, func() error { return k.addRuleLocked(rl) }) {
-			done.Rules = append(done.Rules, rl)
-		}
-	}
-	return done, errors.Join(errs...)
+	return !f.Empty() && k.fw.Equal(&f), nil
 }
 
-// Watch registers a watch. Changes made through the Kernel interface are
-// vpnd's own and are not reported; changes made through External are. As
-// with tun.Netlink, a watch of a link that is already gone is gone at once.
-func (k *Kernel) Watch(ctx context.Context, f tun.ChangeFilter) (gone, changed <-chan struct{}, err error) {
-	w := &watch{f: f, gone: make(chan struct{}), changed: make(chan struct{}, 1)}
+// SetFirewall makes the model's firewall table f; the zero Firewall
+// removes it.
+func (k *Kernel) SetFirewall(f manager.Firewall) error {
 	k.mu.Lock()
-	k.watches[w] = struct{}{}
-	if _, ok := k.links[f.LinkIndex]; f.LinkIndex != 0 && !ok {
-		w.isGone = true
-		close(w.gone)
+	defer k.mu.Unlock()
+	err := k.inject("set firewall", f)
+	if err != nil && !errors.Is(err, ErrLostAnswer) {
+		return err
 	}
+	if f.Empty() {
+		k.fw = nil
+	} else {
+		k.fw = &f
+	}
+	return err
+}
+
+// Watch registers a watch of p: changes made through External are
+// announced, vpnd's own (through the Kernel interface) are not.
+func (k *Kernel) Watch(ctx context.Context, p manager.Places) (<-chan struct{}, error) {
+	if err := k.inject("watch", nil); err != nil {
+		return nil, err
+	}
+	ch := make(chan struct{}, 1)
+	k.mu.Lock()
+	k.watches[ch] = p
 	k.mu.Unlock()
 	context.AfterFunc(ctx, func() {
 		k.mu.Lock()
-		delete(k.watches, w)
+		delete(k.watches, ch)
 		k.mu.Unlock()
 	})
-	return w.gone, w.changed, nil
+	return ch, nil
 }
 
-// Occupants lists every rule at priorities and every route in table, in
-// tun.Netlink's words: a route names its link, if the link exists.
-func (k *Kernel) Occupants(table int, priorities ...int) ([]string, error) {
+// Sync returns what External changed since the last Sync.
+func (k *Kernel) Sync() manager.Parts {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	var out []string
-	for r := range k.rulesLocked() {
-		if slices.Contains(priorities, r.Priority) {
-			out = append(out, "rule "+r.String())
+	p := k.pending
+	k.pending = 0
+	return p
+}
+
+// announceLocked records a change behind vpnd's back and wakes the
+// watches.
+func (k *Kernel) announceLocked(p manager.Parts) {
+	k.pending |= p
+	for ch := range k.watches {
+		select {
+		case ch <- struct{}{}:
+		default:
 		}
 	}
-	for _, r := range k.routes {
-		if r.Table == table {
-			s := r.String()
-			if l, ok := k.links[r.LinkIndex]; ok {
-				s = strings.Replace(s, fmt.Sprintf("dev #%d", r.LinkIndex), "dev "+l.Name, 1)
-			}
-			out = append(out, "route "+s)
-		}
-	}
-	return out, nil
 }
 
 // HostPrefixes answers from Options.HostPrefixes.
-func (k *Kernel) HostPrefixes(except string) ([]tun.HostPrefix, error) {
+func (k *Kernel) HostPrefixes(except string) ([]manager.HostPrefix, error) {
 	if k.opt.HostPrefixes == nil {
 		return nil, nil
 	}
 	return k.opt.HostPrefixes(except)
 }
-
-// CheckSocket checks the real fd, exactly as tun.Netlink does.
-func (k *Kernel) CheckSocket(fd int) error { return tun.CheckSocket(fd) }
 
 // MarkSocket records the mark in memory: a simulated vpnd has no privilege
 // to set SO_MARK, and no VPN for the mark to bypass. The first mark of a

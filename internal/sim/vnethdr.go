@@ -3,7 +3,7 @@ package sim
 import (
 	"encoding/binary"
 
-	"github.com/vpnd/vpnd/internal/tun"
+	"github.com/vpnd/vpnd/internal/manager"
 )
 
 // The virtio_net_hdr of a simulated TUN with VnetHdr (the config's
@@ -38,10 +38,10 @@ const (
 // client wrote, with its checksum completed if the header asks for it; ok
 // is false if a TUN would not take msg.
 func fromVnetHdr(msg []byte) (pkt []byte, ok bool) {
-	if len(msg) < tun.VnetHdrLen {
+	if len(msg) < manager.VnetHdrLen {
 		return nil, false
 	}
-	h, pkt := msg[:tun.VnetHdrLen], msg[tun.VnetHdrLen:]
+	h, pkt := msg[:manager.VnetHdrLen], msg[manager.VnetHdrLen:]
 	if h[1] != vnetHdrGSONone {
 		return nil, false
 	}
@@ -62,7 +62,7 @@ func fromVnetHdr(msg []byte) (pkt []byte, ok bool) {
 // toVnetHdr returns pkt, a whole and checksummed packet for the client,
 // behind a header that says so: all zeros.
 func toVnetHdr(pkt []byte) []byte {
-	out := make([]byte, tun.VnetHdrLen+len(pkt))
-	copy(out[tun.VnetHdrLen:], pkt)
+	out := make([]byte, manager.VnetHdrLen+len(pkt))
+	copy(out[manager.VnetHdrLen:], pkt)
 	return out
 }

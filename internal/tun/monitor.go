@@ -5,40 +5,57 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink/nl"
 	"go.uber.org/zap"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/vpnd/vpnd/internal/manager"
 )
 
-// The monitor is one netlink socket, open for vpnd's whole life, that hears
-// every change the kernel announces to the link, address, route and rule
-// groups of both families. Watches are registrations on it: starting one
-// costs no socket and no dump, which keeps them off setUp's critical path.
+// The monitor is one netlink socket that hears every change the kernel
+// announces to the link, address, route and rule groups of both families,
+// and records which parts of vpnd's places each one touched (Sync). The
+// reconciler reads a part again only when the monitor says so.
 //
-// It is read through Go's runtime poller (RawConn.Read), so stopping it is
-// closing the file: the poller keeps the descriptor alive until the reader
-// has returned, and no stop byte can land in a reused descriptor.
+// It is a socket of its own rather than vishvananda/netlink's
+// LinkSubscribe, AddrSubscribe and RouteSubscribe: those have no rules,
+// give one socket and goroutine each, and cannot say "every announcement
+// queued before now has been seen", which is what makes the reconciler's
+// view exact. The socket is read through Go's runtime poller, and both the
+// reader and Sync read it under one lock with MSG_DONTWAIT: once Sync has
+// found the socket empty, every announcement the kernel made before that
+// is in pending. Messages are parsed with vishvananda/netlink's nl
+// package.
 //
-// A change that vpnd itself asked for arrives with vpnd's request socket's
-// port id and is ignored: self-healing must not repair its own repairs.
-// Not all of them do, though: the kernel announces a link's MTU and up
-// state through the device notifier, and an IPv6 address once its
-// duplicate address detection ends (in a work queue, even with
-// IFA_F_NODAD), with port id 0, whoever asked. So the monitor keeps a
-// view of each watched link: its last announced MTU and up state, and
-// what vpnd itself set (Install and Restore tell it before they send). A
-// link announcement matters only if it moves the MTU or the up state to
-// something vpnd did not set; a kernel announcement of an address
-// matters only if vpnd did not add that address; an IPv6 link-local
-// address that vpnd did not add (the kernel's own) never matters.
-// When the kernel drops notifications because the socket's buffer was full
-// (ENOBUFS), any of them might have mattered, so every watch is told that
-// something changed and every watched link is checked directly.
+// Changes that vpnd's own request socket made carry its port id. A socket
+// filter drops those of routes and rules in the kernel (a 10,000-route
+// bring-up would otherwise queue 10,000 of them); the kernel announces a
+// link's MTU and up state, and IPv6 addresses, with port id 0 whoever
+// asked, so those come through and cost a read of the link.
+type monitor struct {
+	log *zap.Logger
+	pid uint32
+
+	mu      sync.Mutex
+	f       *os.File // nil until Watch, and while re-opening
+	buf     []byte
+	places  manager.Places
+	tracked map[int]bool // links of vpnd's: announcements about them matter
+	pending manager.Parts
+	wake    chan struct{}
+	closed  bool
+	stop    context.CancelFunc
+	done    chan struct{}
+	// rcvBuf is SO_RCVBUF (tests shrink it to provoke ENOBUFS).
+	rcvBuf int
+}
 
 // monitorGroups are the rtnetlink multicast groups the monitor joins.
 var monitorGroups = []uint{
@@ -52,96 +69,84 @@ var monitorGroups = []uint{
 // of a 10,000-route table (one notification per route).
 const monitorRcvBuf = 16 << 20
 
-// resubscribeDelay spaces attempts to re-open a failed monitor socket.
-const resubscribeDelay = 200 * time.Millisecond
+// reopenDelay spaces attempts to re-open a failed monitor socket.
+const reopenDelay = 200 * time.Millisecond
 
-type monitor struct {
-	log *zap.Logger
-	n   *Netlink
-
-	mu      sync.Mutex // guards everything below, and reading the socket
-	f       *os.File
-	rcvBuf  int // SO_RCVBUF, 0 for monitorRcvBuf (tests shrink it)
-	buf     []byte
-	watches map[*watch]struct{}
-	links   map[int]*linkView // by index, for every link a watch selects
-	closed  bool
-
-	broken bool // the socket failed and is not re-opened yet
-	// The answer of HostPrefixes (cache.go), and a counter of the
-	// announcements that could change it.
-	host    hostCache
-	hostGen uint64
-	done    chan struct{} // closed when the reader has exited
+func newMonitor(log *zap.Logger, pid uint32) *monitor {
+	return &monitor{log: log, pid: pid, buf: make([]byte, 64<<10), tracked: map[int]bool{}, rcvBuf: monitorRcvBuf}
 }
 
-// linkView is what the monitor knows of a watched link, to tell the
-// kernel's announcements of vpnd's own changes from other changes.
-type linkView struct {
-	watches int // how many watches select the link
-	known   bool
-	mtu     int // as last announced, if known
-	up      bool
-	// What vpnd set: always the VPN's wanted state, so an announcement
-	// that moves the link there needs no repair.
-	ownMTU   int // 0: none
-	ownUp    bool
-	ownAddrs map[netip.Prefix]struct{}
-}
-
-// announced records an RTM_NEWLINK and reports whether it moved the MTU
-// or the up state somewhere vpnd did not set.
-func (v *linkView) announced(l LinkState) (changed bool) {
-	if v.known {
-		changed = l.MTU != v.mtu && (v.ownMTU == 0 || l.MTU != v.ownMTU) ||
-			l.Up != v.up && (!v.ownUp || !l.Up)
-	} else {
-		// Nothing to compare with: the watch has just begun (and this may
-		// be an old announcement, such as the link's creation), or
-		// announcements were lost (which was signalled). Only a state
-		// that vpnd did not set counts.
-		changed = v.ownMTU != 0 && l.MTU != v.ownMTU || v.ownUp && !l.Up
-	}
-	v.known, v.mtu, v.up = true, l.MTU, l.Up
-	return changed
-}
-
-// expect records what vpnd is about to set on a link: its MTU (0: none),
-// the up state, and addresses. It must be called before the request is
-// sent, so that the kernel's announcements find it.
-func (m *monitor) expect(index, mtu int, up bool, addrs []netip.Prefix) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	v := m.links[index]
-	if v == nil {
-		return // no watch: nobody to tell apart for
-	}
-	if mtu > 0 {
-		v.ownMTU = mtu
-	}
-	v.ownUp = v.ownUp || up
-	for _, a := range addrs {
-		v.ownAddrs[a] = struct{}{}
-	}
-}
-
-// watch is one registration.
-type watch struct {
-	f       ChangeFilter
-	gone    chan struct{} // closed once the link is gone
-	changed chan struct{} // one token: something f selects changed
-	isGone  bool
-}
-
-func newMonitor(log *zap.Logger, n *Netlink) (*monitor, error) {
-	m := &monitor{log: log, n: n, buf: make([]byte, 64<<10), watches: map[*watch]struct{}{}, links: map[int]*linkView{}, done: make(chan struct{})}
+// Watch starts the monitor for p (one watch at a time: a second replaces
+// the first).
+func (n *Netlink) Watch(ctx context.Context, p manager.Places) (<-chan struct{}, error) {
+	m := n.mon
 	f, err := m.open()
 	if err != nil {
 		return nil, err
 	}
-	m.f = f
-	go m.run()
-	return m, nil
+	wctx, cancel := context.WithCancel(ctx)
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		cancel()
+		f.Close()
+		return nil, errors.New("watch: netlink monitor closed")
+	}
+	if m.stop != nil {
+		m.stop()
+		old := m.done
+		m.mu.Unlock()
+		<-old
+		m.mu.Lock()
+	}
+	m.f, m.places, m.stop, m.done = f, p, cancel, make(chan struct{})
+	m.wake = make(chan struct{}, 1)
+	m.pending = manager.PartAll // nothing was heard before now
+	wake, done := m.wake, m.done
+	m.mu.Unlock()
+	go m.run(wctx, done)
+	if n.fw != nil {
+		fwc, err := n.fw.Watch(wctx)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("watch firewall: %w", err)
+		}
+		go func() {
+			for range fwc {
+				m.mu.Lock()
+				m.noteLocked(manager.PartFirewall)
+				m.mu.Unlock()
+			}
+		}()
+	}
+	return wake, nil
+}
+
+// Sync returns the parts that changed since the last Sync, after taking in
+// every announcement queued so far.
+func (n *Netlink) Sync() manager.Parts {
+	m := n.mon
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.f == nil {
+		return manager.PartAll // not listening: nothing can be trusted
+	}
+	if err := m.drainLocked(); err != nil {
+		m.noteLocked(manager.PartAll)
+	}
+	p := m.pending
+	m.pending = 0
+	return p
+}
+
+// track says which links are vpnd's (and so matter), besides the one with
+// vpnd's name.
+func (m *monitor) track(indexes []int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, i := range indexes {
+		m.tracked[i] = true
+	}
 }
 
 func (m *monitor) open() (*os.File, error) {
@@ -149,22 +154,22 @@ func (m *monitor) open() (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("monitor socket: %w", err)
 	}
-	size := m.rcvBuf
-	if size == 0 {
-		size = monitorRcvBuf
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, m.rcvBuf) != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, m.rcvBuf)
 	}
-	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size) != nil {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, size)
+	// The filter goes on before the groups are joined, so that no echo is
+	// queued unfiltered.
+	filter, err := ownEchoFilter(m.pid)
+	if err == nil {
+		err = unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, filter)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("monitor filter: %w", err)
 	}
 	var groups uint32
 	for _, g := range monitorGroups {
 		groups |= 1 << (g - 1)
-	}
-	// The filter goes on before the groups are joined, so that no echo
-	// can be queued unfiltered.
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, ownEchoFilter(m.n.c.pid)); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("monitor filter: %w", err)
 	}
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
 		unix.Close(fd)
@@ -176,15 +181,10 @@ func (m *monitor) open() (*os.File, error) {
 // ownEchoFilter is a socket filter that drops, in the kernel, the
 // announcements of the routes and rules that vpnd's own request socket
 // (port id pid) added or deleted: the kernel stamps an announcement with
-// the port id of the request that caused it. The monitor ignores them
-// anyway (eventLocked; the host-prefix cache looks only at the main
-// table, where vpnd adds nothing), but a 10,000-route bring-up would
-// otherwise queue 10,000 of them, to be read and parsed, and could
-// overflow the socket's buffer into a resync. Links and addresses pass:
-// the link view follows vpnd's own changes to them. Each announcement is
-// one skb holding one message, so the header at offset 0 is all there is
-// to look at.
-func ownEchoFilter(pid uint32) *unix.SockFprog {
+// the port id of the request that caused it. Each announcement is one skb
+// holding one message, so the header at offset 0 is all there is to look
+// at.
+func ownEchoFilter(pid uint32) (*unix.SockFprog, error) {
 	// Classic BPF loads in network byte order; netlink's header is in the
 	// host's. be gives the value a load of v's bytes yields.
 	be16 := func(v uint16) uint32 {
@@ -198,75 +198,79 @@ func ownEchoFilter(pid uint32) *unix.SockFprog {
 		return binary.BigEndian.Uint32(b[:])
 	}
 	const (
-		ldH    = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
-		ldW    = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
-		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-		ret    = unix.BPF_RET | unix.BPF_K
 		typeAt = 4  // nlmsghdr.nlmsg_type
 		pidAt  = 12 // nlmsghdr.nlmsg_pid
 	)
-	// Jumps count instructions from the one after the jump.
-	prog := []unix.SockFilter{
-		/* 0 */ {Code: ldH, K: typeAt},
-		/* 1 */ {Code: jeq, K: be16(unix.RTM_NEWROUTE), Jt: 3},
-		/* 2 */ {Code: jeq, K: be16(unix.RTM_DELROUTE), Jt: 2},
-		/* 3 */ {Code: jeq, K: be16(unix.RTM_NEWRULE), Jt: 1},
-		/* 4 */ {Code: jeq, K: be16(unix.RTM_DELRULE), Jf: 2},
-		/* 5 */ {Code: ldW, K: pidAt},
-		/* 6 */ {Code: jeq, K: be32(pid), Jt: 1},
-		/* 7 */ {Code: ret, K: 0xffffffff}, // keep it whole
-		/* 8 */ {Code: ret, K: 0}, // drop it
+	prog := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: typeAt, Size: 2},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: be16(unix.RTM_NEWROUTE), SkipTrue: 3},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: be16(unix.RTM_DELROUTE), SkipTrue: 2},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: be16(unix.RTM_NEWRULE), SkipTrue: 1},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: be16(unix.RTM_DELRULE), SkipFalse: 2},
+		bpf.LoadAbsolute{Off: pidAt, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: be32(pid), SkipTrue: 1},
+		bpf.RetConstant{Val: 0xffffffff}, // keep it whole
+		bpf.RetConstant{Val: 0},          // drop it
 	}
 	if pid == 0 {
 		// No request socket to tell apart: keep everything.
 		prog = prog[7:8]
 	}
-	return &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	raw, err := bpf.Assemble(prog)
+	if err != nil {
+		return nil, err
+	}
+	filter := make([]unix.SockFilter, len(raw))
+	for i, r := range raw {
+		filter[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	return &unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}, nil
 }
 
-func (m *monitor) run() {
-	defer close(m.done)
+// run reads the socket until ctx ends, re-opening it if it fails.
+func (m *monitor) run(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	context.AfterFunc(ctx, func() {
+		m.mu.Lock()
+		f := m.f
+		m.mu.Unlock()
+		if f != nil {
+			f.Close() // ends the read below
+		}
+	})
 	for {
 		m.mu.Lock()
 		f := m.f
 		m.mu.Unlock()
 		err := m.readAll(f)
-		m.mu.Lock()
-		closed := m.closed
-		// Until the socket is re-opened nothing is heard: no cached
-		// answer may be trusted.
-		m.broken = true
-		m.dropCachesLocked()
-		m.mu.Unlock()
-		if closed {
+		if ctx.Err() != nil {
+			m.mu.Lock()
+			m.f = nil
+			m.mu.Unlock()
 			return
 		}
 		m.log.Error("netlink monitor failed; re-opening it", zap.Error(err))
+		m.mu.Lock()
+		f.Close()
+		m.f = nil
+		m.noteLocked(manager.PartAll)
+		m.mu.Unlock()
 		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(reopenDelay):
+			}
 			nf, err := m.open()
 			if err == nil {
 				m.mu.Lock()
-				if m.closed {
-					m.mu.Unlock()
-					nf.Close()
-					return
-				}
-				m.f.Close()
 				m.f = nf
-				m.broken = false
 				// Changes may have been missed meanwhile.
-				m.overflowLocked()
+				m.noteLocked(manager.PartAll)
 				m.mu.Unlock()
 				break
 			}
 			m.log.Error("re-open netlink monitor failed", zap.Error(err))
-			time.Sleep(resubscribeDelay)
-			m.mu.Lock()
-			closed := m.closed
-			m.mu.Unlock()
-			if closed {
-				return
-			}
 		}
 	}
 }
@@ -291,24 +295,11 @@ func (m *monitor) readAll(f *os.File) error {
 	return err
 }
 
-// drain processes whatever notifications are queued now. A caller that
-// wants to act on the kernel's current state (no event in flight) calls it
-// first. It reports whether the monitor is hearing the kernel: false when
-// it is closed or broken, and then nothing it remembers may be trusted.
-func (m *monitor) drain() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed || m.broken {
-		return false
-	}
-	if err := m.drainLocked(); err != nil {
-		m.dropCachesLocked()
-		return false
-	}
-	return true
-}
-
+// drainLocked processes whatever announcements are queued now.
 func (m *monitor) drainLocked() error {
+	if m.f == nil {
+		return errors.New("monitor not open")
+	}
 	rc, err := m.f.SyscallConn()
 	if err != nil {
 		return err
@@ -327,202 +318,106 @@ func (m *monitor) drainLocked() error {
 		case errors.Is(rerr, unix.EINTR):
 			continue
 		case errors.Is(rerr, unix.ENOBUFS):
-			m.log.Warn("netlink monitor overflowed; resyncing")
-			m.overflowLocked()
+			m.log.Warn("netlink monitor overflowed; reading everything again")
+			m.noteLocked(manager.PartAll)
 			continue
 		case rerr != nil:
 			return rerr
 		}
-		if err := eachMsg(m.buf[:n], m.eventLocked); err != nil {
+		msgs, err := syscall.ParseNetlinkMessage(m.buf[:n])
+		if err != nil {
 			// A message we cannot parse may have been the one that mattered.
-			m.overflowLocked()
-		}
-	}
-}
-
-// eventLocked dispatches one notification to the watches it concerns.
-func (m *monitor) eventLocked(h unix.NlMsghdr, d []byte) error {
-	own := h.Pid != 0 && h.Pid == m.n.c.pid
-	m.cacheEventLocked(h, d)
-	switch h.Type {
-	case unix.RTM_NEWLINK, unix.RTM_DELLINK:
-		if len(d) < unix.SizeofIfInfomsg {
-			return errors.New("short link message")
-		}
-		index := int(int32(binary.NativeEndian.Uint32(d[4:8])))
-		v := m.links[index]
-		if v == nil {
-			return nil // no watch selects this link
-		}
-		changed := false
-		if h.Type == unix.RTM_NEWLINK {
-			l, _ := parseLink(d)
-			changed = v.announced(l) && !own
-		}
-		for w := range m.watches {
-			if w.f.LinkIndex != index || w.isGone {
-				continue
-			}
-			if h.Type == unix.RTM_DELLINK {
-				w.isGone = true
-				close(w.gone)
-				continue
-			}
-			if changed {
-				w.signal()
-			}
-		}
-	case unix.RTM_NEWADDR, unix.RTM_DELADDR:
-		if own {
-			return nil
-		}
-		if len(d) < unix.SizeofIfAddrmsg {
-			return errors.New("short address message")
-		}
-		index := int(binary.NativeEndian.Uint32(d[4:8]))
-		v := m.links[index]
-		if v == nil {
-			return nil // no watch selects this link
-		}
-		if _, p, ok := parseAddr(d); ok {
-			_, mine := v.ownAddrs[p]
-			switch {
-			case mine && h.Type == unix.RTM_NEWADDR && h.Pid == 0:
-				return nil // the kernel finishing an address vpnd added
-			case !mine && p.Addr().IsLinkLocalUnicast():
-				// The kernel's own link-local address, made or deleted (by
-				// Restore, announced with port id 0 as every IPv6 address
-				// deletion is): nothing vpnd wants changed.
-				return nil
-			}
-		}
-		for w := range m.watches {
-			if w.f.LinkIndex == index {
-				w.signal()
-			}
-		}
-	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
-		if own {
-			return nil
-		}
-		k, ok := parseRoute(d)
-		if !ok {
-			return nil // another family (multicast routes, say)
-		}
-		for w := range m.watches {
-			if w.f.Table != 0 && k.tableID == w.f.Table {
-				w.signal()
-			}
-		}
-	case unix.RTM_NEWRULE, unix.RTM_DELRULE:
-		if own {
-			return nil
-		}
-		k, ok := parseRule(d)
-		if !ok {
-			return errors.New("short rule message")
-		}
-		for w := range m.watches {
-			if (w.f.Table != 0 && k.table == w.f.Table) || slices.Contains(w.f.Priorities, k.priority) {
-				w.signal()
-			}
-		}
-	}
-	return nil
-}
-
-// overflowLocked handles lost notifications: every watch may have missed
-// something, and a watched link may be gone.
-func (m *monitor) overflowLocked() {
-	m.dropCachesLocked()
-	for _, v := range m.links {
-		v.known = false
-	}
-	for w := range m.watches {
-		if w.isGone {
+			m.noteLocked(manager.PartAll)
 			continue
 		}
-		w.signal()
-		if w.f.LinkIndex != 0 {
-			if _, ok, err := m.n.getLink(w.f.LinkIndex); err == nil && !ok {
-				w.isGone = true
-				close(w.gone)
-			}
+		for _, msg := range msgs {
+			m.noteLocked(m.parts(msg))
 		}
 	}
 }
 
-func (w *watch) signal() {
+// noteLocked records that parts p changed, and wakes the watcher.
+func (m *monitor) noteLocked(p manager.Parts) {
+	if p == 0 {
+		return
+	}
+	m.pending |= p
 	select {
-	case w.changed <- struct{}{}:
+	case m.wake <- struct{}{}:
 	default:
 	}
 }
 
+// parts says which of vpnd's places an announcement touched.
+func (m *monitor) parts(msg syscall.NetlinkMessage) manager.Parts {
+	d := msg.Data
+	own := msg.Header.Pid != 0 && msg.Header.Pid == m.pid
+	switch msg.Header.Type {
+	case unix.RTM_NEWLINK, unix.RTM_DELLINK:
+		if len(d) < unix.SizeofIfInfomsg {
+			return manager.PartAll
+		}
+		index := int(nl.DeserializeIfInfomsg(d).Index)
+		name := ""
+		if attrs, err := nl.ParseRouteAttr(d[unix.SizeofIfInfomsg:]); err == nil {
+			for _, a := range attrs {
+				if a.Attr.Type == unix.IFLA_IFNAME {
+					name = unix.ByteSliceToString(a.Value)
+				}
+			}
+		}
+		if name == m.places.IfName && msg.Header.Type == unix.RTM_NEWLINK {
+			m.tracked[index] = true
+		}
+		if !m.tracked[index] && name != m.places.IfName {
+			return 0
+		}
+		if msg.Header.Type == unix.RTM_DELLINK {
+			delete(m.tracked, index)
+			return manager.PartLinks | manager.PartRoutes
+		}
+		return manager.PartLinks
+	case unix.RTM_NEWADDR, unix.RTM_DELADDR:
+		if len(d) < unix.SizeofIfAddrmsg {
+			return manager.PartAll
+		}
+		if m.tracked[int(nl.DeserializeIfAddrmsg(d).Index)] {
+			return manager.PartLinks
+		}
+	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
+		if own || len(d) < unix.SizeofRtMsg {
+			return 0
+		}
+		table := int(nl.DeserializeRtMsg(d).Table)
+		if attrs, err := nl.ParseRouteAttr(d[unix.SizeofRtMsg:]); err == nil {
+			for _, a := range attrs {
+				if a.Attr.Type == unix.RTA_TABLE && len(a.Value) == 4 {
+					table = int(binary.NativeEndian.Uint32(a.Value))
+				}
+			}
+		}
+		if table == m.places.Table {
+			return manager.PartRoutes
+		}
+	case unix.RTM_NEWRULE, unix.RTM_DELRULE:
+		if own {
+			return 0
+		}
+		if r, ok := parseRule(msg); ok && slices.Contains(m.places.Priorities, r.Priority) {
+			return manager.PartRules
+		}
+	}
+	return 0
+}
+
+// close stops the monitor.
 func (m *monitor) close() {
 	m.mu.Lock()
 	m.closed = true
-	f := m.f
+	stop, done := m.stop, m.done
 	m.mu.Unlock()
-	f.Close()
-	<-m.done
-}
-
-// Watch reports changes that f selects until ctx is cancelled. gone is
-// closed once the link with index f.LinkIndex no longer exists: deleted,
-// moved to another namespace, or removed by the kernel when the last fd of
-// a non-persistent TUN was closed. changed gets a token (at most one
-// waits) whenever something f selects changed, other than by vpnd's own
-// requests, or may have changed (lost notifications): the reader re-reads
-// the kernel's state anyway. Of the link, that is its MTU, its up state
-// and its addresses: what self-healing restores. Cancelling ctx stops the
-// watch without closing either channel.
-func (n *Netlink) Watch(ctx context.Context, f ChangeFilter) (gone, changed <-chan struct{}, err error) {
-	w := &watch{f: f, gone: make(chan struct{}), changed: make(chan struct{}, 1)}
-	m := n.mon
-	m.mu.Lock()
-	if m.closed {
-		m.mu.Unlock()
-		return nil, nil, errors.New("watch: netlink monitor closed")
+	if stop != nil {
+		stop()
+		<-done
 	}
-	m.watches[w] = struct{}{}
-	if f.LinkIndex != 0 {
-		v := m.links[f.LinkIndex]
-		if v == nil {
-			v = &linkView{ownAddrs: map[netip.Prefix]struct{}{}}
-			m.links[f.LinkIndex] = v
-		}
-		v.watches++
-	}
-	m.mu.Unlock()
-	context.AfterFunc(ctx, func() {
-		m.mu.Lock()
-		delete(m.watches, w)
-		if v := m.links[f.LinkIndex]; v != nil {
-			if v.watches--; v.watches == 0 {
-				delete(m.links, f.LinkIndex)
-			}
-		}
-		m.mu.Unlock()
-	})
-	if f.LinkIndex != 0 {
-		// The registration is live, so a deletion after this check cannot
-		// be missed; one before it is seen here.
-		l, ok, err := n.getLink(f.LinkIndex)
-		if err != nil {
-			return nil, nil, fmt.Errorf("watch link %d: %w", f.LinkIndex, err)
-		}
-		m.mu.Lock()
-		if v := m.links[f.LinkIndex]; ok && v != nil && !v.known {
-			// The state the next announcement is compared with, unless
-			// one came first.
-			v.known, v.mtu, v.up = true, l.MTU, l.Up
-		}
-		if !ok && !w.isGone {
-			w.isGone = true
-			close(w.gone)
-		}
-		m.mu.Unlock()
-	}
-	return w.gone, w.changed, nil
 }

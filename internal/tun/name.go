@@ -11,10 +11,6 @@ import (
 // vpnd rejects them instead of creating a link under a name it did not ask for.
 const MaxNameLen = 15
 
-// ErrLinkExists reports that the interface name vpnd wants is already used
-// by a link vpnd did not create (or one it does not own any more).
-var ErrLinkExists = errors.New("interface name already in use")
-
 // ValidateName checks an interface name the way the kernel's dev_valid_name
 // does, and also rejects '%', which the kernel would expand as a template
 // ("tun%d"), so the link would not get the name vpnd watches and sweeps.

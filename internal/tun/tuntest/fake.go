@@ -3,21 +3,20 @@
 // runs one scenario table against the model and against the real kernel to
 // keep the model honest.
 //
-// Fake can fail any chosen step: every change it makes on vpnd's behalf
-// (creating a TUN, each object of a batch, marking a socket) is a step, so a
-// test can walk a bring-up through every failure point and check that the
-// rollback restores the Snapshot from before.
+// Fake can fail any chosen step: every call and change it makes on vpnd's
+// behalf (creating a TUN, a read, each op of an Apply, the firewall,
+// marking a socket) is a step, so a test can fail a bring-up at every
+// point, or at random (Chaos), and check that the kernel converges.
 package tuntest
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"slices"
 	"sync"
 
+	"github.com/vpnd/vpnd/internal/manager"
 	"github.com/vpnd/vpnd/internal/sim"
-	"github.com/vpnd/vpnd/internal/tun"
 )
 
 // State is what Snapshot returns.
@@ -28,7 +27,7 @@ type Link = sim.Link
 
 // Step is one change the fake made or refused.
 type Step struct {
-	What string // "create tun", "add route", "delete rule"...
+	What string // "create tun", "add route", "delete rule", "read"...
 	Obj  string
 	Err  error
 }
@@ -47,10 +46,11 @@ type Fake struct {
 	mu     sync.Mutex
 	steps  []Step
 	failAt map[int]error
-	failOn map[string]map[int]error // method or step name → nth call → error
+	failOn map[string]map[int]error // step name → nth call → error
 	calls  map[string]int
-	hosts  []tun.HostPrefix
+	hosts  []manager.HostPrefix
 	onStep func(what string)
+	chaos  func(what string) error
 }
 
 // New returns an empty fake kernel. Like a fresh network namespace it has
@@ -69,6 +69,9 @@ func (f *Fake) inject(what string, obj any) error {
 	if e := f.failOn[what][f.calls[what]]; e != nil {
 		err = e
 	}
+	if err == nil && f.chaos != nil {
+		err = f.chaos(what)
+	}
 	f.steps = append(f.steps, Step{What: what, Obj: fmt.Sprint(obj), Err: err})
 	if hook := f.onStep; hook != nil {
 		f.mu.Unlock()
@@ -86,24 +89,49 @@ func (f *Fake) OnStep(fn func(what string)) {
 	f.onStep = fn
 }
 
-// FailAt makes the step-th change (counting from 1 over the fake's whole
-// life, see Steps) fail with err, changing nothing.
+// FailAt makes the step-th step (counting from 1 over the fake's whole
+// life, see Steps) fail with err, changing nothing (or, for
+// sim.ErrLostAnswer, losing its answer).
 func (f *Fake) FailAt(step int, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.failAt[step] = err
 }
 
-// FailOn makes the nth call (from 1) of a method ("Read", "Watch",
-// "Occupants", "HostPrefixes", "Install", "Restore") or the nth step of a
-// kind ("add route", "restore rule"...) fail with err.
-func (f *Fake) FailOn(name string, nth int, err error) {
+// FailOn makes the nth step (from 1) of a kind ("add route", "read",
+// "set firewall", "create tun"...) fail with err.
+func (f *Fake) FailOn(what string, nth int, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.failOn[name] == nil {
-		f.failOn[name] = map[int]error{}
+	if f.failOn[what] == nil {
+		f.failOn[what] = map[int]error{}
 	}
-	f.failOn[name][nth] = err
+	f.failOn[what][nth] = err
+}
+
+// FailEvery makes every step of a kind fail with err from now on, until
+// ClearFailures.
+func (f *Fake) FailEvery(what string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	prev := f.chaos
+	f.chaos = func(w string) error {
+		if w == what {
+			return err
+		}
+		if prev != nil {
+			return prev(w)
+		}
+		return nil
+	}
+}
+
+// Chaos asks fn at every step whether to fail it (nil: no). fn runs with
+// the fake locked. nil removes it.
+func (f *Fake) Chaos(fn func(what string) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.chaos = fn
 }
 
 // ClearFailures forgets all injected failures.
@@ -112,11 +140,10 @@ func (f *Fake) ClearFailures() {
 	defer f.mu.Unlock()
 	f.failAt = map[int]error{}
 	f.failOn = map[string]map[int]error{}
+	f.chaos = nil
 }
 
-// Steps returns how many changes have been made or refused so far. A test
-// that runs one bring-up on a fresh Fake learns from it how many failure
-// points there are to try with FailAt.
+// Steps returns how many steps have been made or refused so far.
 func (f *Fake) Steps() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -130,93 +157,32 @@ func (f *Fake) Log() []Step {
 	return slices.Clone(f.steps)
 }
 
-// Calls reports how many times a method or kind of step was called.
-func (f *Fake) Calls(name string) int {
+// Calls reports how many times a kind of step was made.
+func (f *Fake) Calls(what string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.calls[name]
+	return f.calls[what]
 }
 
 // SetHostPrefixes sets what HostPrefixes reports: the host's own
 // addresses and on-link prefixes.
-func (f *Fake) SetHostPrefixes(ps ...tun.HostPrefix) {
+func (f *Fake) SetHostPrefixes(ps ...manager.HostPrefix) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.hosts = slices.Clone(ps)
 }
 
-func (f *Fake) hostPrefixes(string) ([]tun.HostPrefix, error) {
+func (f *Fake) hostPrefixes(string) ([]manager.HostPrefix, error) {
+	if err := f.inject("host prefixes", nil); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.hosts), nil
-}
-
-// call counts a call of a method and returns its injected failure.
-func (f *Fake) call(method string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls[method]++
-	return f.failOn[method][f.calls[method]]
-}
-
-// Install is sim.Kernel.Install, and can be failed as a whole with FailOn("Install", ...).
-func (f *Fake) Install(o *tun.Objects) (tun.Objects, error) {
-	if err := f.call("Install"); err != nil {
-		return tun.Objects{}, err
-	}
-	return f.Kernel.Install(o)
-}
-
-// Read is sim.Kernel.Read, and can be failed.
-func (f *Fake) Read(q tun.Query) (*tun.State, error) {
-	if err := f.call("Read"); err != nil {
-		return nil, err
-	}
-	return f.Kernel.Read(q)
-}
-
-// Restore is sim.Kernel.Restore, and can be failed as a whole.
-func (f *Fake) Restore(r *tun.Repair) (tun.Repair, error) {
-	if err := f.call("Restore"); err != nil {
-		return tun.Repair{LinkIndex: r.LinkIndex}, err
-	}
-	return f.Kernel.Restore(r)
-}
-
-// Watch is sim.Kernel.Watch, and can be failed.
-func (f *Fake) Watch(ctx context.Context, cf tun.ChangeFilter) (<-chan struct{}, <-chan struct{}, error) {
-	if err := f.call("Watch"); err != nil {
-		return nil, nil, err
-	}
-	return f.Kernel.Watch(ctx, cf)
-}
-
-// Occupants is sim.Kernel.Occupants, and can be failed.
-func (f *Fake) Occupants(table int, priorities ...int) ([]string, error) {
-	if err := f.call("Occupants"); err != nil {
-		return nil, err
-	}
-	return f.Kernel.Occupants(table, priorities...)
-}
-
-// HostPrefixes reports what SetHostPrefixes set, and can be failed.
-func (f *Fake) HostPrefixes(except string) ([]tun.HostPrefix, error) {
-	if err := f.call("HostPrefixes"); err != nil {
-		return nil, err
-	}
-	return f.Kernel.HostPrefixes(except)
-}
-
-// CheckSocket is sim.Kernel.CheckSocket, and can be failed.
-func (f *Fake) CheckSocket(fd int) error {
-	if err := f.call("CheckSocket"); err != nil {
-		return err
-	}
-	return f.Kernel.CheckSocket(fd)
 }
 
 // MustPrefix parses a prefix or panics, for test tables.
 func MustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 // SortRoutes sorts routes in Snapshot's order.
-func SortRoutes(rs []tun.Route) { sim.SortRoutes(rs) }
+func SortRoutes(rs []sim.Route) { sim.SortRoutes(rs) }

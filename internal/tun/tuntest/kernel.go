@@ -7,15 +7,16 @@ import (
 	"testing"
 
 	"github.com/vpnd/vpnd/internal/netnstest"
-	"github.com/vpnd/vpnd/internal/tun"
+	"github.com/vpnd/vpnd/internal/manager"
+	"github.com/vpnd/vpnd/internal/sim"
 )
 
 // KernelRoutes reads table's routes of both families from the kernel of
 // the test's namespace with `ip -j route`, in vpnd's terms; index maps link
 // names to their indexes. A route vpnd could not have made fails the test.
-func KernelRoutes(t *testing.T, table int, index map[string]int) []tun.Route {
+func KernelRoutes(t *testing.T, table int, index map[string]int) []sim.Route {
 	t.Helper()
-	var out []tun.Route
+	var out []sim.Route
 	for _, fam := range []string{"-4", "-6"} {
 		for _, j := range netnstest.IPJSON(t, fam, "route", "show", "table", strconv.Itoa(table)) {
 			dst := j["dst"].(string)
@@ -29,7 +30,7 @@ func KernelRoutes(t *testing.T, table int, index map[string]int) []tun.Route {
 			case !strings.Contains(dst, "/"):
 				dst += "/128"
 			}
-			r := tun.Route{Table: table, Dst: netip.MustParsePrefix(dst)}
+			r := sim.Route{Table: table, Route: manager.Route{Dst: netip.MustParsePrefix(dst)}}
 			switch j["type"] {
 			case nil, "unicast":
 				r.LinkIndex = index[j["dev"].(string)]
@@ -37,9 +38,9 @@ func KernelRoutes(t *testing.T, table int, index map[string]int) []tun.Route {
 					r.Gateway = netip.MustParseAddr(gw)
 				}
 			case "throw":
-				r.Kind = tun.Throw
+				r.Kind = manager.Throw
 			case "unreachable":
-				r.Kind = tun.Unreachable
+				r.Kind = manager.Unreachable
 			default:
 				t.Errorf("table %d holds a route vpnd never makes: %v", table, j)
 			}
