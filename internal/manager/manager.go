@@ -545,6 +545,7 @@ func (m *Manager) plan(index int, c Caller, cfg *config.Config) vpnObjects {
 	}
 	return o
 }
+
 // routesFor lists the table routes of cfg: each address's prefix route
 // (the kernel was told not to put it into main, where it would serve every
 // uid), included routes on the TUN, and excluded routes as throw routes so

@@ -129,9 +129,9 @@ type reconciler struct {
 
 	mu       sync.Mutex
 	want     Want
-	gen      uint64      // bumped by Set
-	last     passResult  // the last pass
-	done     uint64      // the highest generation the kernel matched
+	gen      uint64        // bumped by Set
+	last     passResult    // the last pass
+	done     uint64        // the highest generation the kernel matched
 	changed  chan struct{} // closed and replaced after every pass
 	kick     chan struct{}
 	calls    chan func()

@@ -218,6 +218,7 @@ func (k *Kernel) Close() error {
 	k.readers.Wait()
 	return nil
 }
+
 // CreateTUN makes a simulated TUN link and returns the client's end of its
 // socket pair, in the blocking mode asked for, close-on-exec. With
 // opt.VnetHdr every message carries a virtio_net_hdr before the packet.

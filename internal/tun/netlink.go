@@ -8,7 +8,6 @@ import (
 	"os"
 	"slices"
 
-
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"go.uber.org/zap"
@@ -588,6 +587,3 @@ func (r *HostReader) Close() error {
 	r.h.Close()
 	return nil
 }
-
-
-

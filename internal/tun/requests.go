@@ -323,4 +323,5 @@ func (r *requests) readDump(seq uint32, fn func(m syscall.NetlinkMessage)) (inte
 		}
 	}
 }
+
 type syscallMessage = syscall.NetlinkMessage

@@ -23,4 +23,3 @@ func (n *Netlink) MarkSocket(fd int, mark uint32) error {
 	}
 	return nil
 }
-

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vpnd/vpnd/internal/netnstest"
 	"github.com/vpnd/vpnd/internal/manager"
+	"github.com/vpnd/vpnd/internal/netnstest"
 	"github.com/vpnd/vpnd/internal/sim"
 )
 
