@@ -87,9 +87,9 @@ func (m *Manager) SetLockdown(c Caller, l config.Lockdown) error {
 	gen := m.publishLocked()
 	m.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), endWait)
+	ctx, cancel := context.WithTimeout(context.Background(), m.waits.end)
 	defer cancel()
-	err := m.rec.Wait(ctx, gen)
+	err := m.rec.Wait(ctx, gen, true)
 	if err == nil && m.opt.Store != nil {
 		if err = m.opt.Store.SaveLockdown(l); err != nil {
 			err = errs.Wrap(errs.CodeInternal, err, "store lockdown state")
@@ -100,7 +100,7 @@ func (m *Manager) SetLockdown(c Caller, l config.Lockdown) error {
 		m.lockdown = old
 		gen := m.publishLocked()
 		m.mu.Unlock()
-		if werr := m.rec.Wait(ctx, gen); werr != nil {
+		if werr := m.rec.Wait(ctx, gen, false); werr != nil {
 			m.log.Error("lockdown rollback incomplete; vpnd goes on", zap.Error(werr))
 		}
 		if _, ok := err.(*errs.Error); ok {

@@ -118,6 +118,8 @@ type Manager struct {
 	opt Options
 	log *zap.Logger
 	rec *reconciler
+	// waits bound the waits for the kernel (tests shorten them).
+	waits waits
 
 	ldMu sync.Mutex
 
@@ -192,8 +194,11 @@ type vpnObjects struct {
 	failClosed4, failClosed6 []uidrange.Range
 }
 
-// Timeouts of the waits for the kernel. They bound what a client waits
-// for; the reconciler goes on regardless.
+// waits bound the waits for the kernel: what a client waits for. The
+// reconciler goes on regardless.
+type waits struct{ leftover, bringUp, end time.Duration }
+
+// Timeouts of the waits for the kernel.
 const (
 	// leftoverWait bounds the wait for an earlier VPN's leftovers to go
 	// before a setUp.
@@ -219,7 +224,8 @@ func New(k Kernel, opt Options) *Manager {
 	if opt.Observer == nil {
 		opt.Observer = noObserver{}
 	}
-	m := &Manager{k: k, opt: opt, log: opt.Log, subs: make(map[uint64]func(protocol.StateChanged))}
+	m := &Manager{k: k, opt: opt, log: opt.Log, subs: make(map[uint64]func(protocol.StateChanged)),
+		waits: waits{leftover: leftoverWait, bringUp: bringUpWait, end: endWait}}
 	places := Places{IfName: opt.IfName, Table: opt.Table, Priorities: []int{opt.RulePriority, opt.RulePriority + 1}}
 	m.rec = newReconciler(k, places, opt.Log.Named("reconcile"), opt.Observer, m.linkGone)
 	m.rec.Set(m.wantLocked())
@@ -252,9 +258,9 @@ func (m *Manager) Start(l config.Lockdown) ([]string, error) {
 	m.lockInfo.Store(describeLockdown(l))
 	gen := m.rec.Set(m.wantLocked())
 	m.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), endWait)
+	ctx, cancel := context.WithTimeout(context.Background(), m.waits.end)
 	defer cancel()
-	if err := m.rec.Wait(ctx, gen); err != nil {
+	if err := m.rec.Wait(ctx, gen, false); err != nil {
 		return nil, fmt.Errorf("sweep and lockdown: %w", err)
 	}
 	var removed []string
@@ -460,8 +466,8 @@ func firstFew[T any](ss []T, n int) string {
 // the VPN's objects in, and applies its DNS settings. On failure
 // everything is rolled back and the TUN closed.
 func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), leftoverWait)
-	err = m.rec.Wait(ctx, m.rec.Gen())
+	ctx, cancel := context.WithTimeout(context.Background(), m.waits.leftover)
+	err = m.rec.Wait(ctx, m.rec.Gen(), false)
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("vpnd is still removing an earlier VPN's objects: %w", err)
@@ -499,8 +505,8 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 	v.objs = &objs
 	gen := m.publishLocked()
 	m.mu.Unlock()
-	ctx, cancel = context.WithTimeout(context.Background(), bringUpWait)
-	err = m.rec.Wait(ctx, gen)
+	ctx, cancel = context.WithTimeout(context.Background(), m.waits.bringUp)
+	err = m.rec.Wait(ctx, gen, true)
 	cancel()
 	if err != nil {
 		return nil, err
@@ -519,9 +525,9 @@ func (m *Manager) rollBack(v *vpn) {
 	v.objs = nil
 	gen := m.publishLocked()
 	m.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), endWait)
+	ctx, cancel := context.WithTimeout(context.Background(), m.waits.end)
 	defer cancel()
-	if err := m.rec.Wait(ctx, gen); err != nil {
+	if err := m.rec.Wait(ctx, gen, false); err != nil {
 		m.log.Error("rollback incomplete; vpnd goes on removing what is left", zap.Error(err))
 	}
 }
@@ -864,8 +870,8 @@ func (m *Manager) end(v *vpn, reason string) {
 	v.objs = nil
 	gen := m.publishLocked()
 	m.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), endWait)
-	err := m.rec.Wait(ctx, gen)
+	ctx, cancel := context.WithTimeout(context.Background(), m.waits.end)
+	err := m.rec.Wait(ctx, gen, false)
 	cancel()
 	if err != nil {
 		m.log.Error("vpn teardown incomplete; vpnd goes on removing what is left", zap.String("ifname", v.info.Interface), zap.Error(err))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -146,20 +147,27 @@ type reconciler struct {
 	lastTok  time.Time // when tokens were last counted
 	throttle bool      // a throttled fight was logged
 	swept    []string  // the leftovers removed, for the start-up sweep's summary
-	matched  uint64    // the generation the kernel last matched, for telling repairs from changes
+	// inUse says that a VPN was wanted since vpnd last read both its
+	// table and its priorities: whatever appeared there meanwhile is
+	// vpnd's.
+	inUse bool
+	// configured are the links vpnd has set its link settings on.
+	configured map[int]bool
+	matched    uint64 // the generation the kernel last matched, for telling repairs from changes
 }
 
 func newReconciler(k Kernel, places Places, log *zap.Logger, obs Observer, linkGone func(int)) *reconciler {
 	r := &reconciler{
 		k: k, places: places, log: log, obs: obs, linkGone: linkGone, now: time.Now,
-		changed: make(chan struct{}),
-		kick:    make(chan struct{}, 1),
-		calls:   make(chan func()),
-		stop:    make(chan struct{}),
-		stopped: make(chan struct{}),
-		v:       view{links: map[int]LinkState{}, routes: map[RouteKey]Route{}},
-		own:     owned{links: map[int]bool{}, routes: map[RouteKey]bool{}, rules: map[Rule]bool{}, leftovers: map[any]bool{}},
-		tokens:  repairBurst,
+		changed:    make(chan struct{}),
+		kick:       make(chan struct{}, 1),
+		calls:      make(chan func()),
+		stop:       make(chan struct{}),
+		stopped:    make(chan struct{}),
+		v:          view{links: map[int]LinkState{}, routes: map[RouteKey]Route{}},
+		own:        owned{links: map[int]bool{}, routes: map[RouteKey]bool{}, rules: map[Rule]bool{}, leftovers: map[any]bool{}},
+		tokens:     repairBurst,
+		configured: map[int]bool{},
 	}
 	return r
 }
@@ -192,11 +200,11 @@ func (r *reconciler) Gen() uint64 {
 }
 
 // Wait waits until the kernel matched the want of generation gen (or a
-// later one), and returns nil then. It returns earlier, with the pass's
-// error, if a pass for gen or later failed with an error that retrying
-// will not mend (a refusal of the kernel, a gone link); and with the last
-// error when ctx ends first.
-func (r *reconciler) Wait(ctx context.Context, gen uint64) error {
+// later one), and returns nil then. If failFast, it returns earlier, with
+// the pass's error, if a pass for gen or later failed with an error that
+// retrying will not mend (a refusal of the kernel, a gone link). It
+// returns the last error when ctx ends first.
+func (r *reconciler) Wait(ctx context.Context, gen uint64, failFast bool) error {
 	for {
 		r.mu.Lock()
 		done, last, ch, stopping := r.done, r.last, r.changed, r.stopping
@@ -204,7 +212,7 @@ func (r *reconciler) Wait(ctx context.Context, gen uint64) error {
 		if done >= gen {
 			return nil
 		}
-		if last.gen >= gen && last.err != nil && !errors.Is(last.err, ErrTransient) {
+		if failFast && last.gen >= gen && last.err != nil && !errors.Is(last.err, ErrTransient) {
 			return last.err
 		}
 		if stopping {
@@ -376,9 +384,17 @@ func (r *reconciler) pass(w *Want, gen uint64) (res passResult, wait time.Durati
 	res.gen = gen
 	if w.Link != nil {
 		r.own.links[w.Link.Index] = true // vpnd created it
+		r.inUse = true
 	}
 	for range roundsPerPass {
 		r.v.known &^= r.k.Sync()
+		if w.Link != nil {
+			if _, ok := r.v.links[w.Link.Index]; !ok {
+				// A link the view has not seen yet (vpnd has just created
+				// it): read it before calling it gone.
+				r.v.known &^= PartLinks
+			}
+		}
 		if err := r.read(w); err != nil {
 			res.err = err
 			return res, 0
@@ -403,7 +419,6 @@ func (r *reconciler) pass(w *Want, gen uint64) (res passResult, wait time.Durati
 				continue
 			}
 			r.matched = gen
-			r.throttle = false
 			res.converged = true
 			return res, 0
 		}
@@ -459,6 +474,9 @@ func (r *reconciler) takeToken() (bool, time.Duration) {
 	now := r.now()
 	r.tokens = min(r.tokens+float64(now.Sub(r.lastTok))/float64(repairRefill), repairBurst)
 	r.lastTok = now
+	if r.tokens == repairBurst {
+		r.throttle = false // the last fight is long over
+	}
 	if r.tokens >= 1 {
 		r.tokens--
 		return true, 0
@@ -484,6 +502,7 @@ func (r *reconciler) read(w *Want) error {
 	if what == 0 {
 		return nil
 	}
+	x := indexWant(w)
 	q := Query{Places: r.places, What: what}
 	if what&PartLinks != 0 {
 		for index := range r.own.links {
@@ -525,7 +544,7 @@ func (r *reconciler) read(w *Want) error {
 		clear(r.v.routes)
 		for _, rt := range have.Routes {
 			r.v.routes[rt.Key()] = rt
-			if w.Link != nil {
+			if r.inUse {
 				// While a VPN uses the table it is vpnd's: whatever someone
 				// else puts there would steer the VPN's traffic, and goes.
 				r.own.routes[rt.Key()] = true
@@ -533,7 +552,7 @@ func (r *reconciler) read(w *Want) error {
 		}
 		r.v.known |= PartRoutes
 		for key := range r.own.routes {
-			if _, ok := r.v.routes[key]; !ok && !wantsRoute(w, key) {
+			if _, ok := r.v.routes[key]; !ok && !x.wantsRoute(key) {
 				delete(r.own.routes, key)
 			}
 		}
@@ -541,7 +560,7 @@ func (r *reconciler) read(w *Want) error {
 	if what&PartRules != 0 {
 		r.v.rules = have.Rules
 		r.v.known |= PartRules
-		if w.Link != nil {
+		if r.inUse {
 			// Likewise every rule at the VPN's priority that looks the
 			// table up.
 			for _, rule := range r.v.rules {
@@ -550,11 +569,20 @@ func (r *reconciler) read(w *Want) error {
 				}
 			}
 		}
+		have := make(map[Rule]bool, len(r.v.rules))
+		for _, rule := range r.v.rules {
+			have[rule] = true
+		}
 		for rule := range r.own.rules {
-			if !slices.Contains(r.v.rules, rule) && !slices.Contains(w.Rules, rule) {
+			if !have[rule] && !x.rules[rule] {
 				delete(r.own.rules, rule)
 			}
 		}
+	}
+	if w.Link == nil && what&(PartRoutes|PartRules) == PartRoutes|PartRules {
+		// Both were read since the last VPN was wanted: from now on what
+		// appears there is someone else's.
+		r.inUse = false
 	}
 	// Whatever is still unknown (routes, after a link change) is read
 	// in the next round of the pass.
@@ -564,8 +592,27 @@ func (r *reconciler) read(w *Want) error {
 	return nil
 }
 
-func wantsRoute(w *Want, key RouteKey) bool {
-	return slices.ContainsFunc(w.Routes, func(rt Route) bool { return rt.Key() == key })
+// wantIndex is a want's routes and rules by identity, so that comparing a
+// want of 10,000 routes with the kernel stays linear.
+type wantIndex struct {
+	routes map[RouteKey]Route
+	rules  map[Rule]bool
+}
+
+func indexWant(w *Want) *wantIndex {
+	x := &wantIndex{routes: make(map[RouteKey]Route, len(w.Routes)), rules: make(map[Rule]bool, len(w.Rules))}
+	for _, rt := range w.Routes {
+		x.routes[rt.Key()] = rt
+	}
+	for _, rule := range w.Rules {
+		x.rules[rule] = true
+	}
+	return x
+}
+
+func (x *wantIndex) wantsRoute(key RouteKey) bool {
+	_, ok := x.routes[key]
+	return ok
 }
 
 // plan lists the ops that make the view w: first what w adds (the link's
@@ -576,10 +623,18 @@ func wantsRoute(w *Want, key RouteKey) bool {
 // and the routes through them along).
 func (r *reconciler) plan(w *Want) []Op {
 	var ops []Op
+	x := indexWant(w)
+	haveRules := make(map[Rule]bool, len(r.v.rules))
+	for _, rule := range r.v.rules {
+		haveRules[rule] = true
+	}
 	table := r.places.Table
 	if l := w.Link; l != nil {
 		have := r.v.links[l.Index]
-		if have.MTU != l.MTU {
+		if have.MTU != l.MTU || !r.configured[l.Index] {
+			// The settings that come with the MTU (reverse path filtering,
+			// IPv6 address generation) are not read back: they are set once,
+			// and again with every MTU.
 			ops = append(ops, Op{Kind: SetLink, Link: Link{Index: l.Index, MTU: l.MTU}})
 		}
 		wantAddr := make(map[netip.Prefix]bool, len(l.Addrs))
@@ -611,14 +666,14 @@ func (r *reconciler) plan(w *Want) []Op {
 		}
 	}
 	for _, rule := range w.Rules {
-		if !slices.Contains(r.v.rules, rule) {
+		if !haveRules[rule] {
 			ops = append(ops, Op{Kind: AddRule, Table: table, Rule: rule})
 		}
 	}
 	// What vpnd owns and no longer wants: in the kernel's order for rules,
 	// so that the last of several rules a delete could match goes last.
 	for _, rule := range r.v.rules {
-		if r.own.rules[rule] && !slices.Contains(w.Rules, rule) {
+		if r.own.rules[rule] && !x.rules[rule] {
 			ops = append(ops, Op{Kind: DelRule, Table: table, Rule: rule})
 		}
 	}
@@ -631,7 +686,7 @@ func (r *reconciler) plan(w *Want) []Op {
 	var keys []RouteKey
 	for key := range r.own.routes {
 		have, ok := r.v.routes[key]
-		if !ok || wantsRoute(w, key) || (have.OnLink() && gone[have.LinkIndex]) {
+		if !ok || x.wantsRoute(key) || (have.OnLink() && gone[have.LinkIndex]) {
 			continue // gone, wanted, or going with its link
 		}
 		keys = append(keys, key)
@@ -695,6 +750,7 @@ func (r *reconciler) update(ops []Op, results []error, answered bool) []Op {
 			l := r.v.links[op.Link.Index]
 			l.MTU = op.Link.MTU
 			r.v.links[op.Link.Index] = l
+			r.configured[op.Link.Index] = true
 		case LinkUp:
 			l := r.v.links[op.Link.Index]
 			l.Up = true
@@ -727,6 +783,7 @@ func (r *reconciler) update(ops []Op, results []error, answered bool) []Op {
 			r.logLeftover(op.Rule, "removed leftover rule", "rule "+op.Rule.String(), zap.String("rule", op.Rule.String()))
 		case DelLink:
 			delete(r.v.links, op.Link.Index)
+			delete(r.configured, op.Link.Index)
 			if r.v.named == op.Link.Index {
 				r.v.named = 0
 			}
@@ -774,14 +831,12 @@ func opPart(op Op) Parts {
 }
 
 // logRepair logs one warning for a pass that put back what someone else
-// changed: what it restored, counted, and the first few objects by name.
+// changed, or removed what someone else added to vpnd's places: what it
+// did, counted, and the first few objects by name.
 func (r *reconciler) logRepair(w *Want, done []Op, fw bool, start time.Time) {
-	if len(done) == 0 && !fw {
-		return
-	}
 	of := "lockdown"
 	var names []string
-	var addrs, routes, rules int
+	var addrs, routes, rules, removed int
 	up, mtu := false, 0
 	for _, op := range done {
 		switch op.Kind {
@@ -798,8 +853,9 @@ func (r *reconciler) logRepair(w *Want, done []Op, fw bool, start time.Time) {
 		case AddRule:
 			rules++
 			names = append(names, "rule "+op.Rule.String())
-		default:
-			continue
+		case DelAddr, DelRoute, DelRule, DelLink:
+			removed++
+			names = append(names, "removed "+strings.TrimPrefix(op.String(), "delete "))
 		}
 		if w.Link != nil && (op.Kind != AddRule || op.Rule.Priority == r.places.Priorities[0]) {
 			of = "vpn"
@@ -814,7 +870,7 @@ func (r *reconciler) logRepair(w *Want, done []Op, fw bool, start time.Time) {
 	r.obs.Repaired(of)
 	r.log.Warn("self-healing restored vpn state", zap.String("of", of), zap.Bool("link_up", up), zap.Int("mtu", mtu),
 		zap.Int("addresses", addrs), zap.Int("routes", routes), zap.Int("rules", rules), zap.Bool("firewall", fw),
-		zap.String("first", firstFew(names, loggedObjects)), zap.Duration("took", r.now().Sub(start)))
+		zap.Int("removed", removed), zap.String("first", firstFew(names, loggedObjects)), zap.Duration("took", r.now().Sub(start)))
 	if ce := r.log.Check(zap.DebugLevel, "self-healing restored objects"); ce != nil {
 		ce.Write(zap.Strings("objects", names))
 	}

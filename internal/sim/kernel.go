@@ -55,6 +55,9 @@ type Route struct {
 	manager.Route
 }
 
+// String renders the route the way `ip route` would, with its table.
+func (r Route) String() string { return fmt.Sprintf("%s table %d", r.Route, r.Table) }
+
 // State is everything the model holds. Links are sorted by index; routes
 // by family, table and destination; rules by family and priority, in
 // insertion order within a priority (the kernel's order).

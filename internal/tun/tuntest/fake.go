@@ -28,15 +28,15 @@ type Link = sim.Link
 // Step is one change the fake made or refused.
 type Step struct {
 	What string // "create tun", "add route", "delete rule", "read"...
-	Obj  string
+	Obj  any
 	Err  error
 }
 
 func (s Step) String() string {
 	if s.Err != nil {
-		return fmt.Sprintf("%s %s = %v", s.What, s.Obj, s.Err)
+		return fmt.Sprintf("%s %v = %v", s.What, s.Obj, s.Err)
 	}
-	return s.What + " " + s.Obj
+	return fmt.Sprintf("%s %v", s.What, s.Obj)
 }
 
 // Fake is an in-memory kernel with fault injection. Call New.
@@ -72,7 +72,7 @@ func (f *Fake) inject(what string, obj any) error {
 	if err == nil && f.chaos != nil {
 		err = f.chaos(what)
 	}
-	f.steps = append(f.steps, Step{What: what, Obj: fmt.Sprint(obj), Err: err})
+	f.steps = append(f.steps, Step{What: what, Obj: obj, Err: err})
 	if hook := f.onStep; hook != nil {
 		f.mu.Unlock()
 		hook(what)
