@@ -709,5 +709,3 @@ func managerSchedule(t *testing.T, seed int64) {
 		t.Fatalf("kernel after the last destroy: %+v", s)
 	}
 }
-
-
