@@ -238,9 +238,6 @@ func TestSimulationLockdown(t *testing.T) {
 	if after := nsState(t, d2.ns); after != before {
 		t.Errorf("the namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	// This vpnd started with lockdown on, and with it a goroutine that
-	// keeps its (simulated) rules in place.
-	d2.baseGoroutines--
 }
 
 // TestSimulationAppliesNoDNS: a simulation never touches the host's DNS.

@@ -2,7 +2,6 @@ package sim
 
 import (
 	"net/netip"
-	"slices"
 
 	"github.com/vpnd/vpnd/internal/manager"
 )
@@ -74,9 +73,7 @@ func (e External) DeleteRoute(table int, r manager.Route) error {
 func (e External) FlushTable(table int) int {
 	n := 0
 	e.do(manager.PartRoutes, func() error {
-		before := len(e.k.routes)
-		e.k.routes = slices.DeleteFunc(e.k.routes, func(r Route) bool { return r.Table == table })
-		n = before - len(e.k.routes)
+		n = e.k.deleteRoutesLocked(func(r Route) bool { return r.Table == table })
 		return nil
 	})
 	return n

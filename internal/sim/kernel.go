@@ -108,7 +108,7 @@ type Kernel struct {
 	mu        sync.Mutex
 	nextIndex int
 	links     map[int]*link
-	routes    []Route
+	routes    map[routeID]Route
 	rules     []manager.Rule // kernel order
 	fw        *manager.Firewall
 	watches   map[chan struct{}]manager.Places
@@ -119,6 +119,27 @@ type Kernel struct {
 	// a batch, as with the real kernel.
 	marksMu sync.Mutex
 	marks   map[sockID]uint32
+}
+
+// routeID is a route's identity in the model: its table and its identity
+// there.
+type routeID struct {
+	table int
+	key   manager.RouteKey
+}
+
+func idOf(r Route) routeID { return routeID{r.Table, r.Key()} }
+
+// deleteRoutesLocked deletes the routes del selects.
+func (k *Kernel) deleteRoutesLocked(del func(Route) bool) int {
+	n := 0
+	for id, r := range k.routes {
+		if del(r) {
+			delete(k.routes, id)
+			n++
+		}
+	}
+	return n
 }
 
 type link struct {
@@ -135,6 +156,7 @@ func New(opt Options) *Kernel {
 		opt:       opt,
 		nextIndex: 2,
 		links:     map[int]*link{},
+		routes:    map[routeID]Route{},
 		marks:     map[sockID]uint32{},
 		watches:   map[chan struct{}]manager.Places{},
 	}
@@ -159,7 +181,9 @@ func (k *Kernel) Snapshot() State {
 		s.Links = append(s.Links, c)
 	}
 	slices.SortFunc(s.Links, func(a, b Link) int { return a.Index - b.Index })
-	s.Routes = slices.Clone(k.routes)
+	for _, r := range k.routes {
+		s.Routes = append(s.Routes, r)
+	}
 	SortRoutes(s.Routes)
 	s.Rules = slices.Clone(k.rules)
 	slices.SortStableFunc(s.Rules, func(a, b manager.Rule) int {
@@ -346,7 +370,7 @@ func (k *Kernel) removeLinkLocked(index int, announce bool) bool {
 		return false
 	}
 	delete(k.links, index)
-	k.routes = slices.DeleteFunc(k.routes, func(r Route) bool { return r.Kind == manager.Unicast && r.LinkIndex == index })
+	k.deleteRoutesLocked(func(r Route) bool { return r.Kind == manager.Unicast && r.LinkIndex == index })
 	l.held.Close() // the client reads EOF; the reader exits
 	if announce {
 		k.announceLocked(manager.PartLinks | manager.PartRoutes)
@@ -392,7 +416,7 @@ func (k *Kernel) setMTULocked(index, mtu int) error {
 	if mtu < ipv6MinMTU {
 		// IPv6 leaves the link with its addresses and routes; raising the
 		// MTU again brings IPv6 back without them.
-		k.routes = slices.DeleteFunc(k.routes, func(r Route) bool {
+		k.deleteRoutesLocked(func(r Route) bool {
 			return r.Kind == manager.Unicast && r.LinkIndex == index && r.Dst.Addr().Is6()
 		})
 		l.Addresses = slices.DeleteFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
@@ -409,7 +433,7 @@ func (k *Kernel) setUpLocked(index int, up bool) error {
 	if l.Up && !up {
 		// A link set down loses its routes, and its IPv6 addresses
 		// (keep_addr_on_down=0).
-		k.routes = slices.DeleteFunc(k.routes, func(r Route) bool { return r.Kind == manager.Unicast && r.LinkIndex == index })
+		k.deleteRoutesLocked(func(r Route) bool { return r.Kind == manager.Unicast && r.LinkIndex == index })
 		l.Addresses = slices.DeleteFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
 		l.ForeignAddrs = slices.DeleteFunc(l.ForeignAddrs, func(p netip.Prefix) bool { return p.Addr().Is6() })
 	}
@@ -456,7 +480,7 @@ func (k *Kernel) delAddrLocked(index int, p netip.Prefix) error {
 	if p.Addr().Is4() && !slices.ContainsFunc(l.Addresses, is4) && !slices.ContainsFunc(l.ForeignAddrs, is4) {
 		// With its last IPv4 address gone the kernel disables IPv4 on the
 		// link and flushes every IPv4 route through it, in every table.
-		k.routes = slices.DeleteFunc(k.routes, func(r Route) bool {
+		k.deleteRoutesLocked(func(r Route) bool {
 			return r.Kind == manager.Unicast && r.LinkIndex == index && r.Dst.Addr().Is4()
 		})
 	}
@@ -488,15 +512,11 @@ func (k *Kernel) putRouteLocked(r Route, replace bool) error {
 			return unix.ENETDOWN
 		}
 	}
-	i := slices.IndexFunc(k.routes, func(o Route) bool { return o.Table == r.Table && o.Key() == r.Key() })
-	switch {
-	case i >= 0 && replace:
-		k.routes[i] = r
-	case i >= 0:
+	id := idOf(r)
+	if _, ok := k.routes[id]; ok && !replace {
 		return unix.EEXIST
-	default:
-		k.routes = append(k.routes, r)
 	}
+	k.routes[id] = r
 	return nil
 }
 
@@ -514,11 +534,11 @@ func (k *Kernel) localLocked(a netip.Addr) bool {
 // delRouteLocked deletes the route with r's identity in r's table,
 // whatever it is.
 func (k *Kernel) delRouteLocked(r Route) error {
-	i := slices.IndexFunc(k.routes, func(o Route) bool { return o.Table == r.Table && o.Key() == r.Key() })
-	if i < 0 {
+	id := idOf(r)
+	if _, ok := k.routes[id]; !ok {
 		return unix.ESRCH
 	}
-	k.routes = slices.Delete(k.routes, i, i+1)
+	delete(k.routes, id)
 	return nil
 }
 
