@@ -17,9 +17,10 @@ import (
 //
 // The manager calls Apply once the kernel holds the whole VPN, and Revert
 // exactly once for every Apply that succeeded, whichever way the VPN ends,
-// before it removes the link (the link may already be gone). Both are
-// called with the manager locked, one at a time, and must not block for
-// long: a backend bounds its own waits.
+// before it removes the link (the link may already be gone). They are
+// called one at a time, outside the manager's lock (a backend that hangs
+// holds up that VPN's setUp or ending, nothing else), and a backend
+// bounds its own waits.
 type DNS interface {
 	// Name is the backend's name, as VpnInfo's dnsBackend reports it:
 	// "resolved", "file" or "none".
