@@ -71,8 +71,12 @@ func (n normalized) rules() []rule {
 		})
 	}
 	if n.protectMark != 0 {
+		text := fmt.Sprintf("meta mark & 0x%08x != 0x00000000 accept", n.protectMark)
+		if n.protectMark == 0xffffffff {
+			text = "meta mark != 0x00000000 accept" // nft leaves out a mask of all ones
+		}
 		rs = append(rs, rule{
-			fmt.Sprintf("meta mark & 0x%08x != 0x00000000 accept", n.protectMark),
+			text,
 			[]expr.Any{
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,

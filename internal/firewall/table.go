@@ -29,6 +29,8 @@ type Table struct {
 	watchers map[*netlink.Conn]bool
 	closed   bool
 	signals  int // tokens Watch tried to send, for the tests
+
+	watchReadBuffer int // the monitor socket's SO_RCVBUF if > 0, for the tests
 }
 
 // family of vpnd's table: inet, one table for IPv4 and IPv6.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 
 	"github.com/mdlayher/netlink"
@@ -25,10 +26,11 @@ const nftaTable = 1
 // kernel (Holds) rather than counting.
 //
 // Transactions that this process committed (Apply, through any Table) send
-// no token: the kernel names the committing process in each transaction's
-// NEWGEN message. Under a PID namespace the kernel's pid is not the one
-// this process sees; then vpnd's own changes send tokens too, which costs
-// one Holds each and nothing else.
+// no token: the kernel names the committing thread in each transaction's
+// NEWGEN message, and a thread of this process is in /proc/self/task.
+// Under a PID namespace the kernel's thread id is not the one this process
+// sees; then vpnd's own changes send tokens too, which costs one Holds each
+// and nothing else.
 //
 // Call Watch before the first Holds: a change between the two is then
 // never missed. The socket is opened in the calling thread's network
@@ -39,6 +41,12 @@ func (t *Table) Watch(ctx context.Context) (<-chan struct{}, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return nil, explain("open an nfnetlink socket", err)
+	}
+	if t.watchReadBuffer > 0 {
+		if err := c.SetReadBuffer(t.watchReadBuffer); err != nil {
+			c.Close()
+			return nil, err
+		}
 	}
 	if err := c.JoinGroup(unix.NFNLGRP_NFTABLES); err != nil {
 		c.Close()
@@ -71,7 +79,6 @@ func (t *Table) Watch(ctx context.Context) (<-chan struct{}, error) {
 
 // watch reads the monitor socket until it fails or is closed.
 func (t *Table) watch(c *netlink.Conn, out chan<- struct{}) {
-	self := uint32(os.Getpid())
 	touched := false // the current transaction touched vpnd's table
 	for {
 		msgs, err := c.Receive()
@@ -93,7 +100,7 @@ func (t *Table) watch(c *netlink.Conn, out chan<- struct{}) {
 			switch uint16(m.Header.Type & 0xff) {
 			case unix.NFT_MSG_NEWGEN:
 				// The end of one transaction's events.
-				if touched && genPID(m.Data[4:]) != self {
+				if touched && !ownThread(genPID(m.Data[4:])) {
 					t.signal(out)
 				}
 				touched = false
@@ -131,8 +138,18 @@ func tableOf(b []byte) string {
 	return ""
 }
 
-// genPID returns NFTA_GEN_PROC_PID of a NEWGEN message: the process that
-// committed the transaction (0 if the kernel did not say).
+// ownThread reports whether tid is a thread of this process.
+func ownThread(tid uint32) bool {
+	if tid == 0 {
+		return false
+	}
+	_, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid))
+	return err == nil
+}
+
+// genPID returns NFTA_GEN_PROC_PID of a NEWGEN message: the thread that
+// committed the transaction (the kernel's task_pid_nr; 0 if it did not
+// say).
 func genPID(b []byte) uint32 {
 	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
