@@ -92,7 +92,7 @@ func newPacketWorld(t *testing.T) *packetWorld {
 			return err
 		}
 		peerMAC = l.Attrs().HardwareAddr
-		w.capture, err = firewalltest.NewCapture(l.Attrs().Index)
+		w.capture, err = firewalltest.NewCapture(l.Attrs().Index, nil)
 		return err
 	})
 	if err != nil {

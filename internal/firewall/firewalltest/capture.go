@@ -14,7 +14,8 @@ import (
 // socket: what reached the peer, whatever its addresses, groups or
 // filters.
 type Capture struct {
-	f *os.File
+	f    *os.File
+	each func(frame []byte)
 
 	mu     sync.Mutex
 	frames [][]byte
@@ -24,8 +25,9 @@ type Capture struct {
 
 // NewCapture starts capturing on the link with index ifindex, of the
 // calling thread's network namespace: the socket stays there whichever
-// thread reads it later.
-func NewCapture(ifindex int) (*Capture, error) {
+// thread reads it later. each, if not nil, is called with every frame, in
+// order, from the capture's goroutine.
+func NewCapture(ifindex int, each func(frame []byte)) (*Capture, error) {
 	proto := int(htons(unix.ETH_P_ALL))
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, proto)
 	if err != nil {
@@ -37,7 +39,7 @@ func NewCapture(ifindex int) (*Capture, error) {
 	}
 	// Non-blocking and in an os.File, so that the runtime's poller waits
 	// for frames and Close ends a pending read.
-	c := &Capture{f: os.NewFile(uintptr(fd), "capture"), grew: make(chan struct{}), done: make(chan struct{})}
+	c := &Capture{f: os.NewFile(uintptr(fd), "capture"), each: each, grew: make(chan struct{}), done: make(chan struct{})}
 	go c.read()
 	return c, nil
 }
@@ -52,8 +54,12 @@ func (c *Capture) read() {
 		if err != nil {
 			return
 		}
+		frame := bytes.Clone(buf[:n])
+		if c.each != nil {
+			c.each(frame)
+		}
 		c.mu.Lock()
-		c.frames = append(c.frames, bytes.Clone(buf[:n]))
+		c.frames = append(c.frames, frame)
 		close(c.grew)
 		c.grew = make(chan struct{})
 		c.mu.Unlock()
