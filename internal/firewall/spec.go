@@ -76,9 +76,12 @@ const (
 // the cap keeps a set's elements inside one netlink attribute (64 KiB).
 const maxRanges = 1024
 
+// probeSuffix names the table Open's check adds and deletes: NAME_probe.
+const probeSuffix = "_probe"
+
 // maxNameLen is the longest table name vpnd accepts: the kernel allows 255
-// bytes (NFT_NAME_MAXLEN - 1); nft's own identifiers are far shorter.
-const maxNameLen = 255
+// bytes (NFT_NAME_MAXLEN - 1), and the probe table's name must fit too.
+const maxNameLen = 255 - len(probeSuffix)
 
 // checkTableName accepts what nft can name without quoting: a letter or
 // '_', then letters, digits, '_' and '.'. `nft list table inet NAME` then

@@ -94,12 +94,12 @@ func TestSpecChecks(t *testing.T) {
 			t.Errorf("normalize(%+v) = %v, want %q", tc.spec, err, tc.want)
 		}
 	}
-	for _, name := range []string{"", "1vpnd", "vpn-d", "vpnd table", strings.Repeat("x", 256)} {
+	for _, name := range []string{"", "1vpnd", "vpn-d", "vpnd table", strings.Repeat("x", 250)} {
 		if err := checkTableName(name); err == nil {
 			t.Errorf("table name %q accepted", name)
 		}
 	}
-	for _, name := range []string{"vpnd", "_x", "vpnd.2", strings.Repeat("x", 255)} {
+	for _, name := range []string{"vpnd", "_x", "vpnd.2", strings.Repeat("x", 249)} {
 		if err := checkTableName(name); err != nil {
 			t.Errorf("table name %q: %v", name, err)
 		}

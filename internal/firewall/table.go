@@ -27,6 +27,7 @@ type Table struct {
 
 	watchMu  sync.Mutex
 	watchers map[*netlink.Conn]bool
+	watching sync.WaitGroup // the watchers' goroutines
 	closed   bool
 	signals  int // tokens Watch tried to send, for the tests
 
@@ -40,9 +41,10 @@ const family = nftables.TableFamilyINet
 // namespace (it need not exist yet) and checks that the kernel can hold it:
 // nf_tables reachable, CAP_NET_ADMIN, the inet family, a filter chain at the
 // output hook, uid interval sets and the expressions the filter uses. The
-// check commits one transaction that adds and deletes a probe table
-// `inet name_probe`, which therefore never shows in the ruleset. The error
-// says what is missing.
+// check commits transactions that each add and delete a probe table
+// `inet name_probe`, which therefore never shows in the ruleset; if a table
+// of that name exists, Open leaves it alone and fails. The error says what
+// is missing.
 func Open(name string) (*Table, error) {
 	if err := checkTableName(name); err != nil {
 		return nil, err
@@ -73,18 +75,17 @@ func (t *Table) probe() error {
 	if _, err := t.nft.ListTablesOfFamily(family); err != nil {
 		return explain("list nftables tables", err)
 	}
-	probe := &nftables.Table{Name: t.name + "_probe", Family: family}
-	if len(probe.Name) > maxNameLen {
-		probe.Name = probe.Name[len(probe.Name)-maxNameLen:]
-	}
-	// The inet family with a filter chain at the output hook.
-	t.nft.AddTable(probe)
-	t.nft.DelTable(probe)
-	t.nft.AddTable(probe)
+	probe := &nftables.Table{Name: t.name + probeSuffix, Family: family}
+	// The inet family with a filter chain at the output hook. Create, not
+	// add: a table of that name that someone else made fails the check
+	// (EEXIST) instead of being deleted.
+	t.nft.CreateTable(probe)
 	t.nft.AddChain(outputChain(probe))
 	t.nft.DelTable(probe)
-	if err := t.nft.Flush(); err != nil {
-		return explain("add an inet table with a filter chain at the output hook (the kernel needs CONFIG_NF_TABLES_INET)", err)
+	if err := t.nft.Flush(); errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("nftables: table inet %s exists; vpnd adds and deletes a table of that name to check the kernel: remove it", probe.Name)
+	} else if err != nil {
+		return explain("add an inet table with a filter chain at the output hook (CONFIG_NF_TABLES_INET)", err)
 	}
 	// Sets and rules of every kind vpnd writes.
 	sample := Spec{
@@ -98,10 +99,9 @@ func (t *Table) probe() error {
 	if err != nil {
 		return err
 	}
-	t.nft.AddTable(probe)
-	t.nft.DelTable(probe)
+	t.nft.CreateTable(probe)
 	if err := t.write(probe, n); err != nil {
-		return err
+		return t.discard(err)
 	}
 	t.nft.DelTable(probe)
 	if err := t.nft.Flush(); err != nil {
@@ -184,6 +184,9 @@ func (t *Table) Apply(s Spec) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.isClosed() {
+		return errClosed
+	}
 	tab := t.table()
 	if s.Empty() {
 		if _, err := t.nft.ListTableOfFamily(t.name, family); errors.Is(err, unix.ENOENT) {
@@ -196,22 +199,26 @@ func (t *Table) Apply(s Spec) error {
 	t.nft.DelTable(tab)
 	if !s.Empty() {
 		if err := t.write(tab, n); err != nil {
-			// The queued half of the transaction must never be sent:
-			// the nftables package has no way to drop it but a new
-			// connection.
-			t.nft.CloseLasting()
-			nft, derr := nftables.New(nftables.AsLasting())
-			if derr != nil {
-				nft, _ = nftables.New() // one socket per call; cannot fail
-			}
-			t.nft = nft
-			return err
+			return t.discard(err)
 		}
 	}
 	if err := t.nft.Flush(); err != nil {
 		return explain(fmt.Sprintf("write table inet %s", t.name), err)
 	}
 	return nil
+}
+
+// discard drops the queued half of a transaction, which must never be
+// sent: the nftables package has no way to do that but a new connection.
+// It returns err.
+func (t *Table) discard(err error) error {
+	t.nft.CloseLasting()
+	nft, derr := nftables.New(nftables.AsLasting())
+	if derr != nil {
+		nft, _ = nftables.New() // one socket per call; cannot fail
+	}
+	t.nft = nft
+	return err
 }
 
 // state is what the kernel holds of vpnd's table.
@@ -240,6 +247,9 @@ func (t *Table) Holds(s Spec) (bool, error) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.isClosed() {
+		return false, errClosed
+	}
 	const attempts = 10
 	for range attempts {
 		before, err := t.generation()
@@ -347,8 +357,8 @@ func (t *Table) read() (*state, error) {
 	return st, nil
 }
 
-// Close releases the table's sockets and ends its watchers. The table in
-// the kernel stays as it is.
+// Close ends the table's watchers (waiting for their goroutines) and
+// releases its sockets. The table in the kernel stays as it is.
 func (t *Table) Close() error {
 	t.watchMu.Lock()
 	t.closed = true
@@ -356,9 +366,20 @@ func (t *Table) Close() error {
 		c.Close()
 	}
 	t.watchMu.Unlock()
+	t.watching.Wait()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return errors.Join(t.nft.CloseLasting(), t.raw.Close())
+}
+
+// errClosed is the error of a closed Table's methods.
+var errClosed = errors.New("nftables: the table was closed")
+
+// isClosed reports whether Close was called.
+func (t *Table) isClosed() bool {
+	t.watchMu.Lock()
+	defer t.watchMu.Unlock()
+	return t.closed
 }
 
 // ---------------------------------------------------------------------------

@@ -414,8 +414,14 @@ func TestWatch(t *testing.T) {
 		other.Close()
 		for range c2 {
 		}
-		if _, err := other.Watch(context.Background()); err == nil {
-			t.Errorf("Watch of a closed table succeeded")
+		if _, err := other.Watch(context.Background()); err != errClosed {
+			t.Errorf("Watch of a closed table: %v", err)
+		}
+		if err := other.Apply(typical); err != errClosed {
+			t.Errorf("Apply of a closed table: %v", err)
+		}
+		if _, err := other.Holds(typical); err != errClosed {
+			t.Errorf("Holds of a closed table: %v", err)
 		}
 	})
 	cancel()
@@ -423,12 +429,13 @@ func TestWatch(t *testing.T) {
 	}
 }
 
-// TestOpenNeedsNetAdmin: Open by a user without CAP_NET_ADMIN fails and
-// says what is missing.
-func TestOpenNeedsNetAdmin(t *testing.T) {
+// TestOpen: Open by a user without CAP_NET_ADMIN fails and says what is
+// missing; a table of the probe's name is left alone; bad names fail.
+func TestOpen(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
+	needNft(t)
 	out := runAs(t, selfForOthers(t), uidListed, false, envOpen+"=vpnd")
 	if got := strings.Join(out, "\n"); !strings.Contains(got, "operation not permitted; needs CAP_NET_ADMIN") {
 		t.Errorf("Open as uid %d: %s", uidListed, got)
@@ -440,4 +447,9 @@ func TestOpenNeedsNetAdmin(t *testing.T) {
 	if _, err := Open("vpn d"); err == nil || !strings.Contains(err.Error(), `character ' ' at 3`) {
 		t.Errorf("Open(\"vpn d\") = %v", err)
 	}
+	nft(t, "add", "table", "inet", "vpnd_probe")
+	if _, err := Open("vpnd"); err == nil || !strings.Contains(err.Error(), "table inet vpnd_probe exists") {
+		t.Errorf("Open with a table inet vpnd_probe there: %v", err)
+	}
+	nft(t, "list", "table", "inet", "vpnd_probe") // still there
 }

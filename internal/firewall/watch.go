@@ -56,14 +56,16 @@ func (t *Table) Watch(ctx context.Context) (<-chan struct{}, error) {
 	if t.closed {
 		t.watchMu.Unlock()
 		c.Close()
-		return nil, errors.New("nftables: watch a closed table")
+		return nil, errClosed
 	}
 	t.watchers[c] = true
+	t.watching.Add(1)
 	t.watchMu.Unlock()
 
 	out := make(chan struct{}, 1)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	go func() {
+		defer t.watching.Done()
 		defer close(out)
 		defer stop()
 		defer func() {
