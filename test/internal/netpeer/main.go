@@ -11,8 +11,14 @@
 //	                      inner reply ("echo " + payload, addresses and
 //	                      ports swapped) sent back to the datagram's
 //	                      sender. It prints "DECAP PACKET" for each.
+//	netpeer capture IFNAME
+//	                      print one line per frame that the link IFNAME
+//	                      receives (an AF_PACKET socket: whatever its
+//	                      addresses and groups): "FRAME " and the packet
+//	                      as the rawclient prints it, or "FRAME ?" and
+//	                      the raw packet quoted.
 //
-// Both print "READY" once their sockets are bound, and exit when stdin
+// All print "READY" once their sockets are bound, and exit when stdin
 // closes.
 package main
 
@@ -26,6 +32,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vpnd/vpnd/internal/firewall/firewalltest"
 	"github.com/vpnd/vpnd/test/internal/packet"
 )
 
@@ -39,7 +46,7 @@ func say(format string, args ...any) {
 
 func main() {
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: netpeer sink PORT | netpeer decap ADDR:PORT")
+		fmt.Fprintln(os.Stderr, "usage: netpeer sink PORT | netpeer decap ADDR:PORT | netpeer capture IFNAME")
 		os.Exit(2)
 	}
 	var err error
@@ -48,6 +55,8 @@ func main() {
 		err = sink(os.Args[2])
 	case "decap":
 		err = decap(os.Args[2])
+	case "capture":
+		err = capture(os.Args[2])
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
@@ -140,4 +149,19 @@ func decap(addr string) error {
 		}
 	}()
 	return nil
+}
+
+func capture(ifname string) error {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return err
+	}
+	_, err = firewalltest.NewCapture(ifi.Index, func(frame []byte) {
+		if p, err := packet.Parse(frame); err == nil {
+			say("FRAME %s", p)
+		} else {
+			say("FRAME ? %q", frame)
+		}
+	})
+	return err
 }
