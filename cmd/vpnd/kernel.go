@@ -27,11 +27,23 @@ var (
 	_ backend = (*sim.Host)(nil)
 )
 
-// openKernel opens vpnd's kernel. On a host it first checks that vpnd can
-// do its work (CAP_NET_ADMIN, /dev/net/tun); a simulation needs neither.
-// nil means that vpnd must exit 1: what is missing has been logged and
+// preflightOK checks that vpnd can do its work on a host (CAP_NET_ADMIN,
+// /dev/net/tun) before it touches anything; what is missing is logged and
 // printed.
-func openKernel(simulate bool, log *zap.Logger, stderr io.Writer) backend {
+func preflightOK(log *zap.Logger, stderr io.Writer) bool {
+	missing := preflight.Check(preflight.TUNPath)
+	for _, err := range missing {
+		log.Error("start-up check failed", zap.Error(err))
+		fmt.Fprintf(stderr, "vpnd: %v\n", err)
+	}
+	return len(missing) == 0
+}
+
+// openKernel opens vpnd's kernel: on a host, its netlink sockets and its
+// nftables table (nftTable), after checking that the kernel can hold the
+// table; a simulation needs neither. nil means that vpnd must exit 1:
+// what is missing has been logged and printed.
+func openKernel(simulate bool, nftTable string, log *zap.Logger, stderr io.Writer) backend {
 	if simulate {
 		// The overlap check of a NORMAL user's addresses reads the real
 		// host's addresses, which needs no privilege.
@@ -42,15 +54,15 @@ func openKernel(simulate bool, log *zap.Logger, stderr io.Writer) backend {
 		}
 		return simHost{sim.NewHost(r.HostPrefixes), r}
 	}
-	if missing := preflight.Check(preflight.TUNPath); len(missing) > 0 {
-		for _, err := range missing {
-			log.Error("start-up check failed", zap.Error(err))
-			fmt.Fprintf(stderr, "vpnd: %v\n", err)
-		}
+	fw, err := tun.OpenFirewall(nftTable)
+	if err != nil {
+		log.Error("firewall unusable", zap.String("table", "inet "+nftTable), zap.Error(err))
+		fmt.Fprintf(stderr, "vpnd: --nft-table %s: %v\n", nftTable, err)
 		return nil
 	}
-	k, err := tun.New(log, nil)
+	k, err := tun.New(log, fw)
 	if err != nil {
+		fw.Close()
 		fmt.Fprintf(stderr, "vpnd: netlink: %v\n", err)
 		return nil
 	}

@@ -36,6 +36,7 @@ type options struct {
 	socket      string
 	accounts    string
 	ifname      string
+	nftTable    string
 	table       uint
 	priority    uint
 	protectMark string
@@ -83,6 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.StringVar(&o.socket, "socket", protocol.DefaultSocket, "the Unix socket `PATH` to serve")
 	fs.StringVar(&o.accounts, "accounts", "", "account policy JSON file `PATH` (default: the embedded policy: uid 0 admin, nobody and groups guest/guests guest, others normal)")
 	fs.StringVar(&o.ifname, "ifname", "vpn-tun", "`NAME` of the TUN interface (1-15 bytes)")
+	fs.StringVar(&o.nftTable, "nft-table", "vpnd", "`NAME` of vpnd's nftables table (family inet), the firewall of lockdown and fail-closed")
 	fs.UintVar(&o.table, "table", 98, "routing table `N` for the VPN's routes (not 0, 253, 254 or 255)")
 	fs.UintVar(&o.priority, "rule-priority", 10000, "priority `N` of the VPN's policy rules (1-32764); lockdown's rules use the next one")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/vpnd", "`DIR` for what must outlive vpnd (lockdown's state)")
@@ -281,11 +283,9 @@ func run(args []string, stderr io.Writer) int {
 	// before vpnd knows that it can work, that no other vpnd owns its
 	// names here, and that its socket path is its own. Only then does it
 	// sweep what a killed vpnd left behind.
-	kernel := openKernel(o.sim, log, stderr)
-	if kernel == nil {
+	if !o.sim && !preflightOK(log, stderr) {
 		return 1
 	}
-	defer kernel.Close()
 	state, err := state.Open(o.stateDir)
 	if err != nil {
 		fmt.Fprintf(stderr, "vpnd: %v\n", err)
@@ -317,7 +317,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	// A simulation owns nothing in the kernel: any number may run.
 	if !o.sim {
-		lock, err := ownership.Acquire(ownership.Resources(o.ifname, int(o.table), int(o.priority)))
+		lock, err := ownership.Acquire(ownership.Resources(o.ifname, int(o.table), int(o.priority), o.nftTable))
 		if err != nil {
 			log.Error("names taken in this network namespace", zap.Error(err))
 			fmt.Fprintf(stderr, "vpnd: %v: one vpnd at a time may serve a network namespace's interface, table and rule priorities; stop that one, or give this vpnd other --ifname, --table and --rule-priority\n", err)
@@ -325,6 +325,11 @@ func run(args []string, stderr io.Writer) int {
 		}
 		defer lock.Close() // last: after the VPN is torn down
 	}
+	kernel := openKernel(o.sim, o.nftTable, log, stderr)
+	if kernel == nil {
+		return 1
+	}
+	defer kernel.Close()
 	// Metrics (off by default) bind now, so that a taken address fails at
 	// start; they are served from when vpnd serves.
 	var met *metrics.Metrics

@@ -33,7 +33,7 @@ import (
 
 // Resource is one kernel name that a vpnd owns in its network namespace.
 type Resource struct {
-	Kind  string // "ifname", "table" or "priority"
+	Kind  string // "ifname", "table", "priority" or "nft"
 	Value string
 }
 
@@ -51,20 +51,23 @@ func (r Resource) String() string {
 		return "routing table " + r.Value
 	case "priority":
 		return "rule priority " + r.Value
+	case "nft":
+		return "nftables table inet " + r.Value
 	}
 	return r.Kind + " " + r.Value
 }
 
 // Resources lists what a vpnd with these flags owns: its interface name,
 // its table, its rule priority, and priority+1, which is where vpnd puts
-// its lockdown rules. Two vpnds whose priorities are one apart would
-// otherwise share a priority.
-func Resources(ifname string, table, priority int) []Resource {
+// its lockdown rules (two vpnds whose priorities are one apart would
+// otherwise share a priority), and its nftables table.
+func Resources(ifname string, table, priority int, nftTable string) []Resource {
 	return []Resource{
 		{"ifname", ifname},
 		{"table", strconv.Itoa(table)},
 		{"priority", strconv.Itoa(priority)},
 		{"priority", strconv.Itoa(priority + 1)},
+		{"nft", nftTable},
 	}
 }
 

@@ -21,10 +21,10 @@ import (
 
 func TestNames(t *testing.T) {
 	var got []string
-	for _, r := range Resources("vpn-tun", 98, 10000) {
+	for _, r := range Resources("vpn-tun", 98, 10000, "vpnd") {
 		got = append(got, r.Name())
 	}
-	want := "@vpnd/ifname/vpn-tun @vpnd/table/98 @vpnd/priority/10000 @vpnd/priority/10001"
+	want := "@vpnd/ifname/vpn-tun @vpnd/table/98 @vpnd/priority/10000 @vpnd/priority/10001 @vpnd/nft/vpnd"
 	if strings.Join(got, " ") != want {
 		t.Errorf("names %q, want %q", got, want)
 	}
@@ -35,7 +35,7 @@ func TestAcquireRefusesAHeldResource(t *testing.T) {
 		return
 	}
 	defer goleak.VerifyNone(t)
-	a, err := Acquire(Resources("vpn-tun", 98, 10000))
+	a, err := Acquire(Resources("vpn-tun", 98, 10000, "vpnd"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,12 +44,13 @@ func TestAcquireRefusesAHeldResource(t *testing.T) {
 		res  []Resource
 		want string
 	}{
-		{"same everything", Resources("vpn-tun", 98, 10000), "@vpnd/ifname/vpn-tun"},
-		{"same ifname", Resources("vpn-tun", 97, 20000), "@vpnd/ifname/vpn-tun"},
-		{"same table", Resources("tun1", 98, 20000), "@vpnd/table/98"},
-		{"same priority", Resources("tun1", 97, 10000), "@vpnd/priority/10000"},
-		{"priority one below", Resources("tun1", 97, 9999), "@vpnd/priority/10000"},
-		{"priority one above", Resources("tun1", 97, 10001), "@vpnd/priority/10001"},
+		{"same everything", Resources("vpn-tun", 98, 10000, "vpnd"), "@vpnd/ifname/vpn-tun"},
+		{"same nftables table", Resources("tun1", 97, 20000, "vpnd"), "@vpnd/nft/vpnd"},
+		{"same ifname", Resources("vpn-tun", 97, 20000, "other"), "@vpnd/ifname/vpn-tun"},
+		{"same table", Resources("tun1", 98, 20000, "other"), "@vpnd/table/98"},
+		{"same priority", Resources("tun1", 97, 10000, "other"), "@vpnd/priority/10000"},
+		{"priority one below", Resources("tun1", 97, 9999, "other"), "@vpnd/priority/10000"},
+		{"priority one above", Resources("tun1", 97, 10001, "other"), "@vpnd/priority/10001"},
 	} {
 		b, err := Acquire(tc.res)
 		if err == nil {
@@ -75,7 +76,7 @@ func TestAcquireRefusesAHeldResource(t *testing.T) {
 	}
 	// A refused Acquire released what it had bound before the conflict:
 	// "tun1" and table 97 are free.
-	c, err := Acquire(Resources("tun1", 97, 20000))
+	c, err := Acquire(Resources("tun1", 97, 20000, "other"))
 	if err != nil {
 		t.Fatalf("a refused Acquire kept its names: %v", err)
 	}
@@ -84,7 +85,7 @@ func TestAcquireRefusesAHeldResource(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Closed: the names are free again.
-	a, err = Acquire(Resources("vpn-tun", 98, 10000))
+	a, err = Acquire(Resources("vpn-tun", 98, 10000, "vpnd"))
 	if err != nil {
 		t.Fatalf("after Close: %v", err)
 	}
@@ -99,7 +100,7 @@ func TestBacklogNeverFills(t *testing.T) {
 		return
 	}
 	defer goleak.VerifyNone(t)
-	a, err := Acquire(Resources("vpn-tun", 98, 10000))
+	a, err := Acquire(Resources("vpn-tun", 98, 10000, "vpnd"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func TestBacklogNeverFills(t *testing.T) {
 			conns = conns[:0]
 		}
 	}
-	_, err = Acquire(Resources("vpn-tun", 98, 10000))
+	_, err = Acquire(Resources("vpn-tun", 98, 10000, "vpnd"))
 	var held *HeldError
 	if !errors.As(err, &held) || held.Holder.PID != os.Getpid() {
 		t.Fatalf("after the flood: %v, want the holder named", err)
@@ -146,7 +147,7 @@ func TestHolderThatDoesNotListen(t *testing.T) {
 	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: "@vpnd/ifname/vpn-tun"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Acquire(Resources("vpn-tun", 98, 10000))
+	_, err = Acquire(Resources("vpn-tun", 98, 10000, "vpnd"))
 	var held *HeldError
 	if !errors.As(err, &held) || held.Holder.PID != 0 || !errors.Is(held.Err, syscall.ECONNREFUSED) {
 		t.Fatalf("%v, want a HeldError with an unknown holder", err)
