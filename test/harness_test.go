@@ -559,14 +559,14 @@ func inNetns(ns string) daemonOpt { return func(o *daemonOpts) { o.ns = ns } }
 func withSocket(p string) daemonOpt { return func(o *daemonOpts) { o.socket = p } }
 
 // withKernelNames passes --ifname, --table, --rule-priority and
-// --protect-mark, and --nft-table vpnd-IFNAME, and makes the leak checks
+// --protect-mark, and --nft-table vpnd_IFNAME, and makes the leak checks
 // look for them.
 func withKernelNames(ifname string, table, priority int, mark uint32) daemonOpt {
 	return func(o *daemonOpts) {
 		o.ifname, o.table, o.priority, o.mark = ifname, table, priority, mark
 		o.flags = append(o.flags, "--ifname", ifname, "--table", fmt.Sprint(table),
 			"--rule-priority", fmt.Sprint(priority), "--protect-mark", fmt.Sprintf("%#x", mark),
-			"--nft-table", "vpnd-"+ifname)
+			"--nft-table", "vpnd_"+strings.ReplaceAll(ifname, "-", "_"))
 	}
 }
 

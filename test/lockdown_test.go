@@ -59,12 +59,37 @@ func (w *world) wantRefused(t *testing.T, f twFamily, sender *client, dst, what 
 type routeSampler struct {
 	mu      sync.Mutex
 	answers map[string]int
+	n       int           // samples taken
+	grew    chan struct{} // closed and replaced on every sample
 	stop    chan struct{}
 	done    chan struct{}
 }
 
+// waitSamples waits until n more samples than now have been taken, so
+// that a transition is sampled on both sides however slow `ip` is.
+func (s *routeSampler) waitSamples(t *testing.T, n int) {
+	t.Helper()
+	s.mu.Lock()
+	want := s.n + n
+	s.mu.Unlock()
+	deadline := time.After(hangGuard)
+	for {
+		s.mu.Lock()
+		got, grew := s.n, s.grew
+		s.mu.Unlock()
+		if got >= want {
+			return
+		}
+		select {
+		case <-grew:
+		case <-deadline:
+			t.Fatalf("the route sampler took %d samples, want %d", got, want)
+		}
+	}
+}
+
 func (w *world) sampleRoutes(t *testing.T, dst string, uid uint32) *routeSampler {
-	s := &routeSampler{answers: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &routeSampler{answers: map[string]int{}, grew: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		for {
@@ -83,14 +108,20 @@ func (w *world) sampleRoutes(t *testing.T, dst string, uid uint32) *routeSampler
 			}
 			s.mu.Lock()
 			s.answers[key]++
+			s.n++
+			close(s.grew)
+			s.grew = make(chan struct{})
 			s.mu.Unlock()
 		}
 	}()
+	s.waitSamples(t, 1)
 	return s
 }
 
 // finish stops the sampler and returns its answers.
-func (s *routeSampler) finish() map[string]int {
+// finish stops the sampler after one more sample, taken after the call.
+func (s *routeSampler) finish(t *testing.T) map[string]int {
+	s.waitSamples(t, 1)
 	close(s.stop)
 	<-s.done
 	s.mu.Lock()
@@ -161,7 +192,7 @@ func TestLockdown(t *testing.T) {
 		app.cmd.Process.Signal(syscall.SIGKILL)
 		w.d.waitClean(t, "owner killed")
 		time.Sleep(50 * time.Millisecond)
-		answers := s.finish()
+		answers := s.finish(t)
 		for k := range answers {
 			// "dev ifN": the TUN, unregistering after its fd was closed by
 			// the kill, no longer has a name; what is sent there is dropped.
@@ -184,7 +215,7 @@ func TestLockdown(t *testing.T) {
 		w.wantRefused(t, ipv4, listed, ipv4.remote, "listed user while vpnd is down")
 		w.d = startDaemon(top, inNetns(w.a)) // it outlives this subtest
 		time.Sleep(50 * time.Millisecond)
-		for _, answers := range []map[string]int{s.finish(), s6.finish()} {
+		for _, answers := range []map[string]int{s.finish(t), s6.finish(t)} {
 			if len(answers) != 1 || answers["unreachable"] == 0 {
 				t.Errorf("while vpnd restarted the kernel answered %v, want only unreachable", answers)
 			}

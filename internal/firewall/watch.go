@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -79,22 +80,19 @@ func (t *Table) Watch(ctx context.Context) (<-chan struct{}, error) {
 	return out, nil
 }
 
-// watch reads the monitor socket until it fails or is closed.
+// watch reads the monitor socket until it fails or is closed. It reads
+// through the runtime poller with MSG_DONTWAIT rather than with the
+// connection's Receive, which starts a goroutine for every read: vpnd's
+// leak checks count goroutines, and one that comes and goes with each
+// message would make the count flicker.
 func (t *Table) watch(c *netlink.Conn, out chan<- struct{}) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	buf := make([]byte, 64<<10)
 	touched := false // the current transaction touched vpnd's table
-	for {
-		msgs, err := c.Receive()
-		if errors.Is(err, unix.ENOBUFS) {
-			// The kernel dropped events it could not queue: anything
-			// may have changed, and the current transaction's events
-			// are incomplete.
-			touched = false
-			t.signal(out)
-			continue
-		}
-		if err != nil {
-			return // closed (ctx, Close) or broken
-		}
+	handle := func(msgs []syscall.NetlinkMessage) {
 		for _, m := range msgs {
 			if m.Header.Type>>8 != unix.NFNL_SUBSYS_NFTABLES || len(m.Data) < 4 {
 				continue
@@ -113,6 +111,35 @@ func (t *Table) watch(c *netlink.Conn, out chan<- struct{}) {
 			}
 		}
 	}
+	rc.Read(func(fd uintptr) bool {
+		for {
+			n, _, flags, _, err := unix.Recvmsg(int(fd), buf, nil, unix.MSG_DONTWAIT)
+			switch {
+			case errors.Is(err, unix.EAGAIN):
+				return false // wait until readable
+			case errors.Is(err, unix.EINTR):
+				continue
+			case errors.Is(err, unix.ENOBUFS):
+				// The kernel dropped events it could not queue: anything
+				// may have changed, and the current transaction's events
+				// are incomplete.
+				touched = false
+				t.signal(out)
+				continue
+			case err != nil:
+				return true // broken
+			}
+			msgs, perr := syscall.ParseNetlinkMessage(buf[:n])
+			if perr != nil || flags&unix.MSG_TRUNC != 0 {
+				// What could not be read may have been about vpnd's table.
+				touched = false
+				t.signal(out)
+				continue
+			}
+			handle(msgs)
+		}
+	})
+	// Read returns once the socket is closed (ctx, Close) or broke.
 }
 
 // signal sends a token unless one is already waiting.

@@ -149,6 +149,9 @@ type Have struct {
 	Links  []LinkState
 	Routes []Route // every route in the table
 	Rules  []Rule  // every rule at the priorities, in the kernel's order
+	// LinkNames are the names of the links the routes go through, to
+	// describe them to people.
+	LinkNames map[int]string
 }
 
 // LinkState is a link as the kernel has it.

@@ -245,18 +245,18 @@ func New(k Kernel, opt Options) *Manager {
 func (m *Manager) Start(l config.Lockdown) ([]string, error) {
 	m.ldMu.Lock()
 	defer m.ldMu.Unlock()
-	keep := m.lockdownRules(l)
-	var foreign error
-	err := m.rec.Call(func() {
-		foreign = m.rec.adopt(func(r Rule) bool { return m.isLockdownRule(r) && !slices.Contains(keep, r) })
-	})
-	if err != nil {
-		return nil, err
-	}
 	m.mu.Lock()
 	m.lockdown = l
 	m.lockInfo.Store(describeLockdown(l))
-	gen := m.rec.Set(m.wantLocked())
+	m.rec.Set(m.wantLocked())
+	m.mu.Unlock()
+	var foreign error
+	if err := m.rec.Call(func() { foreign = m.rec.adopt(m.isLockdownRule) }); err != nil {
+		return nil, err
+	}
+	// A pass after the adoption removes what it found.
+	m.mu.Lock()
+	gen := m.publishLocked()
 	m.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), m.waits.end)
 	defer cancel()

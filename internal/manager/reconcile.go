@@ -91,6 +91,7 @@ type view struct {
 	links  map[int]LinkState
 	named  int // the index of the link named IfName; 0 if none
 	routes map[RouteKey]Route
+	names  map[int]string // of the routes' links, for people
 	rules  []Rule
 	// fw is what the firewall table holds when PartFirewall is known; nil
 	// when it holds something vpnd did not ask for.
@@ -386,7 +387,12 @@ func (r *reconciler) pass(w *Want, gen uint64) (res passResult, wait time.Durati
 		r.own.links[w.Link.Index] = true // vpnd created it
 		r.inUse = true
 	}
-	for range roundsPerPass {
+	for round := range roundsPerPass {
+		if round > 0 && r.Gen() != gen {
+			// The want changed (a teardown during a repair, say): work
+			// on the new one at once.
+			return res, 0
+		}
 		r.v.known &^= r.k.Sync()
 		if w.Link != nil {
 			if _, ok := r.v.links[w.Link.Index]; !ok {
@@ -542,6 +548,7 @@ func (r *reconciler) read(w *Want) error {
 	}
 	if what&PartRoutes != 0 {
 		clear(r.v.routes)
+		r.v.names = have.LinkNames
 		for _, rt := range have.Routes {
 			r.v.routes[rt.Key()] = rt
 			if r.inUse {
@@ -908,9 +915,17 @@ func (r *reconciler) adopt(isLockdownRule func(Rule) bool) error {
 		r.own.leftovers[key] = true
 	}
 	for _, rule := range r.v.rules {
-		if r.isVPNRule(rule) || isLockdownRule(rule) {
+		switch {
+		case r.isVPNRule(rule):
 			r.own.rules[rule] = true
 			r.own.leftovers[rule] = true
+		case isLockdownRule(rule):
+			// vpnd's, whether the stored lockdown still wants it or not:
+			// only one it does not want is a leftover to remove now.
+			r.own.rules[rule] = true
+			if !slices.Contains(w.Rules, rule) {
+				r.own.leftovers[rule] = true
+			}
 		}
 	}
 	return foreign
@@ -953,14 +968,34 @@ func (r *reconciler) occupants() []string {
 	}
 	slices.SortFunc(keys, compareKeys)
 	for _, key := range keys {
-		rt := r.v.routes[key]
-		s := "route " + rt.String()
-		if l, ok := r.v.links[rt.LinkIndex]; ok && rt.LinkIndex != 0 {
-			s = fmt.Sprintf("route %s (dev %s)", rt, l.Name)
-		}
-		out = append(out, s)
+		out = append(out, "route "+r.describeRoute(r.v.routes[key]))
 	}
 	return out
+}
+
+// describeRoute renders a route of the table the way `ip route` would,
+// with its link's name: "192.0.2.0/24 dev lo table 98".
+func (r *reconciler) describeRoute(rt Route) string {
+	var b strings.Builder
+	if rt.Kind != Unicast {
+		b.WriteString(rt.Kind.String() + " ")
+	}
+	b.WriteString(rt.Dst.String())
+	if rt.Gateway.IsValid() {
+		fmt.Fprintf(&b, " via %s", rt.Gateway)
+	}
+	if rt.LinkIndex != 0 {
+		name := r.v.names[rt.LinkIndex]
+		if name == "" {
+			name = fmt.Sprintf("#%d", rt.LinkIndex)
+		}
+		fmt.Fprintf(&b, " dev %s", name)
+	}
+	if rt.Metric != 0 {
+		fmt.Fprintf(&b, " metric %d", rt.Metric)
+	}
+	fmt.Fprintf(&b, " table %d", r.places.Table)
+	return b.String()
 }
 
 func sortAddrs(as []Addr) {

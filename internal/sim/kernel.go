@@ -708,9 +708,15 @@ func (k *Kernel) Read(q manager.Query) (*manager.Have, error) {
 		slices.SortFunc(h.Links, func(a, b manager.LinkState) int { return a.Index - b.Index })
 	}
 	if q.What&manager.PartRoutes != 0 {
+		h.LinkNames = map[int]string{}
 		for _, r := range k.routes {
 			if r.Table == q.Places.Table {
 				h.Routes = append(h.Routes, r.Route)
+				if l, ok := k.links[r.LinkIndex]; ok {
+					h.LinkNames[r.LinkIndex] = l.Name
+				} else if r.LinkIndex == 1 {
+					h.LinkNames[1] = "lo"
+				}
 			}
 		}
 	}

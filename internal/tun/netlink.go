@@ -227,9 +227,18 @@ func (n *Netlink) Read(q manager.Query) (*manager.Have, error) {
 		if err != nil {
 			return nil, err
 		}
+		have.LinkNames = map[int]string{}
 		for _, k := range routes {
 			if r, ok := fromRoute(k); ok && k.Table == q.Places.Table {
 				have.Routes = append(have.Routes, r)
+				if r.LinkIndex != 0 {
+					have.LinkNames[r.LinkIndex] = ""
+				}
+			}
+		}
+		for index := range have.LinkNames {
+			if l, err := n.h.LinkByIndex(index); err == nil {
+				have.LinkNames[index] = l.Attrs().Name
 			}
 		}
 	}
