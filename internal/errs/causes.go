@@ -73,17 +73,17 @@ var causes = map[Code][]Cause{
 			},
 			Fix: "Protect the VPN's tunnel socket: a TCP or UDP socket, IPv4 or IPv6.",
 			Sites: []string{
-				"internal/tun/socket.go: detail",
-				"internal/tun/socket.go: socket domain %s not AF_INET or AF_INET6",
-				"internal/tun/socket.go: socket type %s not stream or datagram",
-				"internal/tun/socket.go: fd %d is negative",
+				"internal/manager/socket.go: detail",
+				"internal/manager/socket.go: socket domain %s not AF_INET or AF_INET6",
+				"internal/manager/socket.go: socket type %s not stream or datagram",
+				"internal/manager/socket.go: fd %d is negative",
 			},
 		},
 		{
 			Text:   "the socket has a pending error, typically a TCP connect that failed.",
 			Detail: "socket has a pending error: ERROR (e.g. connection refused)",
 			Fix:    "Check that the tunnel's TCP connection was established, or protect the socket before connecting it.",
-			Sites:  []string{"internal/tun/socket.go: socket has a pending error: "},
+			Sites:  []string{"internal/manager/socket.go: socket has a pending error: "},
 		},
 		{
 			Text: "found by the client library (and so vpnctl) before asking vpnd: it could not duplicate the descriptor to send it.",
@@ -166,8 +166,12 @@ var causes = map[Code][]Cause{
 				"create tun IFNAME: open /dev/net/tun: ... (the tun module is not loaded, or vpnd may not open the device)",
 				"create tun IFNAME: interface name already in use: ... (a link that vpnd did not create has its --ifname)",
 				"create tun IFNAME: TUNSETIFF or SIOCGIFINDEX: ...",
-				"watch link N: ... (vpnd could not watch the new link)",
+				"vpnd is still removing an earlier VPN's objects: ... (the kernel kept refusing to delete what a VPN that ended left; vpnd goes on, and a later setUp works once they are gone)",
+				"check routing table and rule priority: ERROR (reading vpnd's table or rules failed)",
 				"configure link, add address, set up link, add route or add rule OBJECT: ERROR (netlink refused that step, e.g. add route ...: file exists)",
+				"set firewall: ERROR (the kernel refused vpnd's nftables table)",
+				"the kernel has not matched yet: ... (errors that may pass, such as lost answers, went on for 5 s)",
+				"the VPN's link is gone (someone deleted the new link during the bring-up)",
 			},
 			Fix:   "Read vpnd's log for the step; for a taken interface name, delete that link or start vpnd with another --ifname.",
 			Sites: []string{"internal/manager/manager.go: bring-up"},
@@ -181,11 +185,9 @@ var causes = map[Code][]Cause{
 		{
 			Text: "reading the kernel's state through netlink failed.",
 			Cases: []string{
-				"check routing table and rule priority: ERROR (setUp)",
 				"read the host's addresses: ERROR (setUp by a normal user, whose addresses are checked against the host's)",
 			},
 			Sites: []string{
-				"internal/manager/manager.go: check routing table and rule priority",
 				"internal/manager/manager.go: read the host's addresses",
 			},
 		},
@@ -212,15 +214,19 @@ var causes = map[Code][]Cause{
 		{
 			Text: "setLockdown could not apply or store lockdown; the kernel's rules are as they were.",
 			Cases: []string{
-				"read lockdown rules: ERROR",
-				"add lockdown rules: ERROR (netlink refused a rule)",
+				"apply lockdown: ERROR (netlink refused a rule, or the kernel refused vpnd's nftables table)",
 				"store lockdown state: ERROR (vpnd's --state-dir is not writable)",
 			},
 			Sites: []string{
-				"internal/manager/lockdown.go: read lockdown rules",
-				"internal/manager/lockdown.go: add lockdown rules",
+				"internal/manager/lockdown.go: apply lockdown",
 				"internal/manager/lockdown.go: store lockdown state",
 			},
+		},
+		{
+			Text:   "vpnd is stopping (SIGTERM or SIGINT): from then on it refuses every setUp, destroy, protect and setLockdown.",
+			Detail: "vpnd is shutting down",
+			Fix:    "Wait for vpnd to be started again, then call again.",
+			Sites:  []string{"internal/manager/manager.go: vpnd is shutting down"},
 		},
 		{
 			Text: "never for a failed hand-off of the TUN fd: vpnd cannot answer a client it cannot write to. It closes the connection and ends the VPN (reason ownerGone); the client sees the connection drop.",
