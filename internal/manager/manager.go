@@ -347,6 +347,10 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 	if err != nil {
 		return nil, fmt.Errorf("watch link %d: %w", index, err)
 	}
+	// Before the link has an address, on which a resolver starts using it.
+	if err := m.prepareDNS(v); err != nil {
+		return nil, err
+	}
 	plan := m.plan(index, c, cfg)
 	added, err := m.k.Install(&plan)
 	if added.Link != nil {
