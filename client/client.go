@@ -79,6 +79,7 @@ const subscriptionBuffer = 16
 type Client struct {
 	conn *rpc.Conn
 	done chan struct{} // closed when the reader goroutine has exited
+	quit chan struct{} // closed by Close: subscriptions stop delivering
 	wg   sync.WaitGroup
 
 	mu      sync.Mutex
@@ -122,6 +123,7 @@ func New(uc *net.UnixConn) *Client {
 	c := &Client{
 		conn:    rpc.NewConn(uc),
 		done:    make(chan struct{}),
+		quit:    make(chan struct{}),
 		pending: make(map[uint64]*call),
 	}
 	c.wg.Add(1)
@@ -130,8 +132,9 @@ func New(uc *net.UnixConn) *Client {
 }
 
 // Close closes the connection. vpnd then tears down a VPN this client
-// owns. Calls in flight fail, subscription channels are closed, and every
-// goroutine of the Client has exited when Close returns.
+// owns. Calls in flight fail, subscription channels are closed (dropping
+// what their subscribers did not read), and every goroutine of the Client
+// has exited when Close returns.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	already := c.closed
@@ -140,6 +143,7 @@ func (c *Client) Close() error {
 	var err error
 	if !already {
 		err = c.conn.Close()
+		close(c.quit)
 	}
 	c.wg.Wait()
 	return err
@@ -147,18 +151,21 @@ func (c *Client) Close() error {
 
 // Done is closed when the connection to vpnd has ended, by Close or
 // because vpnd went away. Err then says why.
+//
+// Every notification read before the end is on the subscription channels
+// by then (as far as their buffers hold), so a subscriber that watches both
+// its channel and Done should, once Done is closed, read the channel until
+// it closes: the last notification vpnd sent (vpnStateChanged "shutdown",
+// for example) says more than the lost connection.
 func (c *Client) Done() <-chan struct{} { return c.done }
 
-// Err returns why the connection ended, or nil while it is up.
+// Err returns why the connection ended, or nil while it is up. It is set
+// as soon as the reader sees the end, a moment before Done is closed, so
+// that a call failing with it and a later Err agree.
 func (c *Client) Err() error {
-	select {
-	case <-c.done:
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.err
-	default:
-		return nil
-	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 // Call sends a request and waits for its response. It returns the raw
@@ -449,12 +456,12 @@ func (c *Client) SetLockdown(ctx context.Context, l protocol.Lockdown) error {
 
 // Subscribe asks vpnd for vpnStateChanged notifications. Once it returns,
 // every notification arrives on the channel, in order; none are dropped
-// for a slow reader while the connection is up (they queue in memory).
-// The channel is closed when the Client closes or the connection ends;
-// notifications a subscriber had not read by then may be dropped beyond
-// the channel's buffer, so that Close never waits for a reader.
+// for a slow reader (they queue in memory). When the connection ends, the
+// channel delivers every notification read before the end, then closes.
+// Close closes it at once, dropping what the subscriber did not read, so
+// that Close never waits for a reader.
 func (c *Client) Subscribe(ctx context.Context) (<-chan protocol.StateChanged, error) {
-	s := newSubscription(c.done)
+	s := newSubscription(c.quit)
 	_, files, err := c.call(ctx, protocol.MethodSubscribe, struct{}{}, s, nil)
 	closeFiles(files)
 	if err != nil {
@@ -466,74 +473,99 @@ func (c *Client) Subscribe(ctx context.Context) (<-chan protocol.StateChanged, e
 }
 
 // subscription forwards notifications from the reader to the subscriber
-// without ever blocking the reader.
+// without ever blocking the reader. The reader puts a notification on out
+// itself while out has room and nothing is waiting before it; only what
+// does not fit waits in backlog for run. So a notification is on the
+// channel before the reader reads on, and before Done is closed.
 type subscription struct {
 	out  chan protocol.StateChanged
-	stop <-chan struct{}
+	quit <-chan struct{} // Close was called: stop delivering
 
-	mu     sync.Mutex
-	queue  []protocol.StateChanged
-	wake   chan struct{} // buffered 1
-	closed bool
+	mu      sync.Mutex
+	backlog []protocol.StateChanged // what did not fit in out, oldest first
+	wake    chan struct{}           // buffered 1
+	ended   bool                    // the connection ended: nothing more comes
+	shut    bool                    // out is closed
 }
 
-func newSubscription(stop <-chan struct{}) *subscription {
+func newSubscription(quit <-chan struct{}) *subscription {
 	return &subscription{
 		out:  make(chan protocol.StateChanged, subscriptionBuffer),
-		stop: stop,
+		quit: quit,
 		wake: make(chan struct{}, 1),
 	}
 }
 
 func (s *subscription) push(ev protocol.StateChanged) {
 	s.mu.Lock()
-	s.queue = append(s.queue, ev)
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	defer s.mu.Unlock()
+	if s.shut {
+		return
 	}
+	if len(s.backlog) == 0 {
+		select {
+		case s.out <- ev:
+			return
+		default:
+		}
+	}
+	s.backlog = append(s.backlog, ev)
+	s.signal()
 }
 
+// close says that the connection ended: run closes out once the backlog is
+// delivered.
 func (s *subscription) close() {
 	s.mu.Lock()
-	s.closed = true
+	s.ended = true
 	s.mu.Unlock()
+	s.signal()
+}
+
+func (s *subscription) signal() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
 }
 
-// run delivers queued notifications until the subscription is closed.
-// Notifications queued before the close are still delivered if the
-// subscriber keeps reading; once the connection is done, a subscriber that
-// stopped reading no longer holds the goroutine.
+// run delivers the backlog, oldest first, until the connection has ended
+// and the backlog is empty, or until Close. The notification being sent
+// stays first in the backlog until it is on out, so that push, which sends
+// directly only when the backlog is empty, cannot overtake it.
 func (s *subscription) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	defer close(s.out)
+	defer func() {
+		s.mu.Lock()
+		s.shut = true
+		close(s.out)
+		s.mu.Unlock()
+	}()
 	for {
 		s.mu.Lock()
-		q, closed := s.queue, s.closed
-		s.queue = nil
-		s.mu.Unlock()
-		for _, ev := range q {
-			select {
-			case s.out <- ev:
-			default:
-				select {
-				case s.out <- ev:
-				case <-s.stop:
-					return
-				}
+		if len(s.backlog) == 0 {
+			ended := s.ended
+			s.mu.Unlock()
+			if ended {
+				return
 			}
+			select {
+			case <-s.wake:
+			case <-s.quit:
+				return
+			}
+			continue
 		}
-		if closed && len(q) == 0 {
+		ev := s.backlog[0]
+		s.mu.Unlock()
+		select {
+		case s.out <- ev:
+		case <-s.quit:
 			return
 		}
-		if len(q) == 0 {
-			<-s.wake
-		}
+		s.mu.Lock()
+		s.backlog = s.backlog[1:]
+		s.mu.Unlock()
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -382,6 +383,80 @@ func TestSlowSubscriber(t *testing.T) {
 	c.Close()
 	if _, ok := <-ch; ok {
 		t.Fatal("extra notification")
+	}
+}
+
+// subscribed returns a Client subscribed to a fake daemon, and the
+// daemon's end of the connection.
+func subscribed(t *testing.T) (*Client, <-chan protocol.StateChanged, *fakeServer) {
+	t.Helper()
+	c, s := newPair(t)
+	go func() {
+		r := s.next()
+		s.reply(r.ID, struct{}{})
+	}()
+	ch, err := c.Subscribe(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, ch, s
+}
+
+// vpnd's last words before it goes away (vpnStateChanged "shutdown", then
+// the close) arrive in that order: by the time Done is closed, the
+// notification is on the channel, so that a subscriber that watches both
+// (vpnctl up does) drains the channel and reports the shutdown, not a lost
+// connection. Repeated, as a late delivery is a race the reader usually
+// but not always wins.
+func TestNotificationsBeforeDone(t *testing.T) {
+	for i := range 200 {
+		c, ch, s := subscribed(t)
+		s.notify(protocol.StateChanged{Interface: "vpn-tun", Reason: "shutdown"})
+		s.conn.Close()
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("Done not closed")
+		}
+		select {
+		case ev, ok := <-ch:
+			if !ok || ev.Reason != "shutdown" {
+				t.Fatalf("run %d: after Done: %+v %v, want the shutdown notification", i, ev, ok)
+			}
+		default:
+			t.Fatalf("run %d: Done closed before the notification read before it is on the channel", i)
+		}
+		if _, ok := <-ch; ok {
+			t.Fatalf("run %d: extra notification", i)
+		}
+		c.Close()
+		s.close()
+	}
+}
+
+// A subscriber that has fallen behind when vpnd goes away still gets every
+// notification read before the end, then the channel closes and Err says
+// why the connection ended.
+func TestNotificationsAfterConnectionLost(t *testing.T) {
+	c, ch, s := subscribed(t)
+	const n = 5 * subscriptionBuffer
+	for i := range n {
+		s.notify(protocol.StateChanged{Reason: fmt.Sprint(i)})
+	}
+	s.conn.Close()
+	<-c.Done()
+	got := 0
+	for ev := range ch {
+		if ev.Reason != fmt.Sprint(got) {
+			t.Fatalf("notification %d: %+v", got, ev)
+		}
+		got++
+	}
+	if got != n {
+		t.Fatalf("got %d notifications, want %d", got, n)
+	}
+	if err := c.Err(); err == nil || !strings.Contains(err.Error(), "connection to vpnd lost") {
+		t.Fatalf("Err %v", err)
 	}
 }
 

@@ -25,9 +25,27 @@ const dnsFullTunnel = `{"addresses":["10.8.0.2/24","fd00::2/64"],"dnsAddresses":
 // dnsSplitTunnel carries only two prefixes.
 const dnsSplitTunnel = `{"addresses":["10.8.0.2/24"],"routes":["198.51.100.0/24","10.0.0.0/8"],"dnsAddresses":["10.8.0.1"],"searchDomains":["corp.example","lab.example"]}`
 
+// resolvedPrepareCalls is what resolved gets for every VPN's link index,
+// before the link is up: multicast name resolution off.
+func resolvedPrepareCalls(index int) []string {
+	return []string{fmt.Sprintf(`SetLinkLLMNR(%d, "no")`, index), fmt.Sprintf(`SetLinkMulticastDNS(%d, "no")`, index)}
+}
+
+// resolvedUndoCalls is what resolved gets when a VPN with DNS settings on
+// link index ends.
+func resolvedUndoCalls(index int) []string {
+	return []string{
+		fmt.Sprintf(`SetLinkDNS(%d, [])`, index),
+		fmt.Sprintf(`SetLinkDomains(%d, [])`, index),
+		fmt.Sprintf(`SetLinkDefaultRoute(%d, false)`, index),
+	}
+}
+
 // resolvedCalls is what resolved gets for dnsFullTunnel on link index.
 func resolvedCalls(index int) []string {
 	return []string{
+		fmt.Sprintf(`SetLinkLLMNR(%d, "no")`, index),
+		fmt.Sprintf(`SetLinkMulticastDNS(%d, "no")`, index),
 		fmt.Sprintf(`SetLinkDefaultRoute(%d, true)`, index),
 		fmt.Sprintf(`SetLinkDomains(%d, [("corp.example", false) (".", true)])`, index),
 		fmt.Sprintf(`SetLinkDNS(%d, [(2, 10.8.0.1) (10, fd00::53)])`, index),
@@ -52,8 +70,9 @@ func wantResolved(t testing.TB, r *resolvedtest.Resolved, want ...string) {
 
 // The resolved backend, chosen by auto because resolve1 answers: the exact
 // calls and arguments for a full tunnel ("~." and a default route) and a
-// split tunnel (search domains only), on the VPN's link index, and
-// RevertLink when the VPN ends.
+// split tunnel (search domains only), on the VPN's link index, after
+// multicast name resolution is turned off there, and their undoing when
+// the VPN ends.
 func TestDNSResolved(t *testing.T) {
 	kernelOnly(t, "the host's resolver: systemd-resolved's calls for an admin's VPN, which a simulated vpnd never makes (it applies no DNS)")
 	t.Parallel()
@@ -71,31 +90,42 @@ func TestDNSResolved(t *testing.T) {
 	want := resolvedCalls(info.Index)
 	wantResolved(t, standIn, want...)
 	ok(t, c.call("destroy", "{}", ""))
-	wantResolved(t, standIn, append(want, fmt.Sprintf("RevertLink(%d)", info.Index))...)
+	wantResolved(t, standIn, append(want, resolvedUndoCalls(info.Index)...)...)
 	d.waitClean(t, "destroy")
 
 	standIn.Reset()
 	info = setUpOK(t, c.call("setUp", dnsSplitTunnel, ""))
-	want = []string{
+	want = append(resolvedPrepareCalls(info.Index),
 		fmt.Sprintf(`SetLinkDefaultRoute(%d, false)`, info.Index),
 		fmt.Sprintf(`SetLinkDomains(%d, [("corp.example", false) ("lab.example", false)])`, info.Index),
 		fmt.Sprintf(`SetLinkDNS(%d, [(2, 10.8.0.1)])`, info.Index),
-	}
+	)
 	wantResolved(t, standIn, want...)
 	ok(t, c.call("destroy", "{}", ""))
-	wantResolved(t, standIn, append(want, fmt.Sprintf("RevertLink(%d)", info.Index))...)
-
-	// A NORMAL user's VPN does not change the host's resolver.
-	standIn.Reset()
-	n := d.dial(t, uidNormal)
-	info = setUpOK(t, n.call("setUp", dnsFullTunnel, ""))
-	if info.DNSBackend != "none" {
-		t.Errorf("normal owner: dnsBackend %q, want none", info.DNSBackend)
-	}
-	ok(t, n.call("destroy", "{}", ""))
+	wantResolved(t, standIn, append(want, resolvedUndoCalls(info.Index)...)...)
 	d.waitClean(t, "destroy")
-	if calls := standIn.Calls(); len(calls) != 0 {
-		t.Errorf("a normal user's VPN called resolved: %q", calls)
+
+	// A NORMAL user's VPN does not change the host's resolver; multicast
+	// name resolution is off on its link all the same, and a VPN without
+	// DNS servers gets that alone too.
+	for _, tc := range []struct {
+		uid    uint32
+		config string
+	}{
+		{uidNormal, dnsFullTunnel},
+		{uidRoot, `{"addresses":["10.8.0.2/24"]}`},
+	} {
+		standIn.Reset()
+		n := d.dial(t, tc.uid)
+		info = setUpOK(t, n.call("setUp", tc.config, ""))
+		if info.DNSBackend != "none" {
+			t.Errorf("uid %d, %s: dnsBackend %q, want none", tc.uid, tc.config, info.DNSBackend)
+		}
+		ok(t, n.call("destroy", "{}", ""))
+		d.waitClean(t, "destroy")
+		if calls, want := standIn.Calls(), resolvedPrepareCalls(info.Index); !slices.Equal(calls, want) {
+			t.Errorf("uid %d, %s: resolved got %q, want only %q", tc.uid, tc.config, calls, want)
+		}
 	}
 }
 
@@ -185,10 +215,10 @@ func runDNSEndings(t *testing.T, newCheck func(t *testing.T) dnsBackendCheck) {
 	}
 }
 
-// RevertLink on every ending: destroy, connection closed, owner killed,
-// TUN fd closed, ip link del, SIGTERM, SIGINT.
+// The settings undone on every ending: destroy, connection closed, owner
+// killed, TUN fd closed, ip link del, SIGTERM, SIGINT.
 func TestDNSResolvedEveryEnding(t *testing.T) {
-	kernelOnly(t, "the host's resolver: systemd-resolved's RevertLink on every ending, which a simulated vpnd never calls (it applies no DNS)")
+	kernelOnly(t, "the host's resolver: systemd-resolved's settings undone on every ending, which a simulated vpnd never makes (it applies no DNS)")
 	t.Parallel()
 	runDNSEndings(t, func(t *testing.T) dnsBackendCheck {
 		standIn, env := withStandIn(t)
@@ -202,7 +232,7 @@ func TestDNSResolvedEveryEnding(t *testing.T) {
 				standIn.Reset()
 			},
 			after: func(t *testing.T, info vpnInfo) {
-				wantResolved(t, standIn, fmt.Sprintf("RevertLink(%d)", info.Index))
+				wantResolved(t, standIn, resolvedUndoCalls(info.Index)...)
 				standIn.Reset()
 			},
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/vpnd/vpnd/client"
 	"github.com/vpnd/vpnd/internal/errs"
 	"github.com/vpnd/vpnd/internal/rpc"
+	"github.com/vpnd/vpnd/internal/rpc/rpctest"
 	"github.com/vpnd/vpnd/internal/version"
 	"github.com/vpnd/vpnd/protocol"
 )
@@ -803,6 +804,44 @@ func TestHold(t *testing.T) {
 	d.close()
 	if code := hold(g, cl, nil, nil); code != 1 {
 		t.Errorf("vpnd gone: exit %d", code)
+	}
+}
+
+// vpnd's shutdown notification, written just before vpnd closes the
+// connection, is what hold reports, not the lost connection that follows
+// it. Repeated, as which of the two hold sees first is a race.
+func TestHoldReportsShutdown(t *testing.T) {
+	for i := range 50 {
+		a, b := rpctest.SocketPair(t)
+		cl := client.New(a)
+		daemon := rpc.NewConn(b)
+		go func() {
+			defer daemon.Close()
+			m, err := daemon.ReadMessage()
+			if err != nil {
+				return
+			}
+			var req protocol.Request
+			json.Unmarshal(m.Line, &req)
+			for _, line := range []protocol.Response{
+				{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage(`{}`)},
+				{JSONRPC: "2.0", Method: protocol.MethodStateChanged, Params: json.RawMessage(`{"isConnected":false,"interface":"vpn-tun","reason":"shutdown","vpn":null}`)},
+			} {
+				l, _ := json.Marshal(line)
+				daemon.WriteMessage(l)
+			}
+		}()
+		events, err := cl.Subscribe(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr bytes.Buffer
+		g := &globals{io: stdio{out: io.Discard, err: &stderr}}
+		code := hold(g, cl, events, nil)
+		cl.Close()
+		if code != 1 || stderr.String() != "vpnctl: the VPN ended (shutdown)\n" {
+			t.Fatalf("run %d: exit %d: %q, want the shutdown", i, code, stderr.String())
+		}
 	}
 }
 

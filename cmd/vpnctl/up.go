@@ -175,14 +175,33 @@ func hold(g *globals, cl *client.Client, events <-chan protocol.StateChanged, si
 				events = nil // Done tells why
 				continue
 			}
-			if !ev.IsConnected {
-				fmt.Fprintf(g.io.err, "vpnctl: the VPN ended (%s)\n", ev.Reason)
+			if ended(g, ev) {
 				return exitFailure
 			}
 		case <-cl.Done():
+			// vpnd says why the VPN ended just before it closes the
+			// connection (vpnStateChanged "shutdown"): that notification,
+			// which the channel still holds, says more than the end of
+			// the connection. The channel closes after it.
+			if events != nil {
+				for ev := range events {
+					if ended(g, ev) {
+						return exitFailure
+					}
+				}
+			}
 			return fail(g, cl.Err())
 		}
 	}
+}
+
+// ended reports whether ev says the VPN ended, and if so says why.
+func ended(g *globals, ev protocol.StateChanged) bool {
+	if ev.IsConnected {
+		return false
+	}
+	fmt.Fprintf(g.io.err, "vpnctl: the VPN ended (%s)\n", ev.Reason)
+	return true
 }
 
 func destroy(g *globals, cl *client.Client) int {

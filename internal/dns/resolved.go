@@ -23,26 +23,31 @@ const (
 )
 
 // Resolved gives the VPN link its DNS settings through systemd-resolved's
-// D-Bus API, per link: the link's servers, its search domains, and whether
-// it is a default route for queries. resolved forgets a link's settings
+// D-Bus API, per link: the link's servers, its search domains and whether
+// it is a default route for queries; and it keeps multicast name resolution
+// (LLMNR, mDNS) off every VPN link. resolved forgets a link's settings
 // when the link goes away, so a vpnd killed with SIGKILL leaves nothing
 // for its next start to restore: that start's sweep deletes the link.
 //
-// Each Apply and Revert opens its own connection to the system bus and
-// closes it: they are rare, and so a restarted dbus-daemon or resolved
-// never leaves vpnd holding a dead connection.
+// Each PrepareLink, Apply and Revert opens its own connection to the
+// system bus and closes it: they are rare, and so a restarted dbus-daemon
+// or resolved never leaves vpnd holding a dead connection.
 type Resolved struct {
 	log *zap.Logger
-	// timeout bounds one Apply, Revert or Probe, connection included, so
-	// that a resolved that hangs cannot hold the manager.
+	// timeout bounds one PrepareLink, Apply, Revert or Probe, connection
+	// included, so that a resolved that hangs cannot hold the manager.
 	timeout time.Duration
-	// linkWait is how long Apply waits for resolved to learn about a
-	// link that vpnd has just created: resolved follows links through
-	// rtnetlink, on its own schedule, and answers NoSuchLink until then.
+	// linkWait is how long PrepareLink and Apply wait for resolved to
+	// learn about a link that vpnd has just created: resolved follows
+	// links through rtnetlink, on its own schedule, and answers
+	// NoSuchLink until then.
 	linkWait time.Duration
 }
 
-var _ manager.DNS = (*Resolved)(nil)
+var (
+	_ manager.DNS             = (*Resolved)(nil)
+	_ manager.DNSLinkPreparer = (*Resolved)(nil)
+)
 
 // NewResolved returns the resolved backend. It connects to the system bus
 // at DBUS_SYSTEM_BUS_ADDRESS if set, else at the standard socket.
@@ -77,8 +82,40 @@ const (
 	afInet6 = 10
 )
 
-// Apply sets, in this order, the link's default-route flag, its domains
-// and its servers. The order fails closed: until the servers are set, the
+// step is one call of resolved's Manager interface.
+type step struct {
+	method string
+	args   []any
+}
+
+// PrepareLink turns multicast name resolution off on the VPN's new link,
+// for every VPN, before the link is up or has an address:
+//
+//   - SetLinkLLMNR(ifindex, "no")
+//   - SetLinkMulticastDNS(ifindex, "no")
+//
+// resolved opens LLMNR (and, where the host enables it, mDNS) on every link
+// that is up with an address, then probes for the host's name there and
+// sends single-label (and .local) lookups to those groups: through the
+// TUN, the host's name and the short names every user looks up would reach
+// whoever runs the VPN's far end, where nothing answers them. Turned off
+// after the link is up, the first probe, delayed by up to 100 ms, can still
+// go out. The settings last until the link is deleted: Revert leaves them.
+func (r *Resolved) PrepareLink(l manager.DNSLink) error {
+	ifindex := int32(l.Index)
+	return r.withManager(func(ctx context.Context, obj dbus.BusObject) error {
+		if _, err := r.run(ctx, obj, l, true,
+			step{"SetLinkLLMNR", []any{ifindex, "no"}},
+			step{"SetLinkMulticastDNS", []any{ifindex, "no"}}); err != nil {
+			return err
+		}
+		r.log.Debug("vpn link: multicast name resolution off", zap.String("ifname", l.Name), zap.Int("index", l.Index))
+		return nil
+	})
+}
+
+// Apply sets the link's default-route flag, its domains and its servers, in
+// this order. The order fails closed: until the servers are set, the
 // queries the VPN claims fail instead of going to the host's servers, and
 // no query goes to the VPN's servers before its routing domains are in
 // place.
@@ -91,7 +128,8 @@ const (
 //     servers of the host's other links.
 //   - SetLinkDNS(ifindex, servers)
 //
-// If a later call fails, RevertLink undoes the earlier ones.
+// If a later call fails, Apply undoes the earlier ones as Revert does.
+// PrepareLink has turned multicast name resolution off before.
 func (r *Resolved) Apply(l manager.DNSLink, s manager.DNSSettings) error {
 	servers := make([]linkDNS, 0, len(s.Servers))
 	for _, a := range s.Servers {
@@ -109,29 +147,15 @@ func (r *Resolved) Apply(l manager.DNSLink, s manager.DNSSettings) error {
 		domains = append(domains, linkDomain{Domain: ".", RoutingOnly: true})
 	}
 	ifindex := int32(l.Index)
-	steps := []struct {
-		method string
-		args   []any
-	}{
-		{"SetLinkDefaultRoute", []any{ifindex, s.DefaultRoute}},
-		{"SetLinkDomains", []any{ifindex, domains}},
-		{"SetLinkDNS", []any{ifindex, servers}},
-	}
 	return r.withManager(func(ctx context.Context, obj dbus.BusObject) error {
-		for i, st := range steps {
-			var err error
-			if i == 0 {
-				err = r.callWhenKnown(ctx, obj, st.method, st.args...)
-			} else {
-				err = call(ctx, obj, st.method, st.args...)
-			}
-			if err == nil {
-				continue
-			}
-			err = fmt.Errorf("%s on %s (index %d): %w", st.method, l.Name, l.Index, err)
-			if i > 0 {
-				if rerr := call(ctx, obj, "RevertLink", ifindex); rerr != nil && !isNoSuchLink(rerr) {
-					err = fmt.Errorf("%w; and undoing it failed: RevertLink: %w", err, rerr)
+		done, err := r.run(ctx, obj, l, true,
+			step{"SetLinkDefaultRoute", []any{ifindex, s.DefaultRoute}},
+			step{"SetLinkDomains", []any{ifindex, domains}},
+			step{"SetLinkDNS", []any{ifindex, servers}})
+		if err != nil {
+			if done > 0 {
+				if _, uerr := r.undo(ctx, obj, l); uerr != nil {
+					err = fmt.Errorf("%w; and undoing it failed: %w", err, uerr)
 				}
 			}
 			return err
@@ -142,18 +166,60 @@ func (r *Resolved) Apply(l manager.DNSLink, s manager.DNSSettings) error {
 	})
 }
 
-// Revert calls RevertLink(ifindex), which drops every setting of the link.
-// A link that resolved no longer knows (deleted, and its settings with it)
-// is not an error.
+// Revert undoes Apply, servers first, so that no query goes to the VPN's
+// servers once the VPN is going:
+//
+//   - SetLinkDNS(ifindex, [])
+//   - SetLinkDomains(ifindex, [])
+//   - SetLinkDefaultRoute(ifindex, false)
+//
+// It does not call RevertLink, which would also turn multicast name
+// resolution back on (see PrepareLink) on a link that is still up, for
+// the moment until vpnd deletes it: long enough for resolved to send the
+// host's name into the TUN. resolved forgets every setting of a link when
+// it is deleted, so nothing stays behind. A link that resolved no longer
+// knows (deleted, and its settings with it) is not an error.
 func (r *Resolved) Revert(l manager.DNSLink) error {
 	return r.withManager(func(ctx context.Context, obj dbus.BusObject) error {
-		err := call(ctx, obj, "RevertLink", int32(l.Index))
-		if err != nil && !isNoSuchLink(err) {
-			return fmt.Errorf("RevertLink on %s (index %d): %w", l.Name, l.Index, err)
+		known, err := r.undo(ctx, obj, l)
+		if err != nil {
+			return err
 		}
-		r.log.Info("vpn dns settings reverted", zap.String("ifname", l.Name), zap.Int("index", l.Index), zap.Bool("link_known", err == nil))
+		r.log.Info("vpn dns settings reverted", zap.String("ifname", l.Name), zap.Int("index", l.Index), zap.Bool("link_known", known))
 		return nil
 	})
+}
+
+// undo is Revert's calls. It reports whether resolved still knew the link.
+func (r *Resolved) undo(ctx context.Context, obj dbus.BusObject, l manager.DNSLink) (known bool, err error) {
+	ifindex := int32(l.Index)
+	_, err = r.run(ctx, obj, l, false,
+		step{"SetLinkDNS", []any{ifindex, []linkDNS{}}},
+		step{"SetLinkDomains", []any{ifindex, []linkDomain{}}},
+		step{"SetLinkDefaultRoute", []any{ifindex, false}})
+	if isNoSuchLink(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// run makes the calls in order and stops at the first error, which it
+// returns naming the method and the link, with the number of calls that
+// succeeded. With waitForLink, the first call waits for resolved to learn
+// about the link.
+func (r *Resolved) run(ctx context.Context, obj dbus.BusObject, l manager.DNSLink, waitForLink bool, steps ...step) (int, error) {
+	for i, st := range steps {
+		var err error
+		if i == 0 && waitForLink {
+			err = r.callWhenKnown(ctx, obj, st.method, st.args...)
+		} else {
+			err = call(ctx, obj, st.method, st.args...)
+		}
+		if err != nil {
+			return i, fmt.Errorf("%s on %s (index %d): %w", st.method, l.Name, l.Index, err)
+		}
+	}
+	return len(steps), nil
 }
 
 // Probe reports whether resolved answers on the system bus: a Ping to its

@@ -39,9 +39,16 @@ func wantCalls(t *testing.T, got []string, want ...string) {
 	}
 }
 
-// The exact calls and arguments, for a full tunnel (a default route: "~."
-// and DefaultRoute true) and a split tunnel (search domains only), and
-// RevertLink at the end.
+// prepareCalls are PrepareLink's calls on vpnLink.
+var prepareCalls = []string{`SetLinkLLMNR(7, "no")`, `SetLinkMulticastDNS(7, "no")`}
+
+// undoCalls are Revert's calls on vpnLink, also Apply's undoing.
+var undoCalls = []string{`SetLinkDNS(7, [])`, `SetLinkDomains(7, [])`, `SetLinkDefaultRoute(7, false)`}
+
+// The exact calls and arguments: multicast name resolution off, then a
+// full tunnel (a default route: "~." and DefaultRoute true) or a split
+// tunnel (search domains only), and their undoing at the end, which leaves
+// multicast name resolution off.
 func TestResolvedCalls(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -88,58 +95,80 @@ func TestResolvedCalls(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			standIn := withStandIn(t)
 			r := NewResolved(nil)
+			if err := r.PrepareLink(vpnLink); err != nil {
+				t.Fatal(err)
+			}
 			if err := r.Apply(vpnLink, tc.s); err != nil {
 				t.Fatal(err)
 			}
-			wantCalls(t, standIn.Calls(), tc.calls...)
+			want := append(slices.Clone(prepareCalls), tc.calls...)
+			wantCalls(t, standIn.Calls(), want...)
 			if err := r.Revert(vpnLink); err != nil {
 				t.Fatal(err)
 			}
-			wantCalls(t, standIn.Calls(), append(tc.calls, "RevertLink(7)")...)
+			wantCalls(t, standIn.Calls(), append(want, undoCalls...)...)
 		})
 	}
 }
 
 // resolved learns about a new link on its own schedule and answers
-// NoSuchLink until then: Apply waits for it.
+// NoSuchLink until then: PrepareLink, the first to call, waits for it, and
+// so does Apply.
 func TestResolvedWaitsForTheLink(t *testing.T) {
 	standIn := withStandIn(t)
-	standIn.FailNext("SetLinkDefaultRoute", resolvedtest.ErrNoSuchLink, resolvedtest.ErrNoSuchLink)
+	standIn.FailNext("SetLinkLLMNR", resolvedtest.ErrNoSuchLink, resolvedtest.ErrNoSuchLink)
+	standIn.FailNext("SetLinkDefaultRoute", resolvedtest.ErrNoSuchLink)
 	r := NewResolved(nil)
+	if err := r.PrepareLink(vpnLink); err != nil {
+		t.Fatal(err)
+	}
 	if err := r.Apply(vpnLink, manager.DNSSettings{Servers: addrs("10.8.0.1")}); err != nil {
 		t.Fatal(err)
 	}
 	wantCalls(t, standIn.Calls(),
-		`SetLinkDefaultRoute(7, false) -> `+resolvedtest.ErrNoSuchLink,
+		`SetLinkLLMNR(7, "no") -> `+resolvedtest.ErrNoSuchLink,
+		`SetLinkLLMNR(7, "no") -> `+resolvedtest.ErrNoSuchLink,
+		`SetLinkLLMNR(7, "no")`,
+		`SetLinkMulticastDNS(7, "no")`,
 		`SetLinkDefaultRoute(7, false) -> `+resolvedtest.ErrNoSuchLink,
 		`SetLinkDefaultRoute(7, false)`,
 		`SetLinkDomains(7, [])`,
 		`SetLinkDNS(7, [(2, 10.8.0.1)])`)
 }
 
-// A link resolved never learns about fails Apply after linkWait, naming
-// the method and resolved's error, and needs no undoing.
+// A link resolved never learns about fails PrepareLink (and Apply) after
+// linkWait, naming the method and resolved's error, and needs no undoing.
 func TestResolvedLinkNeverKnown(t *testing.T) {
-	standIn := withStandIn(t)
 	nosuch := make([]string, 100)
 	for i := range nosuch {
 		nosuch[i] = resolvedtest.ErrNoSuchLink
 	}
-	standIn.FailNext("SetLinkDefaultRoute", nosuch...)
-	r := NewResolved(nil)
-	r.linkWait = 50 * time.Millisecond
-	err := r.Apply(vpnLink, manager.DNSSettings{Servers: addrs("10.8.0.1")})
-	if err == nil || !strings.Contains(err.Error(), "SetLinkDefaultRoute on vpn-tun (index 7): "+resolvedtest.ErrNoSuchLink+": stand-in failure") {
-		t.Fatalf("Apply: %v, want the method, the link and NoSuchLink", err)
-	}
-	for _, c := range standIn.Calls() {
-		if !strings.HasPrefix(c, "SetLinkDefaultRoute") {
-			t.Errorf("unexpected call %s", c)
-		}
+	for _, tc := range []struct {
+		method string
+		do     func(r *Resolved) error
+	}{
+		{"SetLinkLLMNR", func(r *Resolved) error { return r.PrepareLink(vpnLink) }},
+		{"SetLinkDefaultRoute", func(r *Resolved) error { return r.Apply(vpnLink, manager.DNSSettings{Servers: addrs("10.8.0.1")}) }},
+	} {
+		t.Run(tc.method, func(t *testing.T) {
+			standIn := withStandIn(t)
+			standIn.FailNext(tc.method, nosuch...)
+			r := NewResolved(nil)
+			r.linkWait = 50 * time.Millisecond
+			err := tc.do(r)
+			if err == nil || !strings.Contains(err.Error(), tc.method+" on vpn-tun (index 7): "+resolvedtest.ErrNoSuchLink+": stand-in failure") {
+				t.Fatalf("%v, want the method, the link and NoSuchLink", err)
+			}
+			for _, c := range standIn.Calls() {
+				if !strings.HasPrefix(c, tc.method) {
+					t.Errorf("unexpected call %s", c)
+				}
+			}
+		})
 	}
 }
 
-// A failure after the first call is undone with RevertLink: Apply is all
+// A failure after the first call is undone as Revert does: Apply is all
 // or nothing.
 func TestResolvedApplyUndoesOnFailure(t *testing.T) {
 	for _, method := range []string{"SetLinkDomains", "SetLinkDNS"} {
@@ -152,23 +181,46 @@ func TestResolvedApplyUndoesOnFailure(t *testing.T) {
 				t.Fatalf("Apply: %v", err)
 			}
 			calls := standIn.Calls()
-			if last := calls[len(calls)-1]; last != "RevertLink(7)" {
-				t.Fatalf("calls %q: want RevertLink(7) last", calls)
+			if len(calls) < len(undoCalls) || !slices.Equal(calls[len(calls)-len(undoCalls):], undoCalls) {
+				t.Fatalf("calls %q: want the undoing last", calls)
 			}
 		})
 	}
 }
 
+// A DNS server resolved refuses (its own stub listener) fails Apply with
+// resolved's answer, naming the method and the link, and the settings
+// made before it are undone.
+func TestResolvedRefusesStubServer(t *testing.T) {
+	for _, server := range []string{"127.0.0.53", "127.0.0.54"} {
+		t.Run(server, func(t *testing.T) {
+			standIn := withStandIn(t)
+			r := NewResolved(nil)
+			err := r.Apply(vpnLink, manager.DNSSettings{Servers: addrs("10.8.0.1", server), DefaultRoute: true})
+			want := "SetLinkDNS on vpn-tun (index 7): " + resolvedtest.ErrInvalidArgs + ": Invalid DNS server address"
+			if err == nil || err.Error() != want {
+				t.Fatalf("Apply: %v, want %q", err, want)
+			}
+			wantCalls(t, standIn.Calls(), append([]string{
+				`SetLinkDefaultRoute(7, true)`,
+				`SetLinkDomains(7, [(".", true)])`,
+				`SetLinkDNS(7, [(2, 10.8.0.1) (2, ` + server + `)]) -> ` + resolvedtest.ErrInvalidArgs,
+			}, undoCalls...)...)
+		})
+	}
+}
+
 // Revert of a link resolved no longer knows (deleted, its settings gone
-// with it) succeeds; other errors are reported.
+// with it) succeeds and stops there; other errors are reported.
 func TestResolvedRevert(t *testing.T) {
 	standIn := withStandIn(t)
 	r := NewResolved(nil)
-	standIn.FailNext("RevertLink", resolvedtest.ErrNoSuchLink, "org.freedesktop.DBus.Error.AccessDenied")
+	standIn.FailNext("SetLinkDNS", resolvedtest.ErrNoSuchLink, "org.freedesktop.DBus.Error.AccessDenied")
 	if err := r.Revert(vpnLink); err != nil {
 		t.Errorf("Revert of a gone link: %v", err)
 	}
-	if err := r.Revert(vpnLink); err == nil || !strings.Contains(err.Error(), "AccessDenied") {
+	wantCalls(t, standIn.Calls(), `SetLinkDNS(7, []) -> `+resolvedtest.ErrNoSuchLink)
+	if err := r.Revert(vpnLink); err == nil || !strings.Contains(err.Error(), "SetLinkDNS on vpn-tun (index 7): org.freedesktop.DBus.Error.AccessDenied") {
 		t.Errorf("Revert: %v, want AccessDenied", err)
 	}
 }
@@ -233,6 +285,9 @@ func TestResolvedTimeout(t *testing.T) {
 	r.timeout = 100 * time.Millisecond
 	if err := r.Probe(); err == nil {
 		t.Fatal("Probe of a mute bus succeeded")
+	}
+	if err := r.PrepareLink(vpnLink); err == nil {
+		t.Fatal("PrepareLink on a mute bus succeeded")
 	}
 	if err := r.Apply(vpnLink, manager.DNSSettings{Servers: addrs("10.8.0.1")}); err == nil {
 		t.Fatal("Apply on a mute bus succeeded")

@@ -33,6 +33,18 @@ type DNS interface {
 	Revert(l DNSLink) error
 }
 
+// DNSLinkPreparer is a DNS backend that also configures every VPN's link
+// before the link carries traffic, whoever owns the VPN and whatever its
+// DNS settings: the manager calls PrepareLink right after it creates the
+// link, before the link has an address or is up, and rolls the VPN back if
+// it fails. Deleting the link undoes it, so it has no revert. The resolved
+// backend turns multicast name resolution (LLMNR, mDNS) off there, which
+// would otherwise send the host's name and every user's short-name lookups
+// into the TUN.
+type DNSLinkPreparer interface {
+	PrepareLink(l DNSLink) error
+}
+
 // DNSLink is the VPN's interface, which per-link resolvers key on.
 type DNSLink struct {
 	Name  string
@@ -55,6 +67,19 @@ type DNSSettings struct {
 // dnsNone is what VpnInfo's dnsBackend says when no backend applied the
 // VPN's DNS settings.
 const dnsNone = "none"
+
+// prepareDNS lets the DNS backend configure the new link, if it is a
+// DNSLinkPreparer.
+func (m *Manager) prepareDNS(v *vpn) error {
+	p, ok := m.opt.DNS.(DNSLinkPreparer)
+	if !ok {
+		return nil
+	}
+	if err := p.PrepareLink(DNSLink{Name: m.opt.IfName, Index: v.index}); err != nil {
+		return fmt.Errorf("prepare the link through %s: %w", m.opt.DNS.Name(), err)
+	}
+	return nil
+}
 
 // applyDNS hands the VPN's DNS settings to the DNS backend, if there is
 // something to apply and someone allowed to apply it:

@@ -225,3 +225,77 @@ func TestDNSRevertedOnEveryEnding(t *testing.T) {
 		}
 	}
 }
+
+// preparingDNS is a fakeDNS that also prepares each new link, recording
+// what the kernel had of the link at that moment.
+type preparingDNS struct{ *fakeDNS }
+
+func (d preparingDNS) PrepareLink(l manager.DNSLink) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	state := "link gone"
+	for _, x := range d.k.Snapshot().Links {
+		if x.Index == l.Index {
+			state = fmt.Sprintf("link up %t with %d addresses", x.Up, len(x.Addresses))
+		}
+	}
+	d.calls = append(d.calls, fmt.Sprintf("PrepareLink(%s/%d) %s", l.Name, l.Index, state))
+	return d.failWith
+}
+
+// A DNSLinkPreparer gets every VPN's link while it is down and has no
+// address (a resolver starts using a link once it is up with one), whoever owns the VPN
+// and whether or not it has DNS servers; Revert follows only an Apply. A
+// failing PrepareLink rolls the VPN back, naming the backend.
+func TestDNSLinkPrepared(t *testing.T) {
+	for _, tc := range []struct {
+		name, cfg string
+		caller    manager.Caller
+		apply     string // the Apply call, "" for none
+	}{
+		{"admin with DNS servers", `{"addresses":["10.8.0.2/24"],"dnsAddresses":["10.8.0.1"]}`, root, `Apply(vpn-tun/%d, [10.8.0.1], [], true) link up`},
+		{"admin without DNS servers", `{"addresses":["10.8.0.2/24"]}`, root, ""},
+		{"normal user with DNS servers", `{"addresses":["10.8.0.2/24"],"dnsAddresses":["10.8.0.1"]}`, alice, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := tuntest.New()
+			d := preparingDNS{&fakeDNS{k: k}}
+			m := manager.New(k, manager.Options{IfName: "vpn-tun", Table: table, RulePriority: priority, ProtectMark: mark, DNS: d})
+			t.Cleanup(func() { m.Shutdown(); k.Close() })
+			f, info, _, err := m.SetUp(tc.caller, parse(t, tc.cfg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if err := m.Destroy(tc.caller); err != nil {
+				t.Fatal(err)
+			}
+			want := []string{fmt.Sprintf("PrepareLink(vpn-tun/%d) link up false with 0 addresses", info.Index)}
+			if tc.apply != "" {
+				want = append(want, fmt.Sprintf(tc.apply, info.Index), fmt.Sprintf("Revert(vpn-tun/%d) link up", info.Index))
+			}
+			d.wantCalls(t, want...)
+		})
+	}
+
+	t.Run("fails", func(t *testing.T) {
+		k := tuntest.New()
+		d := preparingDNS{&fakeDNS{k: k}}
+		m := manager.New(k, manager.Options{IfName: "vpn-tun", Table: table, RulePriority: priority, ProtectMark: mark, DNS: d})
+		t.Cleanup(func() { m.Shutdown(); k.Close() })
+		injected := errors.New("injected failure")
+		d.fail(injected)
+		before := k.Snapshot()
+		_, _, _, err := m.SetUp(root, parse(t, `{"addresses":["10.8.0.2/24"],"dnsAddresses":["10.8.0.1"]}`))
+		wantCode(t, err, errs.CodeInternal)
+		if e := (*errs.Error)(nil); !errors.As(err, &e) || !strings.Contains(e.Detail, "prepare the link through fake: injected failure") {
+			t.Errorf("detail of %v does not name the backend and its error", err)
+		}
+		if after := k.Snapshot(); !after.Equal(before) {
+			t.Fatalf("kernel after the failed PrepareLink:\n%+v\nbefore:\n%+v", after, before)
+		}
+		if calls := d.Calls(); len(calls) != 1 {
+			t.Fatalf("calls %q: want the one PrepareLink", calls)
+		}
+	})
+}

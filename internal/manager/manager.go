@@ -500,6 +500,10 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 			f.Close()
 		}
 	}()
+	// Before the link has an address, on which a resolver starts using it.
+	if err := m.prepareDNS(v); err != nil {
+		return nil, err
+	}
 	objs := m.plan(index, c, cfg)
 	m.mu.Lock()
 	v.objs = &objs
@@ -521,6 +525,9 @@ func (m *Manager) bringUp(v *vpn, c Caller, cfg *config.Config) (_ *os.File, err
 // rollBack has the reconciler remove v's objects, and waits a while for
 // it. What it could not remove yet it goes on removing.
 func (m *Manager) rollBack(v *vpn) {
+	// The link is vpnd's from its creation, even if the bring-up failed
+	// before the reconciler was told about it.
+	m.rec.Call(func() { m.rec.own.links[v.index] = true })
 	m.mu.Lock()
 	v.objs = nil
 	gen := m.publishLocked()
