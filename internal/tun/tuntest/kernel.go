@@ -2,6 +2,7 @@ package tuntest
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,13 +13,16 @@ import (
 )
 
 // KernelRoutes reads table's routes of both families from the kernel of
-// the test's namespace with `ip -j route`, in vpnd's terms; index maps link
-// names to their indexes. A route vpnd could not have made fails the test.
+// the test's namespace with `ip -j -d route`, in vpnd's terms; index maps
+// link names to their indexes. It reads them independently of vpnd's own
+// reader: a route that `ip` shows with another protocol than "static",
+// another scope than vpnd gives its kind, or flags vpnd never sets is
+// Foreign; a type vpnd never makes is OtherKind (and Foreign).
 func KernelRoutes(t *testing.T, table int, index map[string]int) []sim.Route {
 	t.Helper()
 	var out []sim.Route
 	for _, fam := range []string{"-4", "-6"} {
-		for _, j := range netnstest.IPJSON(t, fam, "route", "show", "table", strconv.Itoa(table)) {
+		for _, j := range netnstest.IPJSON(t, fam, "-d", "route", "show", "table", strconv.Itoa(table)) {
 			dst := j["dst"].(string)
 			switch {
 			case dst == "default" && fam == "-4":
@@ -31,18 +35,46 @@ func KernelRoutes(t *testing.T, table int, index map[string]int) []sim.Route {
 				dst += "/128"
 			}
 			r := sim.Route{Table: table, Route: manager.Route{Dst: netip.MustParsePrefix(dst)}}
+			if m, ok := j["metric"].(float64); ok && !(fam == "-6" && m == 1024) {
+				r.Metric = uint32(m)
+			}
+			if tos, ok := j["tos"].(string); ok {
+				v, err := strconv.ParseUint(tos, 0, 8)
+				if err != nil {
+					t.Fatalf("route %v: tos: %v", j, err)
+				}
+				r.Tos = uint8(v)
+			}
+			scope := "global"
 			switch j["type"] {
 			case nil, "unicast":
-				r.LinkIndex = index[j["dev"].(string)]
+				dev, _ := j["dev"].(string) // none with several next hops
+				r.LinkIndex = index[dev]
 				if gw, ok := j["gateway"].(string); ok {
 					r.Gateway = netip.MustParseAddr(gw)
+				} else if fam == "-4" {
+					scope = "link"
 				}
 			case "throw":
 				r.Kind = manager.Throw
 			case "unreachable":
 				r.Kind = manager.Unreachable
 			default:
-				t.Errorf("table %d holds a route vpnd never makes: %v", table, j)
+				r.Kind = manager.OtherKind
+			}
+			r.Foreign = j["protocol"] != "static" || j["scope"] != scope || r.Kind == manager.OtherKind || j["nexthops"] != nil || j["prefsrc"] != nil
+			flags, _ := j["flags"].([]any)
+			for _, f := range flags {
+				switch {
+				case f == "linkdown" || f == "dead":
+					// The kernel's own, as the link's state changes.
+				case f == "onlink" && r.Gateway.IsValid():
+				default:
+					r.Foreign = true
+				}
+			}
+			if r.Gateway.IsValid() && !slices.Contains(flags, any("onlink")) {
+				r.Foreign = true
 			}
 			out = append(out, r)
 		}
