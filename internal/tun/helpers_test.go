@@ -171,12 +171,14 @@ func (o vpnObjects) downOps() []manager.Op {
 // took.
 func applyAll(t *testing.T, n *Netlink, ops ...manager.Op) {
 	t.Helper()
+	failed := false
 	for i, e := range applyResults(t, n, ops...) {
 		if e != nil {
 			t.Errorf("%s: %v", ops[i], e)
+			failed = true
 		}
 	}
-	if t.Failed() {
+	if failed {
 		t.FailNow()
 	}
 }

@@ -143,7 +143,11 @@ func fillAnswers(t *testing.T, n *Netlink, silent bool) {
 // ErrTransient after the answer timeout, instead of waiting forever with
 // the socket's lock held; so does one whose answer the kernel dropped for
 // want of room (ENOBUFS). The request itself may well have been carried
-// out: the caller must read the kernel again.
+// out: the caller must read the kernel again. Then the socket works on at
+// once: the next exchange's answer is not lost too (the kernel drops
+// every answer to a socket it found full until its reader has emptied
+// it), and a dump whose answers were lost does not make the kernel
+// refuse the next one (EBUSY) or lose its answers.
 func TestAnswerLost(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
@@ -181,6 +185,34 @@ func TestAnswerLost(t *testing.T) {
 		if got := kernelRules(t, prio); len(got) != 1 || got[0].UIDStart != 100 {
 			t.Errorf("silent %t: rules %v; want the rule added though its answer was lost", silent, got)
 		}
-		ipCmd(t, "rule", "del", "priority", "10000", "uidrange", "100-100", "lookup", "98")
+
+		// Room again: the next exchange and the next dump are answered.
+		unix.SetsockoptInt(n.req.s.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, sockBuf)
+		r, err := n.Apply([]manager.Op{ruleOp(manager.AddRule, 100), ruleOp(manager.AddRule, 101)})
+		if err != nil || len(r) != 2 || !errors.Is(r[0], unix.EEXIST) || r[1] != nil {
+			t.Errorf("silent %t: the next Apply: %v, %v; want EEXIST, then the add", silent, r, err)
+		}
+		rules := func(what string) {
+			t.Helper()
+			h, err := n.Read(manager.Query{Places: places, What: manager.PartRules})
+			if err != nil || len(h.Rules) != 2 {
+				t.Errorf("silent %t: %s: %+v, %v; want the two rules", silent, what, h, err)
+			}
+		}
+		rules("the next Read")
+
+		// A dump with the queue full ends whole, or with an error
+		// wrapping ErrTransient (the kernel could not go on with it);
+		// the next one is answered whole.
+		unix.SetsockoptInt(n.req.s.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 1)
+		fillAnswers(t, n, silent)
+		h, err := n.Read(manager.Query{Places: places, What: manager.PartRules})
+		if err != nil && !errors.Is(err, manager.ErrTransient) || err == nil && len(h.Rules) != 2 {
+			t.Errorf("silent %t: Read with a full queue: %+v, %v; want the rules, or a transient error", silent, h, err)
+		}
+		t.Logf("silent %t: Read with a full queue: %v", silent, err)
+		unix.SetsockoptInt(n.req.s.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, sockBuf)
+		rules("the Read after a dump with a full queue")
+		applyAll(t, n, ruleOp(manager.DelRule, 100), ruleOp(manager.DelRule, 101))
 	}
 }
