@@ -23,8 +23,10 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
+	"unicode"
 
 	"golang.org/x/sys/unix"
 
@@ -325,10 +327,16 @@ func hungUp(rc syscall.RawConn) bool {
 	return hup
 }
 
-// validateName checks an interface name as the kernel does, roughly: the
-// real check is tun.ValidateName, and vpnd validates --ifname at start.
+// validateName refuses what tun.CreateTUN refuses (tun.ValidateName):
+// what the kernel's dev_valid_name refuses (empty, longer than
+// IFNAMSIZ-1, "." and "..", '/', ':' and white space), control
+// characters, and '%', which the kernel would take for a template.
 func validateName(name string) error {
-	if name == "" || len(name) > 15 || name == "." || name == ".." {
+	bad := name == "" || len(name) > 15 || name == "." || name == ".." || strings.ContainsAny(name, "/:%")
+	for _, r := range name {
+		bad = bad || unicode.IsSpace(r) || r < 0x20 || r == 0x7f
+	}
+	if bad {
 		return fmt.Errorf("invalid interface name %q", name)
 	}
 	return nil

@@ -791,7 +791,7 @@ func TestCreateTUN(t *testing.T) {
 			t.Errorf("CreateTUN(%q) = %v, want ErrLinkExists saying %q", tc.name, err, tc.text)
 		}
 	}
-	for _, bad := range []string{"", "sixteen-bytes-xx", ".", ".."} {
+	for _, bad := range []string{"", "sixteen-bytes-xx", ".", "..", "a/b", "a:b", "a b", "a\tb", "a\x01b", "tun%d"} {
 		if _, _, err := k.CreateTUN(bad, manager.TUNOptions{}); err == nil || errors.Is(err, manager.ErrLinkExists) {
 			t.Errorf("CreateTUN(%q) = %v, want a name error", bad, err)
 		}
