@@ -478,6 +478,7 @@ func (k *Kernel) putRouteLocked(r Route, replace bool) error {
 		return unix.EINVAL
 	}
 	r.Dst = r.Dst.Masked()
+	r.Metric = metric(r.Route)
 	if r.Kind == manager.Unicast {
 		l, err := k.linkLocked(r.LinkIndex)
 		switch {
@@ -516,10 +517,32 @@ func (k *Kernel) localLocked(a netip.Addr) bool {
 	return false
 }
 
+// ipv6DefaultMetric is the metric of an IPv6 route added without one.
+const ipv6DefaultMetric = 1024
+
+// metric is r's metric as the model keeps it: an IPv6 route's default
+// metric is 0, as Read reports it and vpnd asks for it.
+func metric(r manager.Route) uint32 {
+	if r.Dst.Addr().Is6() && r.Metric == ipv6DefaultMetric {
+		return 0
+	}
+	return r.Metric
+}
+
 // delRouteLocked deletes the route with r's identity in r's table,
-// whatever it is.
+// whatever it is. Where there is none, an IPv4 delete at metric 0 is
+// the kernel's wildcard for the metric (a delete without RTA_PRIORITY):
+// it deletes the route of the lowest metric to the destination.
 func (k *Kernel) delRouteLocked(r Route) error {
+	r.Metric = metric(r.Route)
 	i := slices.IndexFunc(k.routes, func(o Route) bool { return o.Table == r.Table && o.Key() == r.Key() })
+	if i < 0 && r.Dst.Addr().Is4() && r.Metric == 0 {
+		for j, o := range k.routes {
+			if o.Table == r.Table && o.Dst == r.Dst.Masked() && o.Tos == r.Tos && (i < 0 || o.Metric < k.routes[i].Metric) {
+				i = j
+			}
+		}
+	}
 	if i < 0 {
 		return unix.ESRCH
 	}

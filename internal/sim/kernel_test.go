@@ -352,6 +352,35 @@ func TestRouteIdentity(t *testing.T) {
 	}
 }
 
+// An IPv4 delete without a metric is the kernel's wildcard: with no
+// metric-0 route there it deletes the route of the lowest metric to the
+// destination. IPv6 deletes carry the default metric, and a route
+// announced with that metric reads as metric 0.
+func TestRouteDeleteMetricWildcard(t *testing.T) {
+	k := newKernel(t, Options{})
+	e := k.External()
+	for _, m := range []uint32{300, 100} {
+		if err := e.AddRoute(table, manager.Route{Dst: pfx("10.1.0.0/16"), Metric: m, Kind: manager.Throw}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.AddRoute(table, manager.Route{Dst: pfx("2001:db8::/32"), Metric: m, Kind: manager.Throw}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.AddRoute(table, manager.Route{Dst: pfx("2001:db8:1::/48"), Metric: 1024, Kind: manager.Throw}); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, k, delRoute(manager.Route{Dst: pfx("10.1.0.0/16")}), delRoute(manager.Route{Dst: pfx("2001:db8::/32")}))
+	want := "throw 10.1.0.0/16 metric 300; throw 2001:db8::/32 metric 100; throw 2001:db8::/32 metric 300; throw 2001:db8:1::/48"
+	if got := routesOf(k); got != want {
+		t.Errorf("routes %s\nwant   %s", got, want)
+	}
+	apply(t, k, delRoute(manager.Route{Dst: pfx("2001:db8:1::/48")}))
+	if got := routesOf(k); strings.Contains(got, "2001:db8:1::") {
+		t.Errorf("routes %s: the IPv6 route of the default metric survived its delete", got)
+	}
+}
+
 // A route through a gateway is refused as the kernel refuses an onlink
 // one: a gateway that is a local address with EINVAL, any route through a
 // link that is down with ENETDOWN.
