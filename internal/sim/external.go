@@ -82,7 +82,10 @@ func (e External) FlushTable(table int) int {
 	return n
 }
 
-// AddRule adds a rule (EEXIST if an identical one exists).
+// AddRule adds a rule as `ip rule add` does: EEXIST where the kernel
+// finds one like it. r.Selectors are what else it matches on, in `ip
+// rule` words ("from 10.0.0.0/8", "iif lo", "not"); Read reports them
+// as they are.
 func (e External) AddRule(r manager.Rule) error {
 	return e.do(manager.PartRules, func() error { return e.k.addRuleLocked(r) })
 }

@@ -550,11 +550,61 @@ func (k *Kernel) delRouteLocked(r Route) error {
 	return nil
 }
 
+// Rules. The model keeps what else a rule matches on (Rule.Selectors,
+// which on a host is the kernel's own encoding) as `ip rule` words:
+// "from 10.0.0.0/8 iif lo", "not"... and looks rules up as the kernel
+// does (fib_rules.c): an add is refused (EEXIST) when a rule equals it
+// in everything but a source, destination or TOS that the add does not
+// give, and an inverted match; a delete hits the first rule, in the
+// kernel's order, that has everything the delete gives.
+
+// selectors parses `ip rule` words into selector and value. An inverted
+// match ("not") is left out: no lookup of the kernel compares it.
+func selectors(s string) map[string]string {
+	f := strings.Fields(s)
+	out := map[string]string{}
+	for i := 0; i < len(f); i++ {
+		switch {
+		case f[i] == "not":
+		case f[i] == "l3mdev" || i+1 == len(f):
+			out[f[i]] = ""
+		default:
+			out[f[i]] = f[i+1]
+			i++
+		}
+	}
+	return out
+}
+
+// wildcardOnAdd are the selectors that an add leaving them out does not
+// compare (the family's compare function of fib_rules_ops).
+var wildcardOnAdd = map[string]bool{"from": true, "to": true, "tos": true, "dsfield": true}
+
+// exists reports whether the kernel refuses to add r because of o.
+func exists(r, o manager.Rule) bool {
+	if o.Family != r.Family || o.Priority != r.Priority || o.Action != r.Action || o.Table != r.Table ||
+		o.Mark != r.Mark || o.Mask != r.Mask || o.UIDStart != r.UIDStart || o.UIDEnd != r.UIDEnd {
+		return false
+	}
+	rs, have := selectors(r.Selectors), selectors(o.Selectors)
+	for key, v := range rs {
+		if ov, ok := have[key]; !ok || ov != v {
+			return false
+		}
+	}
+	for key := range have {
+		if _, ok := rs[key]; !ok && !wildcardOnAdd[key] {
+			return false
+		}
+	}
+	return true
+}
+
 func (k *Kernel) addRuleLocked(r manager.Rule) error {
 	if r.Family != unix.AF_INET && r.Family != unix.AF_INET6 || r.Priority <= 0 || r.UIDStart > r.UIDEnd {
 		return unix.EINVAL
 	}
-	if slices.Contains(k.rules, r) {
+	if slices.ContainsFunc(k.rules, func(o manager.Rule) bool { return exists(r, o) }) {
 		return unix.EEXIST
 	}
 	// After the existing rules of its priority, as in the kernel.
@@ -570,16 +620,22 @@ func (k *Kernel) addRuleLocked(r manager.Rule) error {
 }
 
 // matchesDelete reports whether the kernel, asked to delete r, could
-// delete k: it mirrors the kernel's rule lookup for a delete, where a
-// selector the request leaves out is a wildcard. Family, priority, action
-// and uid range always count; the table counts when set; the mark and mask
-// count when the mask is set; other selectors count when given.
+// delete k: what the request leaves out is a wildcard. Family, priority,
+// action and uid range always count (vpnd always gives them); the table,
+// the mark and the mask count where not 0; every selector given counts.
 func matchesDelete(r, k manager.Rule) bool {
-	return k.Family == r.Family && k.Priority == r.Priority && k.Action == r.Action &&
-		(r.Table == 0 || k.Table == r.Table) &&
-		k.UIDStart == r.UIDStart && k.UIDEnd == r.UIDEnd &&
-		(r.Mask == 0 || k.Mask == r.Mask && k.Mark == r.Mark) &&
-		(r.Selectors == "" || k.Selectors == r.Selectors)
+	if k.Family != r.Family || k.Priority != r.Priority || k.Action != r.Action ||
+		r.Table != 0 && k.Table != r.Table || r.Mark != 0 && k.Mark != r.Mark || r.Mask != 0 && k.Mask != r.Mask ||
+		k.UIDStart != r.UIDStart || k.UIDEnd != r.UIDEnd {
+		return false
+	}
+	ks := selectors(k.Selectors)
+	for key, v := range selectors(r.Selectors) {
+		if kv, ok := ks[key]; !ok || kv != v {
+			return false
+		}
+	}
+	return true
 }
 
 // delRuleLocked deletes the kernel's first match for a delete of r, which

@@ -518,7 +518,7 @@ func TestRuleDeleteHitsFirstMatch(t *testing.T) {
 	plain := masked
 	plain.Mask = 0
 	from := plain
-	from.Selectors = "from 10.0.0.0/8"
+	from.Selectors = "iif lo"
 	rules := func() []manager.Rule { return k.Snapshot().Rules }
 
 	apply(t, k, addRule(masked), addRule(plain))
@@ -570,6 +570,47 @@ func TestRuleDeleteHitsFirstMatch(t *testing.T) {
 	apply(t, k, addRule(lookup), addRule(refuse), delRule(refuse))
 	if got := rules(); !slices.Equal(got, []manager.Rule{lookup}) {
 		t.Errorf("delete of an unreachable rule left %v", got)
+	}
+}
+
+// The model looks rules up as the kernel does (tun's
+// TestRulesAsTheKernelHoldsThem shows the kernel): an add is EEXIST for a
+// rule like one there but for a source the add does not give, or an
+// inverted match, not for an interface; a delete hits the first rule
+// that has everything it gives, so a delete with Selectors hits a rule
+// before with more of them.
+func TestRuleLookups(t *testing.T) {
+	k := newKernel(t, Options{})
+	e := k.External()
+	rule := func(uid uint32, sel string) manager.Rule {
+		return manager.Rule{Family: v4, Priority: prio, Table: table, UIDStart: uid, UIDEnd: uid, Selectors: sel}
+	}
+	for _, r := range []manager.Rule{rule(5, "from 10.0.0.0/8"), rule(6, "iif lo"), rule(7, "not"), rule(8, "from 10.0.0.0/8 iif lo"), rule(8, "from 10.0.0.0/8")} {
+		if err := e.AddRule(r); err != nil {
+			t.Fatalf("add %+v: %v", r, err)
+		}
+	}
+	if err := e.AddRule(rule(8, "iif lo from 10.0.0.0/8")); !errors.Is(err, unix.EEXIST) {
+		t.Errorf("a second add of the same rule: %v, want EEXIST", err)
+	}
+	if got := apply(t, k, addRule(rule(5, "")), addRule(rule(7, "")), addRule(rule(6, "")), addRule(rule(5, "to 10.0.0.0/8"))); !slices.Equal(got, []string{"EEXIST", "EEXIST", "ok", "ok"}) {
+		t.Errorf("adds of uidrange 5-5, 7-7, 6-6, and 5-5 to 10.0.0.0/8: %v, want EEXIST EEXIST ok ok", got)
+	}
+	before := k.Snapshot().Rules
+	apply(t, k, delRule(rule(6, "")), delRule(rule(8, "from 10.0.0.0/8")))
+	after := k.Snapshot().Rules
+	var gone []string
+	for _, r := range before {
+		if !slices.Contains(after, r) {
+			gone = append(gone, r.Selectors)
+		}
+	}
+	if want := []string{"iif lo", "from 10.0.0.0/8 iif lo"}; !slices.Equal(gone, want) {
+		t.Errorf("the deletes of uidrange 6-6 and of 8-8 from 10.0.0.0/8 took %q, want %q", gone, want)
+	}
+	apply(t, k, delRule(rule(8, "from 10.0.0.0/8")), delRule(rule(7, "not")), delRule(rule(6, "")))
+	if got := k.Snapshot().Rules; !slices.Equal(got, []manager.Rule{rule(5, "from 10.0.0.0/8"), rule(5, "to 10.0.0.0/8")}) {
+		t.Errorf("rules left %v", got)
 	}
 }
 
