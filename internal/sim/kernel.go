@@ -354,7 +354,7 @@ func (k *Kernel) removeLinkLocked(index int, announce bool) bool {
 	k.routes = slices.DeleteFunc(k.routes, func(r Route) bool { return r.Kind == manager.Unicast && r.LinkIndex == index })
 	l.held.Close() // the client reads EOF; the reader exits
 	if announce {
-		k.announceLocked(manager.PartLinks | manager.PartRoutes)
+		k.announceLocked(manager.PartLinks|manager.PartRoutes, nil)
 	}
 	return true
 }
@@ -385,41 +385,76 @@ func sameAddress(a, b netip.Prefix) bool {
 // link.
 const ipv6MinMTU = 1280
 
-func (k *Kernel) setMTULocked(index, mtu int) error {
+// setMTULocked sets a link's MTU, and returns the parts of vpnd's places
+// it changed besides, which the kernel announces whoever asked for the
+// change: an MTU below 1280 takes IPv6 off the link, with its addresses
+// and the routes through it; raising it again brings IPv6 back with the
+// kernel's defaults, and on a link that is up with a link-local address
+// of the kernel's own, which lacks vpnd's flags.
+func (k *Kernel) setMTULocked(index, mtu int) (manager.Parts, error) {
 	l, err := k.linkLocked(index)
 	if err == nil && (mtu < 68 || mtu > 65535) {
 		err = unix.EINVAL
 	}
 	if err != nil {
-		return err
+		return 0, err
+	}
+	var side manager.Parts
+	switch {
+	case mtu < ipv6MinMTU && l.MTU >= ipv6MinMTU:
+		side = k.dropIPv6Locked(l)
+	case mtu >= ipv6MinMTU && l.MTU < ipv6MinMTU && l.Up:
+		l.ForeignAddrs = append(l.ForeignAddrs, linkLocal(index))
+		side = manager.PartLinks
 	}
 	l.MTU = mtu
-	if mtu < ipv6MinMTU {
-		// IPv6 leaves the link with its addresses and routes; raising the
-		// MTU again brings IPv6 back without them.
-		k.routes = slices.DeleteFunc(k.routes, func(r Route) bool {
-			return r.Kind == manager.Unicast && r.LinkIndex == index && r.Dst.Addr().Is6()
-		})
-		l.Addresses = slices.DeleteFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
-		l.ForeignAddrs = slices.DeleteFunc(l.ForeignAddrs, func(p netip.Prefix) bool { return p.Addr().Is6() })
-	}
-	return nil
+	return side, nil
 }
 
-func (k *Kernel) setUpLocked(index int, up bool) error {
+// linkLocal is the link-local address the model's kernel makes up for
+// link index.
+func linkLocal(index int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfe, 0x80, 14: byte(index >> 8), 15: byte(index)}), 64)
+}
+
+// dropIPv6Locked takes IPv6 off a link: its addresses and the routes
+// through it. It returns the parts that changed: the link's if it had
+// IPv6 addresses, the routes' if IPv6 routes went (the kernel announces
+// those, unlike IPv4 routes that go with their link).
+func (k *Kernel) dropIPv6Locked(l *link) manager.Parts {
+	var side manager.Parts
+	n := len(k.routes)
+	k.routes = slices.DeleteFunc(k.routes, func(r Route) bool {
+		return r.Kind == manager.Unicast && r.LinkIndex == l.Index && r.Dst.Addr().Is6()
+	})
+	if len(k.routes) != n {
+		side |= manager.PartRoutes
+	}
+	is6 := func(p netip.Prefix) bool { return p.Addr().Is6() }
+	if slices.ContainsFunc(l.Addresses, is6) || slices.ContainsFunc(l.ForeignAddrs, is6) {
+		side |= manager.PartLinks
+	}
+	l.Addresses = slices.DeleteFunc(l.Addresses, is6)
+	l.ForeignAddrs = slices.DeleteFunc(l.ForeignAddrs, is6)
+	return side
+}
+
+// setUpLocked sets a link up or down, and returns the parts of vpnd's
+// places it changed besides, as setMTULocked does.
+func (k *Kernel) setUpLocked(index int, up bool) (manager.Parts, error) {
 	l, err := k.linkLocked(index)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	var side manager.Parts
 	if l.Up && !up {
 		// A link set down loses its routes, and its IPv6 addresses
 		// (keep_addr_on_down=0).
+		side = k.dropIPv6Locked(l)
 		k.routes = slices.DeleteFunc(k.routes, func(r Route) bool { return r.Kind == manager.Unicast && r.LinkIndex == index })
-		l.Addresses = slices.DeleteFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
-		l.ForeignAddrs = slices.DeleteFunc(l.ForeignAddrs, func(p netip.Prefix) bool { return p.Addr().Is6() })
 	}
 	l.Up = up
-	return nil
+	return side, nil
 }
 
 func (k *Kernel) addAddrLocked(index int, p netip.Prefix, foreign bool) error {
@@ -685,9 +720,14 @@ func (k *Kernel) Apply(ops []manager.Op) ([]error, error) {
 func (k *Kernel) applyLocked(op manager.Op) error {
 	switch op.Kind {
 	case manager.SetLink:
-		return k.setMTULocked(op.Link.Index, op.Link.MTU)
+		// What an MTU takes along is announced, as the kernel announces
+		// it whoever asked: vpnd cannot tell it from its own request.
+		side, err := k.setMTULocked(op.Link.Index, op.Link.MTU)
+		k.announceLocked(side, nil)
+		return err
 	case manager.LinkUp:
-		return k.setUpLocked(op.Link.Index, true)
+		_, err := k.setUpLocked(op.Link.Index, true)
+		return err
 	case manager.AddAddr:
 		return k.addAddrLocked(op.Link.Index, op.Addr, false)
 	case manager.DelAddr:
@@ -822,8 +862,9 @@ func (k *Kernel) SetFirewall(f manager.Firewall) error {
 	return err
 }
 
-// Watch registers a watch of p: changes made through External are
-// announced, vpnd's own (through the Kernel interface) are not.
+// Watch registers a watch of p: changes made through External in p are
+// announced; vpnd's own (through the Kernel interface) are not, but for
+// what an MTU takes along, which vpnd cannot tell from its request.
 func (k *Kernel) Watch(ctx context.Context, p manager.Places) (<-chan struct{}, error) {
 	if err := k.inject("watch", nil); err != nil {
 		return nil, err
@@ -840,7 +881,7 @@ func (k *Kernel) Watch(ctx context.Context, p manager.Places) (<-chan struct{}, 
 	return ch, nil
 }
 
-// Sync returns what External changed since the last Sync.
+// Sync returns what was announced since the last Sync.
 func (k *Kernel) Sync() manager.Parts {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -849,9 +890,23 @@ func (k *Kernel) Sync() manager.Parts {
 	return p
 }
 
-// announceLocked records a change behind vpnd's back and wakes the
-// watches.
-func (k *Kernel) announceLocked(p manager.Parts) {
+// announceLocked records a change behind vpnd's back to parts p, and
+// wakes the watches. in says whether the change was in a watch's places
+// (nil: in any); one in none is not announced, as the kernel's monitor
+// hears only of changes in vpnd's table and at its priorities.
+func (k *Kernel) announceLocked(p manager.Parts, in func(manager.Places) bool) {
+	if p == 0 {
+		return
+	}
+	if in != nil && len(k.watches) > 0 {
+		found := false
+		for _, w := range k.watches {
+			found = found || in(w)
+		}
+		if !found {
+			return
+		}
+	}
 	k.pending |= p
 	for ch := range k.watches {
 		select {

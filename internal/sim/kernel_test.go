@@ -702,6 +702,89 @@ func TestSync(t *testing.T) {
 	}
 }
 
+// Sync reports what the kernel's monitor reports (tun's TestWatchSync
+// shows the kernel): changes in a watch's table and at its priorities,
+// not elsewhere; with a link set down, or its MTU below 1280, the IPv6
+// routes through it that went (IPv4 routes go silently); and what
+// vpnd's own MTU takes along, which vpnd cannot tell from its request:
+// IPv6 below 1280, and above it again a link-local address of the
+// kernel's own, which Read reports Foreign.
+func TestAnnouncements(t *testing.T) {
+	k := newKernel(t, Options{})
+	index := upTUNAt(t, k, 1400, pfx("10.8.0.2/24"), pfx("fd00:8::2/64"))
+	if _, err := k.Watch(t.Context(), places); err != nil {
+		t.Fatal(err)
+	}
+	e := k.External()
+	v6 := []manager.Op{
+		addAddr(index, pfx("fd00:8::2/64")),
+		putRoute(manager.Route{Dst: pfx("fd00:8::/64"), LinkIndex: index}),
+		putRoute(manager.Route{Dst: pfx("10.8.0.0/24"), LinkIndex: index}),
+	}
+	apply(t, k, v6[1:]...)
+	k.Sync()
+	elsewhere := manager.Route{Dst: pfx("10.97.0.0/16"), Kind: manager.Throw}
+	for _, tc := range []struct {
+		what string
+		do   func() error
+		want manager.Parts
+	}{
+		{"a route in another table", func() error { return e.AddRoute(97, elsewhere) }, 0},
+		{"and replaced", func() error { return e.ReplaceRoute(97, elsewhere) }, 0},
+		{"and deleted", func() error { return e.DeleteRoute(97, elsewhere) }, 0},
+		{"another table flushed", func() error { e.FlushTable(97); return nil }, 0},
+		{"a rule at another priority", func() error {
+			return e.AddRule(manager.Rule{Family: v4, Priority: 9999, Table: 97, UIDStart: 1, UIDEnd: 1})
+		}, 0},
+		{"and deleted", func() error {
+			return e.DeleteRule(manager.Rule{Family: v4, Priority: 9999, Table: 97, UIDStart: 1, UIDEnd: 1})
+		}, 0},
+		{"an empty table flushed", func() error { e.FlushTable(table + 1); return nil }, 0},
+		{"the link down, with an IPv6 route", func() error { return e.SetDown(index) }, manager.PartLinks | manager.PartRoutes},
+		{"vpnd's own repair", func() error {
+			_, err := k.Apply(append([]manager.Op{{Kind: manager.LinkUp, Link: manager.Link{Index: index}}}, v6...))
+			return err
+		}, 0},
+		{"its MTU below 1280", func() error { return e.SetMTU(index, 1200) }, manager.PartLinks | manager.PartRoutes},
+		{"and back, up: the kernel's link-local address", func() error { return e.SetMTU(index, 1400) }, manager.PartLinks},
+		{"vpnd's own MTU below 1280", func() error {
+			_, err := k.Apply([]manager.Op{{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: 1279}}})
+			return err
+		}, manager.PartLinks},
+		{"vpnd's IPv6 refused", func() error { _, err := k.Apply(v6[:2]); return err }, 0},
+		{"vpnd's own MTU back: the kernel's link-local address", func() error {
+			_, err := k.Apply(append([]manager.Op{{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: 1400}}}, v6...))
+			return err
+		}, manager.PartLinks},
+		{"vpnd's own MTU below 1280 with an IPv6 route", func() error {
+			_, err := k.Apply([]manager.Op{{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: 1279}}})
+			return err
+		}, manager.PartLinks | manager.PartRoutes},
+	} {
+		if err := tc.do(); err != nil {
+			t.Fatalf("%s: %v", tc.what, err)
+		}
+		if p := k.Sync(); p != tc.want {
+			t.Errorf("%s: Sync %s, want %s", tc.what, p, tc.want)
+		}
+	}
+	h := read(t, k, manager.PartAll, index)
+	if got := addrStrs(h.Links[0].Addrs); got != "10.8.0.2/24" {
+		t.Errorf("addresses at MTU 1279: %s", got)
+	}
+	apply(t, k, manager.Op{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: 1400}})
+	h = read(t, k, manager.PartAll, index)
+	if got := addrStrs(h.Links[0].Addrs); got != "10.8.0.2/24; fe80::2/64 (foreign)" {
+		t.Errorf("addresses with the MTU back: %s, want the kernel's link-local address, Foreign", got)
+	}
+	// Down, the link gets none.
+	e.SetDown(index)
+	apply(t, k, manager.Op{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: 1200}}, manager.Op{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: 1400}})
+	if got := addrStrs(read(t, k, manager.PartLinks, index).Links[0].Addrs); got != "10.8.0.2/24" {
+		t.Errorf("addresses of a link that is down, with the MTU back: %s", got)
+	}
+}
+
 var errInjected = errors.New("injected")
 
 // Options.Inject is asked before every step with its name and object: an
