@@ -185,6 +185,7 @@ func TestVnetHdrMatchesLinux(t *testing.T) {
 	} {
 		netnstest.IP(t, args...)
 	}
+	waitIPv6(t, "simvnet0", own6)
 	_, sim := simVnetTUN(t)
 
 	// answer returns the reply to the request with ICMP identifier id,
