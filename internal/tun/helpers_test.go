@@ -394,36 +394,3 @@ func kernelHolds(t *testing.T, what string, routes []manager.Route, rules []mana
 		t.Errorf("%s: rules at %d and %d are\n%s\nwant\n%s", what, prio, lock, got, want)
 	}
 }
-
-// v6Settled waits until the kernel has finished configuring the IPv6
-// addresses of link name: it announces an address, and adds its local
-// route, from a work queue after the request that added it has been
-// acknowledged (even with IFA_F_NODAD). After it, every announcement of
-// what was done so far is queued.
-func v6Settled(t *testing.T, name string) {
-	t.Helper()
-	deadline := time.Now().Add(hangGuard)
-	for {
-		var v6 []string
-		for _, a := range linkAddrs(t, name) {
-			if a.Prefix.Addr().Is6() && !a.Tentative {
-				v6 = append(v6, a.Prefix.Addr().String())
-			}
-		}
-		out, err := exec.Command("ip", "-6", "route", "show", "table", "local", "dev", name).CombinedOutput()
-		if err != nil && !strings.Contains(string(out), "does not exist") {
-			t.Fatalf("ip -6 route show table local: %v\n%s", err, out)
-		}
-		done := true
-		for _, a := range v6 {
-			done = done && strings.Contains(string(out), "local "+a+" ")
-		}
-		if done {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("IPv6 addresses %v of %s never became usable:\n%s", v6, name, out)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}

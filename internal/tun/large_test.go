@@ -91,6 +91,13 @@ func TestLargestVPN(t *testing.T) {
 	t.Logf("bring-up of %d addresses, %d routes, %d rules (%d ops): %v, %d sendmsg",
 		len(o.link.Addrs), len(o.routes), len(o.rules), len(ops), time.Since(start), n.req.sends.Load()-sends)
 
+	for _, part := range []manager.Parts{manager.PartLinks, manager.PartRoutes, manager.PartRules} {
+		start = time.Now()
+		if _, err := n.Read(manager.Query{Places: places, What: part}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("Read of the %s: %v", part, time.Since(start))
+	}
 	sends = n.req.sends.Load()
 	start = time.Now()
 	h := readAll(t, n)

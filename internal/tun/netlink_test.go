@@ -16,6 +16,7 @@ import (
 
 	"github.com/vpnd/vpnd/internal/manager"
 	"github.com/vpnd/vpnd/internal/netnstest"
+	"github.com/vpnd/vpnd/internal/tun/tuntest"
 )
 
 func TestValidateName(t *testing.T) {
@@ -931,7 +932,7 @@ func TestSetLinkAcrossIPv6Minimum(t *testing.T) {
 	if got := outcome(applyResults(t, n, addr6)[0]); got == "ok" {
 		t.Errorf("an IPv6 address at MTU 1200: %s", got)
 	}
-	v6Settled(t, "vpn-tun")
+	tuntest.WaitIPv6(t, "vpn-tun")
 	n.Sync()
 
 	setMTU(1400)
@@ -965,7 +966,7 @@ func TestSetLinkAcrossIPv6Minimum(t *testing.T) {
 		ops = append(ops, manager.Op{Kind: manager.PutRoute, Table: table, Route: r})
 	}
 	applyAll(t, n, append(generated, ops...)...)
-	v6Settled(t, "vpn-tun")
+	tuntest.WaitIPv6(t, "vpn-tun")
 	h = readAll(t, n)
 	if got, want := addrStrs(h.Links[0].Addrs), strs(o.link.Addrs); got != want {
 		t.Errorf("addresses after the MTU came back:\n%s\nwant\n%s", got, want)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vpnd/vpnd/internal/manager"
 	"github.com/vpnd/vpnd/internal/netnstest"
+	"github.com/vpnd/vpnd/internal/tun/tuntest"
 )
 
 // smallVPN is a two-family VPN with one object of each kind the watch
@@ -90,7 +91,7 @@ func TestWatchSync(t *testing.T) {
 	if len(h.Links) != 1 {
 		t.Fatalf("links %+v", h.Links)
 	}
-	v6Settled(t, "vpn-tun")
+	tuntest.WaitIPv6(t, "vpn-tun")
 	if p := n.Sync(); p&^manager.PartLinks != 0 {
 		t.Errorf("vpnd's own bring-up: Sync %s, want at most the link", p)
 	}
@@ -186,7 +187,7 @@ func TestWatchSync(t *testing.T) {
 	} {
 		what := "ip " + strings.Join(tc.args, " ")
 		ipCmd(t, tc.args...)
-		v6Settled(t, "vpn-tun")
+		tuntest.WaitIPv6(t, "vpn-tun")
 		if !woken(wake, true) {
 			t.Errorf("%s: the watch was not woken", what)
 		}
@@ -206,7 +207,7 @@ func TestWatchSync(t *testing.T) {
 			}
 		}
 		applyAll(t, n, fix...)
-		v6Settled(t, "vpn-tun")
+		tuntest.WaitIPv6(t, "vpn-tun")
 		if p := n.Sync(); p&(rts|rls) != 0 {
 			t.Errorf("vpnd's repair of %s: Sync %s, want no routes or rules", what, p)
 		}
@@ -313,7 +314,7 @@ func TestMonitorOverflowAndFailure(t *testing.T) {
 	wake, err := n.Watch(t.Context(), places)
 	must(t, err)
 	applyAll(t, n, smallVPN(index).upOps()...)
-	v6Settled(t, "vpn-tun")
+	tuntest.WaitIPv6(t, "vpn-tun")
 	n.Sync()
 
 	// Another program floods the kernel with changes while the monitor

@@ -1,11 +1,14 @@
 package tuntest
 
 import (
+	"encoding/json"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vpnd/vpnd/internal/manager"
 	"github.com/vpnd/vpnd/internal/netnstest"
@@ -80,4 +83,46 @@ func KernelRoutes(t *testing.T, table int, index map[string]int) []sim.Route {
 		}
 	}
 	return out
+}
+
+// WaitIPv6 waits until every IPv6 address of link name in the test's
+// namespace is through duplicate address detection and has its local
+// route. The kernel configures an address, and announces it, from a work
+// queue after the request that added it was acknowledged (even with
+// IFA_F_NODAD), and again when its duplicate address detection ends: so
+// after WaitIPv6 every announcement of what was done to the link so far
+// is queued. A link that does not exist has nothing to wait for.
+func WaitIPv6(t *testing.T, name string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := exec.Command("ip", "-j", "-6", "addr", "show", "dev", name).Output()
+		if err != nil {
+			return // gone
+		}
+		var links []struct {
+			AddrInfo []struct {
+				Local     string `json:"local"`
+				Tentative bool   `json:"tentative"`
+				DADFailed bool   `json:"dadfailed"`
+			} `json:"addr_info"`
+		}
+		if err := json.Unmarshal(out, &links); err != nil {
+			t.Fatalf("ip -j -6 addr show dev %s: %v\n%s", name, err, out)
+		}
+		routes, _ := exec.Command("ip", "-6", "route", "show", "table", "local", "dev", name).Output()
+		done := true
+		for _, l := range links {
+			for _, a := range l.AddrInfo {
+				done = done && (a.DADFailed || !a.Tentative && strings.Contains(string(routes), "local "+a.Local+" "))
+			}
+		}
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("IPv6 addresses of %s never became usable:\n%s\n%s", name, out, routes)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
