@@ -38,6 +38,16 @@ func smallVPN(index int) vpnObjects {
 	}
 }
 
+// throwRoutes puts n throw routes, 20.x.y.0/24, into tbl.
+func throwRoutes(n, tbl int) []manager.Op {
+	ops := make([]manager.Op, n)
+	for i := range ops {
+		r := manager.Route{Dst: netip.PrefixFrom(netip.AddrFrom4([4]byte{20, byte(i >> 8), byte(i), 0}), 24), Kind: manager.Throw}
+		ops[i] = manager.Op{Kind: manager.PutRoute, Table: tbl, Route: r}
+	}
+	return ops
+}
+
 // woken reports whether the watch's channel holds a token, waiting up to
 // hangGuard for one if wait (the monitor's goroutine delivers it).
 func woken(wake <-chan struct{}, wait bool) bool {
@@ -252,11 +262,7 @@ func TestMonitorFiltersOwnEcho(t *testing.T) {
 		t.Fatalf("the monitor's SO_RCVBUF is %d (%v), want the kernel's minimum", size, err)
 	}
 
-	var ops []manager.Op
-	for i := range 2000 {
-		r := manager.Route{Dst: netip.PrefixFrom(netip.AddrFrom4([4]byte{20, byte(i >> 8), byte(i), 0}), 24), Kind: manager.Throw}
-		ops = append(ops, manager.Op{Kind: manager.PutRoute, Table: 97, Route: r})
-	}
+	ops := throwRoutes(2000, 97)
 	rule := manager.Rule{Family: v4, Priority: 9000, Table: 97, UIDStart: 5, UIDEnd: 5}
 	ops = append(ops, manager.Op{Kind: manager.AddRule, Table: 97, Rule: rule})
 	n.mon.mu.Lock() // the monitor reads nothing meanwhile
@@ -320,11 +326,7 @@ func TestMonitorOverflowAndFailure(t *testing.T) {
 	// Another program floods the kernel with changes while the monitor
 	// cannot read: the announcements have no room in its buffer.
 	flood := openNetlink(t, zap.NewNop())
-	var ops []manager.Op
-	for i := range 2000 {
-		r := manager.Route{Dst: netip.PrefixFrom(netip.AddrFrom4([4]byte{20, byte(i >> 8), byte(i), 0}), 24), Kind: manager.Throw}
-		ops = append(ops, manager.Op{Kind: manager.PutRoute, Table: 97, Route: r})
-	}
+	ops := throwRoutes(2000, 97)
 	n.mon.mu.Lock()
 	results, err := flood.Apply(ops)
 	n.mon.mu.Unlock()

@@ -323,13 +323,7 @@ func ruleOp(kind manager.OpKind, r manager.Rule) func(w *world) manager.Op {
 }
 
 func ops(fs ...func(w *world) manager.Op) func(w *world) []manager.Op {
-	return func(w *world) []manager.Op {
-		out := make([]manager.Op, len(fs))
-		for i, f := range fs {
-			out[i] = f(w)
-		}
-		return out
-	}
+	return each(fs, func(f func(w *world) manager.Op) func(w *world) manager.Op { return f })
 }
 
 func join(lists ...func(w *world) []manager.Op) func(w *world) []manager.Op {
@@ -373,34 +367,27 @@ var (
 	}
 )
 
-func addrOps(kind manager.OpKind, link string, as []netip.Prefix) func(w *world) []manager.Op {
+// each makes one op of every x.
+func each[T any](xs []T, op func(x T) func(w *world) manager.Op) func(w *world) []manager.Op {
 	return func(w *world) []manager.Op {
-		var out []manager.Op
-		for _, a := range as {
-			out = append(out, addrOp(kind, link, a)(w))
+		out := make([]manager.Op, len(xs))
+		for i, x := range xs {
+			out[i] = op(x)(w)
 		}
 		return out
 	}
+}
+
+func addrOps(kind manager.OpKind, link string, as []netip.Prefix) func(w *world) []manager.Op {
+	return each(as, func(a netip.Prefix) func(w *world) manager.Op { return addrOp(kind, link, a) })
 }
 
 func routeOps(kind manager.OpKind, link string, rs []manager.Route) func(w *world) []manager.Op {
-	return func(w *world) []manager.Op {
-		var out []manager.Op
-		for _, r := range rs {
-			out = append(out, routeOp(kind, link, r)(w))
-		}
-		return out
-	}
+	return each(rs, func(r manager.Route) func(w *world) manager.Op { return routeOp(kind, link, r) })
 }
 
 func ruleOps(kind manager.OpKind, rs []manager.Rule) func(w *world) []manager.Op {
-	return func(w *world) []manager.Op {
-		var out []manager.Op
-		for _, r := range rs {
-			out = append(out, ruleOp(kind, r)(w))
-		}
-		return out
-	}
+	return each(rs, func(r manager.Rule) func(w *world) manager.Op { return ruleOp(kind, r) })
 }
 
 // bringUp is the reconciler's bring-up of the VPN on link.
