@@ -604,7 +604,7 @@ func TestPutRouteReplaces(t *testing.T) {
 	ipCmd(t, "route", "add", "throw", "10.1.0.0/16", "table", "98", "proto", "static", "metric", "100")
 	ipCmd(t, "route", "add", "throw", "10.1.0.0/16", "table", "98", "proto", "static", "tos", "0x10")
 	ipCmd(t, "-6", "route", "add", "throw", "2001:db8:1::/48", "table", "98", "proto", "static", "metric", "100")
-	keep := fmt.Sprintf("throw 10.1.0.0/16 metric 100\nthrow 10.1.0.0/16 tos 0x10\nthrow 2001:db8:1::/48 metric 100")
+	keep := "throw 10.1.0.0/16 metric 100\nthrow 10.1.0.0/16 tos 0x10\nthrow 2001:db8:1::/48 metric 100"
 	wanted := []manager.Route{
 		{Dst: pfx("10.1.0.0/16"), LinkIndex: index},
 		{Dst: pfx("10.2.0.0/16"), Gateway: ip("10.8.0.1"), LinkIndex: index},
