@@ -317,7 +317,10 @@ type Rule struct {
 	Action   RuleAction
 	// Selectors is the kernel's own encoding of what else the rule
 	// matches on (from, to, iif...), which vpnd never sets: "" for vpnd's
-	// rules. Read sets it, so that a delete matches exactly that rule.
+	// rules. Read sets it, so that a delete carries every selector the
+	// kernel reported. (The kernel deletes the first rule that has them
+	// all, which may still be another one: the reconciler reads its rules
+	// again after every delete.)
 	Selectors string
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // The reconciler. The manager says what it wants in the kernel (a Want:
@@ -394,10 +395,10 @@ func (r *reconciler) pass(w *Want, gen uint64) (res passResult, wait time.Durati
 			return res, 0
 		}
 		r.v.known &^= r.k.Sync()
-		if w.Link != nil {
-			if _, ok := r.v.links[w.Link.Index]; !ok {
-				// A link the view has not seen yet (vpnd has just created
-				// it): read it before calling it gone.
+		for index := range r.own.links {
+			if _, ok := r.v.links[index]; !ok {
+				// A link of vpnd's that the view has not seen yet (vpnd has
+				// just created it): read it before calling it gone.
 				r.v.known &^= PartLinks
 			}
 		}
@@ -460,7 +461,12 @@ func (r *reconciler) pass(w *Want, gen uint64) (res passResult, wait time.Durati
 		}
 		done := r.update(ops, results, err == nil)
 		for i, e := range results {
-			if e != nil {
+			switch {
+			case e == nil:
+			case errors.Is(e, unix.EEXIST) && (ops[i].Kind == AddRule || ops[i].Kind == AddAddr):
+				// Something the view did not know is there: read again.
+				errs = append(errs, fmt.Errorf("%s: %w: %w", ops[i], ErrTransient, e))
+			default:
 				errs = append(errs, fmt.Errorf("%s: %w", ops[i], e))
 			}
 		}
@@ -786,6 +792,9 @@ func (r *reconciler) update(ops []Op, results []error, answered bool) []Op {
 			if i := slices.Index(r.v.rules, op.Rule); i >= 0 {
 				r.v.rules = slices.Delete(r.v.rules, i, i+1)
 			}
+			// The kernel deletes the first rule that has every selector
+			// a delete gives, which may be another one: read them again.
+			r.v.known &^= PartRules
 			delete(r.own.rules, op.Rule)
 			r.logLeftover(op.Rule, "removed leftover rule", "rule "+op.Rule.String(), zap.String("rule", op.Rule.String()))
 		case DelLink:

@@ -351,6 +351,7 @@ func TestEchoMatchesLinux(t *testing.T) {
 	} {
 		netnstest.IP(t, args...)
 	}
+	waitIPv6(t, "simecho0", own6)
 	// Each request carries its own ICMP identifier, and replies are told
 	// apart by it: the kernel may answer in another order than it was
 	// asked. All the requests go in one batch; a last request of each
@@ -446,6 +447,21 @@ func TestEchoMatchesLinux(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// waitIPv6 waits until the kernel uses the IPv6 address a of link dev:
+// it configures an address, even one added with nodad, from a work
+// queue, and until then neither answers for it nor adds its local route.
+// Requests sent before would go unanswered.
+func waitIPv6(t *testing.T, dev string, a netip.Addr) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(netnstest.IP(t, "-6", "route", "show", "table", "local", "dev", dev), "local "+a.String()+" ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the kernel never took %s on %s into use", a, dev)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -23,8 +23,10 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
+	"unicode"
 
 	"golang.org/x/sys/unix"
 
@@ -122,15 +124,19 @@ type Kernel struct {
 }
 
 // routeID is a route's identity in the model: its table and its identity
-// there.
+// there. The model keeps routes by it, so that a VPN of 10,000 routes is
+// not quadratic.
 type routeID struct {
 	table int
 	key   manager.RouteKey
 }
 
-func idOf(r Route) routeID { return routeID{r.Table, r.Key()} }
+func idOf(r Route) routeID {
+	r.Metric = metric(r.Route)
+	return routeID{r.Table, r.Key()}
+}
 
-// deleteRoutesLocked deletes the routes del selects.
+// deleteRoutesLocked deletes the routes del selects and says how many.
 func (k *Kernel) deleteRoutesLocked(del func(Route) bool) int {
 	n := 0
 	for id, r := range k.routes {
@@ -352,10 +358,16 @@ func hungUp(rc syscall.RawConn) bool {
 	return hup
 }
 
-// validateName checks an interface name as the kernel does, roughly: the
-// real check is tun.ValidateName, and vpnd validates --ifname at start.
+// validateName refuses what tun.CreateTUN refuses (tun.ValidateName):
+// what the kernel's dev_valid_name refuses (empty, longer than
+// IFNAMSIZ-1, "." and "..", '/', ':' and white space), control
+// characters, and '%', which the kernel would take for a template.
 func validateName(name string) error {
-	if name == "" || len(name) > 15 || name == "." || name == ".." {
+	bad := name == "" || len(name) > 15 || name == "." || name == ".." || strings.ContainsAny(name, "/:%")
+	for _, r := range name {
+		bad = bad || unicode.IsSpace(r) || r < 0x20 || r == 0x7f
+	}
+	if bad {
 		return fmt.Errorf("invalid interface name %q", name)
 	}
 	return nil
@@ -373,7 +385,7 @@ func (k *Kernel) removeLinkLocked(index int, announce bool) bool {
 	k.deleteRoutesLocked(func(r Route) bool { return r.Kind == manager.Unicast && r.LinkIndex == index })
 	l.held.Close() // the client reads EOF; the reader exits
 	if announce {
-		k.announceLocked(manager.PartLinks | manager.PartRoutes)
+		k.announceLocked(manager.PartLinks|manager.PartRoutes, nil)
 	}
 	return true
 }
@@ -404,41 +416,74 @@ func sameAddress(a, b netip.Prefix) bool {
 // link.
 const ipv6MinMTU = 1280
 
-func (k *Kernel) setMTULocked(index, mtu int) error {
+// setMTULocked sets a link's MTU, and returns the parts of vpnd's places
+// it changed besides, which the kernel announces whoever asked for the
+// change: an MTU below 1280 takes IPv6 off the link, with its addresses
+// and the routes through it; raising it again brings IPv6 back with the
+// kernel's defaults, and on a link that is up with a link-local address
+// of the kernel's own, which lacks vpnd's flags.
+func (k *Kernel) setMTULocked(index, mtu int) (manager.Parts, error) {
 	l, err := k.linkLocked(index)
 	if err == nil && (mtu < 68 || mtu > 65535) {
 		err = unix.EINVAL
 	}
 	if err != nil {
-		return err
+		return 0, err
+	}
+	var side manager.Parts
+	switch {
+	case mtu < ipv6MinMTU && l.MTU >= ipv6MinMTU:
+		side = k.dropIPv6Locked(l)
+	case mtu >= ipv6MinMTU && l.MTU < ipv6MinMTU && l.Up:
+		l.ForeignAddrs = append(l.ForeignAddrs, linkLocal(index))
+		side = manager.PartLinks
 	}
 	l.MTU = mtu
-	if mtu < ipv6MinMTU {
-		// IPv6 leaves the link with its addresses and routes; raising the
-		// MTU again brings IPv6 back without them.
-		k.deleteRoutesLocked(func(r Route) bool {
-			return r.Kind == manager.Unicast && r.LinkIndex == index && r.Dst.Addr().Is6()
-		})
-		l.Addresses = slices.DeleteFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
-		l.ForeignAddrs = slices.DeleteFunc(l.ForeignAddrs, func(p netip.Prefix) bool { return p.Addr().Is6() })
-	}
-	return nil
+	return side, nil
 }
 
-func (k *Kernel) setUpLocked(index int, up bool) error {
+// linkLocal is the link-local address the model's kernel makes up for
+// link index.
+func linkLocal(index int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfe, 0x80, 14: byte(index >> 8), 15: byte(index)}), 64)
+}
+
+// dropIPv6Locked takes IPv6 off a link: its addresses and the routes
+// through it. It returns the parts that changed: the link's if it had
+// IPv6 addresses, the routes' if IPv6 routes went (the kernel announces
+// those, unlike IPv4 routes that go with their link).
+func (k *Kernel) dropIPv6Locked(l *link) manager.Parts {
+	var side manager.Parts
+	if k.deleteRoutesLocked(func(r Route) bool {
+		return r.Kind == manager.Unicast && r.LinkIndex == l.Index && r.Dst.Addr().Is6()
+	}) > 0 {
+		side |= manager.PartRoutes
+	}
+	is6 := func(p netip.Prefix) bool { return p.Addr().Is6() }
+	if slices.ContainsFunc(l.Addresses, is6) || slices.ContainsFunc(l.ForeignAddrs, is6) {
+		side |= manager.PartLinks
+	}
+	l.Addresses = slices.DeleteFunc(l.Addresses, is6)
+	l.ForeignAddrs = slices.DeleteFunc(l.ForeignAddrs, is6)
+	return side
+}
+
+// setUpLocked sets a link up or down, and returns the parts of vpnd's
+// places it changed besides, as setMTULocked does.
+func (k *Kernel) setUpLocked(index int, up bool) (manager.Parts, error) {
 	l, err := k.linkLocked(index)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	var side manager.Parts
 	if l.Up && !up {
 		// A link set down loses its routes, and its IPv6 addresses
 		// (keep_addr_on_down=0).
+		side = k.dropIPv6Locked(l)
 		k.deleteRoutesLocked(func(r Route) bool { return r.Kind == manager.Unicast && r.LinkIndex == index })
-		l.Addresses = slices.DeleteFunc(l.Addresses, func(p netip.Prefix) bool { return p.Addr().Is6() })
-		l.ForeignAddrs = slices.DeleteFunc(l.ForeignAddrs, func(p netip.Prefix) bool { return p.Addr().Is6() })
 	}
 	l.Up = up
-	return nil
+	return side, nil
 }
 
 func (k *Kernel) addAddrLocked(index int, p netip.Prefix, foreign bool) error {
@@ -497,6 +542,7 @@ func (k *Kernel) putRouteLocked(r Route, replace bool) error {
 		return unix.EINVAL
 	}
 	r.Dst = r.Dst.Masked()
+	r.Metric = metric(r.Route)
 	if r.Kind == manager.Unicast {
 		l, err := k.linkLocked(r.LinkIndex)
 		switch {
@@ -531,10 +577,37 @@ func (k *Kernel) localLocked(a netip.Addr) bool {
 	return false
 }
 
+// ipv6DefaultMetric is the metric of an IPv6 route added without one.
+const ipv6DefaultMetric = 1024
+
+// metric is r's metric as the model keeps it: an IPv6 route's default
+// metric is 0, as Read reports it and vpnd asks for it.
+func metric(r manager.Route) uint32 {
+	if r.Dst.Addr().Is6() && r.Metric == ipv6DefaultMetric {
+		return 0
+	}
+	return r.Metric
+}
+
 // delRouteLocked deletes the route with r's identity in r's table,
-// whatever it is.
+// whatever it is. Where there is none, an IPv4 delete at metric 0 is
+// the kernel's wildcard for the metric (a delete without RTA_PRIORITY):
+// it deletes the route of the lowest metric to the destination.
 func (k *Kernel) delRouteLocked(r Route) error {
+	r.Metric = metric(r.Route)
 	id := idOf(r)
+	if _, ok := k.routes[id]; !ok && r.Dst.Addr().Is4() && r.Metric == 0 {
+		var best *routeID
+		for oid, o := range k.routes {
+			if o.Table == r.Table && o.Dst == r.Dst.Masked() && o.Tos == r.Tos && (best == nil || o.Metric < k.routes[*best].Metric) {
+				b := oid
+				best = &b
+			}
+		}
+		if best != nil {
+			id = *best
+		}
+	}
 	if _, ok := k.routes[id]; !ok {
 		return unix.ESRCH
 	}
@@ -542,11 +615,61 @@ func (k *Kernel) delRouteLocked(r Route) error {
 	return nil
 }
 
+// Rules. The model keeps what else a rule matches on (Rule.Selectors,
+// which on a host is the kernel's own encoding) as `ip rule` words:
+// "from 10.0.0.0/8 iif lo", "not"... and looks rules up as the kernel
+// does (fib_rules.c): an add is refused (EEXIST) when a rule equals it
+// in everything but a source, destination or TOS that the add does not
+// give, and an inverted match; a delete hits the first rule, in the
+// kernel's order, that has everything the delete gives.
+
+// selectors parses `ip rule` words into selector and value. An inverted
+// match ("not") is left out: no lookup of the kernel compares it.
+func selectors(s string) map[string]string {
+	f := strings.Fields(s)
+	out := map[string]string{}
+	for i := 0; i < len(f); i++ {
+		switch {
+		case f[i] == "not":
+		case f[i] == "l3mdev" || i+1 == len(f):
+			out[f[i]] = ""
+		default:
+			out[f[i]] = f[i+1]
+			i++
+		}
+	}
+	return out
+}
+
+// wildcardOnAdd are the selectors that an add leaving them out does not
+// compare (the family's compare function of fib_rules_ops).
+var wildcardOnAdd = map[string]bool{"from": true, "to": true, "tos": true, "dsfield": true}
+
+// exists reports whether the kernel refuses to add r because of o.
+func exists(r, o manager.Rule) bool {
+	if o.Family != r.Family || o.Priority != r.Priority || o.Action != r.Action || o.Table != r.Table ||
+		o.Mark != r.Mark || o.Mask != r.Mask || o.UIDStart != r.UIDStart || o.UIDEnd != r.UIDEnd {
+		return false
+	}
+	rs, have := selectors(r.Selectors), selectors(o.Selectors)
+	for key, v := range rs {
+		if ov, ok := have[key]; !ok || ov != v {
+			return false
+		}
+	}
+	for key := range have {
+		if _, ok := rs[key]; !ok && !wildcardOnAdd[key] {
+			return false
+		}
+	}
+	return true
+}
+
 func (k *Kernel) addRuleLocked(r manager.Rule) error {
 	if r.Family != unix.AF_INET && r.Family != unix.AF_INET6 || r.Priority <= 0 || r.UIDStart > r.UIDEnd {
 		return unix.EINVAL
 	}
-	if slices.Contains(k.rules, r) {
+	if slices.ContainsFunc(k.rules, func(o manager.Rule) bool { return exists(r, o) }) {
 		return unix.EEXIST
 	}
 	// After the existing rules of its priority, as in the kernel.
@@ -562,16 +685,22 @@ func (k *Kernel) addRuleLocked(r manager.Rule) error {
 }
 
 // matchesDelete reports whether the kernel, asked to delete r, could
-// delete k: it mirrors the kernel's rule lookup for a delete, where a
-// selector the request leaves out is a wildcard. Family, priority, action
-// and uid range always count; the table counts when set; the mark and mask
-// count when the mask is set; other selectors count when given.
+// delete k: what the request leaves out is a wildcard. Family, priority,
+// action and uid range always count (vpnd always gives them); the table,
+// the mark and the mask count where not 0; every selector given counts.
 func matchesDelete(r, k manager.Rule) bool {
-	return k.Family == r.Family && k.Priority == r.Priority && k.Action == r.Action &&
-		(r.Table == 0 || k.Table == r.Table) &&
-		k.UIDStart == r.UIDStart && k.UIDEnd == r.UIDEnd &&
-		(r.Mask == 0 || k.Mask == r.Mask && k.Mark == r.Mark) &&
-		(r.Selectors == "" || k.Selectors == r.Selectors)
+	if k.Family != r.Family || k.Priority != r.Priority || k.Action != r.Action ||
+		r.Table != 0 && k.Table != r.Table || r.Mark != 0 && k.Mark != r.Mark || r.Mask != 0 && k.Mask != r.Mask ||
+		k.UIDStart != r.UIDStart || k.UIDEnd != r.UIDEnd {
+		return false
+	}
+	ks := selectors(k.Selectors)
+	for key, v := range selectors(r.Selectors) {
+		if kv, ok := ks[key]; !ok || kv != v {
+			return false
+		}
+	}
+	return true
 }
 
 // delRuleLocked deletes the kernel's first match for a delete of r, which
@@ -621,9 +750,14 @@ func (k *Kernel) Apply(ops []manager.Op) ([]error, error) {
 func (k *Kernel) applyLocked(op manager.Op) error {
 	switch op.Kind {
 	case manager.SetLink:
-		return k.setMTULocked(op.Link.Index, op.Link.MTU)
+		// What an MTU takes along is announced, as the kernel announces
+		// it whoever asked: vpnd cannot tell it from its own request.
+		side, err := k.setMTULocked(op.Link.Index, op.Link.MTU)
+		k.announceLocked(side, nil)
+		return err
 	case manager.LinkUp:
-		return k.setUpLocked(op.Link.Index, true)
+		_, err := k.setUpLocked(op.Link.Index, true)
+		return err
 	case manager.AddAddr:
 		return k.addAddrLocked(op.Link.Index, op.Addr, false)
 	case manager.DelAddr:
@@ -764,8 +898,9 @@ func (k *Kernel) SetFirewall(f manager.Firewall) error {
 	return err
 }
 
-// Watch registers a watch of p: changes made through External are
-// announced, vpnd's own (through the Kernel interface) are not.
+// Watch registers a watch of p: changes made through External in p are
+// announced; vpnd's own (through the Kernel interface) are not, but for
+// what an MTU takes along, which vpnd cannot tell from its request.
 func (k *Kernel) Watch(ctx context.Context, p manager.Places) (<-chan struct{}, error) {
 	if err := k.inject("watch", nil); err != nil {
 		return nil, err
@@ -782,7 +917,7 @@ func (k *Kernel) Watch(ctx context.Context, p manager.Places) (<-chan struct{}, 
 	return ch, nil
 }
 
-// Sync returns what External changed since the last Sync.
+// Sync returns what was announced since the last Sync.
 func (k *Kernel) Sync() manager.Parts {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -791,9 +926,23 @@ func (k *Kernel) Sync() manager.Parts {
 	return p
 }
 
-// announceLocked records a change behind vpnd's back and wakes the
-// watches.
-func (k *Kernel) announceLocked(p manager.Parts) {
+// announceLocked records a change behind vpnd's back to parts p, and
+// wakes the watches. in says whether the change was in a watch's places
+// (nil: in any); one in none is not announced, as the kernel's monitor
+// hears only of changes in vpnd's table and at its priorities.
+func (k *Kernel) announceLocked(p manager.Parts, in func(manager.Places) bool) {
+	if p == 0 {
+		return
+	}
+	if in != nil && len(k.watches) > 0 {
+		found := false
+		for _, w := range k.watches {
+			found = found || in(w)
+		}
+		if !found {
+			return
+		}
+	}
 	k.pending |= p
 	for ch := range k.watches {
 		select {

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vpnd/vpnd/internal/tun"
+	"github.com/vpnd/vpnd/internal/manager"
 )
 
 // The model's end of a simulated TUN behaves as a TUN towards the client:
@@ -20,17 +20,41 @@ import (
 func upTUN(t *testing.T, blocking bool) (*Kernel, *os.File, int) {
 	t.Helper()
 	k := New(Options{Packet: Echo})
-	t.Cleanup(k.Close)
-	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{Blocking: blocking})
+	t.Cleanup(func() { k.Close() })
+	f, index, err := k.CreateTUN("vpn-tun", manager.TUNOptions{Blocking: blocking})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	_, err = k.Install(&tun.Objects{Link: &tun.Link{Index: index, MTU: 1500, Addrs: []netip.Prefix{netip.MustParsePrefix("10.8.0.2/24")}}})
+	mustApply(t, k, upOps(index, 1500, netip.MustParsePrefix("10.8.0.2/24"))...)
+	return k, f, index
+}
+
+// upOps are the ops that make link index a VPN's link: its MTU, its
+// addresses, up.
+func upOps(index, mtu int, addrs ...netip.Prefix) []manager.Op {
+	ops := []manager.Op{{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: mtu}}}
+	for _, a := range addrs {
+		ops = append(ops, manager.Op{Kind: manager.AddAddr, Link: manager.Link{Index: index}, Addr: a})
+	}
+	return append(ops, manager.Op{Kind: manager.LinkUp, Link: manager.Link{Index: index}})
+}
+
+// mustApply applies ops to k and fails the test unless every one of them
+// took.
+func mustApply(t *testing.T, k interface {
+	Apply([]manager.Op) ([]error, error)
+}, ops ...manager.Op) {
+	t.Helper()
+	results, err := k.Apply(ops)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return k, f, index
+	for i, e := range results {
+		if e != nil {
+			t.Fatalf("%s: %v", ops[i], e)
+		}
+	}
 }
 
 // recvReply reads one packet from the client's end, waiting up to 5 s.

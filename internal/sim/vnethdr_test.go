@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vpnd/vpnd/internal/manager"
 	"github.com/vpnd/vpnd/internal/netnstest"
-	"github.com/vpnd/vpnd/internal/tun"
 )
 
 // A simulated TUN created with VnetHdr (the config's offload) carries a
@@ -22,7 +22,7 @@ import (
 
 // vnetHdr builds a virtio_net_hdr.
 func vnetHdr(flags, gsoType byte, csumStart, csumOffset uint16) []byte {
-	h := make([]byte, tun.VnetHdrLen)
+	h := make([]byte, manager.VnetHdrLen)
 	h[0], h[1] = flags, gsoType
 	binary.NativeEndian.PutUint16(h[6:8], csumStart)
 	binary.NativeEndian.PutUint16(h[8:10], csumOffset)
@@ -33,7 +33,7 @@ func vnetHdr(flags, gsoType byte, csumStart, csumOffset uint16) []byte {
 // (NEEDS_CSUM): ICMP has no pseudo-header, so the field starts at zero.
 func partial4(id uint16) []byte {
 	p := append(vnetHdr(vnetHdrFNeedsCsum, vnetHdrGSONone, 20, 2), ping4(id, "partial").build()...)
-	icmp := p[tun.VnetHdrLen+20:]
+	icmp := p[manager.VnetHdrLen+20:]
 	icmp[2], icmp[3] = 0, 0
 	return p
 }
@@ -42,7 +42,7 @@ func partial4(id uint16) []byte {
 // pseudo-header's sum, folded, not complemented.
 func partial6(id uint16) []byte {
 	p := append(vnetHdr(vnetHdrFNeedsCsum, vnetHdrGSONone, 40, 2), ping6(id, "partial").build()...)
-	icmp := p[tun.VnetHdrLen+40:]
+	icmp := p[manager.VnetHdrLen+40:]
 	binary.BigEndian.PutUint16(icmp[2:4], ^checksum(pseudoHeader6(peer6, own6, len(icmp)), nil))
 	return p
 }
@@ -72,7 +72,7 @@ var vnetDropped = []packetCase{
 var vnetDivergent = []packetCase{
 	{"ipv4, checksum left to the device, wrong partial sum", func(id uint16) []byte {
 		p := partial4(id)
-		p[tun.VnetHdrLen+22] = 0x55
+		p[manager.VnetHdrLen+22] = 0x55
 		return p
 	}},
 }
@@ -81,15 +81,13 @@ var vnetDivergent = []packetCase{
 func simVnetTUN(t *testing.T) (*Kernel, *os.File) {
 	t.Helper()
 	k := New(Options{Packet: Echo})
-	t.Cleanup(k.Close)
-	f, index, err := k.CreateTUN("vpn-tun", tun.TUNOptions{VnetHdr: true})
+	t.Cleanup(func() { k.Close() })
+	f, index, err := k.CreateTUN("vpn-tun", manager.TUNOptions{VnetHdr: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	if _, err := k.Install(&tun.Objects{Link: &tun.Link{Index: index, MTU: 1500, Addrs: echoLn.Addresses}}); err != nil {
-		t.Fatal(err)
-	}
+	mustApply(t, k, upOps(index, 1500, echoLn.Addresses...)...)
 	return k, f
 }
 
@@ -126,10 +124,10 @@ func TestVnetHdr(t *testing.T) {
 				t.Fatal(err)
 			}
 			out := readMsg(t, fd, 5*time.Second)
-			if len(out) < tun.VnetHdrLen || !bytes.Equal(out[:tun.VnetHdrLen], make([]byte, tun.VnetHdrLen)) {
+			if len(out) < manager.VnetHdrLen || !bytes.Equal(out[:manager.VnetHdrLen], make([]byte, manager.VnetHdrLen)) {
 				t.Fatalf("reply % x, want a zero virtio_net_hdr first", out)
 			}
-			checkReply(t, msg[tun.VnetHdrLen:], out[tun.VnetHdrLen:])
+			checkReply(t, msg[manager.VnetHdrLen:], out[manager.VnetHdrLen:])
 		})
 	}
 	for _, tc := range vnetDropped {
@@ -142,7 +140,7 @@ func TestVnetHdr(t *testing.T) {
 				t.Fatal(err)
 			}
 			out := readMsg(t, fd, 5*time.Second)
-			if len(out) < tun.VnetHdrLen+28 || binary.BigEndian.Uint16(out[tun.VnetHdrLen+24:]) != 0x4444 {
+			if len(out) < manager.VnetHdrLen+28 || binary.BigEndian.Uint16(out[manager.VnetHdrLen+24:]) != 0x4444 {
 				t.Errorf("first answer % x, want the one to the later request", out)
 			}
 		})
@@ -187,6 +185,7 @@ func TestVnetHdrMatchesLinux(t *testing.T) {
 	} {
 		netnstest.IP(t, args...)
 	}
+	waitIPv6(t, "simvnet0", own6)
 	_, sim := simVnetTUN(t)
 
 	// answer returns the reply to the request with ICMP identifier id,
@@ -199,7 +198,7 @@ func TestVnetHdrMatchesLinux(t *testing.T) {
 			if out == nil {
 				return nil
 			}
-			p := out[tun.VnetHdrLen:]
+			p := out[manager.VnetHdrLen:]
 			var icmp []byte
 			switch {
 			case len(p) >= 28 && p[0]>>4 == 4 && p[20] == icmpEchoReply:
@@ -249,11 +248,11 @@ func TestVnetHdrMatchesLinux(t *testing.T) {
 				case got == nil:
 					t.Errorf("the model did not answer; Linux did: % x", linux)
 				default:
-					if !bytes.Equal(got[:tun.VnetHdrLen], linux[:tun.VnetHdrLen]) {
-						t.Errorf("header % x, Linux's % x", got[:tun.VnetHdrLen], linux[:tun.VnetHdrLen])
+					if !bytes.Equal(got[:manager.VnetHdrLen], linux[:manager.VnetHdrLen]) {
+						t.Errorf("header % x, Linux's % x", got[:manager.VnetHdrLen], linux[:manager.VnetHdrLen])
 					}
-					if !bytes.Equal(masked(got[tun.VnetHdrLen:]), masked(linux[tun.VnetHdrLen:])) {
-						t.Errorf("reply %x\nLinux %x", got[tun.VnetHdrLen:], linux[tun.VnetHdrLen:])
+					if !bytes.Equal(masked(got[manager.VnetHdrLen:]), masked(linux[manager.VnetHdrLen:])) {
+						t.Errorf("reply %x\nLinux %x", got[manager.VnetHdrLen:], linux[manager.VnetHdrLen:])
 					}
 				}
 			})

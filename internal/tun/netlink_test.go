@@ -1,8 +1,9 @@
-package tun_test
+package tun
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"slices"
@@ -13,9 +14,9 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
-	"github.com/vpnd/vpnd/internal/errs"
+	"github.com/vpnd/vpnd/internal/manager"
 	"github.com/vpnd/vpnd/internal/netnstest"
-	"github.com/vpnd/vpnd/internal/tun"
+	"github.com/vpnd/vpnd/internal/tun/tuntest"
 )
 
 func TestValidateName(t *testing.T) {
@@ -36,7 +37,7 @@ func TestValidateName(t *testing.T) {
 		{"a\tb", false},
 		{"tun%d", false}, // a template the kernel would expand
 	} {
-		if err := tun.ValidateName(tc.name); (err == nil) != tc.ok {
+		if err := ValidateName(tc.name); (err == nil) != tc.ok {
 			t.Errorf("ValidateName(%q) = %v, want ok=%t", tc.name, err, tc.ok)
 		}
 	}
@@ -83,9 +84,9 @@ func TestCreateTUN(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	n := newNetlink(t)
+	n := openNetlink(t, nil)
 
-	f, index, err := n.CreateTUN("vpn-tun", tun.TUNOptions{})
+	f, index, err := n.CreateTUN("vpn-tun", manager.TUNOptions{})
 	must(t, err)
 	defer f.Close()
 	if got := tunFlags(t, f); got != unix.IFF_TUN|unix.IFF_NO_PI {
@@ -114,27 +115,27 @@ func TestCreateTUN(t *testing.T) {
 	// IFF_TUN_EXCL: a second device under a taken name is refused, with
 	// the holder named.
 	want := "a tun link (index " + strconv.Itoa(index) + ") has this name"
-	if _, _, err := n.CreateTUN("vpn-tun", tun.TUNOptions{}); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), want) {
+	if _, _, err := n.CreateTUN("vpn-tun", manager.TUNOptions{}); !errors.Is(err, manager.ErrLinkExists) || !strings.Contains(err.Error(), want) {
 		t.Errorf("second CreateTUN: %v, want ErrLinkExists saying %q", err, want)
 	}
 	netnstest.IP(t, "link", "add", "foreign0", "type", "bridge")
-	if _, _, err := n.CreateTUN("foreign0", tun.TUNOptions{}); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "a bridge link (index ") {
+	if _, _, err := n.CreateTUN("foreign0", manager.TUNOptions{}); !errors.Is(err, manager.ErrLinkExists) || !strings.Contains(err.Error(), "a bridge link (index ") {
 		t.Errorf("CreateTUN over a bridge: %v, want ErrLinkExists naming a bridge link", err)
 	}
 	netnstest.IP(t, "tuntap", "add", "tap0", "mode", "tap")
-	if _, _, err := n.CreateTUN("tap0", tun.TUNOptions{}); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "a tap link (index ") {
+	if _, _, err := n.CreateTUN("tap0", manager.TUNOptions{}); !errors.Is(err, manager.ErrLinkExists) || !strings.Contains(err.Error(), "a tap link (index ") {
 		t.Errorf("CreateTUN over a tap: %v, want ErrLinkExists naming a tap link", err)
 	}
-	if _, _, err := n.CreateTUN("lo", tun.TUNOptions{}); !errors.Is(err, tun.ErrLinkExists) || !strings.Contains(err.Error(), "(index 1)") {
+	if _, _, err := n.CreateTUN("lo", manager.TUNOptions{}); !errors.Is(err, manager.ErrLinkExists) || !strings.Contains(err.Error(), "(index 1)") {
 		t.Errorf("CreateTUN(lo): %v, want ErrLinkExists naming index 1", err)
 	}
 	for _, bad := range []string{"", "sixteen-bytes-xx", "a/b", "a b", "tun%d"} {
-		if _, _, err := n.CreateTUN(bad, tun.TUNOptions{}); err == nil || errors.Is(err, tun.ErrLinkExists) {
+		if _, _, err := n.CreateTUN(bad, manager.TUNOptions{}); err == nil || errors.Is(err, manager.ErrLinkExists) {
 			t.Errorf("CreateTUN(%q) = %v, want a name error", bad, err)
 		}
 	}
 
-	fb, ib, err := n.CreateTUN("vpn-tun-b", tun.TUNOptions{Blocking: true})
+	fb, ib, err := n.CreateTUN("vpn-tun-b", manager.TUNOptions{Blocking: true})
 	must(t, err)
 	if fl, fdfl := fdFlags(t, fb); fl&unix.O_NONBLOCK != 0 || fdfl&unix.FD_CLOEXEC == 0 {
 		t.Errorf("blocking fd: flags %#x, fd flags %#x; want no O_NONBLOCK, FD_CLOEXEC", fl, fdfl)
@@ -165,7 +166,7 @@ func TestCreateTUN(t *testing.T) {
 		t.Error("foreign0 is gone")
 	}
 	// The name is free again.
-	f2, _, err := n.CreateTUN("vpn-tun", tun.TUNOptions{})
+	f2, _, err := n.CreateTUN("vpn-tun", manager.TUNOptions{})
 	must(t, err)
 	f2.Close()
 }
@@ -178,9 +179,9 @@ func TestCreateTUNVnetHdr(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	n := newNetlink(t)
+	n := openNetlink(t, nil)
 	const want = unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR
-	for _, opt := range []tun.TUNOptions{{VnetHdr: true}, {VnetHdr: true, Blocking: true}} {
+	for _, opt := range []manager.TUNOptions{{VnetHdr: true}, {VnetHdr: true, Blocking: true}} {
 		f, index, err := n.CreateTUN("vpn-tun", opt)
 		must(t, err)
 		if got := tunFlags(t, f); got != want {
@@ -191,8 +192,8 @@ func TestCreateTUNVnetHdr(t *testing.T) {
 		var size int
 		var ierr error
 		must(t, rc.Control(func(fd uintptr) { size, ierr = unix.IoctlGetInt(int(fd), unix.TUNGETVNETHDRSZ) }))
-		if ierr != nil || size != tun.VnetHdrLen {
-			t.Errorf("%+v: TUNGETVNETHDRSZ = %d, %v; want the kernel's default %d", opt, size, ierr, tun.VnetHdrLen)
+		if ierr != nil || size != manager.VnetHdrLen {
+			t.Errorf("%+v: TUNGETVNETHDRSZ = %d, %v; want the kernel's default %d", opt, size, ierr, manager.VnetHdrLen)
 		}
 		if fl, fdfl := fdFlags(t, f); (fl&unix.O_NONBLOCK == 0) != opt.Blocking || fdfl&unix.FD_CLOEXEC == 0 {
 			t.Errorf("%+v: flags %#x, fd flags %#x", opt, fl, fdfl)
@@ -214,25 +215,25 @@ func TestCreateTUNVnetHdr(t *testing.T) {
 	}
 }
 
-// Install of a whole VPN: the link's MTU, loose reverse path filtering, no
-// IPv6 address generation (so no fe80:: address), addresses without prefix
-// routes in main, up; every kind of route and rule, read back from the
-// kernel exactly.
-func TestInstall(t *testing.T) {
+// One Apply brings a whole VPN up in one sendmsg: the link's MTU, loose
+// reverse path filtering, no IPv6 address generation (so no fe80::
+// address), addresses without prefix routes in main and, for IPv6,
+// without duplicate address detection, up; every kind of route and rule.
+// `ip` sees exactly that, and Read gives it back as vpnd made it (nothing
+// Foreign), rules in the kernel's order. One Apply of the teardown
+// removes it all and detaches the client's fd; a second teardown finds
+// everything gone, which is no error.
+func TestApplyBringUpAndTeardown(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	n := newNetlink(t)
-	_, index := createTUN(t, n, "vpn-tun")
+	n := openNetlink(t, nil)
+	f, index := makeTUN(t, n, "vpn-tun")
 	o := fullVPN(index)
-	added, err := n.Install(o)
-	must(t, err)
-	if got, want := strs(added.Routes), strs(o.Routes); got != want {
-		t.Errorf("Install reports routes\n%s\nwant\n%s", got, want)
-	}
-	if !slices.Equal(added.Rules, o.Rules) || added.Link == nil || added.Link.Index != index || added.Link.MTU != 1400 ||
-		!slices.Equal(added.Link.Addrs, o.Link.Addrs) {
-		t.Errorf("Install reports %+v (link %+v), want all of %+v", added, added.Link, o)
+	sends := n.req.sends.Load()
+	applyAll(t, n, o.upOps()...)
+	if got := n.req.sends.Load() - sends; got != 1 {
+		t.Errorf("the bring-up took %d sendmsg, want 1", got)
 	}
 
 	l := linkJSON(t, "vpn-tun")
@@ -254,12 +255,12 @@ func TestInstall(t *testing.T) {
 		if !a.NoPrefixRoute {
 			t.Errorf("address %s lacks noprefixroute", a.Prefix)
 		}
-		if a.Tentative {
-			t.Errorf("address %s is tentative: IFA_F_NODAD missing", a.Prefix)
+		if a.Prefix.Addr().Is6() && (!a.NoDAD || a.Tentative) {
+			t.Errorf("address %s: nodad %t, tentative %t", a.Prefix, a.NoDAD, a.Tentative)
 		}
 		addrs = append(addrs, a)
 	}
-	if got, want := strs(addrs), strs(o.Link.Addrs); got != want {
+	if got, want := strs(addrs), strs(o.link.Addrs); got != want {
 		t.Errorf("vpn-tun has addresses\n%s\nwant\n%s", got, want)
 	}
 	// No prefix route, IPv4 or IPv6 (nor a link-local one), in main: there
@@ -271,10 +272,7 @@ func TestInstall(t *testing.T) {
 			}
 		}
 	}
-	if out := netnstest.IP(t, "-6", "route"); strings.Contains(out, "vpn-tun") {
-		t.Errorf("ip -6 route shows vpn-tun:\n%s", out)
-	}
-	kernelHolds(t, "after Install", o.Routes, o.Rules)
+	kernelHolds(t, "after the bring-up", o.routes, o.rules)
 
 	// Rules as a user reads them, for the shapes that matter.
 	rule4 := netnstest.IP(t, "-4", "rule", "show")
@@ -288,515 +286,713 @@ func TestInstall(t *testing.T) {
 		}
 	}
 
-	// Read reports the same, exactly, rules in the kernel's order (IPv4,
-	// then IPv6; by priority; in order of addition within a priority).
-	s, err := n.Read(tun.Query{LinkIndex: index, Table: table, Priorities: []int{prio, lock}})
-	must(t, err)
-	if s.Link == nil || s.Link.Index != index || s.Link.Name != "vpn-tun" || s.Link.MTU != 1400 || !s.Link.Up {
-		t.Fatalf("Read link %+v, want vpn-tun #%d, mtu 1400, up", s.Link, index)
+	// Read gives back exactly what vpnd made: rules in the kernel's order
+	// (IPv4, then IPv6; by priority; in order of addition within one).
+	h := readAll(t, n)
+	if len(h.Links) != 1 {
+		t.Fatalf("Read links %+v, want vpn-tun", h.Links)
 	}
-	if got, want := strs(s.Link.Addrs), strs(o.Link.Addrs); got != want {
+	if got := h.Links[0]; got.Index != index || got.Name != "vpn-tun" || !got.TUN || got.MTU != 1400 || !got.Up {
+		t.Errorf("Read link %+v, want vpn-tun #%d, a TUN, mtu 1400, up", got, index)
+	}
+	if got, want := addrStrs(h.Links[0].Addrs), strs(o.link.Addrs); got != want {
 		t.Errorf("Read addresses\n%s\nwant\n%s", got, want)
 	}
-	if got, want := strs(s.Routes), strs(o.Routes); got != want {
+	if got, want := strs(h.Routes), strs(o.routes); got != want {
 		t.Errorf("Read routes\n%s\nwant\n%s", got, want)
 	}
-	wantRules := slices.Clone(o.Rules)
-	slices.SortStableFunc(wantRules, func(a, b tun.Rule) int {
+	for _, r := range h.Routes {
+		if !slices.Contains(o.routes, r) {
+			t.Errorf("Read route %#v is not one vpnd made", r)
+		}
+	}
+	wantRules := slices.Clone(o.rules)
+	slices.SortStableFunc(wantRules, func(a, b manager.Rule) int {
 		if a.Family != b.Family {
 			return a.Family - b.Family
 		}
 		return a.Priority - b.Priority
 	})
-	if !slices.Equal(s.Rules, wantRules) {
-		t.Errorf("Read rules\n%v\nwant\n%v", s.Rules, wantRules)
+	if !slices.Equal(h.Rules, wantRules) {
+		t.Errorf("Read rules\n%v\nwant\n%v", h.Rules, wantRules)
 	}
-	// A query for nothing reads nothing; one for another table or
-	// priority reads none of these.
-	if s, err := n.Read(tun.Query{}); err != nil || s.Link != nil || len(s.Routes)+len(s.Rules) != 0 {
-		t.Errorf("Read(nothing) = %+v, %v", s, err)
-	}
-	if s, err := n.Read(tun.Query{Table: table + 1, Priorities: []int{prio - 1}}); err != nil || len(s.Routes)+len(s.Rules) != 0 {
-		t.Errorf("Read(other table and priority) = %+v, %v", s, err)
-	}
-	// A link that is gone reads as nil.
-	if s, err := n.Read(tun.Query{LinkIndex: 9999}); err != nil || s.Link != nil {
-		t.Errorf("Read(missing link) = %+v, %v", s, err)
-	}
-}
-
-// Install that fails part-way returns exactly what it added and names the
-// first object the kernel refused; removing what it returned leaves the
-// kernel as before.
-func TestInstallPartial(t *testing.T) {
-	if !netnstest.Enter(t) {
-		return
-	}
-	n := newNetlink(t)
-	planted := tun.Rule{Family: v4, Priority: prio, Table: table, UIDStart: 0, UIDEnd: 999}
+	// Only what is asked for.
 	for _, tc := range []struct {
-		name    string
-		change  func(o *tun.Objects)
-		plant   bool   // someone else's rule equal to one of the VPN's
-		errText string // the first failure, as Install words it
-		errno   unix.Errno
+		q                     manager.Query
+		links, routes, nrules int
 	}{
-		{
-			// Gateway routes are onlink (a TUN has no neighbours): the
-			// kernel takes any gateway but a local address.
-			name: "gateway is a local address, rule exists",
-			change: func(o *tun.Objects) {
-				bad := tun.Route{Table: table, Dst: pfx("10.9.0.0/16"), Gateway: o.Link.Addrs[0].Addr(), LinkIndex: o.Link.Index}
-				o.Routes = slices.Insert(o.Routes, 2, bad)
-			},
-			plant:   true,
-			errText: "add route 10.9.0.0/16 via 10.8.0.2 dev #",
-			errno:   unix.EINVAL,
-		},
-		{
-			name: "IPv6 gateway is a local address",
-			change: func(o *tun.Objects) {
-				bad := tun.Route{Table: table, Dst: pfx("2001:db8:9::/48"), Gateway: ip("fd00:8::2"), LinkIndex: o.Link.Index}
-				o.Routes = slices.Insert(o.Routes, 2, bad)
-			},
-			errText: "add route 2001:db8:9::/48 via fd00:8::2 dev #",
-			errno:   unix.EINVAL,
-		},
-		{
-			name:    "rule exists",
-			change:  func(o *tun.Objects) {},
-			plant:   true,
-			errText: "add rule ipv4 10000: uidrange 0-999 lookup 98",
-			errno:   unix.EEXIST,
-		},
-		{
-			name: "duplicate address",
-			change: func(o *tun.Objects) {
-				o.Link.Addrs = append(o.Link.Addrs, pfx("10.8.0.2/24"))
-			},
-			errText: "add address 10.8.0.2/24",
-			errno:   unix.EEXIST,
-		},
-		{
-			name:    "MTU too small",
-			change:  func(o *tun.Objects) { o.Link.MTU = 67 },
-			errText: "configure link #",
-			errno:   unix.EINVAL,
-		},
+		{manager.Query{}, 0, 0, 0},
+		{manager.Query{Places: places}, 0, 0, 0},
+		{manager.Query{Places: places, What: manager.PartLinks}, 1, 0, 0},
+		{manager.Query{Places: places, What: manager.PartRoutes}, 0, len(o.routes), 0},
+		{manager.Query{Places: places, What: manager.PartRules}, 0, 0, len(o.rules)},
+		{manager.Query{Places: manager.Places{Table: table + 1, Priorities: []int{prio - 1}}, What: manager.PartAll}, 0, 0, 0},
+		{manager.Query{Links: []int{index, 9999}, What: manager.PartLinks}, 1, 0, 0},
+		{manager.Query{Places: manager.Places{IfName: "gone"}, Links: []int{9999}, What: manager.PartLinks}, 0, 0, 0},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			f, index := createTUN(t, n, "vpn-tun")
-			defer f.Close()
-			o := fullVPN(index)
-			tc.change(o)
-			if tc.plant {
-				netnstest.IP(t, "rule", "add", "priority", "10000", "uidrange", "0-999", "lookup", "98")
-				defer netnstest.IP(t, "rule", "del", "priority", "10000", "uidrange", "0-999", "lookup", "98")
-			}
-			added, err := n.Install(o)
-			if !errors.Is(err, tc.errno) || !strings.Contains(err.Error(), tc.errText) {
-				t.Fatalf("Install: %v, want %v naming %q", err, tc.errno, tc.errText)
-			}
-			// What was added is o less what failed: check with the kernel.
-			wantRoutes := slices.DeleteFunc(slices.Clone(o.Routes), func(r tun.Route) bool {
-				return r.Gateway.IsValid() && slices.ContainsFunc(o.Link.Addrs, func(a netip.Prefix) bool { return a.Addr() == r.Gateway })
-			})
-			wantRules := o.Rules
-			if tc.plant {
-				wantRules = slices.DeleteFunc(slices.Clone(o.Rules), func(r tun.Rule) bool { return r == planted })
-			}
-			if got, want := strs(added.Routes), strs(wantRoutes); got != want {
-				t.Errorf("added routes\n%s\nwant\n%s", got, want)
-			}
-			if got, want := strs(added.Rules), strs(wantRules); got != want {
-				t.Errorf("added rules\n%s\nwant\n%s", got, want)
-			}
-			var kernelAddrs []netip.Prefix
-			for _, a := range linkAddrs(t, "vpn-tun") {
-				kernelAddrs = append(kernelAddrs, a.Prefix)
-			}
-			if got, want := strs(added.Link.Addrs), strs(kernelAddrs); got != want {
-				t.Errorf("added addresses\n%s\nkernel has\n%s", got, want)
-			}
-			all := slices.Clone(added.Rules)
-			if tc.plant {
-				all = append(all, planted)
-			}
-			kernelHolds(t, "after a failed Install", added.Routes, all)
-
-			must(t, n.Remove(&added))
-			if linkExists(t, "vpn-tun") {
-				t.Error("Remove left the link")
-			}
-			var left []tun.Rule
-			if tc.plant {
-				left = []tun.Rule{planted}
-			}
-			kernelHolds(t, "after Remove", nil, left)
-		})
+		h, err := n.Read(tc.q)
+		if err != nil || len(h.Links) != tc.links || len(h.Routes) != tc.routes || len(h.Rules) != tc.nrules {
+			t.Errorf("Read(%+v) = %d links, %d routes, %d rules, %v; want %d, %d, %d",
+				tc.q, len(h.Links), len(h.Routes), len(h.Rules), err, tc.links, tc.routes, tc.nrules)
+		}
 	}
 
-	// An invalid object: nothing is sent, nothing added.
-	_, index := createTUN(t, n, "vpn-tun")
-	o := fullVPN(index)
-	o.Routes = append(o.Routes, tun.Route{Table: 0, Dst: pfx("10.1.0.0/16"), LinkIndex: index})
-	added, err := n.Install(o)
-	if err == nil || !strings.Contains(err.Error(), "add route 10.1.0.0/16") || added.Len() != 0 || added.Link != nil {
-		t.Errorf("Install of an invalid route: %+v, %v; want an error naming it and nothing added", added, err)
-	}
-	if l := linkJSON(t, "vpn-tun"); l["mtu"].(float64) != 1500 || slices.Contains(l["flags"].([]any), any("UP")) {
-		t.Errorf("an invalid Install changed the link: %v", l)
-	}
-	kernelHolds(t, "after an invalid Install", nil, nil)
-}
-
-// Remove deletes everything: rules, routes that do not go with the link,
-// the link with its addresses and routes. What is gone already is not an
-// error.
-func TestRemove(t *testing.T) {
-	if !netnstest.Enter(t) {
-		return
-	}
-	n := newNetlink(t)
-	f, index := createTUN(t, n, "vpn-tun")
-	o := fullVPN(index)
-	_, err := n.Install(o)
-	must(t, err)
-	must(t, n.Remove(o))
+	applyAll(t, n, o.downOps()...)
 	if linkExists(t, "vpn-tun") {
-		t.Error("link survived Remove")
+		t.Error("the link survived the teardown")
 	}
-	kernelHolds(t, "after Remove", nil, nil)
+	kernelHolds(t, "after the teardown", nil, nil)
 	// The client's fd is detached from the deleted device.
 	rc, err := f.SyscallConn()
 	must(t, err)
 	var rerr error
 	must(t, rc.Control(func(fd uintptr) { _, rerr = unix.Read(int(fd), make([]byte, 100)) }))
 	if !errors.Is(rerr, unix.EBADFD) {
-		t.Errorf("read from the TUN fd after Remove: %v, want EBADFD", rerr)
+		t.Errorf("read from the TUN fd after the teardown: %v, want EBADFD", rerr)
 	}
-	// Everything gone: a second Remove is fine.
-	must(t, n.Remove(o))
-
-	// The link went with its fd before Remove: the rules and the routes
-	// that do not go with the link are still removed.
-	f, index = createTUN(t, n, "vpn-tun")
-	o = fullVPN(index)
-	_, err = n.Install(o)
-	must(t, err)
-	f.Close()
-	must(t, n.Remove(o))
-	kernelHolds(t, "after Remove of a VPN whose link had gone", nil, nil)
-
-	// Nothing but rules and routes (lockdown's rules, say).
-	o = &tun.Objects{Routes: []tun.Route{{Table: table, Dst: pfx("192.168.0.0/16"), Kind: tun.Throw}}, Rules: fullVPN(0).Rules[6:]}
-	_, err = n.Install(o)
-	must(t, err)
-	kernelHolds(t, "after Install without a link", o.Routes, o.Rules)
-	must(t, n.Remove(o))
-	kernelHolds(t, "after Remove without a link", nil, nil)
-	must(t, n.Remove(&tun.Objects{}))
-}
-
-// Remove never deletes a rule it did not mean: the kernel deletes the first
-// rule that matches the selectors a request carries, and vpnd's request
-// cannot say "no fwmark".
-func TestRemoveRuleExact(t *testing.T) {
-	if !netnstest.Enter(t) {
-		return
-	}
-	n := newNetlink(t)
-	masked := tun.Rule{Family: v4, Priority: prio, Table: table, UIDStart: 5, UIDEnd: 5, Mask: mark}
-	plain := masked
-	plain.Mask = 0
-	rules := func() []tun.Rule { return kernelRules(t, prio) }
-
-	// Someone's masked rule comes first: deleting vpnd's plain rule would
-	// delete it instead, so Remove refuses and names it.
-	netnstest.IP(t, "rule", "add", "priority", "10000", "uidrange", "5-5", "fwmark", "0/0x20000", "lookup", "98")
-	_, err := n.Install(&tun.Objects{Rules: []tun.Rule{plain}})
-	must(t, err)
-	err = n.Remove(&tun.Objects{Rules: []tun.Rule{plain}})
-	if !errors.Is(err, tun.ErrAmbiguousRule) || !strings.Contains(err.Error(), "delete rule "+plain.String()) || !strings.Contains(err.Error(), masked.String()) {
-		t.Errorf("Remove(plain) behind masked = %v, want ErrAmbiguousRule naming both", err)
-	}
-	if got := rules(); !slices.Equal(got, []tun.Rule{masked, plain}) {
-		t.Fatalf("rules %v after a refused delete, want %v", got, []tun.Rule{masked, plain})
-	}
-	// Both are vpnd's to remove, in any order of the request.
-	must(t, n.Remove(&tun.Objects{Rules: []tun.Rule{plain, masked}}))
-	if got := rules(); len(got) != 0 {
-		t.Fatalf("rules %v left", got)
-	}
-
-	// The plain rule first: it can be removed alone.
-	_, err = n.Install(&tun.Objects{Rules: []tun.Rule{plain, masked}})
-	must(t, err)
-	must(t, n.Remove(&tun.Objects{Rules: []tun.Rule{plain}}))
-	if got := rules(); !slices.Equal(got, []tun.Rule{masked}) {
-		t.Fatalf("rules %v, want only %v", got, masked)
-	}
-	// Gone already, though a delete of it would hit the masked rule: no
-	// request, no error.
-	must(t, n.Remove(&tun.Objects{Rules: []tun.Rule{plain}}))
-	if got := rules(); !slices.Equal(got, []tun.Rule{masked}) {
-		t.Fatalf("rules %v, want only %v", got, masked)
-	}
-	must(t, n.Remove(&tun.Objects{Rules: []tun.Rule{masked}}))
-
-	// A foreign rule with more selectors than vpnd's would be deleted by
-	// a request for vpnd's: with vpnd's rule gone, nothing is sent.
-	third := tun.Rule{Family: v4, Priority: prio, Table: table, UIDStart: 3000, UIDEnd: 3000}
-	netnstest.IP(t, "rule", "add", "priority", "10000", "from", "10.0.0.0/8", "uidrange", "3000-3000", "lookup", "98")
-	must(t, n.Remove(&tun.Objects{Rules: []tun.Rule{third}}))
-	if out := netnstest.IP(t, "rule", "show", "priority", "10000"); !strings.Contains(out, "from 10.0.0.0/8") {
-		t.Errorf("foreign rule deleted:\n%s", out)
-	}
-	netnstest.IP(t, "rule", "del", "priority", "10000", "from", "10.0.0.0/8", "uidrange", "3000-3000", "lookup", "98")
-
-	// A foreign rule with any fwmark in front of vpnd's rule would be
-	// deleted by vpnd's request: refused, and kept.
-	netnstest.IP(t, "rule", "add", "priority", "10000", "fwmark", "0x1/0x1", "uidrange", "3000-3000", "lookup", "98")
-	_, err = n.Install(&tun.Objects{Rules: []tun.Rule{third}})
-	must(t, err)
-	if err := n.Remove(&tun.Objects{Rules: []tun.Rule{third}}); !errors.Is(err, tun.ErrAmbiguousRule) {
-		t.Errorf("Remove behind a foreign fwmark rule = %v, want ErrAmbiguousRule", err)
-	}
-	if out := netnstest.IP(t, "rule", "show", "priority", "10000"); !strings.Contains(out, "fwmark 0x1/0x1") || !strings.Contains(out, "uidrange 3000-3000 lookup 98") {
-		t.Errorf("a rule was deleted:\n%s", out)
-	}
-
-	// The same, for unreachable rules (lockdown's).
-	refuse := tun.Rule{Family: v6, Priority: lock, UIDStart: 7, UIDEnd: 7, Action: tun.Refuse}
-	netnstest.IP(t, "-6", "rule", "add", "priority", "10001", "uidrange", "7-7", "fwmark", "0/0x20000", "unreachable")
-	_, err = n.Install(&tun.Objects{Rules: []tun.Rule{refuse}})
-	must(t, err)
-	if err := n.Remove(&tun.Objects{Rules: []tun.Rule{refuse}}); !errors.Is(err, tun.ErrAmbiguousRule) {
-		t.Errorf("Remove of an unreachable rule behind a masked one = %v, want ErrAmbiguousRule", err)
-	}
-	if got := kernelRules(t, lock); len(got) != 2 {
-		t.Errorf("unreachable rules %v, want both kept", got)
+	// Everything gone: deleting it again is no error.
+	applyAll(t, n, o.downOps()...)
+	if h := readAll(t, n, index); len(h.Links)+len(h.Routes)+len(h.Rules) != 0 {
+		t.Errorf("Read after the teardown: %+v", h)
 	}
 }
 
-// Restore puts back what self-healing asks for: routes of a flushed table,
-// the up state of a link set down with the IPv6 addresses that went with
-// it, the MTU, rules. What is back already (EEXIST) does not count.
-func TestRestore(t *testing.T) {
+// Each op of an Apply gets the kernel's own answer, with the kernel's
+// words (extended acknowledgement) where it gives some; a failure stops
+// nothing; a delete of something that is not there is no error.
+func TestApplyErrors(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	n := newNetlink(t)
-	_, index := createTUN(t, n, "vpn-tun")
-	o := fullVPN(index)
-	// A VPN may have a link-local address of its own.
-	o.Link.Addrs = append(o.Link.Addrs, pfx("fe80::8:2/64"))
-	_, err := n.Install(o)
-	must(t, err)
-	q := tun.Query{LinkIndex: index, Table: table, Priorities: []int{prio, lock}}
-	masked := func(rs []tun.Route) []tun.Route {
-		rs = slices.Clone(rs)
-		for i := range rs {
-			rs[i].Dst = rs[i].Dst.Masked()
-		}
-		return rs
+	n := openNetlink(t, nil)
+	_, index := makeTUN(t, n, "vpn-tun")
+	ipCmd(t, "rule", "add", "priority", "10000", "uidrange", "0-999", "lookup", "98")
+	link := func(i int) manager.Link { return manager.Link{Index: i} }
+	route := func(r manager.Route) manager.Op { return manager.Op{Kind: manager.PutRoute, Table: table, Route: r} }
+	rule := func(kind manager.OpKind, start, end uint32) manager.Op {
+		return manager.Op{Kind: kind, Table: table, Rule: manager.Rule{Family: v4, Priority: prio, Table: table, UIDStart: start, UIDEnd: end}}
 	}
-	wantAll := func(what string) {
-		t.Helper()
-		s, err := n.Read(q)
-		must(t, err)
-		if s.Link == nil || s.Link.MTU != 1400 || !s.Link.Up || strs(s.Link.Addrs) != strs(o.Link.Addrs) {
-			t.Errorf("%s: link %+v", what, s.Link)
-		}
-		if got, want := strs(s.Routes), strs(o.Routes); got != want {
-			t.Errorf("%s: routes\n%s\nwant\n%s", what, got, want)
-		}
-		if got, want := strs(s.Rules), strs(o.Rules); got != want {
-			t.Errorf("%s: rules\n%s\nwant\n%s", what, got, want)
-		}
-		for _, a := range linkAddrs(t, "vpn-tun") {
-			if !a.NoPrefixRoute || !slices.Contains(o.Link.Addrs, a.Prefix) {
-				t.Errorf("%s: address %+v", what, a)
-			}
-		}
-		for _, r := range netnstest.IPJSON(t, "-6", "route", "show", "table", "main") {
-			if r["dev"] == "vpn-tun" {
-				t.Errorf("%s: main has %v", what, r)
-			}
-		}
+	cases := []struct {
+		op    manager.Op
+		want  string
+		words string // in the error, from the kernel
+	}{
+		{manager.Op{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: 67}}, "EINVAL", "mtu less than device minimum"},
+		{manager.Op{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: 65536}}, "EINVAL", "mtu greater than device maximum"},
+		{manager.Op{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: 1400}}, "ok", ""},
+		{manager.Op{Kind: manager.SetLink, Link: manager.Link{Index: 9999, MTU: 1400}}, "ENODEV", ""},
+		{route(manager.Route{Dst: pfx("10.8.0.0/24"), LinkIndex: index}), "ENETDOWN", "(Device for nexthop is not up)"},
+		{manager.Op{Kind: manager.AddAddr, Link: link(index), Addr: pfx("10.8.0.2/24")}, "ok", ""},
+		{manager.Op{Kind: manager.AddAddr, Link: link(index), Addr: pfx("10.8.0.2/24")}, "EEXIST", "Address already assigned"},
+		{manager.Op{Kind: manager.AddAddr, Link: link(index), Addr: pfx("10.8.0.2/16")}, "ok", ""},
+		{manager.Op{Kind: manager.AddAddr, Link: link(index), Addr: pfx("fd00:8::2/64")}, "ok", ""},
+		{manager.Op{Kind: manager.AddAddr, Link: link(index), Addr: pfx("fd00:8::2/48")}, "EEXIST", ""},
+		{manager.Op{Kind: manager.AddAddr, Link: link(9999), Addr: pfx("10.9.0.2/24")}, "ENODEV", ""},
+		{manager.Op{Kind: manager.LinkUp, Link: link(9999)}, "ENODEV", ""},
+		{manager.Op{Kind: manager.LinkUp, Link: link(index)}, "ok", ""},
+		{route(manager.Route{Dst: pfx("10.8.0.0/24"), LinkIndex: index}), "ok", ""},
+		{route(manager.Route{Dst: pfx("10.9.0.0/16"), Gateway: ip("10.8.0.2"), LinkIndex: index}), "EINVAL", "Nexthop has invalid gateway"},
+		{route(manager.Route{Dst: pfx("2001:db8:9::/48"), Gateway: ip("fd00:8::2"), LinkIndex: index}), "EINVAL", "Gateway can not be a local address"},
+		{route(manager.Route{Dst: pfx("10.10.0.0/16"), Gateway: ip("10.7.0.1"), LinkIndex: index}), "ok", ""},
+		{route(manager.Route{Dst: pfx("2001:db8:10::/48"), Gateway: ip("fd00:7::1"), LinkIndex: index}), "ok", ""},
+		{route(manager.Route{Dst: pfx("10.11.0.0/16"), LinkIndex: 9999}), "ENODEV", ""},
+		{rule(manager.AddRule, 0, 999), "EEXIST", ""},
+		{rule(manager.AddRule, 7, 6), "EINVAL", "Invalid uid range"},
+		{rule(manager.AddRule, 1000, 1000), "ok", ""},
+		{rule(manager.DelRule, 5, 5), "ok", ""},
+		{manager.Op{Kind: manager.DelRoute, Table: table, Route: manager.Route{Dst: pfx("10.12.0.0/16")}}, "ok", ""},
+		{manager.Op{Kind: manager.DelRoute, Table: table, Route: manager.Route{Dst: pfx("2001:db8:12::/48")}}, "ok", ""},
+		{manager.Op{Kind: manager.DelAddr, Link: link(index), Addr: pfx("10.12.0.2/24")}, "ok", ""},
+		{manager.Op{Kind: manager.DelAddr, Link: link(9999), Addr: pfx("10.12.0.2/24")}, "ok", ""},
+		{manager.Op{Kind: manager.DelLink, Link: link(9999)}, "ok", ""},
 	}
-
-	// A flushed table.
-	netnstest.IP(t, "-4", "route", "flush", "table", "98")
-	netnstest.IP(t, "-6", "route", "flush", "table", "98")
-	if s, err := n.Read(q); err != nil || len(s.Routes) != 0 {
-		t.Fatalf("after flush: %v, %v", s.Routes, err)
+	ops := make([]manager.Op, len(cases))
+	for i, tc := range cases {
+		ops[i] = tc.op
 	}
-	done, err := n.Restore(&tun.Repair{LinkIndex: index, Routes: o.Routes})
-	must(t, err)
-	if got, want := strs(done.Routes), strs(o.Routes); got != want || done.Up || done.MTU != 0 || len(done.Addrs)+len(done.Rules) != 0 {
-		t.Errorf("Restore reports %+v, want the routes only", done)
-	}
-	wantAll("after restoring a flushed table")
-
-	// The link set down: it lost its routes and IPv6 addresses.
-	netnstest.IP(t, "link", "set", "vpn-tun", "down")
-	s, err := n.Read(q)
-	must(t, err)
-	if s.Link.Up {
-		t.Fatal("link still up")
-	}
-	var lostAddrs []netip.Prefix
-	for _, a := range o.Link.Addrs {
-		if !slices.Contains(s.Link.Addrs, a) {
-			lostAddrs = append(lostAddrs, a)
+	for i, e := range applyResults(t, n, ops...) {
+		tc := cases[i]
+		if got := outcome(e); got != tc.want || (e != nil && !strings.Contains(e.Error(), tc.words)) {
+			t.Errorf("%s: %v, want %s with the kernel's words %q", tc.op, e, tc.want, tc.words)
+		}
+		if e != nil {
+			t.Logf("%s: %v", tc.op, e)
 		}
 	}
-	if got := strs(lostAddrs); got != "fd00:8::2/64\nfd00:9::2/128\nfe80::8:2/64" {
-		t.Errorf("a link set down lost addresses\n%s\nwant the IPv6 ones", got)
+	// What took is there; nothing else is.
+	h := readAll(t, n, index)
+	if len(h.Links) != 1 || h.Links[0].MTU != 1400 || !h.Links[0].Up ||
+		addrStrs(h.Links[0].Addrs) != "10.8.0.2/16\n10.8.0.2/24\nfd00:8::2/64" {
+		t.Errorf("link %+v", h.Links)
 	}
-	var lostRoutes []tun.Route
-	for _, r := range masked(o.Routes) {
-		if !slices.Contains(s.Routes, r) {
-			lostRoutes = append(lostRoutes, r)
-			if r.Kind != tun.Unicast {
-				t.Errorf("a link set down lost %s", r)
-			}
-		}
+	wantRoutes := fmt.Sprintf("10.10.0.0/16 via 10.7.0.1 dev #%[1]d\n10.8.0.0/24 dev #%[1]d\n2001:db8:10::/48 via fd00:7::1 dev #%[1]d", index)
+	if got := strs(h.Routes); got != wantRoutes {
+		t.Errorf("routes\n%s\nwant\n%s", got, wantRoutes)
 	}
-	if len(lostRoutes) != 7 {
-		t.Errorf("a link set down lost %d routes, want the 7 through it:\n%s", len(lostRoutes), strs(lostRoutes))
-	}
-	done, err = n.Restore(&tun.Repair{LinkIndex: index, Up: true, Addrs: lostAddrs, Routes: lostRoutes})
-	must(t, err)
-	if !done.Up || strs(done.Addrs) != strs(lostAddrs) || strs(done.Routes) != strs(lostRoutes) {
-		t.Errorf("Restore reports %+v", done)
-	}
-	wantAll("after restoring a link set down")
-
-	// The MTU, an address and a rule.
-	netnstest.IP(t, "link", "set", "vpn-tun", "mtu", "1300")
-	netnstest.IP(t, "addr", "del", "10.8.1.2/32", "dev", "vpn-tun")
-	netnstest.IP(t, "-6", "rule", "del", "priority", "10000", "uidrange", "0-999", "lookup", "98")
-	lostRule := tun.Rule{Family: v6, Priority: prio, Table: table, UIDStart: 0, UIDEnd: 999}
-	done, err = n.Restore(&tun.Repair{LinkIndex: index, MTU: 1400, Addrs: []netip.Prefix{pfx("10.8.1.2/32")}, Rules: []tun.Rule{lostRule}})
-	must(t, err)
-	if done.MTU != 1400 || done.Up || !slices.Equal(done.Addrs, []netip.Prefix{pfx("10.8.1.2/32")}) || !slices.Equal(done.Rules, []tun.Rule{lostRule}) {
-		t.Errorf("Restore reports %+v", done)
-	}
-	wantAll("after restoring the MTU, an address and a rule")
-
-	// An MTU below IPv6's minimum takes IPv6 off the link, and with it the
-	// setting that keeps the kernel from generating a link-local address:
-	// restoring the MTU must not leave the link with one.
-	netnstest.IP(t, "link", "set", "vpn-tun", "mtu", "1200")
-	s, err = n.Read(q)
-	must(t, err)
-	var v6Addrs []netip.Prefix
-	var v6Routes []tun.Route
-	for _, a := range o.Link.Addrs {
-		if a.Addr().Is6() {
-			v6Addrs = append(v6Addrs, a)
-		}
-	}
-	for _, r := range o.Routes {
-		if r.Dst.Addr().Is6() && r.Kind == tun.Unicast {
-			v6Routes = append(v6Routes, r)
-		}
-	}
-	if len(s.Link.Addrs) != 2 || len(s.Routes) != len(o.Routes)-len(v6Routes) {
-		t.Fatalf("at MTU 1200: addresses %v, routes %v; want IPv6's gone", s.Link.Addrs, s.Routes)
-	}
-	done, err = n.Restore(&tun.Repair{LinkIndex: index, MTU: 1400, Addrs: v6Addrs, Routes: v6Routes})
-	must(t, err)
-	if done.MTU != 1400 || strs(done.Addrs) != strs(v6Addrs) || strs(done.Routes) != strs(v6Routes) {
-		t.Errorf("Restore reports %+v", done)
-	}
-	if got := readFile(t, "/proc/sys/net/ipv6/conf/vpn-tun/addr_gen_mode"); got != "1" {
-		t.Errorf("after restoring the MTU, addr_gen_mode of vpn-tun is %s, want 1 (none)", got)
-	}
-	wantAll("after restoring an MTU below IPv6's minimum")
-
-	// Everything is there: addresses and rules answer EEXIST and do not
-	// count; the link's settings and replaced routes do.
-	done, err = n.Restore(&tun.Repair{LinkIndex: index, Addrs: o.Link.Addrs, Rules: o.Rules})
-	if err != nil || len(done.Addrs)+len(done.Rules) != 0 {
-		t.Errorf("Restore of what is there = %+v, %v; want nothing restored, no error", done, err)
-	}
-	if r := (tun.Repair{}); !r.Empty() {
-		t.Error("an empty Repair is not Empty")
-	}
-	done, err = n.Restore(&tun.Repair{LinkIndex: index})
-	if err != nil || !done.Empty() {
-		t.Errorf("empty Restore = %+v, %v", done, err)
-	}
-	wantAll("after restoring what was there")
-
-	// A route someone changed is replaced with vpnd's.
-	netnstest.IP(t, "route", "replace", "198.51.100.0/24", "dev", "vpn-tun", "table", "98")
-	_, err = n.Restore(&tun.Repair{LinkIndex: index, Routes: o.Routes[4:5]})
-	must(t, err)
-	wantAll("after restoring a changed route")
-
-	// Failures are reported with the object: a gone link.
-	netnstest.IP(t, "link", "del", "vpn-tun")
-	done, err = n.Restore(&tun.Repair{LinkIndex: index, Up: true, Addrs: o.Link.Addrs[:1]})
-	if !errors.Is(err, unix.ENODEV) || !strings.Contains(err.Error(), "restore address 10.8.0.2/24") || !done.Empty() {
-		t.Errorf("Restore on a gone link = %+v, %v; want ENODEV naming the address", done, err)
+	if got := strs(h.Rules); got != "ipv4 10000: uidrange 0-999 lookup 98\nipv4 10000: uidrange 1000-1000 lookup 98" {
+		t.Errorf("rules\n%s", got)
 	}
 }
 
-// Occupants lists everything in vpnd's table and at its priorities, with
-// links named.
-func TestOccupants(t *testing.T) {
+// upVPNLink creates vpn-tun and applies mtu 1400, 10.8.0.2/24,
+// fd00:8::2/64, up and the on-link route 10.8.0.0/24 in vpnd's table.
+func upVPNLink(t *testing.T, n *Netlink) int {
+	t.Helper()
+	_, index := makeTUN(t, n, "vpn-tun")
+	o := vpnObjects{
+		link:   manager.Link{Index: index, MTU: 1400, Addrs: []netip.Prefix{pfx("10.8.0.2/24"), pfx("fd00:8::2/64")}},
+		routes: []manager.Route{{Dst: pfx("10.8.0.0/24"), LinkIndex: index}},
+	}
+	applyAll(t, n, o.upOps()...)
+	return index
+}
+
+// Read reports routes as the kernel holds them: one vpnd could have made
+// reads as vpnd's, whoever made it; one with another protocol, scope or
+// flags, a source or several next hops is Foreign; a type vpnd never
+// makes is OtherKind; metric and TOS are part of the route, IPv6's default
+// metric reads as 0. `ip` reads the same (tuntest.KernelRoutes, which
+// judges by itself).
+func TestReadForeignRoutes(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	n := newNetlink(t)
-	if got, err := n.Occupants(table, prio, lock); err != nil || len(got) != 0 {
-		t.Fatalf("Occupants of a fresh namespace = %q, %v", got, err)
-	}
-	netnstest.IP(t, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
-	netnstest.IP(t, "link", "set", "veth0", "up")
+	n := openNetlink(t, nil)
+	index := upVPNLink(t, n)
 	for _, args := range [][]string{
-		{"rule", "add", "priority", "10000", "from", "10.0.0.0/8", "lookup", "99"},
-		{"-6", "rule", "add", "priority", "10001", "uidrange", "1-1", "unreachable"},
-		{"rule", "add", "priority", "9999", "lookup", "98"},
-		{"route", "add", "10.62.0.0/16", "dev", "veth0", "table", "98"},
-		{"-6", "route", "add", "throw", "2001:db8::/32", "table", "98"},
-		{"route", "add", "10.63.0.0/16", "dev", "veth0", "table", "99"},
+		{"route", "add", "10.1.0.0/16", "dev", "vpn-tun", "table", "98", "proto", "static"},
+		{"route", "add", "10.2.0.0/16", "dev", "vpn-tun", "table", "98"}, // `ip`'s protocol is boot
+		{"route", "add", "10.3.0.0/16", "dev", "vpn-tun", "table", "98", "proto", "static", "scope", "global"},
+		{"route", "add", "10.4.0.0/16", "via", "10.8.0.1", "dev", "vpn-tun", "table", "98", "proto", "static", "onlink"},
+		{"route", "add", "10.5.0.0/16", "via", "10.8.0.1", "dev", "vpn-tun", "table", "98", "proto", "static"}, // not onlink
+		{"route", "add", "10.6.0.0/16", "dev", "vpn-tun", "table", "98", "proto", "static", "src", "10.8.0.2"},
+		{"route", "add", "10.7.0.0/16", "table", "98", "proto", "static",
+			"nexthop", "via", "10.8.0.1", "dev", "vpn-tun", "onlink", "nexthop", "via", "10.8.0.3", "dev", "vpn-tun", "onlink"},
+		{"route", "add", "blackhole", "10.9.0.0/16", "table", "98", "proto", "static"},
+		{"route", "add", "throw", "10.10.0.0/16", "table", "98", "proto", "static"},
+		{"route", "add", "throw", "10.11.0.0/16", "table", "98", "proto", "static", "metric", "7"},
+		{"route", "add", "throw", "10.12.0.0/16", "table", "98", "proto", "static", "tos", "0x10"},
+		{"route", "add", "unreachable", "10.13.0.0/16", "table", "98", "proto", "static", "scope", "link"},
+		{"route", "add", "throw", "10.14.0.0/16", "table", "98", "proto", "kernel"},
+		{"-6", "route", "add", "throw", "2001:db8:1::/48", "table", "98"},
+		{"-6", "route", "add", "2001:db8:2::/48", "dev", "vpn-tun", "table", "98", "proto", "static"},
+		{"-6", "route", "add", "2001:db8:3::/48", "dev", "vpn-tun", "table", "98", "proto", "static", "metric", "100"},
+		{"-6", "route", "add", "2001:db8:4::/48", "via", "fd00:8::1", "dev", "vpn-tun", "table", "98", "proto", "static", "onlink"},
+		{"-6", "route", "add", "prohibit", "2001:db8:5::/48", "table", "98", "proto", "static"},
+		{"-6", "route", "add", "2001:db8:6::/48", "dev", "vpn-tun", "table", "98", "proto", "static", "metric", "1024"},
+		{"-6", "route", "add", "unreachable", "2001:db8:7::/48", "table", "98", "proto", "static"},
+		{"route", "add", "throw", "10.99.0.0/16", "table", "99", "proto", "static"},
 	} {
-		netnstest.IP(t, args...)
+		ipCmd(t, args...)
 	}
-	got, err := n.Occupants(table, prio, lock)
+	want := strings.Join([]string{
+		"10.1.0.0/16 dev #%[1]d",
+		"10.2.0.0/16 dev #%[1]d (changed by someone else)",
+		"10.3.0.0/16 dev #%[1]d (changed by someone else)",
+		"10.4.0.0/16 via 10.8.0.1 dev #%[1]d",
+		"10.5.0.0/16 via 10.8.0.1 dev #%[1]d (changed by someone else)",
+		"10.6.0.0/16 dev #%[1]d (changed by someone else)",
+		"10.7.0.0/16 (changed by someone else)",
+		"10.8.0.0/24 dev #%[1]d",
+		"2001:db8:2::/48 dev #%[1]d",
+		"2001:db8:3::/48 dev #%[1]d metric 100",
+		"2001:db8:4::/48 via fd00:8::1 dev #%[1]d",
+		"2001:db8:6::/48 dev #%[1]d",
+		"other 10.9.0.0/16 (changed by someone else)",
+		"other 2001:db8:5::/48 (changed by someone else)",
+		"throw 10.10.0.0/16",
+		"throw 10.11.0.0/16 metric 7",
+		"throw 10.12.0.0/16 tos 0x10",
+		"throw 10.14.0.0/16 (changed by someone else)",
+		"throw 2001:db8:1::/48 (changed by someone else)",
+		"unreachable 10.13.0.0/16 (changed by someone else)",
+		"unreachable 2001:db8:7::/48",
+	}, "\n")
+	want = fmt.Sprintf(want, index)
+	h, err := n.Read(manager.Query{Places: places, What: manager.PartRoutes})
 	must(t, err)
-	text := strings.Join(got, "\n")
-	if len(got) != 4 {
-		t.Errorf("Occupants = \n%s\nwant 4", text)
+	if got := strs(h.Routes); got != want {
+		t.Errorf("Read routes\n%s\nwant\n%s", got, want)
 	}
-	for _, want := range []string{
-		"rule ipv4 10000: (+1 other selectors) lookup 99",
-		"rule ipv6 10001: uidrange 1-1 unreachable",
-		"route 10.62.0.0/16 dev veth0 table 98",
-		"route throw 2001:db8::/32 table 98",
+	if got := strs(kernelRoutes(t, table)); got != want {
+		t.Errorf("ip reads\n%s\nwant\n%s", got, want)
+	}
+}
+
+// Read reports addresses as the kernel holds them: one without vpnd's
+// flags (no prefix route; for IPv6 no duplicate address detection) is
+// Foreign, since it may have put a prefix route into main.
+func TestReadForeignAddresses(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	n := openNetlink(t, nil)
+	index := upVPNLink(t, n)
+	for _, args := range [][]string{
+		{"addr", "add", "10.66.0.1/24", "dev", "vpn-tun"},
+		{"addr", "add", "10.67.0.1/24", "dev", "vpn-tun", "noprefixroute"},
+		{"-6", "addr", "add", "fd00:66::1/64", "dev", "vpn-tun", "noprefixroute"},
+		{"-6", "addr", "add", "fd00:67::1/64", "dev", "vpn-tun", "noprefixroute", "nodad"},
+		{"-6", "addr", "add", "fd00:68::1/64", "dev", "vpn-tun", "nodad"},
 	} {
-		if !slices.Contains(got, want) {
-			t.Errorf("Occupants lacks %q:\n%s", want, text)
+		ipCmd(t, args...)
+	}
+	h, err := n.Read(manager.Query{Links: []int{index}, What: manager.PartLinks})
+	must(t, err)
+	want := "10.66.0.1/24 (foreign)\n10.67.0.1/24\n10.8.0.2/24\nfd00:66::1/64 (foreign)\nfd00:67::1/64\nfd00:68::1/64 (foreign)\nfd00:8::2/64"
+	if len(h.Links) != 1 || addrStrs(h.Links[0].Addrs) != want {
+		t.Errorf("Read addresses %+v\nwant\n%s", h.Links, want)
+	}
+}
+
+// Read reports links as the kernel holds them: by index and by vpnd's
+// name, whatever their kind (only a TUN is TUN: a TAP or a bridge under
+// vpnd's name is not), with MTU and up state.
+func TestReadLinks(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	n := openNetlink(t, nil)
+	_, index := makeTUN(t, n, "tun-a")
+	ipCmd(t, "link", "set", "tun-a", "mtu", "1300", "up")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, ""},
+		{[]string{"tuntap", "add", "vpn-tun", "mode", "tun"}, "vpn-tun TUN true mtu 1500 up false"},
+		{[]string{"tuntap", "add", "vpn-tun", "mode", "tap"}, "vpn-tun TUN false mtu 1500 up false"},
+		{[]string{"link", "add", "vpn-tun", "type", "bridge"}, "vpn-tun TUN false mtu 1500 up false"},
+	} {
+		if tc.args != nil {
+			ipCmd(t, tc.args...)
+		}
+		h, err := n.Read(manager.Query{Places: places, Links: []int{index, 9999}, What: manager.PartLinks})
+		must(t, err)
+		var got []string
+		for _, l := range h.Links {
+			got = append(got, fmt.Sprintf("%s TUN %t mtu %d up %t", l.Name, l.TUN, l.MTU, l.Up))
+			if l.Name == "tun-a" && l.Index != index {
+				t.Errorf("tun-a read with index %d, want %d", l.Index, index)
+			}
+		}
+		want := []string{"tun-a TUN true mtu 1300 up true"}
+		if tc.want != "" {
+			want = append(want, tc.want)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("after ip %v: links %q, want %q", tc.args, got, want)
+		}
+		if tc.args != nil {
+			ipCmd(t, "link", "del", "vpn-tun")
+		}
+	}
+}
+
+// PutRoute replaces the route with its identity (destination, TOS,
+// metric) whatever it is now: another protocol, scope, type, gateway or
+// link. Routes of another metric or TOS to the same destination are
+// other routes and stay.
+func TestPutRouteReplaces(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	n := openNetlink(t, nil)
+	index := upVPNLink(t, n)
+	_, other := makeTUN(t, n, "other")
+	applyAll(t, n, manager.Op{Kind: manager.LinkUp, Link: manager.Link{Index: other}})
+	ipCmd(t, "route", "add", "throw", "10.1.0.0/16", "table", "98", "proto", "static", "metric", "100")
+	ipCmd(t, "route", "add", "throw", "10.1.0.0/16", "table", "98", "proto", "static", "tos", "0x10")
+	ipCmd(t, "-6", "route", "add", "throw", "2001:db8:1::/48", "table", "98", "proto", "static", "metric", "100")
+	keep := "throw 10.1.0.0/16 metric 100\nthrow 10.1.0.0/16 tos 0x10\nthrow 2001:db8:1::/48 metric 100"
+	wanted := []manager.Route{
+		{Dst: pfx("10.1.0.0/16"), LinkIndex: index},
+		{Dst: pfx("10.2.0.0/16"), Gateway: ip("10.8.0.1"), LinkIndex: index},
+		{Dst: pfx("10.3.0.0/16"), Kind: manager.Throw},
+		{Dst: pfx("10.4.0.0/16"), Kind: manager.Unreachable},
+		{Dst: pfx("2001:db8:1::/48"), LinkIndex: index},
+		{Dst: pfx("2001:db8:2::/48"), Kind: manager.Throw},
+		{Dst: pfx("2001:db8:3::/48"), Gateway: ip("fd00:8::1"), LinkIndex: index},
+	}
+	for _, tc := range [][]string{
+		{"route", "replace", "10.1.0.0/16", "dev", "vpn-tun", "table", "98", "proto", "boot"},
+		{"route", "replace", "10.1.0.0/16", "dev", "vpn-tun", "table", "98", "proto", "static", "scope", "global"},
+		{"route", "replace", "blackhole", "10.1.0.0/16", "table", "98", "proto", "static"},
+		{"route", "replace", "10.1.0.0/16", "dev", "other", "table", "98", "proto", "static"},
+		{"route", "replace", "10.2.0.0/16", "via", "10.8.0.9", "dev", "vpn-tun", "table", "98", "proto", "static", "onlink"},
+		{"route", "replace", "10.2.0.0/16", "via", "10.8.0.1", "dev", "vpn-tun", "table", "98", "proto", "boot", "onlink"},
+		{"route", "replace", "throw", "10.3.0.0/16", "table", "98", "proto", "boot"},
+		{"route", "replace", "unreachable", "10.3.0.0/16", "table", "98", "proto", "static"},
+		{"route", "replace", "throw", "10.4.0.0/16", "table", "98", "proto", "static"},
+		{"route", "replace", "unreachable", "10.4.0.0/16", "table", "98", "proto", "static", "scope", "link"},
+		{"-6", "route", "replace", "throw", "2001:db8:1::/48", "table", "98", "proto", "boot"},
+		{"-6", "route", "replace", "2001:db8:1::/48", "dev", "other", "table", "98", "proto", "static"},
+		{"-6", "route", "replace", "unreachable", "2001:db8:2::/48", "table", "98", "proto", "static"},
+		{"-6", "route", "replace", "prohibit", "2001:db8:2::/48", "table", "98", "proto", "static"},
+		{"-6", "route", "replace", "2001:db8:3::/48", "via", "fd00:8::9", "dev", "vpn-tun", "table", "98", "proto", "static", "onlink"},
+		{"-6", "route", "replace", "2001:db8:3::/48", "dev", "vpn-tun", "table", "98", "proto", "kernel"},
+	} {
+		ipCmd(t, tc...)
+		var ops []manager.Op
+		for _, r := range wanted {
+			ops = append(ops, manager.Op{Kind: manager.PutRoute, Table: table, Route: r})
+		}
+		applyAll(t, n, ops...)
+		want := strs(append(slices.Clone(wanted), manager.Route{Dst: pfx("10.8.0.0/24"), LinkIndex: index})) + "\n" + keep
+		h, err := n.Read(manager.Query{Places: places, What: manager.PartRoutes})
+		must(t, err)
+		if got := strs(h.Routes); got != strings.Join(sortedLines(want), "\n") {
+			t.Errorf("after ip %s and vpnd's puts:\n%s\nwant\n%s", strings.Join(tc, " "), got, strings.Join(sortedLines(want), "\n"))
+		}
+	}
+}
+
+func sortedLines(s string) []string {
+	lines := strings.Split(s, "\n")
+	slices.Sort(lines)
+	return lines
+}
+
+// DelRoute deletes the route with its identity in vpnd's table, whatever
+// its type, protocol, scope or link, in both families, at the default
+// metric and at others; routes of another metric or TOS, or in another
+// table, stay. An IPv4 delete at metric 0 is the kernel's wildcard for the
+// metric: with no metric-0 route left it deletes the one of the lowest
+// metric to the destination.
+func TestDelRouteIdentity(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	n := openNetlink(t, nil)
+	index := upVPNLink(t, n)
+	for _, args := range [][]string{
+		{"route", "add", "throw", "10.1.0.0/16", "table", "98", "proto", "boot"},
+		{"route", "add", "blackhole", "10.1.0.0/16", "table", "98", "proto", "static", "metric", "100"},
+		{"route", "add", "10.1.0.0/16", "dev", "vpn-tun", "table", "98", "proto", "kernel", "tos", "0x10"},
+		{"route", "add", "throw", "10.1.0.0/16", "table", "99", "proto", "static"},
+		{"route", "add", "10.2.0.0/16", "via", "10.8.0.1", "dev", "vpn-tun", "table", "98", "proto", "boot", "onlink", "scope", "global"},
+		{"route", "add", "unreachable", "10.3.0.0/16", "table", "98", "proto", "static", "scope", "link"},
+		{"-6", "route", "add", "throw", "2001:db8:1::/48", "table", "98", "proto", "boot"},
+		{"-6", "route", "add", "prohibit", "2001:db8:1::/48", "table", "98", "proto", "static", "metric", "100"},
+		{"-6", "route", "add", "2001:db8:2::/48", "dev", "vpn-tun", "table", "98", "proto", "boot", "metric", "1024"},
+		{"-6", "route", "add", "unreachable", "2001:db8:3::/48", "table", "98", "proto", "static", "metric", "5"},
+		{"-6", "route", "add", "throw", "2001:db8:4::/48", "table", "98", "proto", "static", "metric", "5"},
+	} {
+		ipCmd(t, args...)
+	}
+	routes := func() string {
+		h, err := n.Read(manager.Query{Places: places, What: manager.PartRoutes})
+		must(t, err)
+		var out []manager.Route
+		for _, r := range h.Routes {
+			if r.Dst != pfx("10.8.0.0/24") {
+				out = append(out, r)
+			}
+		}
+		return strs(out)
+	}
+	del := func(dst string, metric uint32, tos uint8) manager.Op {
+		return manager.Op{Kind: manager.DelRoute, Table: table, Route: manager.Route{Dst: pfx(dst), Metric: metric, Tos: tos}}
+	}
+	for _, tc := range []struct {
+		ops  []manager.Op
+		gone string
+	}{
+		{[]manager.Op{del("10.1.0.0/16", 0, 0)}, "throw 10.1.0.0/16 (changed by someone else)"},
+		{[]manager.Op{del("10.1.0.0/16", 0, 0x10)}, fmt.Sprintf("10.1.0.0/16 dev #%d tos 0x10 (changed by someone else)", index)},
+		{[]manager.Op{del("10.2.0.0/16", 0, 0), del("10.3.0.0/16", 0, 0)},
+			fmt.Sprintf("10.2.0.0/16 via 10.8.0.1 dev #%d (changed by someone else)\nunreachable 10.3.0.0/16 (changed by someone else)", index)},
+		{[]manager.Op{del("2001:db8:1::/48", 0, 0)}, "throw 2001:db8:1::/48 (changed by someone else)"},
+		{[]manager.Op{del("2001:db8:2::/48", 0, 0), del("2001:db8:3::/48", 5, 0)},
+			fmt.Sprintf("2001:db8:2::/48 dev #%d (changed by someone else)\nunreachable 2001:db8:3::/48 metric 5", index)},
+		// Gone already: no error, and nothing else goes, IPv6 and IPv4 at
+		// a metric but 0.
+		{[]manager.Op{del("2001:db8:1::/48", 0, 0), del("2001:db8:4::/48", 0, 0), del("10.1.0.0/16", 5, 0)}, ""},
+		{[]manager.Op{del("2001:db8:1::/48", 100, 0)}, "other 2001:db8:1::/48 metric 100 (changed by someone else)"},
+		// The kernel's wildcard: 10.1.0.0/16 at metric 0 is gone, the
+		// delete takes the one at metric 100.
+		{[]manager.Op{del("10.1.0.0/16", 0, 0)}, "other 10.1.0.0/16 metric 100 (changed by someone else)"},
+	} {
+		before := routes()
+		applyAll(t, n, tc.ops...)
+		after := routes()
+		var gone []string
+		for _, r := range strings.Split(before, "\n") {
+			if !slices.Contains(strings.Split(after, "\n"), r) {
+				gone = append(gone, r)
+			}
+		}
+		if got := strings.Join(gone, "\n"); got != tc.gone {
+			t.Errorf("%v deleted\n%s\nwant\n%s", tc.ops, got, tc.gone)
+		}
+	}
+	if got := strs(kernelRoutes(t, 99)); got != "throw 10.1.0.0/16" {
+		t.Errorf("table 99 holds %s", got)
+	}
+}
+
+// ruleStr renders a rule read from the kernel, with its mark.
+func ruleStr(r manager.Rule) string {
+	s := r.String()
+	if r.Mark != 0 {
+		s += fmt.Sprintf(" (mark %#x)", r.Mark)
+	}
+	return s
+}
+
+// Read reports rules as the kernel holds them, in its order: a rule of
+// the shapes vpnd makes reads as vpnd's whoever made it; one with
+// anything vpnd never sets (a source, an interface, an inverted match,
+// ports, no uid range) carries the kernel's own encoding in Selectors,
+// with the action it has (OtherAction for blackhole, goto...).
+//
+// The kernel's rule lookups treat what a request leaves out as a
+// wildcard, and some selectors not at all: an add is EEXIST if a rule
+// matches it but for a source, destination or TOS the add does not give,
+// or an inverted match; a delete hits the first rule, in the kernel's
+// order, that has everything the delete gives. So a DelRule of a rule
+// read with Selectors deletes exactly that rule where no rule before it
+// has all its selectors; vpnd's shape of a rule (no mark) hits a masked
+// one before it; a rule without a uid range hits the first rule of its
+// table at its priority.
+func TestRulesAsTheKernelHoldsThem(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	n := openNetlink(t, nil)
+	for _, args := range [][]string{
+		{"rule", "add", "priority", "10000", "from", "10.0.0.0/8", "uidrange", "5-5", "lookup", "98"},
+		{"rule", "add", "priority", "10000", "from", "10.1.0.0/16", "uidrange", "5-5", "lookup", "98"},
+		{"rule", "add", "priority", "10000", "iif", "lo", "uidrange", "6-6", "lookup", "98"},
+		{"rule", "add", "priority", "10000", "not", "uidrange", "7-7", "lookup", "98"},
+		{"rule", "add", "priority", "10000", "uidrange", "8-8", "ipproto", "udp", "dport", "53", "lookup", "98"},
+		{"rule", "add", "priority", "10000", "uidrange", "9-9", "fwmark", "0x1", "lookup", "97"},
+		{"rule", "add", "priority", "10000", "uidrange", "10-10", "goto", "32766"},
+		{"rule", "add", "priority", "10000", "lookup", "98"},
+		{"rule", "add", "priority", "10000", "uidrange", "11-11", "lookup", "98", "protocol", "boot"},
+		{"rule", "add", "priority", "10000", "fwmark", "0/0x20000", "uidrange", "12-12", "lookup", "98"},
+		{"rule", "add", "priority", "10000", "uidrange", "12-12", "lookup", "98"},
+		{"-6", "rule", "add", "priority", "10001", "uidrange", "8-8", "blackhole"},
+		{"-6", "rule", "add", "priority", "10001", "uidrange", "9-9", "fwmark", "0/0x20000", "unreachable"},
+		{"-6", "rule", "add", "priority", "10001", "uidrange", "9-9", "fwmark", "0/0x20000", "prohibit"},
+		{"rule", "add", "priority", "9999", "uidrange", "5-5", "lookup", "98"},
+	} {
+		ipCmd(t, args...)
+	}
+	read := func() []manager.Rule {
+		t.Helper()
+		h, err := n.Read(manager.Query{Places: places, What: manager.PartRules})
+		must(t, err)
+		return h.Rules
+	}
+	rules := read()
+	var got []string
+	for _, r := range rules {
+		got = append(got, ruleStr(r))
+	}
+	want := []string{
+		"ipv4 10000: uidrange 5-5 (and other selectors) lookup 98",
+		"ipv4 10000: uidrange 5-5 (and other selectors) lookup 98",
+		"ipv4 10000: uidrange 6-6 (and other selectors) lookup 98",
+		"ipv4 10000: uidrange 7-7 (and other selectors) lookup 98",
+		"ipv4 10000: uidrange 8-8 (and other selectors) lookup 98",
+		"ipv4 10000: uidrange 9-9 fwmark 0x1/0xffffffff lookup 97 (mark 0x1)",
+		"ipv4 10000: uidrange 10-10 (and other selectors) (another action)",
+		"ipv4 10000: uidrange 0-0 (and other selectors) lookup 98",
+		"ipv4 10000: uidrange 11-11 lookup 98",
+		"ipv4 10000: uidrange 12-12 fwmark 0x0/0x20000 lookup 98",
+		"ipv4 10000: uidrange 12-12 lookup 98",
+		"ipv6 10001: uidrange 8-8 (and other selectors) (another action)",
+		"ipv6 10001: uidrange 9-9 fwmark 0x0/0x20000 unreachable",
+		"ipv6 10001: uidrange 9-9 fwmark 0x0/0x20000 (and other selectors) (another action)",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Read rules\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// `ip`'s independent view agrees on which carry selectors.
+	for i, k := range kernelRules(t, prio, lock) {
+		if (k.Selectors != "") != (rules[i].Selectors != "") || k.Action != rules[i].Action {
+			t.Errorf("rule %d: ip reads %+v, vpnd %+v", i, k, rules[i])
+		}
+	}
+
+	// Adds: a source the add does not give, and an inverted match, do
+	// not count; an interface and the protocol do (so a rule of vpnd's
+	// shape made with another protocol is not in the way of vpnd's own,
+	// and reads the same).
+	rule := func(uid uint32) manager.Rule {
+		return manager.Rule{Family: v4, Priority: prio, Table: table, UIDStart: uid, UIDEnd: uid}
+	}
+	add := func(r manager.Rule) manager.Op { return manager.Op{Kind: manager.AddRule, Table: table, Rule: r} }
+	del := func(r manager.Rule) manager.Op { return manager.Op{Kind: manager.DelRule, Table: table, Rule: r} }
+	var outcomes []string
+	for _, e := range applyResults(t, n, add(rule(5)), add(rule(7)), add(rule(11)), add(rule(6)), del(rule(6)), del(rule(11))) {
+		outcomes = append(outcomes, outcome(e))
+	}
+	if want := []string{"EEXIST", "EEXIST", "ok", "ok", "ok", "ok"}; !slices.Equal(outcomes, want) {
+		t.Errorf("adds of uidrange 5-5, 7-7, 11-11, 6-6 and the deletes of 6-6 and 11-11: %v, want %v", outcomes, want)
+	}
+	// The deletes of vpnd's 6-6 and 11-11 hit the rules before them that
+	// have all they give: someone's iif rule, and the one made with
+	// another protocol. vpnd's own stay, last at their priority.
+	after := slices.Clone(rules[:11])
+	after = slices.Delete(after, 8, 9)
+	after = slices.Delete(after, 2, 3)
+	after = append(after, rule(11), rule(6))
+	after = append(after, rules[11:]...)
+	if got := read(); !slices.Equal(got, after) {
+		t.Fatalf("rules\n%v\nwant\n%v", got, after)
+	}
+	rules = after
+
+	// Deletes of rules read with Selectors: exactly that rule, though a
+	// delete without its selectors would hit another one first.
+	for _, pick := range []func(r manager.Rule) bool{
+		func(r manager.Rule) bool {
+			return r.Selectors != "" && r.UIDStart == 5 && r.Family == v4 && r != rules[0]
+		},
+		func(r manager.Rule) bool { return r.Selectors != "" && r.UIDStart == 7 },
+		func(r manager.Rule) bool { return r.Selectors != "" && r.UIDStart == 8 && r.Family == v4 },
+		func(r manager.Rule) bool { return r.Action == manager.OtherAction && r.Family == v4 },
+		func(r manager.Rule) bool { return r.Action == manager.OtherAction && r.Family == v6 && r.UIDStart == 9 },
+		func(r manager.Rule) bool { return r.Action == manager.OtherAction && r.Family == v6 },
+	} {
+		before := read()
+		j := slices.IndexFunc(before, pick)
+		if j < 0 {
+			t.Fatalf("no such rule in %v", before)
+		}
+		victim := before[j]
+		applyAll(t, n, del(victim))
+		if got, want := read(), slices.Delete(slices.Clone(before), j, j+1); !slices.Equal(got, want) {
+			t.Errorf("delete of %s (rule %d) left\n%v\nwant\n%v", victim, j, got, want)
+		}
+	}
+	// Left: from 10.0.0.0/8 uidrange 5-5, the mark rule, no uid range,
+	// the masked and the plain uidrange 12-12, 11-11, 6-6, and IPv6's
+	// unreachable one. vpnd's shape of uidrange 12-12 hits the masked one.
+	left := read()
+	if len(left) != 8 || left[4] != rule(12) {
+		t.Fatalf("rules left: %v", left)
+	}
+	applyAll(t, n, del(rule(12)))
+	if got := read(); !slices.Equal(got, slices.Delete(slices.Clone(left), 3, 4)) {
+		t.Errorf("delete of %s: left\n%v\nwant the masked rule before it gone", rule(12), got)
+	}
+	// A rule without a uid range: its delete hits the first rule at its
+	// priority that looks up its table, whatever that one's uids.
+	left = read()
+	if left[2].UIDStart != 0 || left[2].Selectors == "" {
+		t.Fatalf("rule 2 is %v, want the one without a uid range", left[2])
+	}
+	applyAll(t, n, del(left[2]))
+	if got := read(); !slices.Equal(got, slices.Delete(slices.Clone(left), 0, 1)) {
+		t.Errorf("delete of the rule without a uid range: left\n%v\nwant %s gone instead", got, left[0])
+	}
+	if got := kernelRules(t, 9999); len(got) != 1 {
+		t.Errorf("rules at 9999: %v", got)
+	}
+}
+
+// An MTU below IPv6's minimum takes IPv6 off the link with its addresses
+// and the routes through it, and refuses IPv6 addresses until it is
+// raised. Raising it brings IPv6 back with the kernel's defaults: on a
+// link that is up, the kernel generates a link-local address at once,
+// with a prefix route in main, before the SetLink's own IPv6 setting
+// takes address generation off again. Read reports that address Foreign
+// and Sync reports the link, so the reconciler deletes it, and with it
+// goes the route in main.
+func TestSetLinkAcrossIPv6Minimum(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	n := openNetlink(t, nil)
+	_, index := makeTUN(t, n, "vpn-tun")
+	if _, err := n.Watch(t.Context(), places); err != nil {
+		t.Fatal(err)
+	}
+	o := fullVPN(index)
+	o.rules = nil
+	applyAll(t, n, o.upOps()...)
+	setMTU := func(mtu int) {
+		t.Helper()
+		applyAll(t, n, manager.Op{Kind: manager.SetLink, Link: manager.Link{Index: index, MTU: mtu}})
+	}
+	setMTU(1200)
+	h := readAll(t, n)
+	if got := addrStrs(h.Links[0].Addrs); got != "10.8.0.2/24\n10.8.1.2/32" {
+		t.Errorf("addresses at MTU 1200:\n%s\nwant the IPv4 ones", got)
+	}
+	for _, r := range h.Routes {
+		if r.Dst.Addr().Is6() && r.Kind == manager.Unicast {
+			t.Errorf("route %s is still there at MTU 1200", r)
+		}
+	}
+	addr6 := manager.Op{Kind: manager.AddAddr, Link: manager.Link{Index: index}, Addr: pfx("fd00:8::2/64")}
+	if got := outcome(applyResults(t, n, addr6)[0]); got == "ok" {
+		t.Errorf("an IPv6 address at MTU 1200: %s", got)
+	}
+	tuntest.WaitIPv6(t, "vpn-tun")
+	n.Sync()
+
+	setMTU(1400)
+	if got := readFile(t, "/proc/sys/net/ipv6/conf/vpn-tun/addr_gen_mode"); got != "1" {
+		t.Errorf("addr_gen_mode of vpn-tun is %s after the MTU came back, want 1 (none)", got)
+	}
+	if p := n.Sync(); p&manager.PartLinks == 0 {
+		t.Errorf("Sync after the MTU came back: %s, want the link", p)
+	}
+	h = readAll(t, n)
+	var generated []manager.Op
+	for _, a := range h.Links[0].Addrs {
+		if a.Prefix.Addr().Is4() {
+			continue
+		}
+		if !a.Prefix.Addr().IsLinkLocalUnicast() || !a.Foreign {
+			t.Errorf("IPv6 address %+v after the MTU came back, want only the kernel's link-local one", a)
+		}
+		generated = append(generated, manager.Op{Kind: manager.DelAddr, Link: manager.Link{Index: index}, Addr: a.Prefix})
+	}
+	if len(generated) != 1 || !strings.Contains(netnstest.IP(t, "-6", "route", "show", "table", "main"), "fe80::/64 dev vpn-tun") {
+		t.Errorf("addresses %+v and main %s: want one link-local address and its route", h.Links[0].Addrs, netnstest.IP(t, "-6", "route", "show", "table", "main"))
+	}
+	var ops []manager.Op
+	for _, a := range o.link.Addrs {
+		if a.Addr().Is6() {
+			ops = append(ops, manager.Op{Kind: manager.AddAddr, Link: manager.Link{Index: index}, Addr: a})
+		}
+	}
+	for _, r := range o.routes {
+		ops = append(ops, manager.Op{Kind: manager.PutRoute, Table: table, Route: r})
+	}
+	applyAll(t, n, append(generated, ops...)...)
+	tuntest.WaitIPv6(t, "vpn-tun")
+	h = readAll(t, n)
+	if got, want := addrStrs(h.Links[0].Addrs), strs(o.link.Addrs); got != want {
+		t.Errorf("addresses after the MTU came back:\n%s\nwant\n%s", got, want)
+	}
+	if got, want := strs(h.Routes), strs(o.routes); got != want {
+		t.Errorf("routes after the MTU came back:\n%s\nwant\n%s", got, want)
+	}
+	for _, r := range netnstest.IPJSON(t, "-6", "route", "show", "table", "main") {
+		if r["dev"] == "vpn-tun" {
+			t.Errorf("main table has a route through vpn-tun: %v", r)
 		}
 	}
 }
 
 // HostPrefixes lists every other link's addresses and on-link prefixes in
-// main; not gateway routes, and not the excepted link's.
+// main; not gateway routes, and not the excepted link's. HostReader,
+// which `vpnd --sim` uses, answers the same.
 func TestHostPrefixes(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
 	netnstest.LoUp(t)
-	n := newNetlink(t)
-	_, index := createTUN(t, n, "vpn-tun")
-	_, err := n.Install(fullVPN(index))
-	must(t, err)
+	n := openNetlink(t, nil)
+	_, index := makeTUN(t, n, "vpn-tun")
+	o := fullVPN(index)
+	applyAll(t, n, o.upOps()...)
 	for _, args := range [][]string{
 		{"link", "add", "veth0", "type", "veth", "peer", "name", "veth1"},
 		{"link", "set", "veth0", "up"},
@@ -806,9 +1002,9 @@ func TestHostPrefixes(t *testing.T) {
 		{"route", "add", "203.0.113.0/24", "via", "192.0.2.254"},
 		{"route", "add", "198.51.100.0/24", "dev", "veth0", "table", "97"},
 	} {
-		netnstest.IP(t, args...)
+		ipCmd(t, args...)
 	}
-	render := func(ps []tun.HostPrefix) string {
+	render := func(ps []manager.HostPrefix) string {
 		var out []string
 		for _, p := range ps {
 			if p.Prefix.Addr().IsLinkLocalUnicast() || p.Prefix.Addr().Is6() && p.Prefix.Masked() == pfx("fe80::/64") {
@@ -819,8 +1015,6 @@ func TestHostPrefixes(t *testing.T) {
 		slices.Sort(out)
 		return strings.Join(out, "\n")
 	}
-	got, err := n.HostPrefixes("vpn-tun")
-	must(t, err)
 	want := strings.Join([]string{
 		"127.0.0.1/8 lo",
 		"192.0.2.0/24 veth0",
@@ -830,246 +1024,56 @@ func TestHostPrefixes(t *testing.T) {
 		"fd10::/64 veth0",
 		"fd10::1/64 veth0",
 	}, "\n")
-	if render(got) != want {
-		t.Errorf("HostPrefixes(except vpn-tun) =\n%s\nwant\n%s", render(got), want)
-	}
-	got, err = n.HostPrefixes("")
+	r, err := NewHostReader()
 	must(t, err)
-	for _, a := range fullVPN(index).Link.Addrs {
-		if !strings.Contains(render(got), a.String()+" vpn-tun") {
-			t.Errorf("HostPrefixes(\"\") lacks %s on vpn-tun:\n%s", a, render(got))
+	defer r.Close()
+	for name, hp := range map[string]func(string) ([]manager.HostPrefix, error){"Netlink": n.HostPrefixes, "HostReader": r.HostPrefixes} {
+		got, err := hp("vpn-tun")
+		must(t, err)
+		if render(got) != want {
+			t.Errorf("%s.HostPrefixes(except vpn-tun) =\n%s\nwant\n%s", name, render(got), want)
 		}
-	}
-}
-
-// The start-up sweep removes vpnd's interface (if it is a TUN), its rules
-// at its priority that look up its table whatever their selectors, every
-// route in its table, and lockdown rules nobody wants; nothing else.
-func TestSweep(t *testing.T) {
-	if !netnstest.Enter(t) {
-		return
-	}
-	n := newNetlink(t)
-	spec := tun.SweepSpec{IfName: "vpn-tun", Table: table, Priority: prio}
-
-	// Decoys that are not vpnd's.
-	for _, args := range [][]string{
-		{"link", "add", "decoy0", "type", "bridge"},
-		{"link", "set", "decoy0", "up"},
-		{"addr", "add", "10.50.0.1/24", "dev", "decoy0"},
-		{"route", "add", "10.60.0.0/16", "dev", "decoy0", "table", "99"},
-		{"route", "add", "10.61.0.0/16", "dev", "decoy0"},
-		{"rule", "add", "priority", "9999", "uidrange", "1-1", "lookup", "98"},
-		{"rule", "add", "priority", "10000", "uidrange", "1-1", "lookup", "99"},
-		{"rule", "add", "priority", "10000", "uidrange", "2-2", "unreachable"},
-		{"-6", "rule", "add", "priority", "10002", "uidrange", "1-1", "lookup", "98"},
-		{"rule", "add", "priority", "10001", "from", "10.0.0.0/8", "uidrange", "3-3", "unreachable"},
-		{"rule", "add", "priority", "10001", "uidrange", "4-4", "lookup", "97"},
-	} {
-		netnstest.IP(t, args...)
-	}
-	before := kernelState(t)
-
-	// What a killed vpnd left: a TUN still held open by its client, its
-	// routes and rules, and others' rules and routes in its slots.
-	_, index := createTUN(t, n, "vpn-tun")
-	o := fullVPN(index)
-	o.Rules = o.Rules[:6] // lockdown's come later
-	_, err := n.Install(o)
-	must(t, err)
-	netnstest.IP(t, "rule", "add", "priority", "10000", "from", "10.0.0.0/8", "lookup", "98")
-	netnstest.IP(t, "-6", "rule", "add", "priority", "10000", "fwmark", "0x1/0x1", "iif", "lo", "lookup", "98")
-	netnstest.IP(t, "route", "add", "10.62.0.0/16", "dev", "decoy0", "table", "98")
-	netnstest.IP(t, "route", "add", "blackhole", "10.63.0.0/16", "table", "98")
-	netnstest.IP(t, "-6", "route", "add", "prohibit", "2001:db8:7::/48", "table", "98")
-
-	removed, err := n.Sweep(nil, spec)
-	must(t, err)
-	// The link takes the routes through it along; the others are deleted
-	// one by one: the link, 6+2 rules, 4 routes of the VPN and 3 others.
-	if len(removed) != 1+8+4+3 {
-		t.Errorf("removed %d things, want 16:\n%s", len(removed), strings.Join(removed, "\n"))
-	}
-	if !slices.Contains(removed, "link vpn-tun (index "+strconv.Itoa(index)+") with the 7 routes through it") {
-		t.Errorf("removed %q, want the link named with its 7 routes", removed)
-	}
-	if after := kernelState(t); after != before {
-		t.Errorf("sweep did not restore the state before vpnd:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
-	// Nothing left: a second sweep removes nothing.
-	if removed, err := n.Sweep(nil, spec); err != nil || len(removed) != 0 {
-		t.Errorf("second sweep: %q, %v", removed, err)
-	}
-
-	// Lockdown rules nobody wants are removed; wanted ones, and others at
-	// that priority, stay.
-	_, err = n.Install(&tun.Objects{Rules: fullVPN(0).Rules[6:]})
-	must(t, err)
-	keep := fullVPN(0).Rules[6]
-	spec.LockdownPriority = lock
-	spec.Keep = func(r tun.Rule) bool { return r == keep }
-	removed, err = n.Sweep(nil, spec)
-	if err != nil || len(removed) != 1 || !strings.Contains(removed[0], "ipv6 10001: uidrange 2000-2999") {
-		t.Errorf("sweep of lockdown rules: %q, %v; want the IPv6 one removed", removed, err)
-	}
-	refusing := slices.DeleteFunc(kernelRules(t, lock), func(r tun.Rule) bool { return r.Action != tun.Refuse })
-	if !slices.Equal(refusing, []tun.Rule{keep}) {
-		t.Errorf("vpnd-shaped unreachable rules at %d: %v, want %v", lock, refusing, keep)
-	}
-	spec.Keep = nil
-	if removed, err := n.Sweep(nil, spec); err != nil || len(removed) != 1 {
-		t.Errorf("sweep wanting no lockdown: %q, %v", removed, err)
-	}
-	if after := kernelState(t); after != before {
-		t.Errorf("lockdown sweeps touched others:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
-	spec.LockdownPriority = 0
-
-	// A persistent TUN under the name is vpnd's kind of device: removed.
-	netnstest.IP(t, "tuntap", "add", "vpn-tun", "mode", "tun")
-	removed, err = n.Sweep(nil, spec)
-	if err != nil || len(removed) != 1 || linkExists(t, "vpn-tun") {
-		t.Errorf("sweep over a persistent tun: %q, %v; want it removed", removed, err)
-	}
-
-	// Any other link under the name is left alone and reported, after the
-	// rest of the sweep is done.
-	for _, args := range [][]string{
-		{"tuntap", "add", "vpn-tun", "mode", "tap"},
-		{"link", "add", "vpn-tun", "type", "bridge"},
-		{"link", "add", "vpn-tun", "type", "veth", "peer", "name", "vpn-peer"},
-	} {
-		netnstest.IP(t, args...)
-		netnstest.IP(t, "route", "add", "throw", "10.64.0.0/16", "table", "98")
-		removed, err = n.Sweep(nil, spec)
-		if !errors.Is(err, tun.ErrLinkExists) || len(removed) != 1 || !linkExists(t, "vpn-tun") {
-			t.Errorf("sweep over ip %v: %q, %v; want ErrLinkExists, the route removed and the link kept", args, removed, err)
-		}
-		netnstest.IP(t, "link", "del", "vpn-tun")
-	}
-
-	for _, tb := range []int{0, 253, 254, 255, -1} {
-		if _, err := n.Sweep(nil, tun.SweepSpec{IfName: "vpn-tun", Table: tb, Priority: prio}); err == nil {
-			t.Errorf("Sweep of reserved table %d succeeded", tb)
-		}
-	}
-	if _, err := n.Sweep(nil, tun.SweepSpec{IfName: "vpn-tun", Table: table}); err == nil {
-		t.Error("Sweep at priority 0 succeeded")
-	}
-	if _, err := n.Sweep(nil, tun.SweepSpec{IfName: "bad/name", Table: table, Priority: prio}); err == nil {
-		t.Error("Sweep of an invalid name succeeded")
-	}
-}
-
-// kernelState renders links, addresses, all rules and all routes of all
-// tables.
-func kernelState(t *testing.T) string {
-	t.Helper()
-	var b strings.Builder
-	for _, args := range [][]string{
-		{"-br", "link"},
-		{"-br", "addr"},
-		{"-4", "rule"},
-		{"-6", "rule"},
-		{"-4", "route", "show", "table", "all"},
-		{"-6", "route", "show", "table", "all"},
-	} {
-		out := netnstest.IP(t, args...)
-		// The kernel's own IPv6 link-local routes come and go with
-		// address configuration; they are not what the sweep is about.
-		for line := range strings.SplitSeq(out, "\n") {
-			if strings.Contains(line, "fe80::") || strings.Contains(line, "ff00::/8") || strings.Contains(line, "multicast") {
-				continue
+		got, err = hp("")
+		must(t, err)
+		for _, a := range o.link.Addrs {
+			if !strings.Contains(render(got), a.String()+" vpn-tun") {
+				t.Errorf("%s.HostPrefixes(\"\") lacks %s on vpn-tun:\n%s", name, a, render(got))
 			}
-			b.WriteString(line + "\n")
 		}
 	}
-	return b.String()
 }
 
-// protect: CheckSocket accepts only AF_INET/AF_INET6 stream or datagram
-// sockets without a pending error (2203004 with a precise detail
-// otherwise); MarkSocket sets the mark bit and keeps the others.
-func TestCheckAndMarkSocket(t *testing.T) {
+// MarkSocket sets the mark bits and keeps the others; marking twice is
+// marking once; a pipe cannot be marked.
+func TestMarkSocket(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	netnstest.LoUp(t)
-	n := newNetlink(t)
-
-	sock := func(domain, typ, proto int) int {
+	n := openNetlink(t, nil)
+	sock := func(domain, typ int) int {
 		t.Helper()
-		fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, proto)
+		fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
 		must(t, err)
 		t.Cleanup(func() { unix.Close(fd) })
 		return fd
 	}
-	var p [2]int
-	must(t, unix.Pipe2(p[:], unix.O_CLOEXEC))
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	const closed = 1 << 20 // far above any fd this test opens
-
-	refused := sock(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
-	listener := sock(unix.AF_INET, unix.SOCK_STREAM, 0)
-	must(t, unix.Bind(listener, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
-	sa, err := unix.Getsockname(listener)
-	must(t, err)
-	port := sa.(*unix.SockaddrInet4).Port
-	// Bound but not listening: a connect is refused.
-	if err := unix.Connect(refused, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}); err != unix.EINPROGRESS {
-		t.Fatalf("non-blocking connect: %v, want EINPROGRESS", err)
-	}
-	pfd := []unix.PollFd{{Fd: int32(refused), Events: unix.POLLOUT}}
-	if _, err := unix.Poll(pfd, 10000); err != nil || pfd[0].Revents&unix.POLLERR == 0 {
-		t.Fatalf("poll: %v, revents %#x, want POLLERR", err, pfd[0].Revents)
-	}
-
-	for _, tc := range []struct {
-		name   string
-		fd     int
-		detail string // "" means accepted
-	}{
-		{"negative fd", -1, "fd -1 is negative"},
-		{"pipe", p[0], "fd is not a socket"},
-		{"closed fd", closed, "is not open"},
-		{"unix socket", sock(unix.AF_UNIX, unix.SOCK_STREAM, 0), "socket domain AF_UNIX not AF_INET or AF_INET6"},
-		{"netlink socket", sock(unix.AF_NETLINK, unix.SOCK_RAW, 0), "socket domain AF_NETLINK not AF_INET or AF_INET6"},
-		{"raw socket", sock(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_UDP), "socket type SOCK_RAW not stream or datagram"},
-		{"sctp-style seqpacket", sock(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0), "socket domain AF_UNIX"},
-		{"failed tcp connect", refused, "socket has a pending error: connection refused"},
-		{"udp", sock(unix.AF_INET, unix.SOCK_DGRAM, 0), ""},
-		{"udp6", sock(unix.AF_INET6, unix.SOCK_DGRAM, 0), ""},
-		{"unconnected tcp", sock(unix.AF_INET, unix.SOCK_STREAM, 0), ""},
-		{"tcp6", sock(unix.AF_INET6, unix.SOCK_STREAM, 0), ""},
-	} {
-		err := n.CheckSocket(tc.fd)
-		if tc.detail == "" {
-			if err != nil {
-				t.Errorf("%s: %v, want accepted", tc.name, err)
-			}
-			continue
-		}
-		var e *errs.Error
-		if !errors.As(err, &e) || e.Code != errs.CodeInvalidFD || !strings.Contains(e.Detail, tc.detail) || !errors.Is(err, errs.ErrInvalidFD) {
-			t.Errorf("%s: %v, want code 2203004 with detail %q", tc.name, err, tc.detail)
-		}
-	}
-
-	// MarkSocket keeps the other bits, and marking twice is marking once.
-	fd := sock(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	fd := sock(unix.AF_INET, unix.SOCK_DGRAM)
 	must(t, unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, 0x5))
 	must(t, n.MarkSocket(fd, mark))
 	must(t, n.MarkSocket(fd, mark))
 	if got, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK); got != mark|0x5 {
 		t.Errorf("SO_MARK %#x, want %#x", got, mark|0x5)
 	}
-	fd = sock(unix.AF_INET6, unix.SOCK_STREAM, 0)
+	fd = sock(unix.AF_INET6, unix.SOCK_STREAM)
 	must(t, unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, -1<<31))
 	must(t, n.MarkSocket(fd, mark))
 	if got, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK); uint32(got) != 1<<31|mark {
 		t.Errorf("SO_MARK %#x, want %#x", uint32(got), 1<<31|mark)
 	}
+	var p [2]int
+	must(t, unix.Pipe2(p[:], unix.O_CLOEXEC))
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
 	if err := n.MarkSocket(p[0], mark); err == nil {
 		t.Error("MarkSocket of a pipe succeeded")
 	}
@@ -1080,19 +1084,24 @@ func TestCloseStopsMonitor(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	n, err := tun.New(nil)
+	n, err := New(nil, nil)
 	must(t, err)
-	f, index, err := n.CreateTUN("vpn-tun", tun.TUNOptions{})
+	f, _, err := n.CreateTUN("vpn-tun", manager.TUNOptions{})
 	must(t, err)
 	defer f.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, _, err := n.Watch(ctx, tun.ChangeFilter{LinkIndex: index, Table: table, Priorities: []int{prio}}); err != nil {
+	if _, err := n.Watch(ctx, places); err != nil {
 		t.Fatal(err)
+	}
+	ipCmd(t, "route", "add", "throw", "10.0.0.0/8", "table", "98")
+	if p := n.Sync(); p != manager.PartAll {
+		t.Errorf("the first Sync after Watch = %s, want everything", p)
 	}
 	must(t, n.Close())
 	goleak.VerifyNone(t)
-	if _, _, err := n.Watch(ctx, tun.ChangeFilter{LinkIndex: index}); err == nil {
+	if _, err := n.Watch(ctx, places); err == nil {
 		t.Error("Watch after Close succeeded")
 	}
+	goleak.VerifyNone(t)
 }

@@ -156,9 +156,11 @@ func (r *requests) exchange(msgs [][]byte) ([]error, error) {
 			buf = append(buf, m...)
 		}
 		if err := r.send(buf); err != nil {
+			r.resync()
 			return results, lostError(err)
 		}
 		if err := r.readAcks(base, last-first+1, results[first:last+1]); err != nil {
+			r.resync()
 			return results, lostError(err)
 		}
 		first = last + 1
@@ -181,6 +183,29 @@ func (r *requests) send(b []byte) error {
 }
 
 // receive reads one datagram of answers.
+// resyncLimit bounds the reads of a resync: the answers of a chunk and
+// the rest of one dump.
+const resyncLimit = 1 << 20
+
+// resync empties the socket after its answers were lost, so that the
+// next exchange starts clean. Lost answers leave the socket in a state
+// that would lose the next ones too: the kernel marks a socket it found
+// full as congested, and drops every answer to it until its reader has
+// emptied it, so the next request's acknowledgement would never come; a
+// dump the kernel could not go on with stays under way, going on only as
+// its reader reads, and the kernel refuses every new dump meanwhile
+// (EBUSY). So everything queued is read and dropped, which lets such a
+// dump run to its end, until the socket is empty.
+func (r *requests) resync() {
+	buf := make([]byte, 64<<10)
+	for range resyncLimit {
+		_, _, err := unix.Recvfrom(r.s.GetFd(), buf, unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EBADF) {
+			return
+		}
+	}
+}
+
 func (r *requests) receive() ([]syscall.NetlinkMessage, error) {
 	msgs, _, err := r.s.Receive()
 	if errors.Is(err, unix.EAGAIN) {
@@ -268,23 +293,35 @@ func nlAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALI
 func (r *requests) dump(req *nl.NetlinkRequest, reset func(), fn func(m syscall.NetlinkMessage)) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	last := fmt.Errorf("netlink dump interrupted %d times (the kernel's state kept changing): %w", dumpAttempts, manager.ErrTransient)
 	for range dumpAttempts {
 		reset()
 		r.seq++
 		req.Seq = r.seq
 		r.sends.Add(1)
 		if err := r.s.Send(req); err != nil {
+			r.resync()
 			return lostError(fmt.Errorf("netlink send: %w", err))
 		}
 		interrupted, err := r.readDump(req.Seq, fn)
+		if errors.Is(err, unix.EBUSY) {
+			// A dump whose answers were lost is still under way in the
+			// kernel: let it end, and ask again.
+			r.resync()
+			last = err
+			continue
+		}
 		if err != nil {
+			if errors.Is(err, manager.ErrTransient) {
+				r.resync()
+			}
 			return err
 		}
 		if !interrupted {
 			return nil
 		}
 	}
-	return fmt.Errorf("netlink dump interrupted %d times (the kernel's state kept changing): %w", dumpAttempts, manager.ErrTransient)
+	return last
 }
 
 func (r *requests) readDump(seq uint32, fn func(m syscall.NetlinkMessage)) (interrupted bool, err error) {

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +27,7 @@ import (
 var (
 	_ manager.Kernel = (*tuntest.Fake)(nil)
 	_ manager.Kernel = (*sim.Kernel)(nil)
+	_ manager.Kernel = (*tun.Netlink)(nil)
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -45,20 +45,36 @@ const (
 // timing claim.
 const hangGuard = 10 * time.Second
 
+var places = manager.Places{IfName: "vpn-tun", Table: table, Priorities: []int{prio, lock}}
+
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
 
+// The scenario table below runs against the model (sim, through
+// tuntest.Fake) and against the real kernel in a fresh network namespace,
+// and requires the same from both at every step: the outcome of each op,
+// what Read reports, what Sync reports, the error words of CreateTUN, and
+// where the row says so the whole state as `ip` and Snapshot show it. So
+// the model stays honest about what the manager's reconciler relies on:
+// the kernel's answers (EEXIST, ENODEV, ENETDOWN, EINVAL), what a change
+// takes along, which route a put or a delete hits, which rule a delete
+// hits, what Read marks Foreign, and what Sync reports.
+
 // outside changes the kernel behind vpnd's back, as another program
-// would: sim.External for the model, `ip` for the kernel.
+// would: sim.External for the model, `ip` for the kernel. A route's
+// Foreign asks for another protocol; a rule's Selectors are `ip rule`
+// words, which the model keeps as they are.
 type outside interface {
 	setDown(index int) error
 	setMTU(index, mtu int) error
+	addAddress(index int, p netip.Prefix) error // without vpnd's flags
 	deleteAddress(index int, p netip.Prefix) error
 	flushTable(table int) error
-	addRoute(r tun.Route) error
-	deleteRoute(r tun.Route) error
-	addRule(r tun.Rule) error
-	deleteRule(r tun.Rule) error
+	addRoute(table int, r manager.Route) error
+	replaceRoute(table int, r manager.Route) error
+	deleteRoute(table int, r manager.Route) error
+	addRule(r manager.Rule) error
+	deleteRule(r manager.Rule) error
 	deleteLink(index int) error
 }
 
@@ -69,27 +85,24 @@ type world struct {
 	out   outside
 	files map[string]*os.File
 	index map[string]int
-	added map[string]tun.Objects // what Install reported, by step tag
-	// The scenario's watch, of vpn-tun's link, table and priorities, as
-	// the manager has one.
-	gone, changed <-chan struct{}
-	stopWatch     context.CancelFunc
-	// settle returns once every change made so far has reached the watch.
+	// settle returns once the kernel has finished what it does on its
+	// own after a change (IPv6 address configuration), so that Sync
+	// sees its announcements in the step that caused them.
 	settle  func()
 	observe func() observation
 }
 
-func newWorld(k manager.Kernel, out outside) *world {
-	return &world{k: k, out: out, files: map[string]*os.File{}, index: map[string]int{}, added: map[string]tun.Objects{}, stopWatch: func() {}}
+func newWorld(k manager.Kernel) *world {
+	return &world{k: k, files: map[string]*os.File{}, index: map[string]int{}}
 }
 
 // names replaces interface indexes in s ("#3", "(index 3)") with the
 // scenario's names for them.
 func (w *world) names(s string) string {
 	for name, i := range w.index {
-		s = strings.ReplaceAll(s, fmt.Sprintf("#%d ", i), name+" ")
-		s = strings.ReplaceAll(s, fmt.Sprintf("#%d:", i), name+":")
-		s = strings.ReplaceAll(s, fmt.Sprintf("#%d\n", i), name+"\n")
+		for _, f := range []string{"#%d ", "#%d:", "#%d)", "#%d\n", "#%d;"} {
+			s = strings.ReplaceAll(s, fmt.Sprintf(f, i), name+f[len(f)-1:])
+		}
 		if strings.HasSuffix(s, fmt.Sprintf("#%d", i)) {
 			s = strings.TrimSuffix(s, fmt.Sprintf("#%d", i)) + name
 		}
@@ -110,118 +123,83 @@ func (o observation) String() string {
 		strings.Join(o.Links, "\n  "), strings.Join(o.Routes, "\n  "), strings.Join(o.Rules, "\n  "))
 }
 
-func renderLink(name string, mtu int, up bool, addrs []netip.Prefix) string {
-	return fmt.Sprintf("%s mtu %d up %t addrs [%s]", name, mtu, up, sorted(addrs))
-}
-
-// sorted renders things sorted: the kernel's order of addresses and
-// routes is its own business.
-func sorted[T fmt.Stringer](xs []T) string {
-	out := make([]string, len(xs))
-	for i, x := range xs {
-		out[i] = x.String()
+// renderAddr renders an address, the kernel's own link-local addresses
+// (which it makes up) as one.
+func renderAddr(p netip.Prefix, foreign bool) string {
+	s := p.String()
+	if p.Addr().IsLinkLocalUnicast() && foreign {
+		s = "fe80::(the kernel's)/64"
 	}
-	slices.Sort(out)
-	return strings.Join(out, " ")
-}
-
-// inOrder renders things in their order: rules are evaluated in it.
-func inOrder[T fmt.Stringer](xs []T) string {
-	out := make([]string, len(xs))
-	for i, x := range xs {
-		out[i] = x.String()
+	if foreign {
+		s += " (foreign)"
 	}
-	return strings.Join(out, " ")
+	return s
 }
 
-func (w *world) renderRoutes(rs []tun.Route) []string {
+func renderLink(name string, mtu int, up bool, addrs []string) string {
+	slices.Sort(addrs)
+	return fmt.Sprintf("%s mtu %d up %t addrs [%s]", name, mtu, up, strings.Join(addrs, " "))
+}
+
+func (w *world) renderRoutes(rs []manager.Route) []string {
 	var out []string
 	for _, r := range rs {
-		if r.Table == table {
-			out = append(out, w.names(r.String()))
-		}
+		out = append(out, w.names(r.String()))
 	}
 	slices.Sort(out)
 	return out
 }
 
-func renderRules(rs []tun.Rule) []string {
+func renderRules(rs []manager.Rule) []string {
 	var out []string
 	for _, r := range rs {
-		if r.Priority == prio || r.Priority == lock {
-			out = append(out, r.String())
-		}
+		out = append(out, r.String())
 	}
 	return out
 }
 
-func (w *world) renderObjects(o tun.Objects) string {
+func (w *world) renderHave(h *manager.Have) string {
 	var b strings.Builder
-	if l := o.Link; l != nil {
-		fmt.Fprintf(&b, "link #%d mtu %d addrs [%s]; ", l.Index, l.MTU, inOrder(l.Addrs))
+	links := slices.Clone(h.Links) // in no order of the kernel's
+	slices.SortFunc(links, func(a, b manager.LinkState) int { return strings.Compare(a.Name, b.Name) })
+	for _, l := range links {
+		var addrs []string
+		for _, a := range l.Addrs {
+			addrs = append(addrs, renderAddr(a.Prefix, a.Foreign))
+		}
+		fmt.Fprintf(&b, "link %s TUN %t %s; ", w.names(fmt.Sprintf("#%d", l.Index)), l.TUN, renderLink(l.Name, l.MTU, l.Up, addrs))
 	}
-	fmt.Fprintf(&b, "routes [%s]; rules [%s]", inOrder(o.Routes), inOrder(o.Rules))
-	return w.names(b.String())
+	fmt.Fprintf(&b, "routes [%s]; rules [%s]", strings.Join(w.renderRoutes(h.Routes), ", "), strings.Join(renderRules(h.Rules), ", "))
+	return b.String()
 }
 
-func (w *world) renderState(s *tun.State) string {
-	var b strings.Builder
-	if l := s.Link; l != nil {
-		fmt.Fprintf(&b, "link %s #%d %s; ", l.Name, l.Index, renderLink(l.Name, l.MTU, l.Up, l.Addrs))
-	} else {
-		b.WriteString("no link; ")
-	}
-	fmt.Fprintf(&b, "routes [%s]; rules [%s]", sorted(s.Routes), inOrder(s.Rules))
-	return w.names(b.String())
-}
-
-func (w *world) renderRepair(r tun.Repair) string {
-	return w.names(fmt.Sprintf("link #%d mtu %d up %t addrs [%s] routes [%s] rules [%s]",
-		r.LinkIndex, r.MTU, r.Up, inOrder(r.Addrs), inOrder(r.Routes), inOrder(r.Rules)))
-}
-
-// outcome classifies an error the way the manager can tell errors apart.
+// outcome classifies an error the way the reconciler can tell errors
+// apart.
 func outcome(err error) string {
 	var errno unix.Errno
 	switch {
 	case err == nil:
 		return "ok"
-	case errors.Is(err, tun.ErrLinkExists):
+	case errors.Is(err, manager.ErrLinkExists):
 		return "ErrLinkExists"
-	case errors.Is(err, tun.ErrAmbiguousRule):
-		return "ErrAmbiguousRule"
+	case errors.Is(err, manager.ErrTransient):
+		return "ErrTransient"
 	case errors.As(err, &errno):
 		return unix.ErrnoName(errno)
 	}
 	return "error"
 }
 
-// errnoText matches what follows an object in an error: the errno's text
-// and the kernel's extended acknowledgement, which only the kernel has.
-var errnoText = regexp.MustCompile(`: [a-z][a-z ]*( \(.*\))?$`)
-
-// errorText is err as the manager would show it, cut to what both kernels
-// say alike: which step failed on which object.
-func (w *world) errorText(err error) string {
-	if err == nil {
-		return ""
-	}
-	var lines []string
-	for line := range strings.SplitSeq(err.Error(), "\n") {
-		var errno unix.Errno
-		if errors.As(err, &errno) {
-			line = errnoText.ReplaceAllString(line, "")
-		}
-		lines = append(lines, w.names(line))
-	}
-	slices.Sort(lines)
-	return strings.Join(lines, " | ")
-}
-
 type step struct {
 	name string
 	do   func(w *world) (detail string, err error)
-	want string // the outcome both must produce
+	// want is the outcome both must produce: for an Apply, each op's.
+	want string
+	// sync is what Sync must report after the step in the model; the
+	// kernel must report the same, and may report extra besides (the
+	// kernel announces the link changes vpnd makes as if someone else
+	// had made them).
+	sync, extra manager.Parts
 	// check compares the observations after the step.
 	check bool
 }
@@ -229,14 +207,14 @@ type step struct {
 // result is what a step produced in one world.
 type result struct {
 	outcome, errText, detail string
-	watch                    string
+	sync                     manager.Parts
 	obs                      observation
 	err                      error
 }
 
 func create(name string, blocking bool) func(w *world) (string, error) {
 	return func(w *world) (string, error) {
-		f, index, err := w.k.CreateTUN(name, tun.TUNOptions{Blocking: blocking})
+		f, index, err := w.k.CreateTUN(name, manager.TUNOptions{Blocking: blocking})
 		if err != nil {
 			return "", err
 		}
@@ -265,11 +243,11 @@ func closeFile(name string) func(w *world) (string, error) {
 		}
 		deadline := time.Now().Add(hangGuard)
 		for {
-			s, err := w.k.Read(tun.Query{LinkIndex: w.index[name]})
+			h, err := w.k.Read(manager.Query{Links: []int{w.index[name]}, What: manager.PartLinks})
 			if err != nil {
 				return "", err
 			}
-			if s.Link == nil {
+			if len(h.Links) == 0 {
 				return "", nil
 			}
 			if time.Now().After(deadline) {
@@ -280,332 +258,432 @@ func closeFile(name string) func(w *world) (string, error) {
 	}
 }
 
-func watch(name string) func(w *world) (string, error) {
+// apply carries out the ops in one Apply; its detail is each op's
+// outcome, and its outcome too (a lost answer would be ErrTransient).
+func apply(ops func(w *world) []manager.Op) func(w *world) (string, error) {
 	return func(w *world) (string, error) {
-		w.stopWatch()
-		ctx, cancel := context.WithCancel(context.Background())
-		w.stopWatch = cancel
-		var err error
-		w.gone, w.changed, err = w.k.Watch(ctx, tun.ChangeFilter{LinkIndex: w.index[name], Table: table, Priorities: []int{prio, lock}})
-		return "", err
-	}
-}
-
-func install(tag string, objects func(w *world) *tun.Objects) func(w *world) (string, error) {
-	return func(w *world) (string, error) {
-		added, err := w.k.Install(objects(w))
-		w.added[tag] = added
-		return w.renderObjects(added), err
-	}
-}
-
-// remove removes what the Install with tag reported, as a rollback does.
-func remove(tag string) func(w *world) (string, error) {
-	return func(w *world) (string, error) {
-		o := w.added[tag]
-		return "", w.k.Remove(&o)
-	}
-}
-
-// removeAll removes the whole of objects, as a teardown does.
-func removeAll(objects func(w *world) *tun.Objects) func(w *world) (string, error) {
-	return func(w *world) (string, error) { return "", w.k.Remove(objects(w)) }
-}
-
-func read(link string) func(w *world) (string, error) {
-	return func(w *world) (string, error) {
-		s, err := w.k.Read(tun.Query{LinkIndex: w.index[link], Table: table, Priorities: []int{prio, lock}})
+		list := ops(w)
+		results, err := w.k.Apply(list)
 		if err != nil {
 			return "", err
 		}
-		return w.renderState(s), nil
+		out := make([]string, len(results))
+		for i, e := range results {
+			out[i] = outcome(e)
+		}
+		return strings.Join(out, " "), nil
 	}
 }
 
-func restore(link string, rep func(w *world) tun.Repair) func(w *world) (string, error) {
+func read(links ...string) func(w *world) (string, error) {
 	return func(w *world) (string, error) {
-		r := rep(w)
-		r.LinkIndex = w.index[link]
-		done, err := w.k.Restore(&r)
-		return w.renderRepair(done), err
+		q := manager.Query{Places: places, What: manager.PartAll}
+		for _, l := range links {
+			q.Links = append(q.Links, w.index[l])
+		}
+		h, err := w.k.Read(q)
+		if err != nil {
+			return "", err
+		}
+		return w.renderHave(h), nil
 	}
-}
-
-// occupants lists what Occupants reports, as it reports it: the words
-// end up in an error's detail.
-func occupants(w *world) (string, error) {
-	o, err := w.k.Occupants(table, prio, lock)
-	slices.Sort(o)
-	return strings.Join(o, "; "), err
 }
 
 func outsideDo(f func(w *world) error) func(w *world) (string, error) {
 	return func(w *world) (string, error) { return "", f(w) }
 }
 
-// vpn is a VPN of every kind of object, on link: both families of
+// Ops in the manager's terms.
+
+func linkOp(kind manager.OpKind, link string, mtu int) func(w *world) manager.Op {
+	return func(w *world) manager.Op {
+		return manager.Op{Kind: kind, Link: manager.Link{Index: w.index[link], MTU: mtu}}
+	}
+}
+
+func addrOp(kind manager.OpKind, link string, p netip.Prefix) func(w *world) manager.Op {
+	return func(w *world) manager.Op {
+		return manager.Op{Kind: kind, Link: manager.Link{Index: w.index[link]}, Addr: p}
+	}
+}
+
+// routeOp puts or deletes r in vpnd's table; a unicast route goes through
+// link.
+func routeOp(kind manager.OpKind, link string, r manager.Route) func(w *world) manager.Op {
+	return func(w *world) manager.Op {
+		if r.Kind == manager.Unicast {
+			r.LinkIndex = w.index[link]
+		}
+		return manager.Op{Kind: kind, Table: table, Route: r}
+	}
+}
+
+func ruleOp(kind manager.OpKind, r manager.Rule) func(w *world) manager.Op {
+	return func(w *world) manager.Op { return manager.Op{Kind: kind, Table: table, Rule: r} }
+}
+
+func ops(fs ...func(w *world) manager.Op) func(w *world) []manager.Op {
+	return each(fs, func(f func(w *world) manager.Op) func(w *world) manager.Op { return f })
+}
+
+func join(lists ...func(w *world) []manager.Op) func(w *world) []manager.Op {
+	return func(w *world) []manager.Op {
+		var out []manager.Op
+		for _, l := range lists {
+			out = append(out, l(w)...)
+		}
+		return out
+	}
+}
+
+// vpn is a VPN of every kind of object, on vpn-tun: both families of
 // addresses (host addresses too), prefix routes, default routes, routes
 // through a gateway, excluded (throw) and fail-closed (unreachable)
 // routes, the owner's rules with the protect mask, other uids' rules, and
 // lockdown's rules.
-func vpn(link string) func(w *world) *tun.Objects {
-	return func(w *world) *tun.Objects {
-		index := w.index[link]
-		return &tun.Objects{
-			Link: &tun.Link{Index: index, MTU: 1400, Addrs: []netip.Prefix{
-				pfx("10.8.0.2/24"), pfx("10.8.1.2/32"), pfx("fd00:8::2/64"), pfx("fd00:9::2/128"),
-			}},
-			Routes: []tun.Route{
-				{Table: table, Dst: pfx("10.8.0.0/24"), LinkIndex: index},
-				{Table: table, Dst: pfx("fd00:8::/64"), LinkIndex: index},
-				{Table: table, Dst: pfx("0.0.0.0/0"), LinkIndex: index},
-				{Table: table, Dst: pfx("::/0"), LinkIndex: index},
-				{Table: table, Dst: pfx("198.51.100.0/24"), Gateway: addr("10.8.0.1"), LinkIndex: index},
-				{Table: table, Dst: pfx("2001:db8:1::/48"), Gateway: addr("fd00:8::1"), LinkIndex: index},
-				{Table: table, Dst: pfx("192.0.2.7/32"), LinkIndex: index},
-				{Table: table, Dst: pfx("192.168.0.0/16"), Kind: tun.Throw},
-				{Table: table, Dst: pfx("2001:db8:2::/48"), Kind: tun.Throw},
-				{Table: table, Dst: pfx("203.0.113.0/24"), Kind: tun.Unreachable},
-				{Table: table, Dst: pfx("2001:db8:3::/48"), Kind: tun.Unreachable},
-			},
-			Rules: []tun.Rule{
-				{Family: v4, Priority: prio, Table: table, UIDStart: 1000, UIDEnd: 1000, Mask: mark},
-				{Family: v6, Priority: prio, Table: table, UIDStart: 1000, UIDEnd: 1000, Mask: mark},
-				{Family: v4, Priority: prio, Table: table, UIDStart: 0, UIDEnd: 999},
-				{Family: v6, Priority: prio, Table: table, UIDStart: 0, UIDEnd: 999},
-				{Family: v4, Priority: lock, UIDStart: 2000, UIDEnd: 2999, Mask: mark, Action: tun.Refuse},
-				{Family: v6, Priority: lock, UIDStart: 2000, UIDEnd: 2999, Mask: mark, Action: tun.Refuse},
-			},
+var (
+	vpnAddrs = []netip.Prefix{pfx("10.8.0.2/24"), pfx("10.8.1.2/32"), pfx("fd00:8::2/64"), pfx("fd00:9::2/128")}
+	// vpnRoutes' unicast routes go through vpn-tun.
+	vpnRoutes = []manager.Route{
+		{Dst: pfx("10.8.0.0/24")},
+		{Dst: pfx("fd00:8::/64")},
+		{Dst: pfx("0.0.0.0/0")},
+		{Dst: pfx("::/0")},
+		{Dst: pfx("198.51.100.0/24"), Gateway: addr("10.8.0.1")},
+		{Dst: pfx("2001:db8:1::/48"), Gateway: addr("fd00:8::1")},
+		{Dst: pfx("192.0.2.7/32")},
+		{Dst: pfx("192.168.0.0/16"), Kind: manager.Throw},
+		{Dst: pfx("2001:db8:2::/48"), Kind: manager.Throw},
+		{Dst: pfx("203.0.113.0/24"), Kind: manager.Unreachable},
+		{Dst: pfx("2001:db8:3::/48"), Kind: manager.Unreachable},
+	}
+	vpnRules = []manager.Rule{
+		{Family: v4, Priority: prio, Table: table, UIDStart: 1000, UIDEnd: 1000, Mask: mark},
+		{Family: v6, Priority: prio, Table: table, UIDStart: 1000, UIDEnd: 1000, Mask: mark},
+		{Family: v4, Priority: prio, Table: table, UIDStart: 0, UIDEnd: 999},
+		{Family: v6, Priority: prio, Table: table, UIDStart: 0, UIDEnd: 999},
+		{Family: v4, Priority: lock, UIDStart: 2000, UIDEnd: 2999, Mask: mark, Action: manager.Refuse},
+		{Family: v6, Priority: lock, UIDStart: 2000, UIDEnd: 2999, Mask: mark, Action: manager.Refuse},
+	}
+)
+
+// each makes one op of every x.
+func each[T any](xs []T, op func(x T) func(w *world) manager.Op) func(w *world) []manager.Op {
+	return func(w *world) []manager.Op {
+		out := make([]manager.Op, len(xs))
+		for i, x := range xs {
+			out[i] = op(x)(w)
+		}
+		return out
+	}
+}
+
+func addrOps(kind manager.OpKind, link string, as []netip.Prefix) func(w *world) []manager.Op {
+	return each(as, func(a netip.Prefix) func(w *world) manager.Op { return addrOp(kind, link, a) })
+}
+
+func routeOps(kind manager.OpKind, link string, rs []manager.Route) func(w *world) []manager.Op {
+	return each(rs, func(r manager.Route) func(w *world) manager.Op { return routeOp(kind, link, r) })
+}
+
+func ruleOps(kind manager.OpKind, rs []manager.Rule) func(w *world) []manager.Op {
+	return each(rs, func(r manager.Rule) func(w *world) manager.Op { return ruleOp(kind, r) })
+}
+
+// bringUp is the reconciler's bring-up of the VPN on link.
+func bringUp(link string) func(w *world) []manager.Op {
+	return join(ops(linkOp(manager.SetLink, link, 1400)), addrOps(manager.AddAddr, link, vpnAddrs),
+		ops(linkOp(manager.LinkUp, link, 0)), routeOps(manager.PutRoute, link, vpnRoutes), ruleOps(manager.AddRule, vpnRules))
+}
+
+// pick returns the routes that keep keeps.
+func pick(rs []manager.Route, keep func(r manager.Route) bool) []manager.Route {
+	return slices.DeleteFunc(slices.Clone(rs), func(r manager.Route) bool { return !keep(r) })
+}
+
+func unicast(r manager.Route) bool  { return r.Kind == manager.Unicast }
+func unicast4(r manager.Route) bool { return r.Kind == manager.Unicast && r.Dst.Addr().Is4() }
+func unicast6(r manager.Route) bool { return r.Kind == manager.Unicast && r.Dst.Addr().Is6() }
+func ofFamily(six bool) func(netip.Prefix) bool {
+	return func(p netip.Prefix) bool { return p.Addr().Is6() == six }
+}
+
+func addrsWhere(keep func(netip.Prefix) bool) []netip.Prefix {
+	return slices.DeleteFunc(slices.Clone(vpnAddrs), func(p netip.Prefix) bool { return !keep(p) })
+}
+
+func repeat(s string, n int) string { return strings.TrimSpace(strings.Repeat(s+" ", n)) }
+
+func uidRule(uid uint32) manager.Rule {
+	return manager.Rule{Family: v4, Priority: prio, Table: table, UIDStart: uid, UIDEnd: uid}
+}
+
+func withMask(r manager.Rule) manager.Rule { r.Mask = mark; return r }
+
+func withSelectors(r manager.Rule, s string) manager.Rule { r.Selectors = s; return r }
+
+// readRule returns the first rule at vpnd's priorities that Read
+// reports and keep keeps.
+func readRule(w *world, keep func(r manager.Rule) bool) manager.Rule {
+	h, err := w.k.Read(manager.Query{Places: places, What: manager.PartRules})
+	if err != nil {
+		return manager.Rule{}
+	}
+	for _, r := range h.Rules {
+		if keep(r) {
+			return r
 		}
 	}
+	return manager.Rule{}
 }
 
-// only picks parts of a VPN.
-func only(objects func(w *world) *tun.Objects, pick func(o *tun.Objects)) func(w *world) *tun.Objects {
-	return func(w *world) *tun.Objects {
-		o := objects(w)
-		pick(o)
-		return o
+// generated deletes the addresses of link that Read reports Foreign, as
+// the reconciler does on its link.
+func generated(link string) func(w *world) []manager.Op {
+	return func(w *world) []manager.Op {
+		h, err := w.k.Read(manager.Query{Links: []int{w.index[link]}, What: manager.PartLinks})
+		if err != nil || len(h.Links) == 0 {
+			return nil
+		}
+		var out []manager.Op
+		for _, a := range h.Links[0].Addrs {
+			if a.Foreign {
+				out = append(out, addrOp(manager.DelAddr, link, a.Prefix)(w))
+			}
+		}
+		return out
 	}
 }
 
-func unicast(rs []tun.Route) []tun.Route {
-	return slices.DeleteFunc(slices.Clone(rs), func(r tun.Route) bool { return r.Kind != tun.Unicast })
-}
-
-func ofFamily(xs []netip.Prefix, six bool) []netip.Prefix {
-	return slices.DeleteFunc(slices.Clone(xs), func(p netip.Prefix) bool { return p.Addr().Is6() != six })
-}
-
-func routesOf(rs []tun.Route, six bool) []tun.Route {
-	return slices.DeleteFunc(slices.Clone(rs), func(r tun.Route) bool { return r.Dst.Addr().Is6() != six })
-}
-
-var (
-	plain5  = tun.Rule{Family: v4, Priority: prio, Table: table, UIDStart: 5, UIDEnd: 5}
-	masked5 = tun.Rule{Family: v4, Priority: prio, Table: table, UIDStart: 5, UIDEnd: 5, Mask: mark}
+const (
+	links  = manager.PartLinks
+	routes = manager.PartRoutes
+	rules  = manager.PartRules
+	// ownLink is what the kernel announces of vpnd's own changes to a
+	// link, as it announces anyone's.
+	ownLink = links | routes
 )
 
 // scenario is the table run against the model and the kernel. Each row
-// says what it shows; want is the outcome both must produce. After every
-// row both must also agree on the row's detail (what Install, Read,
-// Restore... reported), on the error's words, and on what the watch
-// reported; rows with check compare the kernels' whole state too.
+// says what it shows.
 var scenario = []step{
-	{name: "create vpn-tun, non-blocking", do: create("vpn-tun", false), want: "ok", check: true},
+	{name: "create vpn-tun, non-blocking", do: create("vpn-tun", false), want: "ok", extra: links, check: true},
 	{name: "IFF_TUN_EXCL: the name is taken", do: create("vpn-tun", false), want: "ErrLinkExists"},
 	{name: "an invalid name", do: create("bad/name", false), want: "error"},
 	{name: "lo is taken", do: create("lo", false), want: "ErrLinkExists"},
-	{name: "watch vpn-tun", do: watch("vpn-tun"), want: "ok"},
-	{name: "occupants of empty slots", do: occupants, want: "ok"},
-	{name: "install a whole VPN", do: install("vpn", vpn("vpn-tun")), want: "ok", check: true},
-	{name: "read it", do: read("vpn-tun"), want: "ok"},
-	{name: "occupants: the VPN", do: occupants, want: "ok"},
-	{name: "install it again: every address, route and rule exists", do: install("again", vpn("vpn-tun")), want: "EEXIST", check: true},
+	{name: "read the new link", do: read(), want: "ok"},
+	{name: "bring a whole VPN up", do: apply(bringUp("vpn-tun")), want: repeat("ok", 23), extra: ownLink, check: true},
+	{name: "read it", do: read(), want: "ok"},
+	{name: "again: every address and rule exists, puts replace", do: apply(bringUp("vpn-tun")),
+		want: "ok " + repeat("EEXIST", 4) + " ok " + repeat("ok", 11) + " " + repeat("EEXIST", 6), extra: ownLink, check: true},
 
 	{name: "someone adds a route to another table", do: outsideDo(func(w *world) error {
-		return w.out.addRoute(tun.Route{Table: 97, Dst: pfx("10.97.0.0/16"), Kind: tun.Throw})
+		return w.out.addRoute(97, manager.Route{Dst: pfx("10.97.0.0/16"), Kind: manager.Throw})
 	}), want: "ok"},
 	{name: "someone adds a rule at another priority", do: outsideDo(func(w *world) error {
-		return w.out.addRule(tun.Rule{Family: v4, Priority: 9999, Table: 97, UIDStart: 1, UIDEnd: 1})
+		return w.out.addRule(manager.Rule{Family: v4, Priority: 9999, Table: 97, UIDStart: 1, UIDEnd: 1})
 	}), want: "ok"},
 	{name: "someone sets the link down: its routes and IPv6 addresses go", do: outsideDo(func(w *world) error {
 		return w.out.setDown(w.index["vpn-tun"])
-	}), want: "ok", check: true},
-	{name: "read a link that is down", do: read("vpn-tun"), want: "ok"},
-	{name: "a route through a gateway on a link that is down: onlink, so the link's state counts", do: restore("vpn-tun", func(w *world) tun.Repair {
-		return tun.Repair{Routes: vpn("vpn-tun")(w).Routes[4:5]}
-	}), want: "ENETDOWN"},
-	{name: "an IPv6 one", do: restore("vpn-tun", func(w *world) tun.Repair {
-		return tun.Repair{Routes: vpn("vpn-tun")(w).Routes[5:6]}
-	}), want: "ENETDOWN"},
-	{name: "a route without a gateway on a link that is down", do: restore("vpn-tun", func(w *world) tun.Repair {
-		return tun.Repair{Routes: vpn("vpn-tun")(w).Routes[3:4]}
-	}), want: "ENETDOWN"},
-	{name: "restore up state, IPv6 addresses and routes", do: restore("vpn-tun", func(w *world) tun.Repair {
-		o := vpn("vpn-tun")(w)
-		return tun.Repair{Up: true, Addrs: ofFamily(o.Link.Addrs, true), Routes: unicast(o.Routes)}
-	}), want: "ok", check: true},
-	{name: "someone changes the MTU", do: outsideDo(func(w *world) error { return w.out.setMTU(w.index["vpn-tun"], 1300) }), want: "ok", check: true},
-	{name: "restore the MTU", do: restore("vpn-tun", func(w *world) tun.Repair { return tun.Repair{MTU: 1400} }), want: "ok", check: true},
+	}), want: "ok", sync: links | routes, check: true},
+	{name: "read a link that is down", do: read(), want: "ok"},
+	{name: "routes through a link that is down: onlink gateways too", do: apply(ops(
+		routeOp(manager.PutRoute, "vpn-tun", vpnRoutes[4]), routeOp(manager.PutRoute, "vpn-tun", vpnRoutes[5]),
+		routeOp(manager.PutRoute, "vpn-tun", vpnRoutes[3]), routeOp(manager.PutRoute, "vpn-tun", vpnRoutes[0]))),
+		want: "ENETDOWN ENETDOWN ENETDOWN ENETDOWN", check: true},
+	{name: "up again, with the IPv6 addresses and the routes", do: apply(join(ops(linkOp(manager.LinkUp, "vpn-tun", 0)),
+		addrOps(manager.AddAddr, "vpn-tun", addrsWhere(ofFamily(true))), routeOps(manager.PutRoute, "vpn-tun", pick(vpnRoutes, unicast)))),
+		want: repeat("ok", 10), extra: ownLink, check: true},
+	{name: "someone changes the MTU", do: outsideDo(func(w *world) error { return w.out.setMTU(w.index["vpn-tun"], 1300) }),
+		want: "ok", sync: links, check: true},
+	{name: "the MTU again", do: apply(ops(linkOp(manager.SetLink, "vpn-tun", 1400))), want: "ok", extra: ownLink, check: true},
 	{name: "someone deletes an address", do: outsideDo(func(w *world) error {
 		return w.out.deleteAddress(w.index["vpn-tun"], pfx("10.8.1.2/32"))
-	}), want: "ok", check: true},
+	}), want: "ok", sync: links, check: true},
 	{name: "someone deletes an address that is not there", do: outsideDo(func(w *world) error {
 		return w.out.deleteAddress(w.index["vpn-tun"], pfx("10.8.1.2/32"))
 	}), want: "failed"},
-	{name: "restore the address", do: restore("vpn-tun", func(w *world) tun.Repair {
-		return tun.Repair{Addrs: []netip.Prefix{pfx("10.8.1.2/32")}}
-	}), want: "ok", check: true},
-	{name: "someone deletes an IPv6 address: its route in vpnd's table stays", do: outsideDo(func(w *world) error {
+	{name: "the address again", do: apply(ops(addrOp(manager.AddAddr, "vpn-tun", pfx("10.8.1.2/32")))), want: "ok", extra: ownLink, check: true},
+	{name: "someone deletes an IPv6 address: the route to its prefix in vpnd's table stays", do: outsideDo(func(w *world) error {
 		return w.out.deleteAddress(w.index["vpn-tun"], pfx("fd00:8::2/64"))
-	}), want: "ok", check: true},
-	{name: "restore the IPv6 address", do: restore("vpn-tun", func(w *world) tun.Repair {
-		return tun.Repair{Addrs: []netip.Prefix{pfx("fd00:8::2/64")}}
-	}), want: "ok", check: true},
-	{name: "someone deletes a route", do: outsideDo(func(w *world) error { return w.out.deleteRoute(vpn("vpn-tun")(w).Routes[5]) }), want: "ok", check: true},
-	{name: "restore it", do: restore("vpn-tun", func(w *world) tun.Repair { return tun.Repair{Routes: vpn("vpn-tun")(w).Routes[5:6]} }), want: "ok", check: true},
+	}), want: "ok", sync: links, check: true},
+	{name: "the IPv6 address again", do: apply(ops(addrOp(manager.AddAddr, "vpn-tun", pfx("fd00:8::2/64")))), want: "ok", extra: ownLink, check: true},
+	{name: "someone adds addresses without vpnd's flags", do: outsideDo(func(w *world) error {
+		return errors.Join(w.out.addAddress(w.index["vpn-tun"], pfx("10.66.0.1/24")), w.out.addAddress(w.index["vpn-tun"], pfx("fd00:66::1/64")))
+	}), want: "ok", sync: links, check: true},
+	{name: "read: they are Foreign", do: read(), want: "ok"},
+	{name: "a gateway that is now a local address", do: apply(ops(routeOp(manager.PutRoute, "vpn-tun", manager.Route{Dst: pfx("10.10.0.0/16"), Gateway: addr("10.66.0.1")}))),
+		want: "EINVAL"},
+	{name: "vpnd deletes them", do: apply(generated("vpn-tun")), want: "ok ok", extra: ownLink, check: true},
+	{name: "someone deletes a route", do: outsideDo(func(w *world) error {
+		return w.out.deleteRoute(table, manager.Route{Dst: vpnRoutes[5].Dst})
+	}), want: "ok", sync: routes, check: true},
+	{name: "someone replaces routes with another protocol", do: outsideDo(func(w *world) error {
+		return errors.Join(
+			w.out.replaceRoute(table, manager.Route{Dst: pfx("192.0.2.7/32"), LinkIndex: w.index["vpn-tun"], Foreign: true}),
+			w.out.replaceRoute(table, manager.Route{Dst: pfx("2001:db8:2::/48"), Kind: manager.Unreachable, Foreign: true}),
+			w.out.replaceRoute(table, manager.Route{Dst: pfx("203.0.113.0/24"), Kind: manager.Throw}))
+	}), want: "ok", sync: routes, check: true},
+	{name: "read: they are Foreign, but for the one made as vpnd makes them", do: read(), want: "ok"},
+	{name: "vpnd's puts replace them", do: apply(routeOps(manager.PutRoute, "vpn-tun", vpnRoutes)), want: repeat("ok", 11), check: true},
+	{name: "someone adds routes to vpnd's destinations at another metric", do: outsideDo(func(w *world) error {
+		return errors.Join(
+			w.out.addRoute(table, manager.Route{Dst: pfx("192.168.0.0/16"), Metric: 100, Kind: manager.Throw}),
+			w.out.addRoute(table, manager.Route{Dst: pfx("2001:db8:2::/48"), Metric: 100, Kind: manager.Throw}))
+	}), want: "ok", sync: routes, check: true},
+	{name: "deletes at metric 0 take only vpnd's", do: apply(ops(
+		routeOp(manager.DelRoute, "", manager.Route{Dst: pfx("192.168.0.0/16")}), routeOp(manager.DelRoute, "", manager.Route{Dst: pfx("2001:db8:2::/48")}))),
+		want: "ok ok", check: true},
+	{name: "again: IPv6's finds nothing, IPv4's is the kernel's wildcard and takes metric 100's", do: apply(ops(
+		routeOp(manager.DelRoute, "", manager.Route{Dst: pfx("192.168.0.0/16")}), routeOp(manager.DelRoute, "", manager.Route{Dst: pfx("2001:db8:2::/48")}))),
+		want: "ok ok", check: true},
+	{name: "vpnd's back, the other one goes", do: apply(ops(
+		routeOp(manager.PutRoute, "", vpnRoutes[7]), routeOp(manager.PutRoute, "", vpnRoutes[8]),
+		routeOp(manager.DelRoute, "", manager.Route{Dst: pfx("2001:db8:2::/48"), Metric: 100}))),
+		want: "ok ok ok", check: true},
 	{name: "someone deletes the IPv4 addresses: the IPv4 routes through the link go", do: outsideDo(func(w *world) error {
 		return errors.Join(w.out.deleteAddress(w.index["vpn-tun"], pfx("10.8.1.2/32")), w.out.deleteAddress(w.index["vpn-tun"], pfx("10.8.0.2/24")))
-	}), want: "ok", check: true},
-	{name: "read a link without IPv4 addresses", do: read("vpn-tun"), want: "ok"},
-	{name: "restore the IPv4 addresses and routes", do: restore("vpn-tun", func(w *world) tun.Repair {
-		o := vpn("vpn-tun")(w)
-		return tun.Repair{Addrs: ofFamily(o.Link.Addrs, false), Routes: routesOf(unicast(o.Routes), false)}
-	}), want: "ok", check: true},
-	{name: "someone flushes the table", do: outsideDo(func(w *world) error { return w.out.flushTable(table) }), want: "ok", check: true},
-	{name: "restore every route", do: restore("vpn-tun", func(w *world) tun.Repair { return tun.Repair{Routes: vpn("vpn-tun")(w).Routes} }), want: "ok", check: true},
-	{name: "someone deletes a rule", do: outsideDo(func(w *world) error { return w.out.deleteRule(vpn("vpn-tun")(w).Rules[3]) }), want: "ok", check: true},
-	{name: "restore every rule: only the deleted one is restored", do: restore("vpn-tun", func(w *world) tun.Repair {
-		return tun.Repair{Rules: vpn("vpn-tun")(w).Rules}
-	}), want: "ok", check: true},
-	{name: "restore every address: none is restored", do: restore("vpn-tun", func(w *world) tun.Repair {
-		return tun.Repair{Addrs: vpn("vpn-tun")(w).Link.Addrs}
-	}), want: "ok"},
-	{name: "someone replaces a route", do: outsideDo(func(w *world) error {
-		return w.out.addRoute(tun.Route{Table: table, Dst: pfx("10.66.0.0/16"), LinkIndex: w.index["vpn-tun"]})
-	}), want: "ok", check: true},
-	{name: "someone sets the MTU below IPv6's minimum: IPv6 leaves the link", do: outsideDo(func(w *world) error { return w.out.setMTU(w.index["vpn-tun"], 1200) }), want: "ok", check: true},
-	{name: "read a link without IPv6", do: read("vpn-tun"), want: "ok"},
-	{name: "restore the MTU, the IPv6 addresses and routes", do: restore("vpn-tun", func(w *world) tun.Repair {
-		o := vpn("vpn-tun")(w)
-		return tun.Repair{MTU: 1400, Addrs: ofFamily(o.Link.Addrs, true), Routes: routesOf(unicast(o.Routes), true)}
-	}), want: "ok", check: true},
-	{name: "read it back", do: read("vpn-tun"), want: "ok"},
-	{name: "an MTU outside the link's range", do: restore("vpn-tun", func(w *world) tun.Repair { return tun.Repair{MTU: 65536} }), want: "EINVAL"},
+	}), want: "ok", sync: links, check: true},
+	{name: "read a link without IPv4 addresses", do: read(), want: "ok"},
+	{name: "the IPv4 addresses and routes again", do: apply(join(addrOps(manager.AddAddr, "vpn-tun", addrsWhere(ofFamily(false))),
+		routeOps(manager.PutRoute, "vpn-tun", pick(vpnRoutes, unicast4)))), want: repeat("ok", 6), extra: ownLink, check: true},
+	{name: "vpnd's own delete of the last IPv4 address takes them too", do: apply(ops(
+		addrOp(manager.DelAddr, "vpn-tun", pfx("10.8.1.2/32")), addrOp(manager.DelAddr, "vpn-tun", pfx("10.8.0.2/24")))),
+		want: "ok ok", extra: ownLink, check: true},
+	{name: "and again", do: apply(join(addrOps(manager.AddAddr, "vpn-tun", addrsWhere(ofFamily(false))),
+		routeOps(manager.PutRoute, "vpn-tun", pick(vpnRoutes, unicast4)))), want: repeat("ok", 6), extra: ownLink, check: true},
+	{name: "someone flushes the table", do: outsideDo(func(w *world) error { return w.out.flushTable(table) }),
+		want: "ok", sync: routes, check: true},
+	{name: "every route again", do: apply(routeOps(manager.PutRoute, "vpn-tun", vpnRoutes)), want: repeat("ok", 11), check: true},
+	{name: "someone deletes a rule", do: outsideDo(func(w *world) error { return w.out.deleteRule(vpnRules[3]) }),
+		want: "ok", sync: rules, check: true},
+	{name: "every rule again: only the deleted one takes", do: apply(ruleOps(manager.AddRule, vpnRules)),
+		want: "EEXIST EEXIST EEXIST ok EEXIST EEXIST", check: true},
+	{name: "someone sets the MTU below IPv6's minimum: IPv6 leaves the link", do: outsideDo(func(w *world) error {
+		return w.out.setMTU(w.index["vpn-tun"], 1200)
+	}), want: "ok", sync: links | routes, check: true},
+	{name: "read a link without IPv6", do: read(), want: "ok"},
+	{name: "no IPv6 on it until the MTU is back", do: apply(join(addrOps(manager.AddAddr, "vpn-tun", addrsWhere(ofFamily(true))[:1]),
+		routeOps(manager.PutRoute, "vpn-tun", pick(vpnRoutes, unicast6)[:1]))), want: "EINVAL ENODEV"},
+	{name: "the MTU back: the kernel makes a link-local address of its own", do: apply(ops(linkOp(manager.SetLink, "vpn-tun", 1400))),
+		want: "ok", sync: links, extra: ownLink, check: true},
+	{name: "read: it is Foreign", do: read(), want: "ok"},
+	{name: "vpnd deletes it, and puts IPv6 back", do: apply(join(generated("vpn-tun"), addrOps(manager.AddAddr, "vpn-tun", addrsWhere(ofFamily(true))),
+		routeOps(manager.PutRoute, "vpn-tun", pick(vpnRoutes, unicast6)))), want: repeat("ok", 6), extra: ownLink, check: true},
+	{name: "vpnd's own MTU below the minimum takes IPv6 along too", do: apply(ops(linkOp(manager.SetLink, "vpn-tun", 1280-1))),
+		want: "ok", sync: links | routes, extra: ownLink, check: true},
+	{name: "and back", do: apply(join(ops(linkOp(manager.SetLink, "vpn-tun", 1400)), addrOps(manager.AddAddr, "vpn-tun", addrsWhere(ofFamily(true))),
+		routeOps(manager.PutRoute, "vpn-tun", pick(vpnRoutes, unicast6)))), want: repeat("ok", 6), sync: links, extra: ownLink},
+	{name: "vpnd deletes the kernel's link-local address", do: apply(generated("vpn-tun")), want: "ok", extra: ownLink, check: true},
+	{name: "an MTU outside the link's range", do: apply(ops(linkOp(manager.SetLink, "vpn-tun", 65536), linkOp(manager.SetLink, "vpn-tun", 67))),
+		want: "EINVAL EINVAL", extra: ownLink, check: true},
 
-	{name: "create a blocking tun2", do: create("tun2", true), want: "ok", check: true},
-	{name: "install on tun2: a gateway that is a local address, an IPv6 one, a rule that exists", do: install("partial", func(w *world) *tun.Objects {
-		index := w.index["tun2"]
-		return &tun.Objects{
-			Link: &tun.Link{Index: index, MTU: 1280, Addrs: []netip.Prefix{pfx("10.9.0.2/24"), pfx("fd00:19::2/64")}},
-			Routes: []tun.Route{
-				{Table: table, Dst: pfx("10.9.0.0/24"), LinkIndex: index},
-				{Table: table, Dst: pfx("10.10.0.0/16"), Gateway: addr("10.9.0.2"), LinkIndex: index},
-				{Table: table, Dst: pfx("2001:db8:9::/48"), Gateway: addr("fd00:19::2"), LinkIndex: index},
-				{Table: table, Dst: pfx("10.11.0.0/16"), Gateway: addr("10.9.0.1"), LinkIndex: index},
-				{Table: table, Dst: pfx("172.16.1.1/12"), Kind: tun.Throw},
-			},
-			Rules: []tun.Rule{
-				{Family: v4, Priority: prio, Table: table, UIDStart: 0, UIDEnd: 999},
-				{Family: v4, Priority: prio, Table: table, UIDStart: 3000, UIDEnd: 3999},
-			},
+	// Rules: which one an add refuses, which one a delete hits.
+	{name: "someone's masked rule first", do: outsideDo(func(w *world) error { return w.out.addRule(withMask(uidRule(5))) }),
+		want: "ok", sync: rules},
+	{name: "then vpnd's", do: apply(ops(ruleOp(manager.AddRule, uidRule(5)))), want: "ok", check: true},
+	{name: "vpnd's delete hits the masked rule before it", do: apply(ops(ruleOp(manager.DelRule, uidRule(5)))), want: "ok", check: true},
+	{name: "so does someone's", do: outsideDo(func(w *world) error { return w.out.deleteRule(uidRule(5)) }),
+		want: "ok", sync: rules, check: true},
+	{name: "someone's delete that nothing matches", do: outsideDo(func(w *world) error { return w.out.deleteRule(uidRule(5)) }), want: "failed"},
+	{name: "someone's rules with other selectors", do: outsideDo(func(w *world) error {
+		return errors.Join(
+			w.out.addRule(withSelectors(uidRule(5), "from 10.0.0.0/8")),
+			w.out.addRule(withSelectors(uidRule(5), "from 10.1.0.0/16")),
+			w.out.addRule(withSelectors(uidRule(6), "iif lo")),
+			w.out.addRule(withSelectors(uidRule(7), "not")))
+	}), want: "ok", sync: rules, check: true},
+	{name: "read them", do: read(), want: "ok"},
+	{name: "an add is refused for a rule like it but for a source, or inverted; not for an interface", do: apply(ops(
+		ruleOp(manager.AddRule, uidRule(5)), ruleOp(manager.AddRule, uidRule(7)), ruleOp(manager.AddRule, uidRule(6)))),
+		want: "EEXIST EEXIST ok", check: true},
+	{name: "vpnd's delete hits the rule with an interface before its own", do: apply(ops(ruleOp(manager.DelRule, uidRule(6)))),
+		want: "ok", check: true},
+	{name: "a delete of a rule read with other selectors hits exactly it", do: apply(func(w *world) []manager.Op {
+		r := readRule(w, func(r manager.Rule) bool { return r.UIDStart == 5 && r.Selectors != "" })
+		second := readRule(w, func(o manager.Rule) bool { return o.UIDStart == 5 && o.Selectors != "" && o != r })
+		return []manager.Op{{Kind: manager.DelRule, Table: table, Rule: second}}
+	}), want: "ok", check: true},
+	{name: "and the others", do: apply(func(w *world) []manager.Op {
+		var out []manager.Op
+		for _, uid := range []uint32{7, 5} {
+			r := readRule(w, func(r manager.Rule) bool { return r.UIDStart == uid && r.Selectors != "" })
+			out = append(out, manager.Op{Kind: manager.DelRule, Table: table, Rule: r})
 		}
-	}), want: "EINVAL", check: true},
-	{name: "remove what it added, the link too", do: remove("partial"), want: "ok", check: true},
-	{name: "create tun3", do: create("tun3", false), want: "ok"},
-	{name: "install on tun3: a gateway that is tun3's own IPv6 address", do: install("own-gw", func(w *world) *tun.Objects {
-		index := w.index["tun3"]
-		return &tun.Objects{
-			Link: &tun.Link{Index: index, MTU: 1280, Addrs: []netip.Prefix{pfx("fd00:19::2/64")}},
-			Routes: []tun.Route{
-				{Table: 97, Dst: pfx("fd00:19::/64"), LinkIndex: index},
-				{Table: 97, Dst: pfx("2001:db8:19::/48"), Gateway: addr("fd00:19::2"), LinkIndex: index},
-			},
-		}
-	}), want: "EINVAL", check: true},
-	{name: "install on tun3: an IPv6 gateway off the link: onlink, so accepted", do: install("v6-gw", func(w *world) *tun.Objects {
-		index := w.index["tun3"]
-		return &tun.Objects{Routes: []tun.Route{{Table: 97, Dst: pfx("2001:db8:20::/48"), Gateway: addr("fd00:20::1"), LinkIndex: index}}}
-	}), want: "ok"},
-	{name: "install on tun3: a duplicate address, an MTU too small", do: install("dup", func(w *world) *tun.Objects {
-		index := w.index["tun3"]
-		return &tun.Objects{Link: &tun.Link{Index: index, MTU: 67, Addrs: []netip.Prefix{pfx("10.9.0.2/24"), pfx("10.9.0.2/24"), pfx("10.9.0.2/16")}}}
-	}), want: "EINVAL", check: true},
-	{name: "an invalid object: nothing is sent", do: install("invalid", func(w *world) *tun.Objects {
-		return &tun.Objects{Routes: []tun.Route{{Table: 0, Dst: pfx("10.1.0.0/16"), Kind: tun.Throw}}}
-	}), want: "error", check: true},
-	{name: "someone deletes tun3", do: outsideDo(func(w *world) error { return w.out.deleteLink(w.index["tun3"]) }), want: "ok", check: true},
-	{name: "install on a gone link", do: install("gone", func(w *world) *tun.Objects {
-		index := w.index["tun3"]
-		return &tun.Objects{
-			Link:   &tun.Link{Index: index, MTU: 1400, Addrs: []netip.Prefix{pfx("10.9.0.2/24")}},
-			Routes: []tun.Route{{Table: table, Dst: pfx("10.9.0.0/24"), LinkIndex: index}},
-		}
-	}), want: "ENODEV", check: true},
-	{name: "remove objects that are all gone", do: remove("partial"), want: "ok"},
+		return out
+	}), want: "ok ok", check: true},
+	{name: "lockdown's rule and a lookup rule for the same users: the action counts", do: apply(ops(
+		ruleOp(manager.AddRule, manager.Rule{Family: v6, Priority: lock, Table: table, UIDStart: 7, UIDEnd: 7, Mask: mark}),
+		ruleOp(manager.AddRule, manager.Rule{Family: v6, Priority: lock, UIDStart: 7, UIDEnd: 7, Mask: mark, Action: manager.Refuse}),
+		ruleOp(manager.DelRule, manager.Rule{Family: v6, Priority: lock, UIDStart: 7, UIDEnd: 7, Mask: mark, Action: manager.Refuse}),
+		ruleOp(manager.DelRule, manager.Rule{Family: v6, Priority: lock, Table: table, UIDStart: 7, UIDEnd: 7, Mask: mark}))),
+		want: "ok ok ok ok", check: true},
 
-	{name: "someone's wider rule first", do: outsideDo(func(w *world) error { return w.out.addRule(masked5) }), want: "ok"},
-	{name: "then vpnd's", do: install("plain5", func(*world) *tun.Objects { return &tun.Objects{Rules: []tun.Rule{plain5}} }), want: "ok", check: true},
-	{name: "its delete would hit the wider rule: refused", do: remove("plain5"), want: "ErrAmbiguousRule", check: true},
-	{name: "someone deletes their rule: ip's delete hits the first match", do: outsideDo(func(w *world) error { return w.out.deleteRule(plain5) }), want: "ok", check: true},
-	{name: "now vpnd's goes", do: remove("plain5"), want: "ok", check: true},
-	{name: "removing it again is fine", do: remove("plain5"), want: "ok"},
-	{name: "someone's wider rule again", do: outsideDo(func(w *world) error { return w.out.addRule(masked5) }), want: "ok"},
-	{name: "someone's delete of a rule that is not there hits the wider one", do: outsideDo(func(w *world) error { return w.out.deleteRule(plain5) }), want: "ok", check: true},
-	{name: "someone's delete of a rule that nothing matches", do: outsideDo(func(w *world) error { return w.out.deleteRule(masked5) }), want: "failed"},
-
-	{name: "close vpn-tun's file: the link goes with its routes and addresses", do: closeFile("vpn-tun"), want: "ok", check: true},
+	// The link goes.
+	{name: "close vpn-tun's file: the link goes with its routes and addresses", do: closeFile("vpn-tun"),
+		want: "ok", sync: links | routes, check: true},
 	{name: "read: no link; rules and routes without it stay", do: read("vpn-tun"), want: "ok"},
-	{name: "restore on the gone link", do: restore("vpn-tun", func(w *world) tun.Repair {
-		return tun.Repair{MTU: 1400, Up: true, Addrs: vpn("vpn-tun")(w).Link.Addrs[:1]}
-	}), want: "ENODEV"},
-	{name: "watch the gone link: gone at once", do: watch("vpn-tun"), want: "ok"},
-	{name: "remove the VPN: what is left goes", do: removeAll(vpn("vpn-tun")), want: "ok", check: true},
+	{name: "ops on the gone link", do: apply(ops(linkOp(manager.SetLink, "vpn-tun", 1400), addrOp(manager.AddAddr, "vpn-tun", vpnAddrs[0]),
+		linkOp(manager.LinkUp, "vpn-tun", 0), routeOp(manager.PutRoute, "vpn-tun", vpnRoutes[0]), routeOp(manager.PutRoute, "", vpnRoutes[7]))),
+		want: "ENODEV ENODEV ENODEV ENODEV ok", check: true},
+	{name: "the teardown: what is left goes, what is gone is no error", do: apply(join(ruleOps(manager.DelRule, vpnRules),
+		routeOps(manager.DelRoute, "vpn-tun", vpnRoutes), addrOps(manager.DelAddr, "vpn-tun", vpnAddrs), ops(linkOp(manager.DelLink, "vpn-tun", 0)))),
+		want: repeat("ok", 22), check: true},
 	{name: "someone adds a route to vpnd's table", do: outsideDo(func(w *world) error {
-		return w.out.addRoute(tun.Route{Table: table, Dst: pfx("10.67.0.0/16"), Kind: tun.Throw})
-	}), want: "ok", check: true},
-	{name: "occupants: someone's route", do: occupants, want: "ok"},
-	{name: "the name is free again", do: create("vpn-tun", false), want: "ok", check: true},
-	{name: "lockdown's rules alone", do: install("lockdown", only(vpn("vpn-tun"), func(o *tun.Objects) {
-		o.Link, o.Routes, o.Rules = nil, nil, o.Rules[4:]
-	})), want: "ok", check: true},
-	{name: "remove them", do: remove("lockdown"), want: "ok", check: true},
-	{name: "close vpn-tun", do: closeFile("vpn-tun"), want: "ok", check: true},
+		return w.out.addRoute(table, manager.Route{Dst: pfx("10.67.0.0/16"), Kind: manager.Throw})
+	}), want: "ok", sync: routes, check: true},
+	{name: "the name is free again", do: create("vpn-tun", false), want: "ok", extra: links, check: true},
+	{name: "create a blocking tun2", do: create("tun2", true), want: "ok", check: true},
+	{name: "vpnd reads its link", do: read("tun2"), want: "ok"},
+	{name: "tun2: a local gateway, IPv6's too, an IPv6 gateway off the link (onlink), duplicate addresses", do: apply(join(
+		ops(linkOp(manager.SetLink, "tun2", 1280), linkOp(manager.LinkUp, "tun2", 0)),
+		addrOps(manager.AddAddr, "tun2", []netip.Prefix{pfx("10.9.0.2/24"), pfx("fd00:19::2/64"), pfx("10.9.0.2/24"), pfx("10.9.0.2/16"), pfx("fd00:19::2/48")}),
+		routeOps(manager.PutRoute, "tun2", []manager.Route{
+			{Dst: pfx("10.10.0.0/16"), Gateway: addr("10.9.0.2")},
+			{Dst: pfx("2001:db8:9::/48"), Gateway: addr("fd00:19::2")},
+			{Dst: pfx("2001:db8:20::/48"), Gateway: addr("fd00:20::1")},
+			{Dst: pfx("10.11.0.0/16"), Gateway: addr("10.9.0.1")},
+		}))), want: "ok ok ok ok EEXIST ok EEXIST EINVAL EINVAL ok ok", extra: ownLink, check: true},
+	{name: "someone deletes tun2", do: outsideDo(func(w *world) error { return w.out.deleteLink(w.index["tun2"]) }),
+		want: "ok", sync: links | routes, check: true},
+	{name: "vpnd's delete of the gone link", do: apply(ops(linkOp(manager.DelLink, "tun2", 0))), want: "ok"},
+	{name: "vpnd deletes vpn-tun", do: apply(ops(linkOp(manager.DelLink, "vpn-tun", 0))), want: "ok", extra: ownLink, check: true},
+	{name: "and someone's route", do: apply(ops(routeOp(manager.DelRoute, "", manager.Route{Dst: pfx("10.67.0.0/16")}))), want: "ok", check: true},
 }
 
 // run plays the scenario in w and returns each step's result.
 func run(t *testing.T, w *world) []result {
 	t.Helper()
 	defer func() {
-		w.stopWatch()
 		for _, f := range w.files {
 			f.Close()
 		}
 	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := w.k.Watch(ctx, places); err != nil {
+		t.Fatal(err)
+	}
+	w.k.Sync()
 	var out []result
 	for _, s := range scenario {
 		detail, err := s.do(w)
-		r := result{outcome: outcome(err), errText: w.errorText(err), detail: detail, err: err}
+		r := result{outcome: outcome(err), errText: w.names(fmt.Sprint(err)), detail: w.names(detail), err: err}
+		if err == nil {
+			r.errText = ""
+		}
 		if strings.HasPrefix(s.name, "someone") && err != nil {
 			r.outcome = "failed" // `ip` says no errno
 			r.errText = ""
 		}
-		w.settle()
-		if w.gone != nil {
-			select {
-			case <-w.gone:
-				r.watch = "gone"
-				w.stopWatch()
-				w.gone, w.changed = nil, nil
-			default:
-				select {
-				case <-w.changed:
-					r.watch = "changed"
-				default:
-				}
-			}
+		if strings.HasPrefix(s.name, "an invalid name") {
+			r.errText = "" // each says it its own way
 		}
+		if err == nil && isApply(detail) {
+			r.outcome = detail // an Apply's outcome is each op's
+		}
+		w.settle()
+		r.sync = w.k.Sync()
 		if s.check {
 			r.obs = w.observe()
 		}
@@ -614,19 +692,42 @@ func run(t *testing.T, w *world) []result {
 	return out
 }
 
+// isApply reports whether detail is an Apply's list of outcomes.
+func isApply(detail string) bool {
+	if detail == "" {
+		return false
+	}
+	for _, f := range strings.Fields(detail) {
+		if f != "ok" && !strings.HasPrefix(f, "E") {
+			return false
+		}
+	}
+	return true
+}
+
 // simOutside is sim.External by index.
 type simOutside struct{ e sim.External }
 
 func (s simOutside) setDown(index int) error     { return s.e.SetDown(index) }
 func (s simOutside) setMTU(index, mtu int) error { return s.e.SetMTU(index, mtu) }
+func (s simOutside) addAddress(index int, p netip.Prefix) error {
+	return s.e.AddForeignAddress(index, p)
+}
 func (s simOutside) deleteAddress(index int, p netip.Prefix) error {
 	return s.e.DeleteAddress(index, p)
 }
-func (s simOutside) flushTable(table int) error    { s.e.FlushTable(table); return nil }
-func (s simOutside) addRoute(r tun.Route) error    { return s.e.ReplaceRoute(r) }
-func (s simOutside) deleteRoute(r tun.Route) error { return s.e.DeleteRoute(r) }
-func (s simOutside) addRule(r tun.Rule) error      { return s.e.AddRule(r) }
-func (s simOutside) deleteRule(r tun.Rule) error   { return s.e.DeleteRule(r) }
+func (s simOutside) flushTable(table int) error { s.e.FlushTable(table); return nil }
+func (s simOutside) addRoute(table int, r manager.Route) error {
+	return s.e.AddRoute(table, r)
+}
+func (s simOutside) replaceRoute(table int, r manager.Route) error {
+	return s.e.ReplaceRoute(table, r)
+}
+func (s simOutside) deleteRoute(table int, r manager.Route) error {
+	return s.e.DeleteRoute(table, r)
+}
+func (s simOutside) addRule(r manager.Rule) error    { return s.e.AddRule(r) }
+func (s simOutside) deleteRule(r manager.Rule) error { return s.e.DeleteRule(r) }
 func (s simOutside) deleteLink(index int) error {
 	if !s.e.DeleteLink(index) {
 		return unix.ENODEV
@@ -635,37 +736,61 @@ func (s simOutside) deleteLink(index int) error {
 }
 
 func newFakeWorld(f *tuntest.Fake) *world {
-	w := newWorld(f, simOutside{f.External()})
+	w := newWorld(f)
+	w.out = simOutside{f.External()}
 	w.settle = func() {}
 	w.observe = func() observation {
 		s := f.Snapshot()
 		var o observation
 		for _, l := range s.Links {
-			o.Links = append(o.Links, renderLink(l.Name, l.MTU, l.Up, l.Addresses))
+			var addrs []string
+			for _, a := range l.Addresses {
+				addrs = append(addrs, renderAddr(a, false))
+			}
+			for _, a := range l.ForeignAddrs {
+				addrs = append(addrs, renderAddr(a, true))
+			}
+			o.Links = append(o.Links, renderLink(l.Name, l.MTU, l.Up, addrs))
 		}
-		o.Routes = w.renderRoutes(s.Routes)
-		o.Rules = renderRules(s.Rules)
+		var rs []manager.Route
+		for _, r := range s.Routes {
+			if r.Table == table {
+				rs = append(rs, r.Route)
+			}
+		}
+		o.Routes = w.renderRoutes(rs)
+		var rules []manager.Rule
+		for _, r := range s.Rules {
+			if r.Priority == prio || r.Priority == lock {
+				rules = append(rules, r)
+			}
+		}
+		o.Rules = renderRules(rules)
 		return o
 	}
 	return w
 }
 
 // TestScenarioFake runs the scenario against the model alone, without
-// root: every step gives the outcome the table wants.
+// root: every step gives the outcome and the Sync the table wants.
 func TestScenarioFake(t *testing.T) {
 	f := tuntest.New()
 	defer f.Close()
 	for i, r := range run(t, newFakeWorld(f)) {
-		if r.outcome != scenario[i].want {
-			t.Errorf("step %d %q: got %s (%v), want %s", i, scenario[i].name, r.outcome, r.err, scenario[i].want)
+		s := scenario[i]
+		if r.outcome != s.want {
+			t.Errorf("step %d %q: got %s (%v), want %s", i, s.name, r.outcome, r.err, s.want)
+		}
+		if r.sync != s.sync {
+			t.Errorf("step %d %q: Sync %s, want %s", i, s.name, r.sync, s.sync)
 		}
 	}
 }
 
 // TestScenarioHonest runs the scenario against the model and against the
 // real kernel in a fresh network namespace, and requires the same from
-// both at every step: outcome, error words, detail, what the watch said,
-// and the whole state wherever the row says check.
+// both at every step: outcome, error words, what Read reported, what Sync
+// reported, and the whole state wherever the row says check.
 func TestScenarioHonest(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
@@ -674,13 +799,12 @@ func TestScenarioHonest(t *testing.T) {
 	defer f.Close()
 	fake := run(t, newFakeWorld(f))
 
-	n, err := tun.New(zaptest.NewLogger(t))
+	n, err := tun.New(zaptest.NewLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer n.Close()
-	kw := newKernelWorld(t, n)
-	real := run(t, kw)
+	real := run(t, newKernelWorld(t, n))
 
 	for i, s := range scenario {
 		k, fk := real[i], fake[i]
@@ -693,8 +817,8 @@ func TestScenarioHonest(t *testing.T) {
 		if fk.detail != k.detail {
 			t.Errorf("step %d %q: reports differ\nmodel:  %s\nkernel: %s", i, s.name, fk.detail, k.detail)
 		}
-		if fk.watch != k.watch {
-			t.Errorf("step %d %q: the watch said %q in the model, %q in the kernel", i, s.name, fk.watch, k.watch)
+		if fk.sync&^k.sync != 0 || k.sync&^fk.sync&^s.extra != 0 {
+			t.Errorf("step %d %q: Sync said %s in the model, %s in the kernel (which may add %s)", i, s.name, fk.sync, k.sync, s.extra)
 		}
 		if s.check && fk.obs.String() != k.obs.String() {
 			t.Errorf("step %d %q: state differs\nmodel:\n%s\nkernel:\n%s", i, s.name, fk.obs, k.obs)
@@ -737,6 +861,9 @@ func (o ipOutside) setDown(index int) error { return o.ip("link", "set", "dev", 
 func (o ipOutside) setMTU(index, mtu int) error {
 	return o.ip("link", "set", "dev", o.name(index), "mtu", strconv.Itoa(mtu))
 }
+func (o ipOutside) addAddress(index int, p netip.Prefix) error {
+	return o.ip("addr", "add", p.String(), "dev", o.name(index))
+}
 func (o ipOutside) deleteAddress(index int, p netip.Prefix) error {
 	return o.ip("addr", "del", p.String(), "dev", o.name(index))
 }
@@ -752,18 +879,21 @@ func (o ipOutside) flushTable(table int) error {
 	return nil
 }
 
-// addRoute replaces the route to r's destination, as `ip route replace`.
-func (o ipOutside) addRoute(r tun.Route) error { return o.route("replace", r) }
+func (o ipOutside) addRoute(table int, r manager.Route) error { return o.route("add", table, r) }
+func (o ipOutside) replaceRoute(table int, r manager.Route) error {
+	return o.route("replace", table, r)
+}
+func (o ipOutside) deleteRoute(table int, r manager.Route) error { return o.route("del", table, r) }
 
-func (o ipOutside) deleteRoute(r tun.Route) error { return o.route("del", r) }
-
-// route runs `ip route VERB` with r's description.
-func (o ipOutside) route(verb string, r tun.Route) error {
+// route runs `ip route VERB` with r's description: as vpnd makes it
+// (protocol static, onlink gateways) unless r is Foreign, which makes it
+// `ip`'s default protocol (boot).
+func (o ipOutside) route(verb string, table int, r manager.Route) error {
 	args := []string{famFlag(r.Dst.Addr().Is6()), "route", verb}
 	switch r.Kind {
-	case tun.Throw:
+	case manager.Throw:
 		args = append(args, "throw")
-	case tun.Unreachable:
+	case manager.Unreachable:
 		args = append(args, "unreachable")
 	}
 	args = append(args, r.Dst.String())
@@ -773,45 +903,45 @@ func (o ipOutside) route(verb string, r tun.Route) error {
 	if r.LinkIndex != 0 {
 		args = append(args, "dev", o.name(r.LinkIndex))
 	}
-	return o.ip(append(args, "table", strconv.Itoa(r.Table))...)
+	if r.Gateway.IsValid() {
+		args = append(args, "onlink")
+	}
+	if r.Metric != 0 {
+		args = append(args, "metric", strconv.Itoa(int(r.Metric)))
+	}
+	if verb != "del" && !r.Foreign {
+		args = append(args, "proto", "static")
+	}
+	return o.ip(append(args, "table", strconv.Itoa(table))...)
 }
 
-func ruleArgs(verb string, r tun.Rule) []string {
-	args := []string{famFlag(r.Family == v6), "rule", verb, "priority", strconv.Itoa(r.Priority),
-		"uidrange", fmt.Sprintf("%d-%d", r.UIDStart, r.UIDEnd)}
+func ruleArgs(verb string, r manager.Rule) []string {
+	args := []string{famFlag(r.Family == v6), "rule", verb, "priority", strconv.Itoa(r.Priority)}
+	args = append(args, strings.Fields(r.Selectors)...)
+	args = append(args, "uidrange", fmt.Sprintf("%d-%d", r.UIDStart, r.UIDEnd))
 	if r.Mask != 0 {
-		args = append(args, "fwmark", fmt.Sprintf("0/%#x", r.Mask))
+		args = append(args, "fwmark", fmt.Sprintf("%#x/%#x", r.Mark, r.Mask))
 	}
-	if r.Action == tun.Refuse {
+	if r.Action == manager.Refuse {
 		return append(args, "unreachable")
 	}
 	return append(args, "lookup", strconv.Itoa(r.Table))
 }
 
-func (o ipOutside) addRule(r tun.Rule) error    { return o.ip(ruleArgs("add", r)...) }
-func (o ipOutside) deleteRule(r tun.Rule) error { return o.ip(ruleArgs("del", r)...) }
+func (o ipOutside) addRule(r manager.Rule) error    { return o.ip(ruleArgs("add", r)...) }
+func (o ipOutside) deleteRule(r manager.Rule) error { return o.ip(ruleArgs("del", r)...) }
 
 // newKernelWorld is the scenario's world in the test's namespace, driven
-// by n. Its settle makes a change that only a second watch selects and
-// waits for that watch's token: the monitor reads the kernel's
-// announcements in order, so everything before is then processed.
+// by n. Its settle waits until the kernel has configured the IPv6
+// addresses of the scenario's links: it announces each, and adds its
+// local route, from a work queue after the request that added it was
+// acknowledged.
 func newKernelWorld(t *testing.T, n *tun.Netlink) *world {
-	w := newWorld(n, nil)
+	w := newWorld(n)
 	w.out = ipOutside{t: t, w: w}
-	_, marker, err := n.Watch(t.Context(), tun.ChangeFilter{Table: 200})
-	if err != nil {
-		t.Fatal(err)
-	}
-	marks := 0
 	w.settle = func() {
-		marks++
-		if err := (ipOutside{t: t, w: w}).ip("route", "add", "throw", netip.AddrFrom4([4]byte{10, 200, byte(marks >> 8), byte(marks)}).String(), "table", "200"); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-marker:
-		case <-time.After(hangGuard):
-			t.Fatal("the marker change never reached the watch")
+		for name := range w.index {
+			tuntest.WaitIPv6(t, name)
 		}
 	}
 	w.observe = func() observation { return observeKernel(t, w) }
@@ -824,33 +954,42 @@ func observeKernel(t *testing.T, w *world) observation {
 	t.Helper()
 	var o observation
 	byName := map[string]int{}
-	links := netnstest.IPJSON(t, "addr", "show")
-	slices.SortFunc(links, func(a, b map[string]any) int { return int(a["ifindex"].(float64) - b["ifindex"].(float64)) })
-	for _, l := range links {
+	all := netnstest.IPJSON(t, "addr", "show")
+	slices.SortFunc(all, func(a, b map[string]any) int { return int(a["ifindex"].(float64) - b["ifindex"].(float64)) })
+	for _, l := range all {
 		name := l["ifname"].(string)
 		byName[name] = int(l["ifindex"].(float64))
 		if name == "lo" {
 			continue
 		}
-		var addrs []netip.Prefix
+		var addrs []string
 		for _, a := range l["addr_info"].([]any) {
 			a := a.(map[string]any)
-			addrs = append(addrs, netip.PrefixFrom(addr(a["local"].(string)), int(a["prefixlen"].(float64))))
+			p := netip.PrefixFrom(addr(a["local"].(string)), int(a["prefixlen"].(float64)))
+			foreign := a["noprefixroute"] != true || p.Addr().Is6() && a["nodad"] != true
+			addrs = append(addrs, renderAddr(p, foreign))
 		}
 		o.Links = append(o.Links, renderLink(name, int(l["mtu"].(float64)), slices.Contains(l["flags"].([]any), any("UP")), addrs))
 	}
-	routes := tuntest.KernelRoutes(t, table, byName)
-	o.Routes = w.renderRoutes(routes)
-	var rules []tun.Rule
+	var rs []manager.Route
+	for _, r := range tuntest.KernelRoutes(t, table, byName) {
+		rs = append(rs, r.Route)
+	}
+	o.Routes = w.renderRoutes(rs)
+	var rules []manager.Rule
 	for _, fam := range []int{v4, v6} {
 		for _, j := range netnstest.IPJSON(t, famFlag(fam == v6), "rule", "show") {
-			r := tun.Rule{Family: fam, Priority: int(j["priority"].(float64))}
+			r := manager.Rule{Family: fam, Priority: int(j["priority"].(float64))}
 			if r.Priority != prio && r.Priority != lock {
 				continue
 			}
 			for k, v := range j {
 				switch k {
-				case "priority", "src":
+				case "priority":
+				case "src":
+					if v != "all" {
+						r.Selectors = "other"
+					}
 				case "fwmask":
 					m, err := strconv.ParseUint(v.(string), 0, 32)
 					if err != nil {
@@ -858,9 +997,11 @@ func observeKernel(t *testing.T, w *world) observation {
 					}
 					r.Mask = uint32(m)
 				case "fwmark":
-					if v != "0" {
-						t.Errorf("rule with fwmark %v: %v", v, j)
+					m, err := strconv.ParseUint(v.(string), 0, 32)
+					if err != nil {
+						t.Fatal(err)
 					}
+					r.Mark = uint32(m)
 				case "uid_start":
 					r.UIDStart = uint32(v.(float64))
 				case "uid_end":
@@ -868,9 +1009,9 @@ func observeKernel(t *testing.T, w *world) observation {
 				case "table":
 					r.Table, _ = strconv.Atoi(v.(string))
 				case "action":
-					r.Action = tun.Refuse
+					r.Action = manager.Refuse
 				default:
-					t.Errorf("rule with %s: %v", k, j)
+					r.Selectors = "other"
 				}
 			}
 			rules = append(rules, r)
