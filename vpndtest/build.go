@@ -35,6 +35,7 @@ var builds struct {
 	err   error
 	by    map[string]*built // by package (or "vpnd")
 	names map[string]bool   // file names taken in dir
+	local map[string]string // import paths by local directory
 }
 
 type built struct {
@@ -68,22 +69,48 @@ func Binary(t testing.TB) string {
 // as another user.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
-	key := pkg
-	if build.IsLocalImport(pkg) {
-		// The same package by its directory and by its path is one.
-		var stdout, stderr bytes.Buffer
-		cmd := exec.Command(goTool(), "list", "-f", "{{.ImportPath}}", pkg)
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("vpndtest: go list %s: %v: %s", pkg, err, stderr.String())
-		}
-		key = strings.TrimSpace(stdout.String())
+	key, err := importPath(pkg)
+	if err != nil {
+		t.Fatal(err)
 	}
 	p, err := buildOnce(key, func(out string) error { return goBuild("", out, key) }, path.Base(key))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// importPath returns the import path of pkg, a package path or a local
+// directory: the same package by its directory and by its path is built
+// once.
+func importPath(pkg string) (string, error) {
+	if !build.IsLocalImport(pkg) {
+		return pkg, nil
+	}
+	dir, err := filepath.Abs(pkg)
+	if err != nil {
+		return "", err
+	}
+	builds.mu.Lock()
+	p, ok := builds.local[dir]
+	builds.mu.Unlock()
+	if ok {
+		return p, nil
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(goTool(), "list", "-f", "{{.ImportPath}}", pkg)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("vpndtest: go list %s: %v: %s", pkg, err, stderr.String())
+	}
+	p = strings.TrimSpace(stdout.String())
+	builds.mu.Lock()
+	if builds.local == nil {
+		builds.local = map[string]string{}
+	}
+	builds.local[dir] = p
+	builds.mu.Unlock()
+	return p, nil
 }
 
 // binary is Binary without a test.

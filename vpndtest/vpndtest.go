@@ -180,9 +180,26 @@ func Start(opts ...Option) (*Env, error) {
 		return nil, errors.Join(err, e.runCleanup())
 	}
 	if err := e.launch(); err != nil {
-		return nil, errors.Join(err, e.Close())
+		e.abort()
+		return nil, errors.Join(err, e.runCleanup())
 	}
 	return e, nil
+}
+
+// abort kills a vpnd that failed to start, without the end checks.
+func (e *Env) abort() {
+	e.mu.Lock()
+	p := e.proc
+	e.closed = true
+	e.mu.Unlock()
+	if p == nil {
+		return
+	}
+	p.stopped = true
+	if !p.hasExited() {
+		p.cmd.Process.Kill()
+		<-p.exited
+	}
 }
 
 // pickBackend says whether vpnd is simulated, or why the kernel backend
@@ -373,6 +390,31 @@ func (e *Env) allLogs() string {
 	return b.String()
 }
 
+// SetAccounts replaces vpnd's account policy with policyJSON and waits
+// until vpnd has reloaded it (SIGHUP), as an administrator editing the
+// --accounts file would. vpnd keeps the policy in force if the new one is
+// bad, and logs an error-level line: a test that means to do that declares
+// it with ExpectLog("policy reload failed"). Only a vpnd started with the
+// Accounts option reads a policy file.
+func (e *Env) SetAccounts(t testing.TB, policyJSON string) {
+	t.Helper()
+	if !e.s.hasAccounts {
+		t.Fatal("vpndtest: SetAccounts needs the Accounts option")
+	}
+	if err := os.WriteFile(filepath.Join(e.dir, "accounts.json"), []byte(policyJSON), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := e.current()
+	done := func() int { return p.log.count(`"policy reloaded"`) + p.log.count(`"policy reload failed`) }
+	before := done()
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatalf("vpndtest: SIGHUP to vpnd: %v", err)
+	}
+	if !poll(settle, func() bool { return done() > before }) {
+		t.Fatalf("vpndtest: vpnd did not reload its policy within %v of SIGHUP", settle)
+	}
+}
+
 // ExpectLog declares that vpnd may log an error-level line that contains
 // every one of subs, as many times as it likes: the check when vpnd stops
 // fails on every other error-level line.
@@ -467,6 +509,7 @@ func (e *Env) Restart(t testing.TB) {
 		}
 	}
 	if err := e.launch(); err != nil {
+		e.abort()
 		t.Fatal(err)
 	}
 }

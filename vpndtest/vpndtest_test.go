@@ -3,6 +3,7 @@ package vpndtest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -278,22 +279,30 @@ func TestCloseFindsOpenVPN(t *testing.T) {
 }
 
 // TestCloseFindsErrorLog: an error-level line fails Close unless the test
-// declared it. A bad policy file at SIGHUP makes vpnd log one.
+// declared it. A bad policy at SIGHUP makes vpnd log one; a good one takes
+// effect.
 func TestCloseFindsErrorLog(t *testing.T) {
 	for _, declared := range []bool{false, true} {
 		t.Run(fmt.Sprint("declared=", declared), func(t *testing.T) {
-			e := startOn(t, Sim(), Accounts(`{"default":"normal","users":{"root":"admin"}}`))
+			e := startOn(t, Sim(), normalPolicy)
 			if declared {
 				e.ExpectLog("policy reload failed")
 			}
-			if err := os.WriteFile(filepath.Join(e.dir, "accounts.json"), []byte("{"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			syscall.Kill(e.PID(), syscall.SIGHUP)
-			if !poll(settle, func() bool { return strings.Contains(e.Log(), "policy reload failed") }) {
+			e.SetAccounts(t, "{")
+			if !strings.Contains(e.Log(), "policy reload failed") {
 				t.Fatalf("vpnd did not log the failed reload:\n%s", e.Log())
 			}
-			err := e.Close()
+			uid := uint32(os.Geteuid())
+			e.SetAccounts(t, fmt.Sprintf(`{"default":"normal","users":{"%d":"guest"}}`, uid))
+			c, err := client.Dial(ctx(t), e.Socket())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := c.SetUpRaw(ctx(t), json.RawMessage(smallVPN)); !errors.Is(err, client.ErrGuestDenied) {
+				t.Errorf("setUp after the policy made uid %d a guest: %v", uid, err)
+			}
+			c.Close()
+			err = e.Close()
 			switch {
 			case declared && err != nil:
 				t.Errorf("Close with the line declared: %v", err)
@@ -341,7 +350,7 @@ func startOn(t *testing.T, opts ...Option) *Env {
 	if err != nil {
 		t.Skip(err)
 	}
-	t.Cleanup(func() { e.runCleanup() })
+	t.Cleanup(func() { e.Close() }) // a no-op once the test closed it
 	return e
 }
 
