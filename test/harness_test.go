@@ -94,21 +94,22 @@ func requireRoot(t testing.TB) {
 	}
 }
 
-// programs are the programs the tests run besides vpnd, by binary name:
-// vpndtest builds each once, on first use, into binDir.
-var programs = map[string]string{
-	"vpnctl":    "github.com/vpnd/vpnd/cmd/vpnctl",
-	"rawclient": "github.com/vpnd/vpnd/test/internal/rawclient",
-	"simping":   "github.com/vpnd/vpnd/examples/simping", // the README's example of simulation mode
-	"dialas":    "github.com/vpnd/vpnd/test/internal/dialas",
-	"netpeer":   "github.com/vpnd/vpnd/test/internal/netpeer",
-	"tunfwd":    "github.com/vpnd/vpnd/test/internal/tunfwd",
-	"vpnd-wg":   "github.com/vpnd/vpnd/cmd/vpnd-wg",
-	"wgpeer":    "github.com/vpnd/vpnd/test/internal/wgpeer",
+// lazyBins are the programs the tests run besides vpnd, by binary name:
+// vpndtest builds each once, on first use, into binDir. A path starting
+// with ./ is relative to the module's root.
+var lazyBins = map[string]string{
+	"vpnctl":    "./cmd/vpnctl",
+	"rawclient": "./test/internal/rawclient",
+	"simping":   "./examples/simping", // the README's example of simulation mode
+	"dialas":    "./test/internal/dialas",
+	"netpeer":   "./test/internal/netpeer",
+	"tunfwd":    "./test/internal/tunfwd",
+	"vpnd-wg":   "./cmd/vpnd-wg",
+	"wgpeer":    "./test/internal/wgpeer",
 }
 
 // bin returns the path of vpnd (vpndtest's, VPNDTEST_VPND if set) or of
-// one of programs, building it on first use and failing the test if it
+// one of lazyBins, building it on first use and failing the test if it
 // does not build.
 func bin(t testing.TB, name string) string {
 	t.Helper()
@@ -116,14 +117,17 @@ func bin(t testing.TB, name string) string {
 	if name == "vpnd" {
 		return vpndtest.Binary(t)
 	}
-	pkg, ok := programs[name]
+	pkg, ok := lazyBins[name]
 	if !ok {
-		t.Fatalf("no program %q in programs", name)
+		t.Fatalf("no program %q in lazyBins", name)
+	}
+	if rel, ok := strings.CutPrefix(pkg, "./"); ok {
+		pkg = "github.com/vpnd/vpnd/" + rel
 	}
 	return vpndtest.Build(t, pkg)
 }
 
-// lazyBin is bin: every program is built on first use now.
+// lazyBin is bin: every program is built on first use.
 func lazyBin(t testing.TB, name string) string {
 	t.Helper()
 	return bin(t, name)
@@ -695,7 +699,8 @@ func (d *daemon) launch(tb testing.TB, flags ...string) {
 	tb.Cleanup(func() { d.stop(tb) })
 	d.Env = vpndtest.New(tb, backend, vpndtest.Flags(append(args, flags...)...), vpndtest.Environ(d.env...),
 		testhooks.Option(launch).(vpndtest.Option))
-	d.baseFDs, d.baseGoroutines = testhooks.Baseline(d.Env)
+	d.baseFDs, _ = testhooks.Baseline(d.Env)
+	d.baseGoroutines = d.goroutines(tb)
 	// Before vpndtest's checks: the baseline as the test left it.
 	tb.Cleanup(func() { testhooks.SetBaseline(d.Env, d.baseFDs, d.baseGoroutines) })
 }
@@ -739,6 +744,17 @@ func (d *daemon) fdTargets(t testing.TB) []string {
 
 // fdCount is len(/proc/PID/fd).
 func (d *daemon) fdCount(t testing.TB) int { return len(d.fdTargets(t)) }
+
+// goroutines asks vpnd for its goroutine count: SIGUSR1 makes it log a
+// "runtime stats" line, and the newest one is read from its log.
+func (d *daemon) goroutines(t testing.TB) int {
+	t.Helper()
+	n, err := testhooks.Goroutines(d.Env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
 
 // stableFDs waits until vpnd's descriptor list stops changing (the
 // readiness probe's connection is closed asynchronously) and returns it.

@@ -41,6 +41,7 @@ type Leftover struct {
 	What string
 }
 
+// String says what l is, kind first: "link vpn-tun (index 3, type tuntap)".
 func (l Leftover) String() string { return string(l.Kind) + " " + l.What }
 
 // Leftovers lists the objects vpnd owns in its namespace now: its link,
