@@ -161,7 +161,8 @@ func firewallTables(nsFD int) ([]Leftover, error) {
 	}
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	switch {
-	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EPROTONOSUPPORT), errors.Is(err, unix.EAFNOSUPPORT):
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EPROTONOSUPPORT), errors.Is(err, unix.EAFNOSUPPORT),
+		errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ENOENT):
 		return nil, nil
 	case err != nil:
 		return nil, fmt.Errorf("list nftables tables: %w", err)
