@@ -223,7 +223,10 @@ func removeStaleBinDirs() {
 		if !ok || !ent.IsDir() {
 			continue
 		}
-		pidStr, _, _ := strings.Cut(rest, "-")
+		pidStr, _, found := strings.Cut(rest, "-")
+		if !found {
+			continue // not named by New's pattern (PID-RANDOM): not ours
+		}
 		pid, err := strconv.Atoi(pidStr)
 		if err != nil || pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH {
 			continue // alive, or not ours to judge
