@@ -24,8 +24,10 @@ const (
 )
 
 // binDirPrefix starts the name of the directory a test binary builds
-// programs into, followed by its pid.
-const binDirPrefix = "vpndtest-bin-"
+// programs into: vpndtest-programs-pidPID-RANDOM. Other harnesses have
+// used vpndtest-bin-RANDOM, with a random number where a pid would be:
+// never take one of those for a directory of this package's.
+const binDirPrefix = "vpndtest-programs-pid"
 
 // builds holds what this test binary built: one directory, one binary per
 // package, each built once.
@@ -225,7 +227,7 @@ func removeStaleBinDirs() {
 		}
 		pidStr, _, found := strings.Cut(rest, "-")
 		if !found {
-			continue // not named by New's pattern (PID-RANDOM): not ours
+			continue // not named by binDir's pattern: not ours
 		}
 		pid, err := strconv.Atoi(pidStr)
 		if err != nil || pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -320,6 +321,38 @@ func TestCloseFindsBadExit(t *testing.T) {
 	<-e.current().exited
 	if err := e.Close(); err == nil || !strings.Contains(err.Error(), "want 0") {
 		t.Errorf("Close after vpnd was killed behind vpndtest's back: %v", err)
+	}
+}
+
+// TestRemoveStaleBinDirs: the program directories of test binaries that
+// have exited go; those of live ones, and directories of other names that
+// look alike (another harness's vpndtest-bin-RANDOM), stay.
+func TestRemoveStaleBinDirs(t *testing.T) {
+	exited := exec.Command("true")
+	if err := exited.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := exited.Process.Pid
+	var dirs []string
+	for _, name := range []string{
+		fmt.Sprintf("%s%d-", binDirPrefix, dead),        // an exited test binary's: goes
+		fmt.Sprintf("%s%d-", binDirPrefix, os.Getpid()), // a live one's: stays
+		fmt.Sprintf("vpndtest-bin-%d", dead),            // another harness's: stays
+		fmt.Sprintf("vpndtest-bin-%d-", dead),           // the same
+	} {
+		d, err := os.MkdirTemp("", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		dirs = append(dirs, d)
+	}
+	removeStaleBinDirs()
+	for i, d := range dirs {
+		_, err := os.Stat(d)
+		if gone := os.IsNotExist(err); gone != (i == 0) {
+			t.Errorf("%s: removed %v, want %v", d, gone, i == 0)
+		}
 	}
 }
 
