@@ -270,6 +270,7 @@ func TestAccountsPolicy(t *testing.T) {
 	t.Run("SIGHUP reloads; a bad reload keeps the old policy", func(t *testing.T) {
 		t.Parallel()
 		d := startDaemon(t, withAccounts(`{"default":"normal"}`))
+		d.ExpectLog("policy reload failed") // the bad reload below
 		c := d.dial(t, uidNormal2)
 		ok(t, c.call("destroy", "{}", ""))
 		if err := os.WriteFile(d.accountsPath, []byte(`{"default":"normal","users":{"4001":"guest"}}`), 0o644); err != nil {

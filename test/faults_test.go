@@ -241,6 +241,7 @@ func TestStartupSweepLogsExactly(t *testing.T) {
 func TestSIGHUPBadPolicyLogsWhy(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t, withAccounts(`{"default":"normal","users":{"4001":"guest"}}`))
+	d.ExpectLog("policy reload failed") // each bad reload below
 	owner := d.dial(t, uidNormal)
 	setUpOK(t, owner.call("setUp", richConfig, ""))
 	before := d.snapshot(t)

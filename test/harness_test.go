@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,7 +28,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vpnd/vpnd/internal/testhooks"
 	"github.com/vpnd/vpnd/test/internal/wire"
+	"github.com/vpnd/vpnd/vpndtest"
 )
 
 // vpnd's defaults.
@@ -49,11 +50,9 @@ const settle = 5 * time.Second
 // hangGuard bounds a single blocking read from vpnd or a helper.
 const hangGuard = 20 * time.Second
 
-var (
-	binDir    string
-	binPath   = map[string]string{}
-	buildErrs = map[string]error{}
-)
+// binDir is where the programs the tests run are built (vpndtest's
+// directory for them, readable by every uid), once TestMain ran as root.
+var binDir string
 
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
@@ -65,49 +64,15 @@ func runMain(m *testing.M) int {
 	if os.Geteuid() != 0 {
 		return m.Run() // every test skips
 	}
-	dir, err := os.MkdirTemp("", "vpndtest-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mkdtemp:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	// Other uids must be able to exec the binaries.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, "chmod:", err)
-		return 1
-	}
-	binDir = dir
-	root, err := moduleRoot()
+	dir, err := testhooks.BinDir()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	// go test puts its own go command first in PATH.
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "find the go command:", err)
-		return 1
-	}
-	for _, b := range []struct{ name, pkg string }{
-		{"vpnd", "./cmd/vpnd"},
-		{"vpnctl", "./cmd/vpnctl"},
-		{"rawclient", "./test/internal/rawclient"},
-		{"simping", "./examples/simping"}, // the README's example of simulation mode
-	} {
-		out := filepath.Join(dir, b.name)
-		cmd := exec.Command(goTool, "build", "-o", out, b.pkg)
-		cmd.Dir = root
-		if o, err := cmd.CombinedOutput(); err != nil {
-			buildErrs[b.name] = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, o)
-			continue
-		}
-		if err := os.Chmod(out, 0o755); err != nil {
-			buildErrs[b.name] = err
-			continue
-		}
-		binPath[b.name] = out
-	}
-	return m.Run()
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	return code
 }
 
 func moduleRoot() (string, error) {
@@ -129,72 +94,43 @@ func requireRoot(t testing.TB) {
 	}
 }
 
-// bin returns the path of a program built by TestMain, failing the test
-// if it did not build.
+// lazyBins are the programs the tests run besides vpnd, by binary name:
+// vpndtest builds each once, on first use, into binDir. A path starting
+// with ./ is relative to the module's root.
+var lazyBins = map[string]string{
+	"vpnctl":    "./cmd/vpnctl",
+	"rawclient": "./test/internal/rawclient",
+	"simping":   "./examples/simping", // the README's example of simulation mode
+	"dialas":    "./test/internal/dialas",
+	"netpeer":   "./test/internal/netpeer",
+	"tunfwd":    "./test/internal/tunfwd",
+	"vpnd-wg":   "./cmd/vpnd-wg",
+	"wgpeer":    "./test/internal/wgpeer",
+}
+
+// bin returns the path of vpnd (vpndtest's, VPNDTEST_VPND if set) or of
+// one of lazyBins, building it on first use and failing the test if it
+// does not build.
 func bin(t testing.TB, name string) string {
 	t.Helper()
 	requireRoot(t)
-	if err := buildErrs[name]; err != nil {
-		t.Fatalf("%s did not build:\n%v", name, err)
+	if name == "vpnd" {
+		return vpndtest.Binary(t)
 	}
-	p, ok := binPath[name]
-	if !ok {
-		t.Fatalf("%s was not built", name)
-	}
-	return p
-}
-
-// lazyBins are the programs that only some tests need, built on first use
-// into TestMain's bin dir: package path by binary name.
-var lazyBins = map[string]string{
-	"dialas":  "./test/internal/dialas",
-	"netpeer": "./test/internal/netpeer",
-	"tunfwd":  "./test/internal/tunfwd",
-	"vpnd-wg": "./cmd/vpnd-wg",
-	"wgpeer":  "./test/internal/wgpeer",
-}
-
-var (
-	lazyMu    sync.Mutex
-	lazyBuilt = map[string]error{}
-)
-
-// lazyBin builds the program name of lazyBins once and returns its path,
-// failing the test if it does not build.
-func lazyBin(t testing.TB, name string) string {
-	t.Helper()
-	requireRoot(t)
 	pkg, ok := lazyBins[name]
 	if !ok {
 		t.Fatalf("no program %q in lazyBins", name)
 	}
-	out := filepath.Join(binDir, name)
-	lazyMu.Lock()
-	defer lazyMu.Unlock()
-	err, done := lazyBuilt[name]
-	if !done {
-		err = buildProgram(pkg, out)
-		lazyBuilt[name] = err
+	if rel, ok := strings.CutPrefix(pkg, "./"); ok {
+		pkg = "github.com/vpnd/vpnd/" + rel
 	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return vpndtest.Build(t, pkg)
 }
 
-// buildProgram builds the module's package pkg into out, with the go
-// command that go test put first in PATH.
-func buildProgram(pkg, out string) error {
-	root, err := moduleRoot()
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	cmd.Dir = root
-	if o, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %v\n%s", pkg, err, o)
-	}
-	return os.Chmod(out, 0o755)
+// lazyBin is bin: every program is built on first use.
+func lazyBin(t testing.TB, name string) string {
+	t.Helper()
+	return bin(t, name)
 }
 
 func randomHex(n int) string {
@@ -491,8 +427,14 @@ func famFlag(fam int) string {
 // ---------------------------------------------------------------------------
 // The daemon
 
-// daemon is one vpnd process running in its own network namespace.
+// daemon is one vpnd process running in its own network namespace,
+// started, checked when the test ends, and stopped by vpndtest: the
+// embedded Env is that of the vpnd now running (nil before launch), so
+// that its methods (Dial, ExpectLog, ExpectLeftovers, Leftovers...) are
+// the daemon's. The fields are the test suite's own view of it.
 type daemon struct {
+	*vpndtest.Env
+
 	t      testing.TB
 	ns     string
 	dir    string // 0755 temp dir holding the socket and policy file
@@ -500,8 +442,8 @@ type daemon struct {
 	prefix []string
 	pid    int
 	cmd    *exec.Cmd
-	stderr *syncBuffer
-	sim    bool // `vpnd --sim`, as simUID (backend_test.go)
+	stderr *syncBuffer // a copy of vpnd's output
+	sim    bool        // `vpnd --sim`, as simUID (backend_test.go)
 
 	// What this vpnd was told to use (the defaults unless a test
 	// passes the flags).
@@ -512,8 +454,12 @@ type daemon struct {
 
 	accountsPath string
 
-	baseFDs        []string // /proc/PID/fd targets right after start
-	baseGoroutines int      // goroutines right after start (SIGUSR1 stats)
+	// What the check when the test ends expects of vpnd (vpndtest's
+	// baseline, which a test may change before it ends): its /proc/PID/fd
+	// targets and goroutines (SIGUSR1 stats) right after start.
+	baseFDs        []string
+	baseGoroutines int
+	leakCheck      bool // check, when the test ends, that vpnd is idle again
 	exitedCh       chan struct{}
 	waitErr        error
 	stopped        bool
@@ -672,10 +618,10 @@ func execAfter(script string) []string {
 }
 
 // startDaemon starts vpnd in a fresh namespace (or opts' one) and waits
-// until its socket accepts connections. When the test ends it checks for
-// leftovers (links, rules, routes, fds) while vpnd still runs, then stops
-// it with SIGTERM and checks the exit status, the socket file and the
-// namespace once more.
+// until its socket accepts connections. When the test ends vpndtest checks
+// for leftovers (links, rules, routes, fds, goroutines) while vpnd still
+// runs, then stops it with SIGTERM and checks the exit status, the log, the
+// namespace once more, and the socket file.
 func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 	t.Helper()
 	o := daemonOpts{ifname: defaultIfname, table: defaultTable, priority: defaultPriority, mark: defaultMark}
@@ -693,6 +639,7 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 		t: t, ns: ns, dir: newDaemonDir(t), stderr: &syncBuffer{}, exitedCh: make(chan struct{}),
 		ifname: o.ifname, table: o.table, priority: o.priority, mark: o.mark, prefix: o.prefix,
 		sim:        simBackend || slices.Contains(o.flags, "--sim"),
+		leakCheck:  !o.noLeakCheck,
 		launchOpts: o.launch,
 	}
 	if d.sim {
@@ -711,70 +658,53 @@ func startDaemon(t *testing.T, opts ...daemonOpt) *daemon {
 		flags = append(flags, "--accounts", d.accountsPath)
 	}
 	d.launch(t, flags...)
-	d.baseFDs = d.stableFDs(t)
-	d.baseGoroutines = d.goroutines(t)
-	if !o.noLeakCheck {
-		t.Cleanup(func() { d.checkNoLeftovers(t) })
-	}
 	return d
 }
 
-// launch starts vpnd in d.ns on d.sock with flags, registers its stop
-// (SIGTERM, exit status, socket file, namespace) for the end of the test,
-// and waits until it serves.
+// launch starts vpnd in d.ns on d.sock with flags through vpndtest, which
+// stops and checks it when the test ends (see startDaemon; the check that
+// vpnd is idle again only with d.leakCheck), and waits until it serves.
 func (d *daemon) launch(tb testing.TB, flags ...string) {
 	tb.Helper()
-	d.cmd = vpndCommandPrefixed(tb, d.ns, d.prefix, d.sock, flags...)
-	d.cmd.Env = append(d.cmd.Env, d.env...) // after vpndCommand's own
-	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
-	d.cmd.ExtraFiles = d.extraFiles
-	if err := d.cmd.Start(); err != nil {
-		tb.Fatalf("start vpnd: %v", err)
+	backend := vpndtest.Kernel()
+	var wrapper []string
+	if d.sim {
+		backend, wrapper = vpndtest.Sim(), simPrefix()
 	}
-	d.pid = d.cmd.Process.Pid
-	go func() {
-		d.waitErr = d.cmd.Wait()
-		close(d.exitedCh)
-	}()
-	tb.Cleanup(func() {
-		d.stop(tb)
-		if tb.Failed() {
-			tb.Logf("vpnd (pid %d, netns %s) output:\n%s", d.pid, d.ns, d.stderr.String())
+	args := []string{"--socket", d.sock}
+	if !slices.Contains(flags, "--state-dir") {
+		dir := stateDirFor(tb, d.ns)
+		if d.sim {
+			forSim(tb, dir)
 		}
-	})
+		args = append(args, "--state-dir", dir)
+	}
+	launch := testhooks.Launch{
+		Namespace:  d.ns,
+		Wrapper:    append(wrapper, d.prefix...),
+		ExtraFiles: d.extraFiles,
+		Output:     d.stderr,
+		Started: func(p testhooks.Process) {
+			d.cmd, d.pid = p.Cmd, p.Cmd.Process.Pid
+			go func() {
+				<-p.Exited
+				d.waitErr = p.WaitErr()
+				close(d.exitedCh)
+			}()
+		},
+		NoIdleCheck: !d.leakCheck,
+	}
 	if d.ready != nil {
-		d.ready(tb, d)
-	} else {
-		d.waitReady(tb)
+		launch.Ready = func() error { d.ready(tb, d); return nil }
 	}
-	d.checkNamespace(tb)
-}
-
-// waitReady polls the socket until vpnd answers a status request. A
-// connect alone is not enough: vpnd listens before its start-up sweep and
-// serves after it. This is readiness, not a timing assertion; hangGuard
-// only stops a hung start.
-func (d *daemon) waitReady(t testing.TB) {
-	t.Helper()
-	deadline := time.Now().Add(hangGuard)
-	wait := 5 * time.Millisecond
-	for {
-		select {
-		case <-d.exitedCh:
-			t.Fatalf("vpnd exited during start-up (%v):\n%s", d.waitErr, d.stderr.String())
-		default:
-		}
-		if answers(d.sock) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("vpnd socket %s not ready after %v:\n%s", d.sock, hangGuard, d.stderr.String())
-		}
-		time.Sleep(wait)
-		if wait < 100*time.Millisecond {
-			wait *= 2
-		}
-	}
+	// After vpndtest's own end-of-test checks: the socket file.
+	tb.Cleanup(func() { d.stop(tb) })
+	d.Env = vpndtest.New(tb, backend, vpndtest.Flags(append(args, flags...)...), vpndtest.Environ(d.env...),
+		testhooks.Option(launch).(vpndtest.Option))
+	d.baseFDs, _ = testhooks.Baseline(d.Env)
+	d.baseGoroutines = d.goroutines(tb)
+	// Before vpndtest's checks: the baseline as the test left it.
+	tb.Cleanup(func() { testhooks.SetBaseline(d.Env, d.baseFDs, d.baseGoroutines) })
 }
 
 // answers reports whether a status request on sock gets an answer.
@@ -795,29 +725,6 @@ func answers(sock string) bool {
 	return err == nil
 }
 
-// checkNamespace makes sure vpnd is not in the host's namespace. It is
-// a guard for the rule that tests never touch the host's network.
-func (d *daemon) checkNamespace(t testing.TB) {
-	t.Helper()
-	var vst, hst, nst unix.Stat_t
-	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", d.pid), &vst); err != nil {
-		t.Fatalf("stat vpnd netns: %v", err)
-	}
-	if err := unix.Stat("/proc/self/ns/net", &hst); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Stat("/run/netns/"+d.ns, &nst); err != nil {
-		t.Fatal(err)
-	}
-	if vst.Ino == hst.Ino && vst.Dev == hst.Dev {
-		d.cmd.Process.Kill()
-		t.Fatalf("vpnd runs in the host's network namespace: killed")
-	}
-	if vst.Ino != nst.Ino {
-		t.Fatalf("vpnd's netns is not %s", d.ns)
-	}
-}
-
 func (d *daemon) exited() bool {
 	select {
 	case <-d.exitedCh:
@@ -830,21 +737,11 @@ func (d *daemon) exited() bool {
 // fdTargets lists what vpnd's descriptors point at, sorted.
 func (d *daemon) fdTargets(t testing.TB) []string {
 	t.Helper()
-	dir := fmt.Sprintf("/proc/%d/fd", d.pid)
-	ents, err := os.ReadDir(dir)
+	fds, err := testhooks.FDs(d.Env)
 	if err != nil {
-		t.Fatalf("read %s: %v", dir, err)
+		t.Fatal(err)
 	}
-	var out []string
-	for _, e := range ents {
-		target, err := os.Readlink(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue // closed while we looked
-		}
-		out = append(out, target)
-	}
-	sort.Strings(out)
-	return out
+	return fds
 }
 
 // fdCount is len(/proc/PID/fd).
@@ -854,26 +751,10 @@ func (d *daemon) fdCount(t testing.TB) int { return len(d.fdTargets(t)) }
 // "runtime stats" line, and the newest one is read from its log.
 func (d *daemon) goroutines(t testing.TB) int {
 	t.Helper()
-	before := strings.Count(d.stderr.String(), `"runtime stats"`)
-	d.signal(t, syscall.SIGUSR1)
-	var n int
-	eventually(t, "runtime stats logged", func() (bool, string) {
-		lines := strings.Split(d.stderr.String(), "\n")
-		if strings.Count(d.stderr.String(), `"runtime stats"`) <= before {
-			return false, "no new runtime stats line"
-		}
-		for i := len(lines) - 1; i >= 0; i-- {
-			if strings.Contains(lines[i], `"runtime stats"`) {
-				var st struct{ Goroutines int }
-				if err := json.Unmarshal([]byte(lines[i]), &st); err != nil {
-					return false, err.Error()
-				}
-				n = st.Goroutines
-				return true, ""
-			}
-		}
-		return false, "unreachable"
-	})
+	n, err := testhooks.Goroutines(d.Env)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return n
 }
 
@@ -881,23 +762,16 @@ func (d *daemon) goroutines(t testing.TB) int {
 // readiness probe's connection is closed asynchronously) and returns it.
 func (d *daemon) stableFDs(t testing.TB) []string {
 	t.Helper()
-	prev := d.fdTargets(t)
-	same := 0
-	for i := 0; i < 100 && same < 3; i++ {
-		time.Sleep(20 * time.Millisecond)
-		cur := d.fdTargets(t)
-		if strings.Join(cur, "\n") == strings.Join(prev, "\n") {
-			same++
-		} else {
-			same = 0
-		}
-		prev = cur
+	fds, err := testhooks.StableFDs(d.Env)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return prev
+	return fds
 }
 
 // leftovers describes what vpnd's VPN left in its namespace: its link,
-// rules at its priority, routes in its table.
+// rules at its priority, routes in its table (lockdown's rules and
+// firewall are not the VPN's).
 func (d *daemon) leftovers(t testing.TB) []string {
 	t.Helper()
 	return nsLeftovers(t, d.ns, d.ifname, d.table, d.priority)
@@ -905,45 +779,11 @@ func (d *daemon) leftovers(t testing.TB) []string {
 
 func nsLeftovers(t testing.TB, ns, ifname string, table, priority int) []string {
 	t.Helper()
-	var probs []string
-	if l := nsLink(t, ns, ifname); l != nil {
-		probs = append(probs, fmt.Sprintf("link %s (index %d, kind %q) still exists", ifname, l.Ifindex, l.kind()))
-	}
-	for _, r := range nsRules(t, ns) {
-		if r.Priority == priority {
-			probs = append(probs, "rule left: "+r.String())
-		}
-	}
-	for _, r := range nsRoutes(t, ns, table) {
-		probs = append(probs, fmt.Sprintf("route left in table %d: %s", table, r))
+	probs, err := testhooks.Leftovers(ns, ifname, table, priority, true)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return probs
-}
-
-// checkNoLeftovers is the per-test leak check: once the test's clients are
-// gone, vpnd must have no link, rule or route left and exactly the
-// descriptors it had right after start.
-func (d *daemon) checkNoLeftovers(t testing.TB) {
-	t.Helper()
-	if d.exited() {
-		return // stop() checks the namespace after exit
-	}
-	var state string
-	ok := poll(func() (bool, string) {
-		probs := d.leftovers(t)
-		if n := d.goroutines(t); n != d.baseGoroutines {
-			probs = append(probs, fmt.Sprintf("vpnd has %d goroutines, had %d after start", n, d.baseGoroutines))
-		}
-		if fds := d.fdTargets(t); strings.Join(fds, "\n") != strings.Join(d.baseFDs, "\n") {
-			probs = append(probs, fmt.Sprintf("vpnd has %d fds, had %d after start; now %q, then %q",
-				len(fds), len(d.baseFDs), fds, d.baseFDs))
-		}
-		state = strings.Join(probs, "; ")
-		return len(probs) == 0, state
-	})
-	if !ok {
-		t.Errorf("leak check after the test: %s", state)
-	}
 }
 
 // signal sends sig to vpnd.
@@ -969,25 +809,18 @@ func (d *daemon) waitExit(t testing.TB) int {
 }
 
 // stop ends vpnd with SIGTERM and checks the shutdown promises:
-// exit status 0, socket file removed, nothing left in the namespace. It is
-// idempotent; tests that stop vpnd themselves call it directly.
+// exit status 0, socket file removed, nothing left in the namespace, no
+// unexpected error in the log. It is idempotent; tests that stop vpnd
+// themselves call it directly.
 func (d *daemon) stop(t testing.TB) {
 	t.Helper()
-	if d.stopped {
+	if d.stopped || d.Env == nil {
 		return
 	}
 	d.stopped = true
-	if !d.exited() {
-		d.signal(t, syscall.SIGTERM)
-	}
-	if code := d.waitExit(t); code != 0 {
-		t.Errorf("vpnd exited with status %d (%v), want 0", code, d.waitErr)
-	}
+	d.Env.Stop(t)
 	if _, err := os.Lstat(d.sock); !d.socketStays && !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket file %s still exists after vpnd exited (lstat: %v)", d.sock, err)
-	}
-	if probs := d.leftovers(t); len(probs) > 0 {
-		t.Errorf("after vpnd exited: %s", strings.Join(probs, "; "))
 	}
 }
 
@@ -996,8 +829,7 @@ func (d *daemon) stop(t testing.TB) {
 func (d *daemon) kill(t testing.TB) {
 	t.Helper()
 	d.stopped = true
-	d.cmd.Process.Kill()
-	d.waitExit(t)
+	d.Env.Kill(t)
 }
 
 // Kernel views of the daemon's namespace (not under sim: see kns).

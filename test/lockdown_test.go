@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vpnd/vpnd/vpndtest"
 )
 
 // Lockdown: chosen users' traffic may leave only through a VPN, whatever
@@ -267,6 +269,7 @@ func TestLockdownSweep(t *testing.T) {
 	// And a foreign rule at that priority, which is not vpnd's shape.
 	d.ip(t, "rule", "add", "priority", fmt.Sprint(d.priority+1), "from", "203.0.113.0/24", "lookup", "main")
 	d2 := startDaemon(t, inNetns(d.ns))
+	d2.ExpectLeftovers(vpndtest.LockdownRule, vpndtest.Firewall) // lockdown stays on
 	got := sorted(d2.lockdownRules(t)...)
 	wantAfter := sorted(append(append([]string{}, want...),
 		fmt.Sprintf("ipv4 prio %d lookup main", d.priority+1))...)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/vpnd/vpnd/vpndtest"
 )
 
 // Least privilege: vpnd works as a non-root user that holds only
@@ -167,6 +169,7 @@ func TestLeastPrivilege(t *testing.T) {
 				wantCaps(t, d.pid, uidVpnd)
 			}
 			results[name] = privilegeScenario(t, d)
+			d.ExpectLeftovers(vpndtest.LockdownRule, vpndtest.Firewall)
 			d.stop(t)
 			// Lockdown fails closed: its rules stay when vpnd exits.
 			results[name] += "== after exit\n" + vpnKernelState(t, d)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vpnd/vpnd/vpndtest"
 )
 
 // sdStart starts vpnd the way systemd starts vpnd.service behind
@@ -147,6 +149,7 @@ func TestSystemdSocketActivation(t *testing.T) {
 			t.Fatal(err)
 		}
 	}))
+	d.ExpectLeftovers(vpndtest.LockdownRule, vpndtest.Firewall) // lockdown stays on
 	if len(lockdownRules) != 2 {
 		t.Errorf("at READY=1 lockdown's rules were %q, want one per family", lockdownRules)
 	}
