@@ -103,8 +103,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: vpnd [flags]
 
-vpnd is the VPN manager daemon. It serves setUp, protect, destroy, status
-and subscribe on a Unix socket.
+vpnd is the VPN manager daemon. It serves setUp, protect, destroy,
+status, subscribe and setLockdown on a Unix socket.
 
 Start-up, in this order; any failure exits 1 with a message and touches
 nothing further:
@@ -155,7 +155,10 @@ settings are checked and reported only. Steps 1, 2 and 4 above are
 skipped, so any number may run; lockdown is stored in --state-dir and
 applies to the simulation only. Defaults change to --socket
 $XDG_RUNTIME_DIR/vpnd-sim.sock and --state-dir $XDG_STATE_HOME/vpnd-sim
-(or ~/.local/state/vpnd-sim); without those variables give the flags.
+(or ~/.local/state/vpnd-sim). Without XDG_RUNTIME_DIR (su, sudo,
+containers, ssh without a session) the socket goes in /run/user/UID if
+that is yours alone, else in $TMPDIR/vpnd-runtime-UID (made 0700), and
+vpnd says which.
 
 vpnd needs no privilege but CAP_NET_ADMIN: it runs as any user that holds
 it (e.g. setpriv --ambient-caps=+net_admin, or systemd's
@@ -191,7 +194,7 @@ Flags:
 	if o.sim {
 		given := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-		if err := simDefaults(o, given, os.Getenv); err != nil {
+		if err := simDefaults(o, given, os.Getenv, stderr); err != nil {
 			return nil, 0, err
 		}
 	}
