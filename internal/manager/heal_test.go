@@ -67,32 +67,37 @@ func (b *healBed) warnings() []observer.LoggedEntry {
 }
 
 func TestSelfHealing(t *testing.T) {
-	b := newHealBed(t)
-	ext := b.k.External()
+	// Each case has a bed of its own: one bed's repairs are throttled (5
+	// at once, then one every 2 s), and the cases would wait for it.
 	for _, tc := range []struct {
 		name   string
-		break_ func() error
+		break_ func(b *healBed, ext sim.External) error
 	}{
-		{"rule deleted", func() error { return ext.DeleteRule(b.want.Rules[1]) }},
-		{"route deleted", func() error {
+		{"rule deleted", func(b *healBed, ext sim.External) error { return ext.DeleteRule(b.want.Rules[1]) }},
+		{"route deleted", func(b *healBed, ext sim.External) error {
 			return ext.DeleteRoute(tun.Route{Table: table, Dst: mustPrefix("198.51.100.0/28"), Kind: tun.Throw})
 		}},
-		{"prefix route deleted", func() error {
+		{"prefix route deleted", func(b *healBed, ext sim.External) error {
 			return ext.DeleteRoute(tun.Route{Table: table, Dst: mustPrefix("10.8.0.0/24"), LinkIndex: b.index})
 		}},
-		{"route changed", func() error {
+		{"route changed", func(b *healBed, ext sim.External) error {
 			return ext.ReplaceRoute(tun.Route{Table: table, Dst: mustPrefix("198.51.100.0/24"), Kind: tun.Throw})
 		}},
-		{"table flushed", func() error { ext.FlushTable(table); return nil }},
-		{"address deleted", func() error { return ext.DeleteAddress(b.index, mustPrefix("10.8.0.2/24")) }},
-		{"ipv6 address deleted", func() error { return ext.DeleteAddress(b.index, mustPrefix("fd00::2/64")) }},
+		{"table flushed", func(b *healBed, ext sim.External) error { ext.FlushTable(table); return nil }},
+		{"address deleted", func(b *healBed, ext sim.External) error {
+			return ext.DeleteAddress(b.index, mustPrefix("10.8.0.2/24"))
+		}},
+		{"ipv6 address deleted", func(b *healBed, ext sim.External) error {
+			return ext.DeleteAddress(b.index, mustPrefix("fd00::2/64"))
+		}},
 		// A link set down loses its routes and its IPv6 addresses.
-		{"link set down", func() error { return ext.SetDown(b.index) }},
-		{"mtu changed", func() error { return ext.SetMTU(b.index, 1280) }},
+		{"link set down", func(b *healBed, ext sim.External) error { return ext.SetDown(b.index) }},
+		{"mtu changed", func(b *healBed, ext sim.External) error { return ext.SetMTU(b.index, 1280) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			b := newHealBed(t)
 			before := len(b.warnings())
-			if err := tc.break_(); err != nil {
+			if err := tc.break_(b, b.k.External()); err != nil {
 				t.Fatal(err)
 			}
 			if b.intact() {
@@ -105,6 +110,8 @@ func TestSelfHealing(t *testing.T) {
 	}
 	// Rules vpnd did not add are left alone by the repair, even at its
 	// priority and next to one of its own that it restores.
+	b := newHealBed(t)
+	ext := b.k.External()
 	foreign := tun.Rule{Family: unix.AF_INET, Priority: priority, Table: 99, UIDStart: 7, UIDEnd: 7}
 	if err := ext.AddRule(foreign); err != nil {
 		t.Fatal(err)
