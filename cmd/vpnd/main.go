@@ -52,6 +52,7 @@ type options struct {
 	resolvConf   string
 	version      bool
 	manDir       string
+	sweep        bool
 	sim          bool
 	metrics      string
 }
@@ -97,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.BoolVarP(&o.version, "version", "v", false, "print vpnd's version and exit")
 	fs.StringVar(&o.manDir, "man", "", "write vpnd's man page into `DIR` and exit")
 	fs.MarkHidden("man") // for packagers and CI
+	fs.BoolVar(&o.sweep, "sweep", false, "remove what vpnd left in this network namespace (a VPN's interface, rules and routes, lockdown's rules; a resolv.conf --dns-backend file replaced) and exit, without serving; for package removal")
 	fs.BoolVar(&o.sim, "sim", false, "simulation mode: run as any user and change nothing in the kernel (see above)")
 	fs.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics, e.g. 127.0.0.1:9477 (off when empty)")
 	fs.StringVar(&o.allowOffload, "allow-offload", "all", "who may set up a VPN with \"offload\": true (a TUN with the kernel's virtio_net_hdr), `WHO`: all, admin or none; others get 201")
@@ -272,6 +274,9 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	defer log.Sync()
+	if o.sweep {
+		return sweepAndExit(o, log, stderr)
+	}
 
 	policy, err := auth.LoadPolicy(o.accounts)
 	if err != nil {
