@@ -7,7 +7,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // Lockdown: chosen users' traffic may leave only through a VPN, whatever
@@ -89,6 +88,30 @@ func (w *world) sampleRoutes(t *testing.T, dst string, uid uint32) *routeSampler
 	return s
 }
 
+// waitFor polls until the sampler has had answer, or more answers than
+// after (its count of all answers so far), so that a test waits for the
+// sampler instead of sleeping while it may not have run.
+func (s *routeSampler) waitFor(t *testing.T, answer string, after int) {
+	t.Helper()
+	eventually(t, "the route sampler's answers", func() (bool, string) {
+		s.mu.Lock()
+		seen, desc := answer == "" || s.answers[answer] > 0, fmt.Sprint(s.answers)
+		s.mu.Unlock()
+		return seen && s.count() > after, desc
+	})
+}
+
+// count is how many answers the sampler has had.
+func (s *routeSampler) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.answers {
+		n += c
+	}
+	return n
+}
+
 // finish stops the sampler and returns its answers.
 func (s *routeSampler) finish() map[string]int {
 	close(s.stop)
@@ -157,10 +180,10 @@ func TestLockdown(t *testing.T) {
 
 	t.Run("owner killed: blocked at once", func(t *testing.T) {
 		s := w.sampleRoutes(t, ipv4.remote, uidNormal)
-		time.Sleep(50 * time.Millisecond)
+		s.waitFor(t, "dev vpn-tun", 0)
 		app.cmd.Process.Signal(syscall.SIGKILL)
 		w.d.waitClean(t, "owner killed")
-		time.Sleep(50 * time.Millisecond)
+		s.waitFor(t, "unreachable", 0)
 		answers := s.finish()
 		for k := range answers {
 			// "dev ifN": the TUN, unregistering after its fd was closed by
@@ -179,11 +202,14 @@ func TestLockdown(t *testing.T) {
 		rulesBefore := w.d.lockdownRules(t)
 		s := w.sampleRoutes(t, ipv4.remote, uidNormal)
 		s6 := w.sampleRoutes(t, ipv6.remote, uidNormal)
-		time.Sleep(50 * time.Millisecond)
+		s.waitFor(t, "", 0)
+		s6.waitFor(t, "", 0)
 		w.d.kill(t)
 		w.wantRefused(t, ipv4, listed, ipv4.remote, "listed user while vpnd is down")
+		n, n6 := s.count(), s6.count()
 		w.d = startDaemon(top, inNetns(w.a)) // it outlives this subtest
-		time.Sleep(50 * time.Millisecond)
+		s.waitFor(t, "", n)
+		s6.waitFor(t, "", n6)
 		for _, answers := range []map[string]int{s.finish(), s6.finish()} {
 			if len(answers) != 1 || answers["unreachable"] == 0 {
 				t.Errorf("while vpnd restarted the kernel answered %v, want only unreachable", answers)
