@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -46,7 +47,13 @@ func tryCommand(t testing.TB, args ...string) *exec.Cmd {
 // runTry runs scripts/try with args to completion.
 func runTry(t testing.TB, args ...string) tryRun {
 	t.Helper()
-	cmd := tryCommand(t, args...)
+	return runTryCmd(t, tryCommand(t, args...))
+}
+
+// runTryCmd runs cmd, a tryCommand, to completion.
+func runTryCmd(t testing.TB, cmd *exec.Cmd) tryRun {
+	t.Helper()
+	args := cmd.Args[1:]
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
@@ -244,4 +251,56 @@ func binDirFor(t testing.TB) string {
 	bin(t, "vpnd")
 	bin(t, "vpnctl")
 	return binDir
+}
+
+// TestTryAccounts: --user without a name (or with an empty one, as
+// `--user "$USER"` gives where $USER is unset) is the user who ran sudo,
+// a relative --bin works for commands that vpnctl runs, and scripts/try
+// says which account type the shell or CMD has, asking vpnd.
+func TestTryAccounts(t *testing.T) {
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(root, binDirFor(t)) // scripts/try runs in root
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("SUDO_USER, relative --bin", func(t *testing.T) {
+		t.Parallel()
+		cmd := tryCommand(t, "--bin", rel, "--user", "", "--", "vpnctl", "up", "--quiet", "--address", "10.8.0.2/24",
+			"--route", "198.51.100.0/24", "--", "vpnctl", "status")
+		cmd.Env = append(withoutSudoUser(), fmt.Sprintf("SUDO_USER=%d", uidNormal))
+		r := runTryCmd(t, cmd)
+		defer r.wantGone(t)
+		if r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf("(uid %d, pid ", uidNormal)) {
+			t.Errorf("exit %d, want the VPN of uid %d:\n%s%s", r.code, uidNormal, r.stdout, r.stderr)
+		}
+		if want := fmt.Sprintf("try: uid %d is a NORMAL account here\n", uidNormal); !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
+	})
+	t.Run("root is said to be ADMIN", func(t *testing.T) {
+		t.Parallel()
+		r := runTry(t, "--bin", rel, "--", "true")
+		defer r.wantGone(t)
+		if r.code != 0 || !strings.Contains(r.stderr, "try: root is an ADMIN account here: its VPN carries every user's traffic") {
+			t.Errorf("exit %d, stderr:\n%s", r.code, r.stderr)
+		}
+	})
+	t.Run("--user without SUDO_USER", func(t *testing.T) {
+		t.Parallel()
+		cmd := tryCommand(t, "--bin", rel, "--user", "--", "true")
+		cmd.Env = withoutSudoUser()
+		out, _ := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "SUDO_USER is not set: give --user NAME") ||
+			strings.Contains(string(out), "serves") {
+			t.Errorf("exit %d, want 2 before anything starts:\n%s", code, out)
+		}
+	})
+}
+
+// withoutSudoUser is the test's environment without SUDO_USER.
+func withoutSudoUser() []string {
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "SUDO_USER=") })
 }

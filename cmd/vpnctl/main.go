@@ -161,7 +161,36 @@ func newRootCommand(g *globals) *cobra.Command {
 		newExplainCommand(g),
 		newManCommand(g),
 	)
+	completionUsage(root, g)
 	return root
+}
+
+// completionUsage makes cobra's "completion" command treat a missing or
+// unknown shell as the usage error it is (exit 2) rather than print its
+// help and succeed: "vpnctl completion tcsh >file" must not leave a help
+// text where a script was expected.
+func completionUsage(root *cobra.Command, g *globals) {
+	root.InitDefaultCompletionCmd()
+	c, _, err := root.Find([]string{"completion"})
+	if err != nil || c == root {
+		return
+	}
+	var shells []string
+	for _, sub := range c.Commands() {
+		shells = append(shells, sub.Name())
+	}
+	c.Args = func(_ *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return fmt.Errorf("unknown shell %q: want one of %s", args[0], strings.Join(shells, ", "))
+		}
+		return nil
+	}
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		// No shell: the usage, on stderr.
+		cmd.SetOut(g.io.err)
+		cmd.Help()
+		return exitCode(exitUsage)
+	}
 }
 
 // fail reports a failed call and returns exitFailure. A vpnd error is
@@ -179,18 +208,46 @@ func fail(g *globals, err error) int {
 func unreachableHint(err error, socket string) string {
 	var why string
 	switch {
-	case errors.Is(err, syscall.ENOENT):
-		why = "There is no socket at " + socket + ": vpnd is not running, or it serves another socket."
+	case !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOTDIR):
+		return ""
+	case errors.Is(err, syscall.ENOTDIR):
+		why = "There is no socket at " + socket + ": a directory on its path is a file; the socket path is wrong."
+	case notSocket(socket) != "":
+		why = socket + " is " + notSocket(socket) + ", not a socket: the socket path is wrong."
 	case errors.Is(err, syscall.ECONNREFUSED):
 		why = socket + " is a stale socket: no vpnd serves it (vpnd was stopped or killed, or serves another socket)."
 	default:
-		return ""
+		why = "There is no socket at " + socket + ": vpnd is not running, or it serves another socket."
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "  %s\n", why)
 	b.WriteString("  Start vpnd, or point vpnctl at its socket with --socket PATH or VPND_SOCKET=PATH.\n")
 	b.WriteString("  To try vpnd without touching this host, run scripts/try from vpnd's source tree: a throwaway sandbox.\n")
 	return b.String()
+}
+
+// notSocket names what is at path when it is not a socket ("a regular
+// file", "a directory"...), or is "" for a socket or nothing. connect(2)
+// answers ECONNREFUSED for a file or a directory as for a stale socket.
+func notSocket(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	switch m := fi.Mode(); {
+	case m&os.ModeSocket != 0:
+		return ""
+	case m.IsRegular():
+		return "a regular file"
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	default:
+		return "not a socket (" + m.Type().String() + ")"
+	}
 }
 
 func formatError(err error) string {

@@ -296,6 +296,15 @@ func TestHelp(t *testing.T) {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q", a, code, out, stderr)
 		}
 	}
+	// A shell cobra cannot write a script for is a usage error, and so is
+	// none at all; nothing goes to stdout, where a script was expected.
+	if code, out, stderr := vpnctl(t, context.Background(), "", "completion", "tcsh"); code != exitUsage || out != "" ||
+		!strings.HasPrefix(stderr, `vpnctl completion: unknown shell "tcsh": want one of bash, zsh, fish, powershell`) {
+		t.Errorf("completion tcsh: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	if code, out, stderr := vpnctl(t, context.Background(), "", "completion"); code != exitUsage || out != "" || !strings.HasPrefix(stderr, "Usage: vpnctl completion") {
+		t.Errorf("completion: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
 	for _, a := range [][]string{{"frobnicate"}, {"protect"}, {"protect", "--fd", "-1"}, {"lockdown", "on"}, {"lockdown", "frob"}, {"down", "x"}, {"status", "--bogus"}, {"man"}} {
 		if code, out, stderr := vpnctl(t, context.Background(), "", a...); code != exitUsage || out != "" || !strings.Contains(stderr, "Run 'vpnctl") {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q", a, code, out, stderr)
@@ -572,6 +581,12 @@ func TestUnreachable(t *testing.T) {
 	}
 	l.SetUnlinkOnClose(false)
 	l.Close() // the file stays, nobody listens: a killed vpnd's socket
+	// connect(2) answers ECONNREFUSED for these as for a stale socket.
+	file := filepath.Join(t.TempDir(), "vpnd.sock")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -582,6 +597,10 @@ func TestUnreachable(t *testing.T) {
 		{"no socket, VPND_SOCKET", []string{"down"}, missing, "There is no socket at " + missing + ": vpnd is not running"},
 		{"stale socket", []string{"--socket", stale, "watch"}, "", stale + " is a stale socket: no vpnd serves it"},
 		{"stale socket, up", []string{"--socket", stale, "up", "--address", "10.8.0.2/24"}, "", stale + " is a stale socket"},
+		{"a regular file", []string{"status"}, file, file + " is a regular file, not a socket: the socket path is wrong."},
+		{"a directory", []string{"--socket", dir, "status"}, "", dir + " is a directory, not a socket: the socket path is wrong."},
+		{"under a file", []string{"--socket", file + "/vpnd.sock", "status"}, "",
+			"There is no socket at " + file + "/vpnd.sock: a directory on its path is a file; the socket path is wrong."},
 	} {
 		noteRun(tc.args)
 		var out, errb bytes.Buffer

@@ -7,6 +7,7 @@
 //	vpnd-wg genkey                  a new private key
 //	vpnd-wg pubkey                  the public key of the private key on stdin
 //	vpnd-wg genpsk                  a new preshared key
+//	vpnd-wg --version               the version
 //
 // A refusal from vpnd prints "vpnd-wg: CODE MESSAGE (detail)" and exits 1.
 // The work is done by internal/wgclient; this file only reads flags and
@@ -29,6 +30,7 @@ import (
 	"time"
 
 	"github.com/vpnd/vpnd/client"
+	"github.com/vpnd/vpnd/internal/version"
 	"github.com/vpnd/vpnd/internal/wgclient"
 )
 
@@ -38,6 +40,28 @@ const usage = `usage:
   vpnd-wg genkey
   vpnd-wg pubkey < private.key
   vpnd-wg genpsk
+  vpnd-wg --version
+`
+
+// description follows the usage in --help and in the man page.
+const description = `vpnd-wg is a WireGuard client that runs as a normal user, with no
+capability at all, on top of vpnd: vpnd creates, addresses and routes the
+TUN device and protects the tunnel's sockets, vpnd-wg runs WireGuard
+(wireguard-go) on the TUN that vpnd hands back. It reads a wg-quick
+configuration file, and refuses what it does not support (PreUp, Table,
+FwMark...) naming the line.
+
+up sets the VPN up and runs until SIGINT or SIGTERM, which end it. show
+prints the handshakes and transfer counters of the tunnels running as
+you, as wg show does; each tunnel serves them on a socket in --uapi-dir:
+$XDG_RUNTIME_DIR/vpnd-wg, or, when XDG_RUNTIME_DIR is not set (su, sudo,
+containers, ssh without a session), vpnd-wg in /run/user/UID if that is
+yours alone, else in $TMPDIR/vpnd-runtime-UID (made 0700); up and show
+name the directory they use then. genkey, pubkey and genpsk make keys as
+wg does.
+
+A refusal from vpnd prints "vpnd-wg: CODE MESSAGE (detail)" and exits 1;
+any other failure exits 1 with a message, a usage error exits 2.
 `
 
 func main() {
@@ -80,7 +104,19 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintln(stdout, k.PublicKey())
 		return 0
 	case "-h", "--help", "help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage+"\n"+description)
+		return 0
+	case "-v", "--version", "version":
+		fmt.Fprintf(stdout, "vpnd-wg version %s\n", version.String())
+		return 0
+	case "man": // for packagers and CI: vpnd-wg man DIR writes vpnd-wg.1
+		if len(args) != 2 {
+			fmt.Fprintf(stderr, "vpnd-wg man: want a directory\n")
+			return 2
+		}
+		if err := writeManPage(ctx, args[1]); err != nil {
+			return fail(stderr, err)
+		}
 		return 0
 	default:
 		fmt.Fprintf(stderr, "vpnd-wg: unknown command %q\n%s", args[0], usage)
@@ -92,7 +128,7 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vpnd-wg up", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	socket := fs.String("socket", os.Getenv("VPND_SOCKET"), "vpnd's socket (default $VPND_SOCKET, else /run/vpnd/vpnd.sock)")
-	uapiDir := fs.String("uapi-dir", wgclient.DefaultUAPIDir(), "where to serve the state for `vpnd-wg show` (default $XDG_RUNTIME_DIR/vpnd-wg)")
+	uapiDir := fs.String("uapi-dir", wgclient.DefaultUAPIDir(), "`DIR` where to serve the state for vpnd-wg show (default $XDG_RUNTIME_DIR/vpnd-wg, or a fallback: see --help)")
 	verbose := fs.Bool("verbose", false, "log wireguard-go's debug messages")
 	noOffload := fs.Bool("no-offload", false, "set the VPN up without vpnd's offload member: a TUN without IFF_VNET_HDR, so no TSO/USO or GRO on the TUN, one packet per read and write (slower downloads)")
 	noProtect := fs.Bool("test-no-protect", false, "FOR TESTS ONLY: do not protect the tunnel sockets; with AllowedIPs covering the endpoint the tunnel then routes itself into itself and never works")
@@ -112,8 +148,8 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vpnd-wg: note: %s is accessible to other users (mode %#o); it holds the private key: chmod 600 it\n",
 			fs.Arg(0), fi.Mode().Perm())
 	}
-	if *uapiDir == "" {
-		fmt.Fprintln(stderr, "vpnd-wg: XDG_RUNTIME_DIR is not set and no --uapi-dir given: `vpnd-wg show` will not see this tunnel")
+	if *uapiDir, err = uapiDirOrFallback(*uapiDir, stderr); err != nil {
+		fmt.Fprintf(stderr, "vpnd-wg: note: %v: `vpnd-wg show` will not see this tunnel\n", err)
 	}
 	if *noProtect {
 		fmt.Fprintln(stderr, "vpnd-wg: --test-no-protect: the tunnel sockets are NOT protected (tests only)")
@@ -155,7 +191,7 @@ func up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func show(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vpnd-wg show", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	uapiDir := fs.String("uapi-dir", wgclient.DefaultUAPIDir(), "where running tunnels serve their state (default $XDG_RUNTIME_DIR/vpnd-wg)")
+	uapiDir := fs.String("uapi-dir", wgclient.DefaultUAPIDir(), "`DIR` where running tunnels serve their state (default $XDG_RUNTIME_DIR/vpnd-wg, or a fallback: see --help)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -163,8 +199,9 @@ func show(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vpnd-wg show: want at most one interface name\n%s", usage)
 		return 2
 	}
-	if *uapiDir == "" {
-		return fail(stderr, errors.New("XDG_RUNTIME_DIR is not set: give --uapi-dir"))
+	var err error
+	if *uapiDir, err = uapiDirOrFallback(*uapiDir, stderr); err != nil {
+		return fail(stderr, fmt.Errorf("%w; or give --uapi-dir", err))
 	}
 	var paths []string
 	if fs.NArg() == 1 {

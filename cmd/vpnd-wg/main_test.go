@@ -13,6 +13,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/vpnd/vpnd/internal/errs"
+	"github.com/vpnd/vpnd/internal/rundir"
+	"github.com/vpnd/vpnd/internal/version"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -88,5 +90,71 @@ func TestCommands(t *testing.T) {
 	// show with nothing running.
 	if code, _, stderr := runCmd(t, "", "show", "--uapi-dir", t.TempDir()); code != 1 || !strings.Contains(stderr, "no running tunnel") {
 		t.Errorf("show with nothing running = %d, %q", code, stderr)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, a := range []string{"--version", "-v", "version"} {
+		if code, out, _ := runCmd(t, "", a); code != 0 || out != "vpnd-wg version "+version.String()+"\n" {
+			t.Errorf("%s = %d, %q", a, code, out)
+		}
+	}
+}
+
+// Without XDG_RUNTIME_DIR (su, containers, ssh without a session), up and
+// show still meet in one directory, a private fallback, and say which.
+func TestRuntimeDirFallback(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	t.Setenv("TMPDIR", t.TempDir())
+	d, err := rundir.Find(os.Getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(d.Path, "vpnd-wg")
+	note := "vpnd-wg: note: XDG_RUNTIME_DIR is not set: tunnel state is served in " + dir + "\n"
+	code, _, stderr := runCmd(t, "", "show")
+	if code != 1 || !strings.HasPrefix(stderr, note) || !strings.Contains(stderr, "no running tunnel serves its state in "+dir) {
+		t.Errorf("show = %d, %q; want 1, the note %q and no tunnel in %s", code, stderr, note, dir)
+	}
+	conf := filepath.Join(t.TempDir(), "wg0.conf")
+	if err := os.WriteFile(conf, []byte("[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.8.0.2/24\n"+
+		"[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 0.0.0.0/0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr = runCmd(t, "", "up", "--socket", "/nonexistent/vpnd.sock", conf)
+	if code != 1 || !strings.Contains(stderr, note) || strings.Contains(stderr, "will not see this tunnel") {
+		t.Errorf("up = %d, %q; want the note %q", code, stderr, note)
+	}
+	// A given --uapi-dir needs no fallback, and no note.
+	if code, _, stderr := runCmd(t, "", "show", "--uapi-dir", t.TempDir()); code != 1 || strings.Contains(stderr, "note") {
+		t.Errorf("show --uapi-dir = %d, %q", code, stderr)
+	}
+}
+
+// The man page is made from --help's text and the commands' flags.
+func TestManPage(t *testing.T) {
+	// man clears these, as the builder's own do not belong in the page.
+	t.Setenv("VPND_SOCKET", "/builder/vpnd.sock")
+	t.Setenv("XDG_RUNTIME_DIR", "/builder/run")
+	dir := t.TempDir()
+	if code, _, stderr := runCmd(t, "", "man", dir); code != 0 {
+		t.Fatalf("man = %d, %s", code, stderr)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "vpnd-wg.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := string(b)
+	for _, want := range []string{".TH \"VPND-WG\" \"1\"", "vpnd-wg up [--socket PATH]", "-no-offload", "-uapi-dir DIR",
+		"XDG_RUNTIME_DIR is not set", "vpnd-runtime-UID", ".SH SEE ALSO"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("vpnd-wg.1 lacks %q:\n%s", want, page)
+		}
+	}
+	if strings.Contains(page, "/builder") {
+		t.Errorf("vpnd-wg.1 shows the builder's environment:\n%s", page)
+	}
+	if code, _, _ := runCmd(t, "", "man"); code != 2 {
+		t.Errorf("man without a directory = %d, want 2", code)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vpnd/vpnd/internal/manager"
 	"github.com/vpnd/vpnd/internal/preflight"
+	"github.com/vpnd/vpnd/internal/rundir"
 	"github.com/vpnd/vpnd/internal/sim"
 	"github.com/vpnd/vpnd/internal/tun"
 )
@@ -85,16 +86,21 @@ func (h simHost) Close() error {
 // were not given. A simulated vpnd runs as an ordinary user, who can
 // create neither /run/vpnd nor /var/lib/vpnd, and its socket and its
 // stored lockdown must never be taken for a real vpnd's: so the socket is
-// $XDG_RUNTIME_DIR/vpnd-sim.sock, and the state directory
-// $XDG_STATE_HOME/vpnd-sim, or ~/.local/state/vpnd-sim. Without
-// $XDG_RUNTIME_DIR (or $HOME) the flag must be given.
-func simDefaults(o *options, given map[string]bool, getenv func(string) string) error {
+// vpnd-sim.sock in the user's runtime directory ($XDG_RUNTIME_DIR, or
+// without it a private fallback that note names: see rundir.Find), and
+// the state directory $XDG_STATE_HOME/vpnd-sim, or
+// ~/.local/state/vpnd-sim. Without $XDG_STATE_HOME and $HOME the flag
+// must be given.
+func simDefaults(o *options, given map[string]bool, getenv func(string) string, note io.Writer) error {
 	if !given["socket"] {
-		dir := absEnv(getenv, "XDG_RUNTIME_DIR")
-		if dir == "" {
-			return errors.New("--sim: $XDG_RUNTIME_DIR is not set, so there is no default socket: give --socket PATH")
+		dir, err := rundir.Find(getenv)
+		if err != nil {
+			return fmt.Errorf("--sim: %w; or give --socket PATH", err)
 		}
-		o.socket = filepath.Join(dir, "vpnd-sim.sock")
+		o.socket = filepath.Join(dir.Path, "vpnd-sim.sock")
+		if !dir.FromEnv {
+			fmt.Fprintf(note, "vpnd: --sim: XDG_RUNTIME_DIR is not set: the socket is %s, in your runtime directory %s\n", o.socket, dir.Path)
+		}
 	}
 	if !given["state-dir"] {
 		dir := absEnv(getenv, "XDG_STATE_HOME")

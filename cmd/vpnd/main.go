@@ -52,6 +52,7 @@ type options struct {
 	resolvConf   string
 	version      bool
 	manDir       string
+	sweep        bool
 	sim          bool
 	metrics      string
 }
@@ -98,14 +99,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.BoolVarP(&o.version, "version", "v", false, "print vpnd's version and exit")
 	fs.StringVar(&o.manDir, "man", "", "write vpnd's man page into `DIR` and exit")
 	fs.MarkHidden("man") // for packagers and CI
+	fs.BoolVar(&o.sweep, "sweep", false, "remove what vpnd left in this network namespace (a VPN's interface, rules and routes, lockdown's rules; a resolv.conf --dns-backend file replaced) and exit, without serving; for package removal")
 	fs.BoolVar(&o.sim, "sim", false, "simulation mode: run as any user and change nothing in the kernel (see above)")
 	fs.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics, e.g. 127.0.0.1:9477 (off when empty)")
 	fs.StringVar(&o.allowOffload, "allow-offload", "all", "who may set up a VPN with \"offload\": true (a TUN with the kernel's virtio_net_hdr), `WHO`: all, admin or none; others get 201")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: vpnd [flags]
 
-vpnd is the VPN manager daemon. It serves setUp, protect, destroy, status
-and subscribe on a Unix socket.
+vpnd is the VPN manager daemon. It serves setUp, protect, destroy,
+status, subscribe and setLockdown on a Unix socket.
 
 Start-up, in this order; any failure exits 1 with a message and touches
 nothing further:
@@ -156,7 +158,10 @@ settings are checked and reported only. Steps 1, 2 and 4 above are
 skipped, so any number may run; lockdown is stored in --state-dir and
 applies to the simulation only. Defaults change to --socket
 $XDG_RUNTIME_DIR/vpnd-sim.sock and --state-dir $XDG_STATE_HOME/vpnd-sim
-(or ~/.local/state/vpnd-sim); without those variables give the flags.
+(or ~/.local/state/vpnd-sim). Without XDG_RUNTIME_DIR (su, sudo,
+containers, ssh without a session) the socket goes in /run/user/UID if
+that is yours alone, else in $TMPDIR/vpnd-runtime-UID (made 0700), and
+vpnd says which.
 
 vpnd needs no privilege but CAP_NET_ADMIN: it runs as any user that holds
 it (e.g. setpriv --ambient-caps=+net_admin, or systemd's
@@ -192,7 +197,7 @@ Flags:
 	if o.sim {
 		given := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-		if err := simDefaults(o, given, os.Getenv); err != nil {
+		if err := simDefaults(o, given, os.Getenv, stderr); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -270,6 +275,9 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	defer log.Sync()
+	if o.sweep {
+		return sweepAndExit(o, mark, log, stderr)
+	}
 
 	policy, err := auth.LoadPolicy(o.accounts)
 	if err != nil {

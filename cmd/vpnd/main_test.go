@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	flag "github.com/spf13/pflag"
+
+	"github.com/vpnd/vpnd/protocol"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -101,6 +103,22 @@ func TestHelpMatchesREADME(t *testing.T) {
 	}
 	if strings.Contains(help.String(), "--man") {
 		t.Error("--help shows the hidden --man")
+	}
+}
+
+// The description at the top of --help (and of the man page) names every
+// method vpnd serves.
+func TestHelpNamesEveryMethod(t *testing.T) {
+	var help strings.Builder
+	if _, _, err := parseFlags([]string{"--help"}, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	intro, _, _ := strings.Cut(help.String(), "\n\n"+"Start-up")
+	for _, m := range []string{protocol.MethodSetUp, protocol.MethodProtect, protocol.MethodDestroy, protocol.MethodStatus,
+		protocol.MethodSubscribe, protocol.MethodSetLockdown} {
+		if !regexp.MustCompile(`\b` + m + `\b`).MatchString(intro) {
+			t.Errorf("--help's description does not name %s:\n%s", m, intro)
+		}
 	}
 }
 

@@ -6,11 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	flag "github.com/spf13/pflag"
 
-	"github.com/vpnd/vpnd/internal/version"
+	"github.com/vpnd/vpnd/internal/roff"
 )
 
 // writeManPage writes vpnd.8 into dir, from fs's flag definitions and the
@@ -26,7 +25,7 @@ func writeManPage(fs *flag.FlagSet, dir string) error {
 	description, _, _ := strings.Cut(strings.TrimPrefix(help.String(), "Usage: vpnd [flags]\n\n"), "\nFlags:\n")
 
 	var b strings.Builder
-	fmt.Fprintf(&b, ".nh\n.TH \"VPND\" \"8\" \"%s\" \"vpnd %s\" \"vpnd manual\"\n", time.Now().Format("Jan 2006"), roffQuote(version.String()))
+	b.WriteString(roff.TH("vpnd", "8"))
 	b.WriteString(".SH NAME\nvpnd \\- the VPN manager daemon\n")
 	b.WriteString(".SH SYNOPSIS\n\\fBvpnd [flags]\\fP\n")
 	b.WriteString(".SH DESCRIPTION\n")
@@ -50,7 +49,7 @@ func writeManPage(fs *flag.FlagSet, dir string) error {
 		}
 		b.WriteString("\n")
 		// The usage's `NAME` of the value, in bold as in a synopsis.
-		usage := roffLine(f.Usage)
+		usage := roff.Line(f.Usage)
 		if varname, _ := flag.UnquoteUsage(f); varname != "" {
 			usage = strings.Replace(usage, "`"+varname+"`", "\\fB"+varname+"\\fR", 1)
 		}
@@ -78,31 +77,16 @@ func writeDescription(b *strings.Builder, text string) {
 			b.WriteString(".PP\n")
 		case len(trimmed) > 2 && trimmed[0] >= '1' && trimmed[0] <= '9' && strings.HasPrefix(trimmed[1:], ". "):
 			inItem = true
-			fmt.Fprintf(b, ".IP \"%s\" 4\n%s\n", trimmed[:2], roffLine(trimmed[3:]))
+			fmt.Fprintf(b, ".IP \"%s\" 4\n%s\n", trimmed[:2], roff.Line(trimmed[3:]))
 		case inItem && line != trimmed:
-			b.WriteString(roffLine(trimmed) + "\n")
+			b.WriteString(roff.Line(trimmed) + "\n")
 		default:
 			if inItem {
 				// Back at the margin after an item.
 				b.WriteString(".PP\n")
 				inItem = false
 			}
-			b.WriteString(roffLine(line) + "\n")
+			b.WriteString(roff.Line(line) + "\n")
 		}
 	}
-}
-
-// roffLine escapes a line of text for roff: backslashes, and a leading
-// dot or quote that would make it a request.
-func roffLine(s string) string {
-	s = strings.ReplaceAll(s, `\`, `\e`)
-	if strings.HasPrefix(s, ".") || strings.HasPrefix(s, "'") {
-		s = `\&` + s
-	}
-	return s
-}
-
-// roffQuote makes s safe inside a double-quoted roff argument.
-func roffQuote(s string) string {
-	return strings.ReplaceAll(roffLine(s), `"`, `\(dq`)
 }
