@@ -395,7 +395,8 @@ func (p *parser) mtu() error {
 
 // families resolves isIPv4Accepted and isIPv6Accepted (true by default if
 // an address of the family is present), then requires every route's family
-// to be accepted, reporting the first route of a family that is not.
+// to be accepted, reporting the first route of a family that is not, and
+// refuses an excluded default route that no included route justifies.
 func (p *parser) families() error {
 	var err error
 	var set bool
@@ -421,12 +422,20 @@ func (p *parser) families() error {
 		}
 	}
 	switch {
-	case first < 0:
-		return nil
-	case dst.Addr().Is4():
+	case first >= 0 && dst.Addr().Is4():
 		return invalid(memberPath("routes").elem(int(first)), "%s is IPv4 but isIPv4Accepted is false", dst)
+	case first >= 0:
+		return invalid(memberPath("routes").elem(int(first)), "%s is IPv6 but isIPv6Accepted is false", dst)
 	}
-	return invalid(memberPath("routes").elem(int(first)), "%s is IPv6 but isIPv6Accepted is false", dst)
+	// With no included route, Parse adds a default route per family,
+	// which an excluded default route contradicts (the kernel refuses it).
+	for _, d := range p.cfg.ExcludedRoutes {
+		if len(p.cfg.Routes) == 0 && d.Bits() == 0 {
+			return invalid(memberPath("routes").elem(int(p.seen[d].index)),
+				"%s excluded here but included as the default route, since no route is included", d)
+		}
+	}
+	return nil
 }
 
 func (p *parser) flags() error {
