@@ -6,12 +6,16 @@ import (
 	"github.com/vpnd/vpnd/internal/dns/resolvedtest"
 )
 
-// TestRefusedBeforeBuild: a config that the kernel would refuse half way
-// through a bring-up is the caller's invalid config, answered with 19900001
-// before anything is built: no link, rule or route, and no call to
-// resolved. An excluded default route contradicts the default route vpnd
-// adds when no route is included, which the kernel refuses: it once came
-// back as 19900002, after the VPN had been built and torn down again.
+// TestRefusedBeforeBuild: a config that the host's resolver or the kernel
+// would refuse half way through a bring-up is the caller's invalid config,
+// answered with 19900001 before anything is built: no link, rule or route,
+// and no call to resolved. systemd-resolved refuses its own stub listeners
+// (127.0.0.53, 127.0.0.54) as a link's DNS servers, and no server on the
+// host's loopback is reached through the VPN anyway; a multicast address
+// is no DNS server; and an excluded default route contradicts the default
+// route vpnd adds when no route is included, which the kernel refuses.
+// Each of these once came back as 19900002, after the VPN had been built
+// and torn down again.
 func TestRefusedBeforeBuild(t *testing.T) {
 	t.Parallel()
 	var standIn *resolvedtest.Resolved
@@ -27,6 +31,16 @@ func TestRefusedBeforeBuild(t *testing.T) {
 	for _, tc := range []struct {
 		name, params, detail string
 	}{
+		{"resolved's stub listener", `{` + v4 + `,"dnsAddresses":["127.0.0.53"]}`,
+			"dnsAddresses[0]: 127.0.0.53 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"resolved's proxy stub listener", `{` + v4 + `,"dnsAddresses":["10.8.0.1","127.0.0.54"]}`,
+			"dnsAddresses[1]: 127.0.0.54 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"a local resolver", `{` + v4 + `,"dnsAddresses":["127.0.0.1"],"searchDomains":["corp.example"]}`,
+			"dnsAddresses[0]: 127.0.0.1 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"IPv6 loopback", `{` + both + `,"dnsAddresses":["fd00:8::1","::1"]}`,
+			"dnsAddresses[1]: ::1 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"multicast", `{` + v4 + `,"dnsAddresses":["224.0.0.251"]}`,
+			"dnsAddresses[0]: 224.0.0.251 is a multicast address; a DNS server has a unicast address"},
 		{"excluded default route", `{` + both + `,"routes":[{"destination":{"address":{"address":"::"},"prefixLength":0},"isExcludedRoute":true}]}`,
 			"routes[0]: ::/0 excluded here but included as the default route, since no route is included"},
 	} {

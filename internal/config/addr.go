@@ -55,12 +55,6 @@ func parseCIDR(s string, p path, minBits int64) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, int(bits)), nil
 }
 
-// The members of OpenHarmony's NetAddress and LinkAddress.
-var (
-	netAddressMembers  = []string{"address", "family", "port"}
-	linkAddressMembers = []string{"address", "prefixLength"}
-)
-
 // netAddress reads the NetAddress object at d. family, if given, must be
 // 1 or 2 and match the address. port is part of OpenHarmony's shape; it is
 // type-checked and ignored. With allowNone, an empty or unspecified
@@ -68,7 +62,7 @@ var (
 // send {"address":""} or "0.0.0.0" for a route without a gateway.
 func netAddress(d *decoder, at path, allowNone bool) (netip.Addr, error) {
 	var f [3]jsontext.Value
-	if err := d.object(at, netAddressMembers, func(i int) { f[i] = d.next() }); err != nil {
+	if err := d.object(at, []string{"address", "family", "port"}, func(i int) { f[i] = d.next() }); err != nil {
 		return netip.Addr{}, err
 	}
 	addr, family, port := f[0], f[1], f[2]
@@ -113,7 +107,7 @@ func netAddress(d *decoder, at path, allowNone bool) (netip.Addr, error) {
 func linkAddress(d *decoder, at path, minBits int64) (netip.Prefix, error) {
 	var addr nested[netip.Addr]
 	var raw, bits jsontext.Value
-	err := d.object(at, linkAddressMembers, func(i int) {
+	err := d.object(at, []string{"address", "prefixLength"}, func(i int) {
 		switch {
 		case i == 0 && d.PeekKind() == '{':
 			addr.set(netAddress(d, at.key("address"), false))

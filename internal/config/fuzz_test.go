@@ -206,7 +206,8 @@ func checkInvariants(cfg *Config) error {
 	}
 	dns := make(map[netip.Addr]bool)
 	for _, a := range cfg.DNSAddresses {
-		if !a.IsValid() || a.Zone() != "" || a.Is4In6() || a.IsUnspecified() || dns[a] {
+		if !a.IsValid() || a.Zone() != "" || a.Is4In6() || a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() ||
+			a == netip.MustParseAddr("255.255.255.255") || dns[a] {
 			return fmt.Errorf("dns address %v", a)
 		}
 		dns[a] = true

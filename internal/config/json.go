@@ -53,8 +53,11 @@ func (d *decoder) more() bool {
 	return !d.broken && k != ']' && k != '}'
 }
 
-// count returns the number of elements of the array v.
+// count returns the number of elements of v, 0 if it is not an array.
 func count(v jsontext.Value) (n int) {
+	if v.Kind() != '[' {
+		return 0
+	}
 	d := newDecoder(v)
 	for d.ReadToken(); d.more() && d.SkipValue() == nil; n++ {
 	}
@@ -62,10 +65,7 @@ func count(v jsontext.Value) (n int) {
 }
 
 // end reports whether nothing but white space follows what d has read.
-func (d *decoder) end() bool {
-	_, err := d.ReadToken()
-	return !d.broken && errors.Is(err, io.EOF)
-}
+func (d *decoder) end() bool { _, err := d.ReadToken(); return !d.broken && errors.Is(err, io.EOF) }
 
 // elements calls read for each element of the array v, in order, until
 // read fails. read must read the element from d.
@@ -145,8 +145,7 @@ var kindNames = map[jsontext.Kind]string{
 // kind names the JSON type of v as details show it.
 func kind(v jsontext.Value) string { return cmp.Or(kindNames[v.Kind()], "nothing") }
 
-// absent reports whether a member is missing or null: both mean "use the
-// default".
+// absent reports whether a member is missing or null: both mean "default".
 func absent(v jsontext.Value) bool { return v == nil || v.Kind() == 'n' }
 
 // flag reads an optional boolean: def when it is absent.
@@ -194,10 +193,8 @@ type path struct {
 
 func memberPath(member string) path { return path{member: member, index: -1} }
 
-// elem returns the path of element i of the array at p.
-func (p path) elem(i int) path { p.index = i; return p }
-
-// key returns the path of member k of the object at p.
+// elem and key return the path of element i, or member k, of the value at p.
+func (p path) elem(i int) path   { p.index = i; return p }
 func (p path) key(k string) path { p.keys[p.n] = k; p.n++; return p }
 
 func (p path) String() string {

@@ -54,10 +54,7 @@ func ParseLockdown(params []byte, users UserResolver) (Lockdown, error) {
 		return l, invalidLockdown("params", "trailing data after the object")
 	}
 	l.Enabled = enabled.Kind() == 't'
-	n := 0
-	if apps.Kind() == '[' {
-		n = count(apps)
-	}
+	n := count(apps)
 	switch {
 	case absent(enabled):
 		return l, invalidLockdown("enabled", "required")

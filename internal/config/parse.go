@@ -325,8 +325,15 @@ func (p *parser) dnsAddresses() error {
 		if err != nil {
 			return err
 		}
-		if a.IsUnspecified() {
+		// A server on the host's loopback (resolved's stub listeners among
+		// them, which resolved refuses) is never reached through the VPN.
+		switch why := hostProblem(a, netip.PrefixFrom(a, a.BitLen())); {
+		case a.IsUnspecified():
 			return invalid(at, "%s is the unspecified address", a)
+		case a.IsLoopback():
+			return invalid(at, "%s is a loopback address; a VPN's DNS server must be reachable through the VPN", a)
+		case why != "":
+			return invalid(at, "%s is %s; a DNS server has a unicast address", a, why)
 		}
 		if !slices.Contains(p.cfg.DNSAddresses, a) {
 			p.cfg.DNSAddresses = append(p.cfg.DNSAddresses, a)

@@ -159,6 +159,15 @@ func TestParseRejects(t *testing.T) {
 		{"dnsAddresses no CIDR", `{` + v4 + `,"dnsAddresses":["1.1.1.1/32"]}`, `dnsAddresses[0]: "1.1.1.1/32" is not an IP address`},
 		{"dnsAddresses no zone", `{` + v4 + `,"dnsAddresses":["fe80::1%eth0"]}`, `dnsAddresses[0]: "fe80::1%eth0" has a zone; zones are not allowed`},
 		{"dnsAddresses not unspecified", `{` + v4 + `,"dnsAddresses":["0.0.0.0"]}`, "dnsAddresses[0]: 0.0.0.0 is the unspecified address"},
+		{"dnsAddresses not IPv6 unspecified", `{` + v4 + `,"dnsAddresses":["1.1.1.1","::"]}`, "dnsAddresses[1]: :: is the unspecified address"},
+		{"dnsAddresses not resolved's stub", `{` + v4 + `,"dnsAddresses":["127.0.0.53"]}`, "dnsAddresses[0]: 127.0.0.53 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"dnsAddresses not resolved's proxy stub", `{` + v4 + `,"dnsAddresses":["10.8.0.1","127.0.0.54"]}`, "dnsAddresses[1]: 127.0.0.54 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"dnsAddresses not IPv4 loopback", `{` + v4 + `,"dnsAddresses":["127.255.0.1"]}`, "dnsAddresses[0]: 127.255.0.1 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"dnsAddresses not IPv6 loopback", `{` + v4 + `,"dnsAddresses":["::1"]}`, "dnsAddresses[0]: ::1 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"dnsAddresses not multicast", `{` + v4 + `,"dnsAddresses":["224.0.0.251"]}`, "dnsAddresses[0]: 224.0.0.251 is a multicast address; a DNS server has a unicast address"},
+		{"dnsAddresses not IPv6 multicast", `{` + v4 + `,"dnsAddresses":["ff02::fb"]}`, "dnsAddresses[0]: ff02::fb is a multicast address; a DNS server has a unicast address"},
+		{"dnsAddresses not limited broadcast", `{` + v4 + `,"dnsAddresses":["255.255.255.255"]}`, "dnsAddresses[0]: 255.255.255.255 is the limited broadcast address; a DNS server has a unicast address"},
+		{"dnsAddresses loopback checked in order", `{` + v4 + `,"dnsAddresses":["127.0.0.53","x"]}`, "dnsAddresses[0]: 127.0.0.53 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
 
 		// searchDomains
 		{"searchDomains array", `{` + v4 + `,"searchDomains":"example.com"}`, "searchDomains: expected array of DNS name strings, got string"},
