@@ -72,7 +72,7 @@ func (o *upOptions) register(fs *pflag.FlagSet) {
 	fs.Var(&o.addresses, "address", "interface address as `CIDR`, e.g. 10.8.0.2/24 (repeatable; at least one)")
 	fs.Var(&o.routes, "route", "route `CIDR[,via=GATEWAY]` into the VPN (repeatable; default: a default route per accepted family)")
 	fs.Var(&o.excludes, "exclude", "excluded route `CIDR`: traffic that must not enter the VPN (repeatable)")
-	fs.Var(&o.dns, "dns", "DNS server `IP` (repeatable)")
+	fs.Var(&o.dns, "dns", "DNS server `IP` reached through the VPN: not loopback, multicast or unspecified (repeatable)")
 	fs.Var(&o.searchDomains, "search-domain", "DNS search `DOMAIN` (repeatable)")
 	fs.IntVar(&o.mtu, "mtu", 0, "interface `MTU` (vpnd's default: 1500)")
 	fs.Var(&o.ipv4, "ipv4", "accept IPv4 traffic, --ipv4=false to refuse it (default: true if an IPv4 address is given)")

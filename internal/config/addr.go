@@ -6,22 +6,13 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vpnd/vpnd/internal/errs"
-)
-
-// OpenHarmony's NetAddress family values.
-const (
-	familyIPv4 = 1
-	familyIPv6 = 2
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // parseIP parses an IP address as vpnd accepts it anywhere: no zone, and
 // IPv4 written as IPv4, not as an IPv4-mapped IPv6 address (which the
 // kernel would treat as IPv6 and never match against IPv4 traffic).
-func parseIP(s string, p path) (netip.Addr, *errs.Error) {
-	if a, ok := parseDottedQuad(s); ok {
-		return a, nil
-	}
+func parseIP(s string, p path) (netip.Addr, error) {
 	if strings.IndexByte(s, '%') >= 0 {
 		return netip.Addr{}, invalid(p, "%q has a zone; zones are not allowed", s)
 	}
@@ -35,47 +26,6 @@ func parseIP(s string, p path) (netip.Addr, *errs.Error) {
 	return a, nil
 }
 
-// parseDottedQuad parses s if it is an IPv4 address in dotted-quad form as
-// netip.ParseAddr accepts it (four decimal fields of 0-255, no leading
-// zeros), and reports whether it did; for anything else the caller asks
-// netip.ParseAddr. It does the common case in a quarter of netip's time,
-// which counts with 10,000 routes.
-func parseDottedQuad(s string) (netip.Addr, bool) {
-	var ip [4]byte
-	field, val, digits := 0, 0, 0
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c >= '0' && c <= '9':
-			if digits == 1 && val == 0 {
-				return netip.Addr{}, false // a leading zero
-			}
-			val = val*10 + int(c-'0')
-			digits++
-			if val > 255 {
-				return netip.Addr{}, false
-			}
-		case c == '.' && digits > 0 && field < 3:
-			ip[field] = byte(val)
-			field, val, digits = field+1, 0, 0
-		default:
-			return netip.Addr{}, false
-		}
-	}
-	if field != 3 || digits == 0 {
-		return netip.Addr{}, false
-	}
-	ip[3] = byte(val)
-	return netip.AddrFrom4(ip), true
-}
-
-// maxBits is the longest prefix of a's family.
-func maxBits(a netip.Addr) int {
-	if a.Is4() {
-		return 32
-	}
-	return 128
-}
-
 func familyName(a netip.Addr) string {
 	if a.Is4() {
 		return "IPv4"
@@ -86,101 +36,62 @@ func familyName(a netip.Addr) string {
 // parseCIDR parses "address/prefixLength", keeping host bits. The prefix
 // length must be minBits up to the family's maximum, written in decimal
 // without leading zeros.
-func parseCIDR(s string, p path, minBits int) (netip.Prefix, *errs.Error) {
-	slash := strings.IndexByte(s, '/')
-	if slash < 0 {
+func parseCIDR(s string, p path, minBits int64) (netip.Prefix, error) {
+	addr, bitsPart, ok := strings.Cut(s, "/")
+	if !ok {
 		return netip.Prefix{}, invalid(p, "%q is not in CIDR form address/prefixLength", s)
 	}
-	a, err := parseIP(s[:slash], p)
+	a, err := parseIP(addr, p)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	bitsPart := s[slash+1:]
 	if bitsPart == "" || !isDigits(bitsPart) || (len(bitsPart) > 1 && bitsPart[0] == '0') {
 		return netip.Prefix{}, invalid(p, "%q has an invalid prefix length %q", s, bitsPart)
 	}
-	bits, perr := strconv.Atoi(bitsPart)
-	if perr != nil || bits < minBits || bits > maxBits(a) {
-		return netip.Prefix{}, invalid(p, "prefix length %s out of range %d-%d", bitsPart, minBits, maxBits(a))
+	bits, perr := strconv.ParseInt(bitsPart, 10, 64)
+	if perr != nil || bits < minBits || bits > int64(a.BitLen()) {
+		return netip.Prefix{}, invalid(p, "prefix length %s out of range %d-%d", bitsPart, minBits, a.BitLen())
 	}
-	return netip.PrefixFrom(a, bits), nil
+	return netip.PrefixFrom(a, int(bits)), nil
 }
 
-// netAddress reads the NetAddress object at d. family, if given, must be 1
-// or 2 and match the address. port is part of OpenHarmony's shape; it is
+// netAddress reads the NetAddress object at d. family, if given, must be
+// 1 or 2 and match the address. port is part of OpenHarmony's shape; it is
 // type-checked and ignored. With allowNone, an empty or unspecified
 // address means "no address" and returns the zero Addr: OpenHarmony apps
 // send {"address":""} or "0.0.0.0" for a route without a gateway.
-func netAddress(d *dec, p path, allowNone bool) (netip.Addr, *errs.Error) {
-	var f netAddressRead
-	if d.openObject() {
-		for i := -1; ; {
-			var name string
-			name, i = d.member(netAddressMembers, i+1)
-			start := d.i
-			switch {
-			case !f.m.note(p, name, i):
-				d.skip()
-			case i == 0 && d.peek() == '"':
-				f.s = d.text()
-				f.addr = d.b[start:d.i]
-			case i == 0:
-				f.addr, _ = d.skip()
-			case i == 1:
-				f.family, _ = d.skip()
-			default:
-				f.port, _ = d.skip()
-			}
-			if !d.next('}') {
-				break
-			}
-		}
+func netAddress(d *decoder, at path, allowNone bool) (netip.Addr, error) {
+	var f [3]jsontext.Value
+	if err := d.object(at, []string{"address", "family", "port"}, func(i int) { f[i] = d.next() }); err != nil {
+		return netip.Addr{}, err
 	}
-	if d.bad {
-		return netip.Addr{}, nil
-	}
-	return f.check(p, allowNone)
-}
-
-// netAddressRead is a NetAddress object as read, before its checks.
-type netAddressRead struct {
-	m                  members
-	addr, family, port []byte // each member's value as written; nil if absent
-	s                  string // addr's value, when it is a string
-}
-
-// check runs a NetAddress's checks in their order (see netAddress).
-func (f *netAddressRead) check(p path, allowNone bool) (netip.Addr, *errs.Error) {
-	if f.m.err != nil {
-		return netip.Addr{}, f.m.err
-	}
-	if isAbsent(f.addr) {
-		return netip.Addr{}, invalid(p.at(kAddress), "required")
-	}
-	if k := kindOf(f.addr); k != "string" {
-		return netip.Addr{}, invalid(p.at(kAddress), "expected string, got %s", k)
+	addr, family, port := f[0], f[1], f[2]
+	switch {
+	case absent(addr):
+		return netip.Addr{}, invalid(at.key("address"), "required")
+	case addr.Kind() != '"':
+		return netip.Addr{}, invalid(at.key("address"), "expected string, got %s", kind(addr))
 	}
 	var a netip.Addr
-	if !(allowNone && f.s == "") {
-		var err *errs.Error
-		if a, err = parseIP(f.s, p.at(kAddress)); err != nil {
+	if s := text(addr); !allowNone || s != "" {
+		var err error
+		if a, err = parseIP(s, at.key("address")); err != nil {
 			return netip.Addr{}, err
 		}
 	}
-	if !isAbsent(f.family) {
-		fam, _, err := intLiteral(f.family, p.at(kFamily))
-		if err != nil {
+	if !absent(family) {
+		fam, _, err := integer(family, at.key("family"))
+		switch {
+		case err != nil:
 			return netip.Addr{}, err
-		}
-		if fam != familyIPv4 && fam != familyIPv6 {
-			return netip.Addr{}, invalid(p.at(kFamily), "%s is not 1 (IPv4) or 2 (IPv6)", f.family)
-		}
-		if a.IsValid() && (fam == familyIPv4) != a.Is4() {
-			return netip.Addr{}, invalid(p.at(kFamily), "%d does not match %s address %s", fam, familyName(a), a)
+		case fam != 1 && fam != 2: // OpenHarmony's values
+			return netip.Addr{}, invalid(at.key("family"), "%s is not 1 (IPv4) or 2 (IPv6)", family)
+		case a.IsValid() && (fam == 1) != a.Is4():
+			return netip.Addr{}, invalid(at.key("family"), "%d does not match %s address %s", fam, familyName(a), a)
 		}
 	}
-	if !isAbsent(f.port) {
-		if _, err := readInt(f.port, p.at(kPort), 0, 65535); err != nil {
+	if !absent(port) {
+		if _, err := bounded(port, at.key("port"), 0, 65535); err != nil {
 			return netip.Addr{}, err
 		}
 	}
@@ -190,100 +101,62 @@ func (f *netAddressRead) check(p path, allowNone bool) (netip.Addr, *errs.Error)
 	return a, nil
 }
 
-// The members of OpenHarmony's NetAddress and LinkAddress, in the order
-// they are checked.
-var (
-	netAddressMembers  = []string{"address", "family", "port"}
-	linkAddressMembers = []string{"address", "prefixLength"}
-)
-
 // linkAddress reads the LinkAddress object {address: NetAddress,
 // prefixLength} at d, keeping host bits. prefixLength must be minBits up
 // to the family's maximum.
-func linkAddress(d *dec, p path, minBits int) (netip.Prefix, *errs.Error) {
-	var f linkAddressRead
-	if d.openObject() {
-		for i := -1; ; {
-			var name string
-			name, i = d.member(linkAddressMembers, i+1)
-			start := d.i
-			switch {
-			case !f.m.note(p, name, i):
-				d.skip()
-			case i == 0 && d.peek() == '{':
-				f.a, f.addrErr = netAddress(d, p.at(kAddress), false)
-				f.addrRead, f.addr = true, d.b[start:d.i]
-			case i == 0:
-				f.addr, _ = d.skip()
-			default:
-				f.bits, _ = d.skip()
-			}
-			if !d.next('}') {
-				break
-			}
+func linkAddress(d *decoder, at path, minBits int64) (netip.Prefix, error) {
+	var addr nested[netip.Addr]
+	var raw, bits jsontext.Value
+	err := d.object(at, []string{"address", "prefixLength"}, func(i int) {
+		switch {
+		case i == 0 && d.PeekKind() == '{':
+			addr.set(netAddress(d, at.key("address"), false))
+		case i == 0:
+			raw = d.next()
+		default:
+			bits = d.next()
 		}
-	}
-	if d.bad {
-		return netip.Prefix{}, nil
-	}
-	return f.check(p, minBits)
-}
-
-// linkAddressRead is a LinkAddress object as read, before its checks.
-type linkAddressRead struct {
-	m          members
-	addr, bits []byte      // each member's value as written; nil if absent
-	addrRead   bool        // address was an object, read into a or addrErr
-	a          netip.Addr  //
-	addrErr    *errs.Error //
-}
-
-// check runs a LinkAddress's checks in their order (see linkAddress).
-func (f *linkAddressRead) check(p path, minBits int) (netip.Prefix, *errs.Error) {
-	switch {
-	case f.m.err != nil:
-		return netip.Prefix{}, f.m.err
-	case isAbsent(f.addr):
-		return netip.Prefix{}, invalid(p.at(kAddress), "required")
-	case !f.addrRead:
-		return netip.Prefix{}, invalid(p.at(kAddress), "expected NetAddress object, got %s", kindOf(f.addr))
-	case f.addrErr != nil:
-		return netip.Prefix{}, f.addrErr
-	case isAbsent(f.bits):
-		return netip.Prefix{}, invalid(p.at(kPrefixLength), "required")
-	}
-	bits, err := readInt(f.bits, p.at(kPrefixLength), int64(minBits), int64(maxBits(f.a)))
+	})
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	return netip.PrefixFrom(f.a, int(bits)), nil
-}
-
-// prefixEntry reads an entry of addresses at d: a CIDR string or a
-// LinkAddress object, keeping host bits; the prefix length must be at
-// least minBits.
-func prefixEntry(d *dec, p path, minBits int) (netip.Prefix, *errs.Error) {
-	switch d.peek() {
-	case '"':
-		s := d.text()
-		if d.bad {
-			return netip.Prefix{}, nil
-		}
-		return parseCIDR(s, p, minBits)
-	case '{':
-		return linkAddress(d, p, minBits)
-	default:
-		val, _ := d.skip()
-		return netip.Prefix{}, invalid(p, "expected CIDR string or LinkAddress object, got %s", kindOf(val))
+	a, err := addr.check(raw, at.key("address"), "NetAddress", true)
+	if err != nil {
+		return netip.Prefix{}, err
 	}
+	if absent(bits) {
+		return netip.Prefix{}, invalid(at.key("prefixLength"), "required")
+	}
+	n, err := bounded(bits, at.key("prefixLength"), minBits, int64(a.BitLen()))
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, int(n)), nil
 }
 
-// v4Broadcast returns the broadcast address of an IPv4 prefix.
-func v4Broadcast(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().As4()
-	u := binary.BigEndian.Uint32(b[:]) | (^uint32(0) >> p.Bits())
-	binary.BigEndian.PutUint32(b[:], u)
-	return netip.AddrFrom4(b)
+// nested is an object inside an object, read in place as the outer one is
+// read; its result waits for its turn among the outer object's checks.
+type nested[T any] struct {
+	read bool // it was an object
+	v    T
+	err  error
+}
+
+func (n *nested[T]) set(v T, err error) { n.read, n.v, n.err = true, v, err }
+
+// check returns the nested object's value, or the error due for the
+// member: raw is its value when it was not an object.
+func (n *nested[T]) check(raw jsontext.Value, at path, typ string, required bool) (T, error) {
+	var none T
+	switch {
+	case n.read:
+		return n.v, n.err
+	case !absent(raw):
+		return none, invalid(at, "expected %s object, got %s", typ, kind(raw))
+	case required:
+		return none, invalid(at, "required")
+	}
+	return none, nil
 }
 
 // hostProblem says why a, on the subnet p, cannot be a host address there
@@ -300,11 +173,11 @@ func hostProblem(a netip.Addr, p netip.Prefix) string {
 		return "the limited broadcast address"
 	}
 	// A /31 (RFC 3021) or /32 has no network or broadcast address.
-	if a.Is4() && p.Bits() <= 30 {
-		if a == p.Masked().Addr() {
+	if hostBits := ^uint32(0) >> p.Bits(); a.Is4() && p.Bits() <= 30 {
+		switch binary.BigEndian.Uint32(a.AsSlice()) & hostBits {
+		case 0:
 			return "the network address"
-		}
-		if a == v4Broadcast(p) {
+		case hostBits:
 			return "the broadcast address"
 		}
 	}

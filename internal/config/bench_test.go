@@ -78,25 +78,3 @@ func BenchmarkParse10kRoutes(b *testing.B) {
 	b.Run("cidr", func(b *testing.B) { benchmarkParse(b, routesCIDR(MaxRoutes)) })
 	b.Run("objects", func(b *testing.B) { benchmarkParse(b, routesObjects(MaxRoutes)) })
 }
-
-// BenchmarkValid measures the reader's syntax check alone over the same
-// documents, against encoding/json's: the floor under Parse's time.
-func BenchmarkValid(b *testing.B) {
-	for _, tc := range []struct {
-		name string
-		doc  []byte
-	}{{"cidr", routesCIDR(MaxRoutes)}, {"objects", routesObjects(MaxRoutes)}} {
-		b.Run(tc.name, func(b *testing.B) {
-			b.SetBytes(int64(len(tc.doc)))
-			for b.Loop() {
-				valid(tc.doc)
-			}
-		})
-		b.Run(tc.name+"/encoding-json", func(b *testing.B) {
-			b.SetBytes(int64(len(tc.doc)))
-			for b.Loop() {
-				json.Valid(tc.doc)
-			}
-		})
-	}
-}

@@ -1,12 +1,12 @@
 package config
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"slices"
 	"strconv"
+
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/vpnd/vpnd/internal/errs"
 )
@@ -20,105 +20,85 @@ type Lockdown struct {
 }
 
 // ParseLockdown validates setLockdown's params,
-// {"enabled":bool,"applications":[user...]}, with the rules of the
-// application lists of a VpnConfig: user names or decimal uids (strings or
-// numbers), names must exist, at most MaxApplications, duplicates merged.
-// enabled is required. applications is required and non-empty when
-// enabled is true, and must be absent, null or empty when it is false (a
-// list that would be ignored is more likely a mistake than a wish). Unknown
-// and repeated members are rejected. Violations are *errs.Error with code
-// 19900001 naming the member.
-func ParseLockdown(params json.RawMessage, users UserResolver) (Lockdown, error) {
+// {"enabled":bool,"applications":[user...]}, as docs/protocol.md's
+// Lockdown says; violations are *errs.Error with code 19900001 naming the
+// member. params are read as a stream, member by member: an unknown or
+// repeated member is reported even if the JSON is broken after it.
+func ParseLockdown(params []byte, users UserResolver) (Lockdown, error) {
 	var l Lockdown
-	if len(bytes.TrimSpace(params)) == 0 || bytes.Equal(bytes.TrimSpace(params), []byte("null")) {
+	d := newDecoder(params)
+	if tok, err := d.ReadToken(); err != nil || tok.Kind() != '{' {
 		return l, invalidLockdown("params", "expected object")
 	}
-	dec := json.NewDecoder(bytes.NewReader(params))
-	dec.UseNumber()
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return l, invalidLockdown("params", "expected object")
-	}
-	var enabled, apps json.RawMessage
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return l, invalidLockdown("params", "invalid JSON")
+	var enabled, apps jsontext.Value
+	for d.more() {
+		name, val := d.next(), d.next()
+		if d.broken {
+			break
 		}
-		name, _ := tok.(string)
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return l, invalidLockdown("params", "invalid JSON")
-		}
-		switch name {
-		case "enabled":
-			if enabled != nil {
-				return l, invalidLockdown("params.enabled", "repeated member")
-			}
-			enabled = raw
-		case "applications":
-			if apps != nil {
-				return l, invalidLockdown("params.applications", "repeated member")
-			}
-			apps = raw
+		switch name := text(name); {
+		case name == "enabled" && enabled == nil:
+			enabled = val
+		case name == "applications" && apps == nil:
+			apps = val
+		case name == "enabled" || name == "applications":
+			return l, invalidLockdown("params."+name, "repeated member")
 		default:
 			return l, invalidLockdown(fmt.Sprintf("params.%.64s", name), "unknown member")
 		}
 	}
-	if _, err := dec.Token(); err != nil {
+	if _, err := d.ReadToken(); err != nil || d.broken {
 		return l, invalidLockdown("params", "invalid JSON")
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+	if !d.end() {
 		return l, invalidLockdown("params", "trailing data after the object")
 	}
-	if enabled == nil || bytes.Equal(enabled, []byte("null")) {
-		return l, invalidLockdown("enabled", "required")
-	}
-	if err := json.Unmarshal(enabled, &l.Enabled); err != nil {
-		return l, invalidLockdown("enabled", "expected true or false")
-	}
-	var items []json.RawMessage
-	if apps != nil && !bytes.Equal(apps, []byte("null")) {
-		if err := json.Unmarshal(apps, &items); err != nil {
-			return l, invalidLockdown("applications", "expected an array of user names or uids")
-		}
-	}
+	l.Enabled = enabled.Kind() == 't'
+	n := count(apps)
 	switch {
-	case !l.Enabled && len(items) > 0:
+	case absent(enabled):
+		return l, invalidLockdown("enabled", "required")
+	case !l.Enabled && enabled.Kind() != 'f':
+		return l, invalidLockdown("enabled", "expected true or false")
+	case !absent(apps) && apps.Kind() != '[':
+		return l, invalidLockdown("applications", "expected an array of user names or uids")
+	case !l.Enabled && n > 0:
 		return l, invalidLockdown("applications", "must be empty when enabled is false")
-	case l.Enabled && len(items) == 0:
+	case l.Enabled && n == 0:
 		return l, invalidLockdown("applications", "at least 1 entry required when enabled is true")
-	case len(items) > MaxApplications:
-		return l, invalidLockdown("applications", "%d entries, at most %d", len(items), MaxApplications)
+	case n > MaxApplications:
+		return l, invalidLockdown("applications", "%d entries, at most %d", n, MaxApplications)
+	case n == 0:
+		return l, nil
 	}
-	seen := make(map[uint32]bool, len(items))
-	for i, item := range items {
-		path := fmt.Sprintf("applications[%d]", i)
+	err := elements(apps, func(i int, d *decoder) error {
+		path, item := fmt.Sprintf("applications[%d]", i), d.next()
 		var s string
-		var n json.Number
-		switch {
-		case json.Unmarshal(item, &s) == nil:
-		case json.Unmarshal(item, &n) == nil:
-			if _, err := strconv.ParseUint(n.String(), 10, 32); err != nil {
-				return l, invalidLockdown(path, "%s is not a uid", n)
+		switch item.Kind() {
+		case '"':
+			s = text(item)
+		case 'n': // an empty name, as encoding/json reads null into a string
+		case '0':
+			if _, err := strconv.ParseUint(string(item), 10, 32); err != nil {
+				return invalidLockdown(path, "%s is not a uid", item)
 			}
-			s = n.String()
+			s = string(item)
 		default:
-			return l, invalidLockdown(path, "expected a user name or uid")
+			return invalidLockdown(path, "expected a user name or uid")
 		}
 		u, err := users.ResolveUser(s)
-		if err != nil {
-			var e *errs.Error
-			if errors.As(err, &e) {
-				return l, err // a broken user database keeps its code
-			}
-			return l, invalidLockdown(path, "%v", err)
-		}
-		if !seen[u.UID] {
-			seen[u.UID] = true
+		var coded *errs.Error
+		switch {
+		case errors.As(err, &coded):
+			return coded // a broken user database keeps its code
+		case err != nil:
+			return invalidLockdown(path, "%v", err)
+		case !slices.ContainsFunc(l.Users, func(had User) bool { return had.UID == u.UID }):
 			l.Users = append(l.Users, u)
 		}
-	}
-	return l, nil
+		return nil
+	})
+	return l, err
 }
 
 func invalidLockdown(path, format string, args ...any) error {

@@ -147,6 +147,8 @@ func TestParseRejects(t *testing.T) {
 		{"route gateway and none", `{` + v4 + `,"routes":["10.0.0.0/8",{"destination":{"address":{"address":"10.0.0.0"},"prefixLength":8},"gateway":{"address":"10.8.0.1"}}]}`, "routes[1]: 10.0.0.0/8 included via 10.8.0.1 here but included in routes[0]"},
 		{"route family accepted (IPv6 absent)", `{` + v4 + `,"routes":["10.0.0.0/8","2001:db8::/32"]}`, "routes[1]: 2001:db8::/32 is IPv6 but isIPv6Accepted is false"},
 		{"route family accepted (IPv4 off)", `{"addresses":["10.8.0.2/24","fd00::2/64"],"isIPv4Accepted":false,"routes":["::/0",{"destination":{"address":{"address":"1.0.0.0"},"prefixLength":8},"isExcludedRoute":true}]}`, "routes[1]: 1.0.0.0/8 is IPv4 but isIPv4Accepted is false"},
+		{"excluded default route conflicts with the default route", `{` + v4 + `,"routes":[{"destination":{"address":{"address":"10.1.0.0"},"prefixLength":16},"isExcludedRoute":true},{"destination":{"address":{"address":"0.0.0.0"},"prefixLength":0},"isExcludedRoute":true}]}`, "routes[1]: 0.0.0.0/0 excluded here but included as the default route, since no route is included"},
+		{"excluded IPv6 default route conflicts with the default route", `{"addresses":["10.8.0.2/24","fd00::2/64"],"routes":[{"destination":{"address":{"address":"::"},"prefixLength":0},"isExcludedRoute":true}]}`, "routes[0]: ::/0 excluded here but included as the default route, since no route is included"},
 		{"route family checked after flag types", `{` + v4 + `,"routes":["2001:db8::/32"],"isIPv6Accepted":"no"}`, "isIPv6Accepted: expected boolean, got string"},
 
 		// dnsAddresses
@@ -157,6 +159,15 @@ func TestParseRejects(t *testing.T) {
 		{"dnsAddresses no CIDR", `{` + v4 + `,"dnsAddresses":["1.1.1.1/32"]}`, `dnsAddresses[0]: "1.1.1.1/32" is not an IP address`},
 		{"dnsAddresses no zone", `{` + v4 + `,"dnsAddresses":["fe80::1%eth0"]}`, `dnsAddresses[0]: "fe80::1%eth0" has a zone; zones are not allowed`},
 		{"dnsAddresses not unspecified", `{` + v4 + `,"dnsAddresses":["0.0.0.0"]}`, "dnsAddresses[0]: 0.0.0.0 is the unspecified address"},
+		{"dnsAddresses not IPv6 unspecified", `{` + v4 + `,"dnsAddresses":["1.1.1.1","::"]}`, "dnsAddresses[1]: :: is the unspecified address"},
+		{"dnsAddresses not resolved's stub", `{` + v4 + `,"dnsAddresses":["127.0.0.53"]}`, "dnsAddresses[0]: 127.0.0.53 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"dnsAddresses not resolved's proxy stub", `{` + v4 + `,"dnsAddresses":["10.8.0.1","127.0.0.54"]}`, "dnsAddresses[1]: 127.0.0.54 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"dnsAddresses not IPv4 loopback", `{` + v4 + `,"dnsAddresses":["127.255.0.1"]}`, "dnsAddresses[0]: 127.255.0.1 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"dnsAddresses not IPv6 loopback", `{` + v4 + `,"dnsAddresses":["::1"]}`, "dnsAddresses[0]: ::1 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
+		{"dnsAddresses not multicast", `{` + v4 + `,"dnsAddresses":["224.0.0.251"]}`, "dnsAddresses[0]: 224.0.0.251 is a multicast address; a DNS server has a unicast address"},
+		{"dnsAddresses not IPv6 multicast", `{` + v4 + `,"dnsAddresses":["ff02::fb"]}`, "dnsAddresses[0]: ff02::fb is a multicast address; a DNS server has a unicast address"},
+		{"dnsAddresses not limited broadcast", `{` + v4 + `,"dnsAddresses":["255.255.255.255"]}`, "dnsAddresses[0]: 255.255.255.255 is the limited broadcast address; a DNS server has a unicast address"},
+		{"dnsAddresses loopback checked in order", `{` + v4 + `,"dnsAddresses":["127.0.0.53","x"]}`, "dnsAddresses[0]: 127.0.0.53 is a loopback address; a VPN's DNS server must be reachable through the VPN"},
 
 		// searchDomains
 		{"searchDomains array", `{` + v4 + `,"searchDomains":"example.com"}`, "searchDomains: expected array of DNS name strings, got string"},
@@ -391,6 +402,12 @@ func TestParseAccepts(t *testing.T) {
 			params: `{"addresses":["10.8.0.2/24"],"trustedApplications":[],"blockedApplications":["root"]}`,
 			want: Config{Addresses: []netip.Prefix{pfx("10.8.0.2/24")}, Routes: defaultV4, MTU: 1500, IPv4: true,
 				Blocked: []User{{"root", 0}}},
+		},
+		{
+			name:   "an excluded default route beside an included route",
+			params: `{"addresses":["10.8.0.2/24"],"routes":["10.9.0.0/16",{"destination":{"address":{"address":"0.0.0.0"},"prefixLength":0},"isExcludedRoute":true}]}`,
+			want: Config{Addresses: []netip.Prefix{pfx("10.8.0.2/24")}, Routes: []Route{{Dst: pfx("10.9.0.0/16")}},
+				ExcludedRoutes: []netip.Prefix{pfx("0.0.0.0/0")}, MTU: 1500, IPv4: true},
 		},
 		{
 			name:   "allowFamilyBypass true",
