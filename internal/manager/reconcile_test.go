@@ -294,10 +294,13 @@ func TestClosedManagerRefuses(t *testing.T) {
 	m.Shutdown()
 	steps := k.Steps()
 	_, _, _, err := m.SetUp(root, parse(t, `{"addresses":["10.8.0.2/24"]}`))
-	wantCode(t, err, errs.CodeInternal)
-	wantCode(t, m.Destroy(root), errs.CodeInternal)
-	wantCode(t, m.Protect(root, udpSocket(t)), errs.CodeInternal)
-	wantCode(t, m.SetLockdown(root, config.Lockdown{Enabled: true, Users: []config.User{testUsers["alice"]}}), errs.CodeInternal)
+	for _, err := range []error{err, m.Destroy(root), m.Protect(root, udpSocket(t)),
+		m.SetLockdown(root, config.Lockdown{Enabled: true, Users: []config.User{testUsers["alice"]}})} {
+		wantCode(t, err, errs.CodeInternal)
+		if e := (*errs.Error)(nil); !errors.As(err, &e) || e.Detail != "vpnd is shutting down" {
+			t.Errorf("%v, want the detail %q", err, "vpnd is shutting down")
+		}
+	}
 	m.Shutdown() // a second time: nothing
 	if k.Steps() != steps {
 		t.Errorf("the kernel was touched after Shutdown: %v", k.Log()[steps:])
