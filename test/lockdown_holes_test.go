@@ -22,6 +22,7 @@ package test
 
 import (
 	"fmt"
+	"github.com/vpnd/vpnd/vpndtest"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -229,7 +230,8 @@ func TestLockdownHoles(t *testing.T) {
 		ok(t, admin2(t, w).call("setLockdown", fmt.Sprintf(`{"enabled":true,"applications":["%d"]}`, uidHoles), ""))
 		w.d.kill(t)
 		h.wantBlocked(t, uidHoles, h.leaks, false)
-		w.d = startDaemon(top, inNetns(w.a)) // it outlives this subtest
+		w.d = startDaemon(top, inNetns(w.a))                          // it outlives this subtest
+		w.d.ExpectLeftovers(vpndtest.LockdownRule, vpndtest.Firewall) // lockdown stays on
 		h.wantBlocked(t, uidHoles, h.leaks, false)
 		h.wantAtB(t, uidHoles, defaultMark, h.leaks)
 	})
