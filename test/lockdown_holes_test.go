@@ -22,13 +22,13 @@ package test
 
 import (
 	"fmt"
-	"github.com/vpnd/vpnd/vpndtest"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/vpnd/vpnd/internal/firewall/firewalltest"
+	"github.com/vpnd/vpnd/vpndtest"
 )
 
 func init() { lazyBins["leaksend"] = "./test/internal/leaksend" }
