@@ -114,11 +114,13 @@ nothing further:
   1. vpnd needs CAP_NET_ADMIN (run it as root, or grant it, e.g.
      AmbientCapabilities=CAP_NET_ADMIN) and a /dev/net/tun it can open.
      The DNS backend must be usable (below).
-  2. At most one vpnd serves a network namespace's --ifname, --table and
-     --rule-priority (and --rule-priority+1, for lockdown rules). vpnd
-     claims each with an abstract socket, e.g. @vpnd/table/98; a second
-     vpnd, whatever its --socket, names the running one (pid and command
-     line) and exits.
+  2. At most one vpnd serves a network namespace's --ifname, --table,
+     --rule-priority (and --rule-priority+1, for lockdown rules) and
+     --nft-table. vpnd claims each with an abstract socket, e.g.
+     @vpnd/table/98; a second vpnd, whatever its --socket, names the
+     running one (pid and command line) and exits. Then vpnd checks that
+     the kernel can hold its nftables table (nf_tables, the inet family),
+     the firewall of lockdown and of the other family's fail-closed.
   3. The socket's directory, and each directory on the way to it, must
      not be a symbolic link, must be owned by root or vpnd's own user, and
      must not be writable by group or others unless it is sticky. Missing
@@ -129,12 +131,14 @@ nothing further:
      listening Unix stream socket, e.g. dist/systemd/vpnd.socket) vpnd
      serves that socket instead, and never creates, chmods or removes it.
   4. Only then does vpnd remove what a killed vpnd left behind (its
-     interface, its rules at its priority, the routes in its table; a
-     resolv.conf that --dns-backend file had replaced is restored),
-     applies the stored lockdown, and serves. With NOTIFY_SOCKET set
-     (systemd's Type=notify) it then sends READY=1. While a VPN is up it
-     restores its rules and routes if something else deletes or changes
-     them.
+     interface, its rules at its priority, the routes in its table,
+     lockdown's rules and its nftables table that the stored lockdown does
+     not want; a resolv.conf that --dns-backend file had replaced is
+     restored), applies the stored lockdown, and serves. With
+     NOTIFY_SOCKET set (systemd's Type=notify) it then sends READY=1.
+     From then on it keeps the kernel as it wants it: what something else
+     deletes or changes of its link, rules, routes or nftables table it
+     puts back, retrying until the kernel matches.
 
 DNS: with --dns-backend resolved (or auto, when systemd-resolved answers
 on the system bus), the VPN link gets the VPN's DNS servers and search
