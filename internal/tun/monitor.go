@@ -128,11 +128,17 @@ func (n *Netlink) Sync() manager.Parts {
 	m := n.mon
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.f == nil {
-		return manager.PartAll // not listening: nothing can be trusted
+	if m.stop == nil {
+		return manager.PartAll // never listened: nothing can be trusted
 	}
-	if err := m.drainLocked(); err != nil {
-		m.noteLocked(manager.PartAll)
+	// While the socket is being re-opened nothing is heard; the outage
+	// counts as PartAll when it begins and again once the socket is back,
+	// so that nothing changed meanwhile is missed, and the reader is not
+	// made to read everything on every call until then.
+	if m.f != nil {
+		if err := m.drainLocked(); err != nil {
+			m.noteLocked(manager.PartAll)
+		}
 	}
 	p := m.pending
 	m.pending = 0
