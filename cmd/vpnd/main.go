@@ -86,7 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.StringVar(&o.ifname, "ifname", "vpn-tun", "`NAME` of the TUN interface (1-15 bytes)")
 	fs.UintVar(&o.table, "table", 98, "routing table `N` for the VPN's routes (not 0, 253, 254 or 255)")
 	fs.UintVar(&o.priority, "rule-priority", 10000, "priority `N` of the VPN's policy rules (1-32764); lockdown's rules use the next one")
-	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/vpnd", "`DIR` for what must outlive vpnd (lockdown's state)")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/vpnd", "`DIR` for what must outlive vpnd (lockdown's state); vpnd's alone, and one vpnd's only")
 	fs.StringVar(&o.dnsBackend, "dns-backend", dns.Auto, "what applies an admin's VPN's DNS settings, `B`: auto (resolved if systemd-resolved answers on the system bus, else none), resolved, file or none")
 	fs.StringVar(&o.resolvConf, "resolv-conf", dns.DefaultResolvConf, "the file `PATH` that --dns-backend file rewrites while a VPN is up (a regular file, not a symbolic link)")
 	fs.StringVar(&o.protectMark, "protect-mark", "0x20000", "SO_MARK bit(s) `MASK` that protect sets and the owner's rule excludes")
@@ -110,6 +110,11 @@ Start-up, in this order; any failure exits 1 with a message and touches
 nothing further:
   1. vpnd needs CAP_NET_ADMIN (run it as root, or grant it, e.g.
      AmbientCapabilities=CAP_NET_ADMIN) and a /dev/net/tun it can open.
+     --state-dir is checked as the socket's directory is (step 3), and
+     must be vpnd's alone: not writable by group or others, sticky or
+     not. One vpnd at a time uses it; a second one names the first and
+     exits. Each state file must be a regular file of vpnd's, at most
+     1 MiB, one JSON value within the limits of the methods.
      The DNS backend must be usable (below).
   2. At most one vpnd serves a network namespace's --ifname, --table and
      --rule-priority (and --rule-priority+1, for lockdown rules). vpnd
@@ -127,7 +132,8 @@ nothing further:
      serves that socket instead, and never creates, chmods or removes it.
   4. Only then does vpnd remove what a killed vpnd left behind (its
      interface, its rules at its priority, the routes in its table; a
-     resolv.conf that --dns-backend file had replaced is restored),
+     resolv.conf that --dns-backend file had replaced is restored, if
+     its record is for this --resolv-conf),
      applies the stored lockdown, and serves. With NOTIFY_SOCKET set
      (systemd's Type=notify) it then sends READY=1. While a VPN is up it
      restores its rules and routes if something else deletes or changes
@@ -138,7 +144,9 @@ on the system bus), the VPN link gets the VPN's DNS servers and search
 domains in systemd-resolved, and every query when the VPN is a full
 tunnel. With file, vpnd rewrites --resolv-conf while the VPN is up and
 puts the previous file back, byte for byte, when it ends (at the next
-start after a SIGKILL); a file someone else rewrote meanwhile is kept.
+start after a SIGKILL); if someone else edited it meanwhile, vpnd removes
+only its own lines and keeps the rest. A resolv.conf over 64 KiB is
+refused.
 Only an admin's VPN changes the host's resolver; a VPN without DNS servers
 changes nothing.
 
@@ -287,15 +295,26 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer kernel.Close()
+	// The state directory is checked as the socket's is, and locked: what
+	// vpnd reads there decides which users are locked down and which file
+	// it rewrites.
 	state, err := state.Open(o.stateDir)
 	if err != nil {
 		fmt.Fprintf(stderr, "vpnd: %v\n", err)
 		return 1
 	}
+	defer state.Close()
 	lockdown, err := state.LoadLockdown()
 	if err != nil {
 		// Refusing to start keeps whatever lockdown rules are in the
 		// kernel: it fails closed.
+		fmt.Fprintf(stderr, "vpnd: %v\n", err)
+		return 1
+	}
+	// The record of a resolv.conf that a killed vpnd had replaced is
+	// checked now, and applied by the sweep.
+	leftoverResolvConf, err := state.LoadResolvConf(o.resolvConf)
+	if err != nil {
 		fmt.Fprintf(stderr, "vpnd: %v\n", err)
 		return 1
 	}
@@ -390,13 +409,13 @@ func run(args []string, stderr io.Writer) int {
 	}
 	// A vpnd killed while its file backend had replaced a resolv.conf
 	// left a record of the previous file: put it back before serving.
-	if path, err := dns.RestoreLeftover(state, log.Named("dns")); err != nil {
+	if err := dns.RestoreLeftover(state, leftoverResolvConf, log.Named("dns")); err != nil {
 		ln.Close()
 		removeSocket()
 		fmt.Fprintf(stderr, "vpnd: start-up sweep: %v\n", err)
 		return 1
-	} else if path != "" {
-		log.Info("start-up sweep dealt with a resolv.conf left by a killed vpnd", zap.String("path", path))
+	} else if leftoverResolvConf != nil {
+		log.Info("start-up sweep dealt with a resolv.conf left by a killed vpnd", zap.String("path", leftoverResolvConf.Path))
 	}
 	// Lockdown is in force before vpnd serves: a listed user is never
 	// free while vpnd (re)starts.
