@@ -120,7 +120,7 @@ func NewFile(path string, st *state.Dir, log *zap.Logger) (*File, error) {
 	case !fi.Mode().IsRegular():
 		return nil, fmt.Errorf("--resolv-conf %s is not a regular file (%v)", path, fi.Mode().Type())
 	case fi.Size() > MaxResolvConf:
-		return nil, tooLarge(path, fi.Size())
+		return nil, fmt.Errorf("--resolv-conf %w", tooLarge(path, fi.Size()))
 	default:
 		var sx unix.Statx_t
 		if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, 0, &sx); err == nil &&
@@ -443,14 +443,14 @@ const maxTries = 20
 // vpnd replaced it.
 var errChanged = errors.New("the file changed under vpnd")
 
-// stillEmpty looks at an empty file a few more times, 5 ms apart: an
+// stillEmpty looks at an empty file a few more times, over 50 ms: an
 // editor that truncates the file and then writes it leaves it empty for a
 // moment, and a file system with timestamps in whole seconds may show the
 // next truncation with the same times as the last. errChanged if the file
 // is seen changed.
 func stillEmpty(path string, id fileID) error {
 	for range 5 {
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 		now, err := lstatID(path)
 		if err != nil {
 			return err
