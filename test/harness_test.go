@@ -147,11 +147,12 @@ func bin(t testing.TB, name string) string {
 // lazyBins are the programs that only some tests need, built on first use
 // into TestMain's bin dir: package path by binary name.
 var lazyBins = map[string]string{
-	"dialas":  "./test/internal/dialas",
-	"netpeer": "./test/internal/netpeer",
-	"tunfwd":  "./test/internal/tunfwd",
-	"vpnd-wg": "./cmd/vpnd-wg",
-	"wgpeer":  "./test/internal/wgpeer",
+	"dialas":   "./test/internal/dialas",
+	"netpeer":  "./test/internal/netpeer",
+	"slowhttp": "./test/internal/slowhttp",
+	"tunfwd":   "./test/internal/tunfwd",
+	"vpnd-wg":  "./cmd/vpnd-wg",
+	"wgpeer":   "./test/internal/wgpeer",
 }
 
 var (
