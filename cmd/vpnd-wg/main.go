@@ -166,6 +166,10 @@ func show(args []string, stdout, stderr io.Writer) int {
 	if *uapiDir == "" {
 		return fail(stderr, errors.New("XDG_RUNTIME_DIR is not set: give --uapi-dir"))
 	}
+	// A directory that another user could write may hold their sockets.
+	if err := wgclient.CheckUAPIDir(*uapiDir); err != nil {
+		return fail(stderr, err)
+	}
 	var paths []string
 	if fs.NArg() == 1 {
 		paths = []string{wgclient.UAPIPath(*uapiDir, fs.Arg(0))}

@@ -44,6 +44,9 @@ type Spec struct {
 	// when it is sticky; it applies to the directory itself, not to the
 	// directories on the way to it.
 	Private bool
+	// NoCreate makes a missing directory an error (os.ErrNotExist)
+	// instead of creating it.
+	NoCreate bool
 }
 
 // UnsafeError says why Open refused a directory on the path.
@@ -102,6 +105,9 @@ func Open(dir string, s Spec) (int, error) {
 func (s Spec) openAt(parent int, path, name string) (int, error) {
 	const flags = unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	fd, err := unix.Openat(parent, name, unix.O_PATH|flags, 0)
+	if errors.Is(err, unix.ENOENT) && s.NoCreate {
+		return -1, fmt.Errorf("%s %s: %w", s.What, path, os.ErrNotExist)
+	}
 	if errors.Is(err, unix.ENOENT) {
 		// With a umask of 0 the mode is s.Mode from the start; a chmod
 		// afterwards would need a descriptor that a umask such as 0377
