@@ -160,8 +160,8 @@ per message. vpnd answers ICMP and ICMPv6 echo requests sent to the VPN's
 own addresses, drops every other packet, and ends the VPN (linkGone) when
 the app closes its end. protect checks the socket and sets no mark; DNS
 settings are checked and reported only. Steps 1, 2 and 4 above are
-skipped, so any number may run; lockdown is stored in --state-dir and
-applies to the simulation only. Defaults change to --socket
+skipped, so any number may run, each with its own --state-dir; lockdown
+is stored there and applies to the simulation only. Defaults change to --socket
 $XDG_RUNTIME_DIR/vpnd-sim.sock and --state-dir $XDG_STATE_HOME/vpnd-sim
 (or ~/.local/state/vpnd-sim); without those variables give the flags.
 

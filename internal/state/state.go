@@ -259,8 +259,9 @@ func (d *Dir) readJSON(name, what string, v any) (found bool, err error) {
 	if err := dec.Decode(v); err != nil {
 		return false, fmt.Errorf("%s %s: %w", what, p, err)
 	}
+	end := dec.InputOffset()
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return false, fmt.Errorf("%s %s: data after the JSON value at offset %d: a state file holds exactly one value", what, p, dec.InputOffset())
+		return false, fmt.Errorf("%s %s: data after the JSON value, which ends at offset %d: a state file holds exactly one value", what, p, end)
 	}
 	return true, nil
 }
