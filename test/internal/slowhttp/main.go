@@ -48,6 +48,7 @@ func main() {
 	dialer := net.Dialer{Timeout: 10 * time.Second}
 	var mu sync.Mutex
 	conns := map[net.Conn]bool{}
+	stopped := false
 	var wg sync.WaitGroup
 	for range n {
 		wg.Add(1)
@@ -72,6 +73,13 @@ func main() {
 					continue
 				}
 				mu.Lock()
+				if stopped {
+					// Made after the others were closed: a connection
+					// waiting in the server's backlog would never end.
+					mu.Unlock()
+					c.Close()
+					return
+				}
 				conns[c] = true
 				mu.Unlock()
 				opened.Add(1)
@@ -97,6 +105,7 @@ func main() {
 	io.Copy(io.Discard, os.Stdin)
 	cancel()
 	mu.Lock()
+	stopped = true
 	for c := range conns {
 		c.Close()
 	}
