@@ -595,7 +595,14 @@ func (c *capture) reset() {
 func TestWireGuardUAPIDirChecked(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)
-	base := newDaemonDir(t)
+	// root's, 0755 (newDaemonDir gives a simulated vpnd's directory to
+	// that vpnd's user, whom vpnd-wg rightly refuses).
+	base, err := os.MkdirTemp("", "vpndtest-wg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
 	conf := filepath.Join(base, "wg0.conf")
 	priv, err := wgclient.GeneratePrivateKey()
 	if err != nil {

@@ -151,7 +151,7 @@ func (f *File) Apply(l manager.DNSLink, s manager.DNSSettings) error {
 	}
 	for try := 1; ; try++ {
 		rec, err := f.apply(l, s)
-		if errors.Is(err, errChanged) && try < maxTries {
+		if errors.Is(err, errChanged) && try < maxReplaceTries {
 			backOff(try) // someone wrote the file while vpnd read or replaced it
 			continue
 		}
@@ -244,7 +244,7 @@ func RestoreLeftover(st *state.Dir, rec *state.ResolvConf, log *zap.Logger) erro
 func restore(rec *state.ResolvConf, st *state.Dir, log *zap.Logger) error {
 	for try := 1; ; try++ {
 		err := restoreOnce(rec, log)
-		if errors.Is(err, errChanged) && try < maxTries {
+		if errors.Is(err, errChanged) && try < maxReplaceTries {
 			backOff(try)
 			continue
 		}
@@ -435,9 +435,14 @@ func isOptions(line string) bool {
 }
 
 // maxTries bounds how often vpnd reads a resolv.conf that keeps changing
-// under it, or gives up a replacement because the file changed; then the
-// setUp fails, or the restore is tried again later.
-const maxTries = 20
+// under it, and maxReplaceTries how often it reads, records and replaces
+// it again because it changed before the rename: then the setUp fails,
+// or the restore keeps the file. About a second at most, under the
+// manager's lock.
+const (
+	maxTries        = 20
+	maxReplaceTries = 5
+)
 
 // errChanged says that the file changed while vpnd read it, or before
 // vpnd replaced it.
@@ -530,7 +535,8 @@ func readResolvConf(path string) (snapshot, error) {
 			return s, err
 		}
 		if try == maxTries {
-			return snapshot{}, fmt.Errorf("read %s: %w (%d tries)", path, err, try)
+			// Not errChanged: the callers' own retries would multiply these.
+			return snapshot{}, fmt.Errorf("read %s: it kept changing while vpnd read it (%d tries)", path, try)
 		}
 		backOff(try)
 	}
