@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vpnd/vpnd/internal/dns/resolvedtest"
 )
@@ -465,4 +467,138 @@ func TestDNSVpnctlWarns(t *testing.T) {
 	if s := up(resolved, "--dns", "10.8.0.1"); strings.Contains(s, warning) {
 		t.Errorf("backend resolved: warning anyway: %q", s)
 	}
+}
+
+// Another program appends a nameserver to the file while the VPN is up:
+// when the VPN ends, vpnd removes exactly its own lines and keeps the
+// appended one, with the host's own lines back. Before, vpnd kept the
+// newer file whole, and with it the VPN's nameservers, dead once the VPN
+// was gone.
+func TestDNSFileKeepsOthersEdits(t *testing.T) {
+	kernelOnly(t, "the host's resolv.conf edited under vpnd; a simulated vpnd refuses --dns-backend file")
+	t.Parallel()
+	p, flags := newResolvConf(t)
+	d := startDaemon(t, flags)
+	c := d.dial(t, uidRoot)
+	setUpOK(t, c.call("setUp", dnsFullTunnel, ""))
+	f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("nameserver 198.51.100.1\n")
+	f.Close()
+	ok(t, c.call("destroy", "{}", ""))
+	d.waitClean(t, "destroy")
+	if got, want := readFile(t, p), resolvConfBefore+"nameserver 198.51.100.1\n"; got != want {
+		t.Errorf("after the VPN:\n%s\nwant:\n%s", got, want)
+	}
+	if !d.logContains(`"level":"warn"`, "vpnd removed its own lines and kept the other changes", p) {
+		t.Errorf("no warning about the edit:\n%s", d.stderr.String())
+	}
+	noRecord(t, d.ns)
+}
+
+// A resolv.conf over 64 KiB is refused: at start, naming it, and in a
+// setUp if it grew since, with nothing changed. Before, vpnd read any
+// size (256 MB cost it 4.5 GB) under the manager's lock.
+func TestDNSFileTooLarge(t *testing.T) {
+	kernelOnly(t, "the host's resolv.conf; a simulated vpnd refuses --dns-backend file")
+	t.Parallel()
+	big := "# " + strings.Repeat("x", 64<<10) + "\nnameserver 192.0.2.53\n"
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(p, []byte(big), 0o644)
+	ns := newNetns(t)
+	plantLeftovers(t, ns)
+	wantRefusedStart(t, ns, []string{"--dns-backend", "file", "--resolv-conf", p},
+		fmt.Sprintf("vpnd: --resolv-conf %s is %d bytes, more than the 65536 that vpnd reads", p, len(big)))
+
+	p, flags := newResolvConf(t)
+	d := startDaemon(t, flags)
+	os.WriteFile(p, []byte(big), 0o644)
+	c := d.dial(t, uidRoot)
+	wantError(t, c.call("setUp", dnsFullTunnel, ""), 19900002, fmt.Sprintf("%s is %d bytes, more than the 65536", p, len(big)))
+	if p := d.leftovers(t); len(p) > 0 {
+		t.Errorf("after the refused setUp: %s", strings.Join(p, "; "))
+	}
+	if readFile(t, p) != big {
+		t.Errorf("the file changed")
+	}
+	noRecord(t, d.ns)
+}
+
+// An editor that rewrites resolv.conf in place (truncate, then write)
+// races 300 VPN cycles: whenever the editor is between two writes, the
+// file holds the editor's content, never nothing. vpnd may refuse a
+// setUp while the file keeps changing under it, and then changes
+// nothing. Before, vpnd could record a truncated, empty file as the one
+// to restore, and left resolv.conf empty.
+func TestDNSFileRacingEditor(t *testing.T) {
+	kernelOnly(t, "the host's resolv.conf rewritten under vpnd; a simulated vpnd refuses --dns-backend file")
+	t.Parallel()
+	const editors = "# the editor's\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n"
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(p, []byte(editors), 0o644)
+	d := startDaemon(t, withFlags("--dns-backend", "file", "--resolv-conf", p))
+	var mu sync.Mutex // held by the editor from truncate to the end of its write
+	stop, done := make(chan struct{}), make(chan struct{})
+	writes := 0
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// A slow editor: the file stays empty for 8-15 ms, and the
+			// pauses between its writes are longer than a VPN cycle, so
+			// that what vpnd records is what it restores.
+			mu.Lock()
+			if f, err := os.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0); err == nil {
+				time.Sleep(time.Duration(8+i%8) * time.Millisecond)
+				f.WriteString(editors)
+				f.Close()
+				writes++
+			}
+			mu.Unlock()
+			time.Sleep(time.Duration(100+i*37%50) * time.Millisecond)
+		}
+	}()
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		<-done
+	}()
+	c := d.dial(t, uidRoot)
+	refused := 0
+	const cycles = 300
+	for i := 0; i < cycles; i++ {
+		m := c.call("setUp", dnsFullTunnel, "")
+		if m.Error != nil {
+			wantError(t, m, 19900002, "kept changing")
+			refused++
+		} else {
+			ok(t, c.call("destroy", "{}", ""))
+		}
+		d.waitClean(t, "destroy")
+		mu.Lock()
+		got := readFile(t, p)
+		mu.Unlock()
+		if got != editors {
+			t.Fatalf("cycle %d: after the VPN, between two of the editor's writes, the file holds %q, want the editor's %q", i, got, editors)
+		}
+	}
+	close(stop)
+	<-done
+	t.Logf("the editor wrote %d times during %d cycles; %d setUps were refused because the file kept changing", writes, cycles, refused)
+	if refused == cycles {
+		t.Errorf("every setUp was refused: the race was not run")
+	}
+	if got := readFile(t, p); got != editors {
+		t.Errorf("at the end: %q", got)
+	}
+	noRecord(t, d.ns)
 }

@@ -103,6 +103,7 @@ var lazyBins = map[string]string{
 	"simping":   "./examples/simping", // the README's example of simulation mode
 	"dialas":    "./test/internal/dialas",
 	"netpeer":   "./test/internal/netpeer",
+	"slowhttp":  "./test/internal/slowhttp",
 	"tunfwd":    "./test/internal/tunfwd",
 	"vpnd-wg":   "./cmd/vpnd-wg",
 	"wgpeer":    "./test/internal/wgpeer",

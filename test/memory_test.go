@@ -3,8 +3,10 @@ package test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vpnd/vpnd/internal/metrics"
 	"github.com/vpnd/vpnd/test/internal/wire"
 )
 
@@ -200,8 +203,8 @@ func (d *daemon) checkPeakRSS(t testing.TB, what string) {
 // be served throughout.
 func TestMemoryAttacks(t *testing.T) {
 	t.Parallel()
-	start := func(t *testing.T) *daemon {
-		d := startDaemon(t)
+	start := func(t *testing.T, opts ...daemonOpt) *daemon {
+		d := startDaemon(t, opts...)
 		t.Logf("vpnd's RSS at start: %.1f MB", float64(procStatusField(t, d.pid, "VmRSS"))/1024)
 		return d
 	}
@@ -315,6 +318,16 @@ func TestMemoryAttacks(t *testing.T) {
 		d.checkPeakRSS(t, "many members")
 	})
 
+	t.Run("slow metrics connections", func(t *testing.T) {
+		// vpnd runs with the descriptor limit that vpnd.service sets.
+		d := start(t, withFlags("--metrics-listen", metricsAddr), withPrefix("prlimit", fmt.Sprintf("--nofile=%d", unitNOFILE(t)), "--"))
+		d.resetPeakRSS(t)
+		obs := d.observe(t, uidNormal2)
+		slowMetricsAttack(t, d)
+		obs.finish(t, d, uidNormal2, "slow metrics connections")
+		d.checkPeakRSS(t, "slow metrics connections")
+	})
+
 	// ~1,000 subscribers (16 users, 62 connections each) never read,
 	// while a VPN of 10,000 routes goes up and down 30 times: vpnd
 	// encodes each notification once, whatever the number of
@@ -347,6 +360,107 @@ func TestMemoryAttacks(t *testing.T) {
 			c.Close()
 		}
 	})
+}
+
+// unitNOFILE is the descriptor limit that dist/systemd/vpnd.service
+// gives vpnd (LimitNOFILE=).
+func unitNOFILE(t testing.TB) int {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "dist", "systemd", "vpnd.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "LimitNOFILE="); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				t.Fatalf("vpnd.service: %s", line)
+			}
+			return n
+		}
+	}
+	t.Fatal("vpnd.service sets no LimitNOFILE")
+	return 0
+}
+
+// slowMetricsAttack: an ordinary user keeps 20,000 connections to vpnd's
+// metrics listener, each sending the start of a request header and never
+// the rest, and opens a new one whenever vpnd closes one, for attackFor.
+// (Two attacking processes hold 10,000 each: a process here may not raise
+// its descriptor limit.) Meanwhile vpnd's socket must accept ("accept
+// failing" never logged) and answer a fresh connection every half
+// second, vpnd must hold no more than metrics.MaxConns connections of the
+// attack, and the metrics must be served again once the attack ends.
+func slowMetricsAttack(t *testing.T, d *daemon) {
+	const processes, each, attackFor = 2, 10000, 12 * time.Second
+	var stdins []io.WriteCloser
+	var outs []*syncBuffer
+	var exits []<-chan struct{}
+	for range processes {
+		cmd := exec.Command("ip", "netns", "exec", d.ns,
+			"setpriv", "--reuid", fmt.Sprint(uidNormal), "--regid", fmt.Sprint(uidNormal), "--clear-groups",
+			lazyBin(t, "slowhttp"), metricsAddr, fmt.Sprint(each))
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := &syncBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		exits = append(exits, startBackground(t, cmd))
+		stdins, outs = append(stdins, stdin), append(outs, out)
+	}
+	stop := func() {
+		for _, s := range stdins {
+			s.Close()
+		}
+	}
+	defer stop()
+	start := time.Now()
+	fresh, unanswered, mostFDs := 0, 0, 0
+	for time.Since(start) < attackFor {
+		time.Sleep(500 * time.Millisecond)
+		mostFDs = max(mostFDs, d.fdCount(t))
+		c, err := wire.Dial(d.sock)
+		if err != nil {
+			t.Errorf("after %v of the attack: connect to vpnd's socket: %v", time.Since(start).Round(time.Millisecond), err)
+			continue
+		}
+		tv := unix.NsecToTimeval((5 * time.Second).Nanoseconds())
+		unix.SetsockoptTimeval(c.FD(), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		fresh++
+		if c.Send([]byte(request(1, "status", "{}", 0)+"\n")) != nil {
+			unanswered++
+		} else if _, err := c.ReadLine(); err != nil {
+			unanswered++
+		}
+		c.Close()
+	}
+	stop()
+	for i, exited := range exits {
+		select {
+		case <-exited:
+		case <-time.After(hangGuard):
+			t.Errorf("slowhttp did not stop")
+		}
+		t.Logf("attacker %d: %s", i+1, strings.TrimSpace(outs[i].String()))
+	}
+	t.Logf("after %v of the attack: vpnd held at most %d descriptors (sampled); %d of %d fresh connections to vpnd's socket unanswered",
+		attackFor, mostFDs, unanswered, fresh)
+	if unanswered > 0 {
+		t.Errorf("%d of %d fresh connections to vpnd's socket were not answered during the attack", unanswered, fresh)
+	}
+	if d.logContains("accept failing") {
+		t.Errorf("vpnd's socket stopped accepting during the attack")
+	}
+	// The observer's connection and the fresh one are the only others.
+	if limit := len(d.baseFDs) + metrics.MaxConns + 4; mostFDs > limit {
+		t.Errorf("vpnd held %d descriptors during the attack, want at most %d: %d after start, %d metrics connections and a few clients", mostFDs, limit, len(d.baseFDs), metrics.MaxConns)
+	}
+	scrape(t, d)
 }
 
 // manyMembers returns head, then "aN":0 members up to nearly 4 MiB, then

@@ -75,6 +75,9 @@ func TestOneVpndPerNamespace(t *testing.T) {
 	refused := func(t *testing.T, ns, sock string, want string, flags ...string) {
 		t.Helper()
 		ownSock := sock != a.sock
+		// A state directory of its own: a second vpnd given A's is
+		// refused for that first (TestStateDirShared).
+		flags = append(flags, "--state-dir", newStateDir(t))
 		code, out := runVpndToExitIn(t, ns, nil, sock, flags...)
 		if code != 1 {
 			t.Errorf("second vpnd exited %d, want 1: %s", code, out)
@@ -140,7 +143,7 @@ func TestTwoVpndsWithTheirOwnNames(t *testing.T) {
 	kernelOnly(t, "ownership of kernel names; any number of simulated vpnds may run")
 	t.Parallel()
 	a := startDaemon(t)
-	b := startDaemon(t, inNetns(a.ns), withKernelNames("vpn-b", 97, 20000, 0x40000))
+	b := startDaemon(t, inNetns(a.ns), withKernelNames("vpn-b", 97, 20000, 0x40000), withFlags("--state-dir", newStateDir(t)))
 	ca := a.dial(t, uidRoot)
 	cb := b.dial(t, uidRoot)
 	setUpOK(t, ca.call("setUp", `{"addresses":["10.8.0.2/24"],"routes":["198.51.100.0/24"]}`, ""))

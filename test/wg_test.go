@@ -360,8 +360,7 @@ func TestWireGuard(t *testing.T) {
 	})
 
 	t.Run("a refusal prints vpnd's code and message", func(t *testing.T) {
-		other := filepath.Join(w.dir, "run2")
-		out, err := w.asUser(lazyBin(t, "vpnd-wg"), "up", "--socket", d.sock, "--uapi-dir", other, w.confA).CombinedOutput()
+		out, err := w.asUser(lazyBin(t, "vpnd-wg"), "up", "--socket", d.sock, "--uapi-dir", w.uapiDir, w.confA).CombinedOutput()
 		if code := exitCode(err); code != 1 || !strings.HasPrefix(string(out), "vpnd-wg: 2203002 VPN already exists. (") {
 			t.Errorf("second vpnd-wg up: exit %d, output:\n%s", code, out)
 		}
@@ -587,4 +586,94 @@ func (c *capture) reset() {
 	c.mu.Lock()
 	c.pkts = nil
 	c.mu.Unlock()
+}
+
+// vpnd-wg checks --uapi-dir as vpnd checks its socket directory, before it
+// asks vpnd for anything: a directory that another user owns or may
+// write, or a path through a symbolic link, is refused with the reason,
+// and no VPN is set up. Before, vpnd-wg served its state there silently.
+func TestWireGuardUAPIDirChecked(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t)
+	// root's, 0755 (newDaemonDir gives a simulated vpnd's directory to
+	// that vpnd's user, whom vpnd-wg rightly refuses).
+	base, err := os.MkdirTemp("", "vpndtest-wg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	conf := filepath.Join(base, "wg0.conf")
+	priv, err := wgclient.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := wgclient.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := wgclient.Config{
+		Interface: wgclient.Interface{PrivateKey: priv, Addresses: []netip.Prefix{netip.MustParsePrefix("10.99.0.2/24")}},
+		Peers: []wgclient.Peer{{PublicKey: peer.PublicKey(), Endpoint: "192.0.2.1:51820",
+			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24")}}},
+	}
+	if err := os.WriteFile(conf, cfg.Marshal(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(conf, wgUID, int(primaryGID(wgUID)))
+	asUser := func(argv ...string) *exec.Cmd {
+		return exec.Command("ip", append([]string{"netns", "exec", d.ns, "setpriv", fmt.Sprintf("--reuid=%d", wgUID),
+			fmt.Sprintf("--regid=%d", primaryGID(wgUID)), "--clear-groups"}, argv...)...)
+	}
+	for _, tc := range []struct {
+		name    string
+		prepare func(t *testing.T) (uapiDir, refused string)
+		want    string
+	}{
+		{"in another user's directory, mode 0777", func(t *testing.T) (string, string) {
+			shared := filepath.Join(base, "shared")
+			mkdirOwned(t, shared, 0o777, uidNormal2)
+			return filepath.Join(shared, "vpnd-wg"), shared
+		}, fmt.Sprintf("is owned by uid %d (only root or vpnd-wg's own uid %d may own it)", uidNormal2, wgUID)},
+		{"through a symbolic link", func(t *testing.T) (string, string) {
+			mkdirOwned(t, filepath.Join(base, "real"), 0o700, wgUID)
+			link := filepath.Join(base, "link")
+			os.Symlink(filepath.Join(base, "real"), link)
+			return link, link
+		}, "is a symbolic link (give --uapi-dir a path without symbolic links)"},
+		{"the user's own, but writable by all", func(t *testing.T) (string, string) {
+			mine := filepath.Join(base, "mine")
+			mkdirOwned(t, mine, os.ModeSticky|0o777, wgUID)
+			return mine, mine
+		}, "has mode 1777"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			uapiDir, refused := tc.prepare(t)
+			cmd := asUser(lazyBin(t, "vpnd-wg"), "up", "--socket", d.sock, "--uapi-dir", uapiDir, conf)
+			var out syncBuffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			exited := startBackground(t, cmd)
+			select {
+			case <-exited:
+			case <-time.After(hangGuard):
+				cmd.Process.Signal(syscall.SIGTERM)
+				<-exited
+				t.Fatalf("vpnd-wg up used --uapi-dir %s and ran:\n%s", uapiDir, out.String())
+			}
+			want := "vpnd-wg: unsafe UAPI directory: " + refused + " " + tc.want
+			if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(out.String(), want) {
+				t.Errorf("exit %d, want 1 saying %q:\n%s", code, want, out.String())
+			}
+			if p := d.leftovers(t); len(p) > 0 {
+				t.Errorf("a VPN was set up: %s", strings.Join(p, "; "))
+			}
+			if _, err := os.Lstat(filepath.Join(uapiDir, "vpn-tun.sock")); !os.IsNotExist(err) {
+				t.Errorf("a socket in the refused directory (%v)", err)
+			}
+			show, err := asUser(lazyBin(t, "vpnd-wg"), "show", "--uapi-dir", uapiDir).CombinedOutput()
+			if exitCode(err) != 1 || !strings.Contains(string(show), want) {
+				t.Errorf("vpnd-wg show: %v:\n%s", err, show)
+			}
+		})
+	}
 }

@@ -203,6 +203,10 @@ func show(args []string, stdout, stderr io.Writer) int {
 	if *uapiDir, err = uapiDirOrFallback(*uapiDir, stderr); err != nil {
 		return fail(stderr, fmt.Errorf("%w; or give --uapi-dir", err))
 	}
+	// A directory that another user could write may hold their sockets.
+	if err := wgclient.CheckUAPIDir(*uapiDir); err != nil {
+		return fail(stderr, err)
+	}
 	var paths []string
 	if fs.NArg() == 1 {
 		paths = []string{wgclient.UAPIPath(*uapiDir, fs.Arg(0))}

@@ -88,7 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.StringVar(&o.nftTable, "nft-table", "vpnd", "`NAME` of vpnd's nftables table (family inet), the firewall of lockdown and fail-closed")
 	fs.UintVar(&o.table, "table", 98, "routing table `N` for the VPN's routes (not 0, 253, 254 or 255)")
 	fs.UintVar(&o.priority, "rule-priority", 10000, "priority `N` of the VPN's policy rules (1-32764); lockdown's rules use the next one")
-	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/vpnd", "`DIR` for what must outlive vpnd (lockdown's state)")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/vpnd", "`DIR` for what must outlive vpnd (lockdown's state); vpnd's alone, and one vpnd's only")
 	fs.StringVar(&o.dnsBackend, "dns-backend", dns.Auto, "what applies an admin's VPN's DNS settings, `B`: auto (resolved if systemd-resolved answers on the system bus, else none), resolved, file or none")
 	fs.StringVar(&o.resolvConf, "resolv-conf", dns.DefaultResolvConf, "the file `PATH` that --dns-backend file rewrites while a VPN is up (a regular file, not a symbolic link)")
 	fs.StringVar(&o.protectMark, "protect-mark", "0x20000", "SO_MARK bit(s) `MASK` that protect sets and the owner's rule excludes")
@@ -113,6 +113,11 @@ Start-up, in this order; any failure exits 1 with a message and touches
 nothing further:
   1. vpnd needs CAP_NET_ADMIN (run it as root, or grant it, e.g.
      AmbientCapabilities=CAP_NET_ADMIN) and a /dev/net/tun it can open.
+     --state-dir is checked as the socket's directory is (step 3), and
+     must be vpnd's alone: not writable by group or others, sticky or
+     not. One vpnd at a time uses it; a second one names the first and
+     exits. Each state file must be a regular file of vpnd's, at most
+     1 MiB, one JSON value within the limits of the methods.
      The DNS backend must be usable (below).
   2. At most one vpnd serves a network namespace's --ifname, --table,
      --rule-priority (and --rule-priority+1, for lockdown rules) and
@@ -134,18 +139,21 @@ nothing further:
      interface, its rules at its priority, the routes in its table,
      lockdown's rules and its nftables table that the stored lockdown does
      not want; a resolv.conf that --dns-backend file had replaced is
-     restored), applies the stored lockdown, and serves. With
-     NOTIFY_SOCKET set (systemd's Type=notify) it then sends READY=1.
-     From then on it keeps the kernel as it wants it: what something else
-     deletes or changes of its link, rules, routes or nftables table it
-     puts back, retrying until the kernel matches.
+     restored, if its record is for this --resolv-conf), applies the
+     stored lockdown, and serves. With NOTIFY_SOCKET set (systemd's
+     Type=notify) it then sends READY=1. From then on it keeps the kernel
+     as it wants it: what something else deletes or changes of its link,
+     rules, routes or nftables table it puts back, retrying until the
+     kernel matches.
 
 DNS: with --dns-backend resolved (or auto, when systemd-resolved answers
 on the system bus), the VPN link gets the VPN's DNS servers and search
 domains in systemd-resolved, and every query when the VPN is a full
 tunnel. With file, vpnd rewrites --resolv-conf while the VPN is up and
 puts the previous file back, byte for byte, when it ends (at the next
-start after a SIGKILL); a file someone else rewrote meanwhile is kept.
+start after a SIGKILL); if someone else edited it meanwhile, vpnd removes
+only its own lines and keeps the rest. A resolv.conf over 64 KiB is
+refused.
 Only an admin's VPN changes the host's resolver; a VPN without DNS servers
 changes nothing.
 
@@ -159,8 +167,8 @@ per message. vpnd answers ICMP and ICMPv6 echo requests sent to the VPN's
 own addresses, drops every other packet, and ends the VPN (linkGone) when
 the app closes its end. protect checks the socket and sets no mark; DNS
 settings are checked and reported only. Steps 1, 2 and 4 above are
-skipped, so any number may run; lockdown is stored in --state-dir and
-applies to the simulation only. Defaults change to --socket
+skipped, so any number may run, each with its own --state-dir; lockdown
+is stored there and applies to the simulation only. Defaults change to --socket
 $XDG_RUNTIME_DIR/vpnd-sim.sock and --state-dir $XDG_STATE_HOME/vpnd-sim
 (or ~/.local/state/vpnd-sim). Without XDG_RUNTIME_DIR (su, sudo,
 containers, ssh without a session) the socket goes in /run/user/UID if
@@ -298,15 +306,26 @@ func run(args []string, stderr io.Writer) int {
 	if !o.sim && !preflightOK(log, stderr) {
 		return 1
 	}
+	// The state directory is checked as the socket's is, and locked: what
+	// vpnd reads there decides which users are locked down and which file
+	// it rewrites.
 	state, err := state.Open(o.stateDir)
 	if err != nil {
 		fmt.Fprintf(stderr, "vpnd: %v\n", err)
 		return 1
 	}
+	defer state.Close()
 	lockdown, err := state.LoadLockdown()
 	if err != nil {
 		// Refusing to start keeps whatever lockdown rules are in the
 		// kernel: it fails closed.
+		fmt.Fprintf(stderr, "vpnd: %v\n", err)
+		return 1
+	}
+	// The record of a resolv.conf that a killed vpnd had replaced is
+	// checked now, and applied by the sweep.
+	leftoverResolvConf, err := state.LoadResolvConf(o.resolvConf)
+	if err != nil {
 		fmt.Fprintf(stderr, "vpnd: %v\n", err)
 		return 1
 	}
@@ -410,14 +429,14 @@ func run(args []string, stderr io.Writer) int {
 	}
 	// A vpnd killed while its file backend had replaced a resolv.conf
 	// left a record of the previous file: put it back before serving.
-	if path, err := dns.RestoreLeftover(state, log.Named("dns")); err != nil {
+	if err := dns.RestoreLeftover(state, leftoverResolvConf, log.Named("dns")); err != nil {
 		mgr.Shutdown()
 		ln.Close()
 		removeSocket()
 		fmt.Fprintf(stderr, "vpnd: start-up sweep: %v\n", err)
 		return 1
-	} else if path != "" {
-		log.Info("start-up sweep dealt with a resolv.conf left by a killed vpnd", zap.String("path", path))
+	} else if leftoverResolvConf != nil {
+		log.Info("start-up sweep dealt with a resolv.conf left by a killed vpnd", zap.String("path", leftoverResolvConf.Path))
 	}
 	srv := server.New(server.Config{
 		Manager:         mgr,

@@ -62,11 +62,16 @@ func sweepAndExit(o *options, mark uint32, log *zap.Logger, stderr io.Writer) in
 	if _, err := os.Stat(o.stateDir); errors.Is(err, fs.ErrNotExist) {
 		return status
 	}
+	// The state directory is checked and locked as at start: a vpnd
+	// still using it refuses the sweep.
 	st, err := state.Open(o.stateDir)
 	if err == nil {
-		var path string
-		if path, err = dns.RestoreLeftover(st, log.Named("dns")); err == nil && path != "" {
-			fmt.Fprintf(stderr, "vpnd: --sweep: put back %s as it was before the VPN\n", path)
+		defer st.Close()
+		var rec *state.ResolvConf
+		if rec, err = st.LoadResolvConf(o.resolvConf); err == nil {
+			if err = dns.RestoreLeftover(st, rec, log.Named("dns")); err == nil && rec != nil {
+				fmt.Fprintf(stderr, "vpnd: --sweep: put back %s as it was before the VPN\n", rec.Path)
+			}
 		}
 	}
 	if err != nil {

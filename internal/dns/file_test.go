@@ -2,11 +2,14 @@ package dns
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -71,7 +74,7 @@ func (e *fileEnv) read(t *testing.T) string {
 
 func (e *fileEnv) record(t *testing.T) *state.ResolvConf {
 	t.Helper()
-	r, err := e.st.LoadResolvConf()
+	r, err := e.st.LoadResolvConf(e.path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,9 +241,8 @@ func TestRestoreLeftover(t *testing.T) {
 	}
 	// The killed vpnd's File is gone; a new start only has the state
 	// directory.
-	path, err := RestoreLeftover(e.st, zap.NewNop())
-	if err != nil || path != e.path {
-		t.Fatalf("RestoreLeftover: %q %v", path, err)
+	if err := RestoreLeftover(e.st, e.record(t), zap.NewNop()); err != nil {
+		t.Fatalf("RestoreLeftover: %v", err)
 	}
 	if got := e.read(t); got != original {
 		t.Errorf("after the restart:\n%s", got)
@@ -249,8 +251,8 @@ func TestRestoreLeftover(t *testing.T) {
 		t.Errorf("record kept: %+v", r)
 	}
 	// Nothing to do the next time.
-	if path, err := RestoreLeftover(e.st, zap.NewNop()); err != nil || path != "" {
-		t.Errorf("second RestoreLeftover: %q %v", path, err)
+	if r := e.record(t); r != nil {
+		t.Errorf("a record for the next time: %+v", r)
 	}
 }
 
@@ -262,7 +264,7 @@ func TestRestoreLeftoverNeverWritten(t *testing.T) {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.InfoLevel)
-	if _, err := RestoreLeftover(e.st, zap.New(core)); err != nil {
+	if err := RestoreLeftover(e.st, e.record(t), zap.New(core)); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.read(t); got != original {
@@ -313,9 +315,9 @@ func TestFileRevertFailsThenApply(t *testing.T) {
 	if err := e.f.Apply(vpnLink, fullTunnelDNS); err != nil {
 		t.Fatal(err)
 	}
-	replaceFile = func(string, []byte, os.FileMode, int, int) error { return errors.New("injected") }
+	replaceFile = func(string, []byte, os.FileMode, int, int, func() error) error { return errors.New("injected") }
 	err := e.f.Revert(vpnLink)
-	replaceFile = state.ReplaceFile
+	replaceFile = state.ReplaceFileIf
 	if err == nil || !strings.Contains(err.Error(), "injected") {
 		t.Fatalf("Revert: %v", err)
 	}
@@ -363,5 +365,223 @@ func TestNewFileRefuses(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(stub); string(b) != "nameserver 127.0.0.53\n" {
 		t.Errorf("the link's target changed: %q", b)
+	}
+}
+
+// originalTrimmed is original as restoredContent rebuilds it around
+// others' edits: its options lines as vpnd copied them, trimmed.
+const originalTrimmed = `# the host's own resolv.conf
+nameserver 192.0.2.53
+nameserver 2001:db8::53
+search home.example
+options edns0 trust-ad
+sortlist 192.0.2.0/24
+options   timeout:2
+`
+
+// When the VPN ends, vpnd removes exactly its own lines and keeps
+// everyone else's edits; the lines it dropped come back where they were.
+func TestRestoredContent(t *testing.T) {
+	written, _ := renderResolvConf(vpnLink, fullTunnelDNS, []byte(original))
+	w := string(written)
+	rec := &state.ResolvConf{Path: "/etc/resolv.conf", Existed: true, Original: []byte(original), Written: written}
+	for _, tc := range []struct {
+		name, cur string
+		want      string // "" with mine false: the file stays as it is
+	}{
+		{"unchanged", w, original},
+		{"a nameserver appended", w + "nameserver 198.51.100.1\n", originalTrimmed + "nameserver 198.51.100.1\n"},
+		{"appended without a final newline", w + "nameserver 198.51.100.1", originalTrimmed + "nameserver 198.51.100.1\n"},
+		{"a line put first", "nameserver 198.51.100.1\n" + w, "nameserver 198.51.100.1\n" + originalTrimmed},
+		// The sortlist line followed the options line that is gone: it
+		// comes back after the line before, where vpnd's lines began.
+		{"an options line changed", strings.Replace(w, "options edns0 trust-ad\n", "options edns0\n", 1),
+			strings.Replace(originalTrimmed, "options edns0 trust-ad\nsortlist 192.0.2.0/24\n", "sortlist 192.0.2.0/24\noptions edns0\n", 1)},
+		{"an options line removed", strings.Replace(w, "options   timeout:2\n", "", 1), strings.Replace(originalTrimmed, "options   timeout:2\n", "", 1)},
+		{"one of vpnd's nameservers removed", strings.Replace(w, "nameserver fd00::1\n", "", 1), originalTrimmed},
+		{"a copy of vpnd's nameserver added", w + "nameserver 10.8.0.1\n", originalTrimmed + "nameserver 10.8.0.1\n"},
+		{"rewritten by someone else", "# DHCP\nnameserver 198.51.100.53\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, mine := restoredContent(rec, []byte(tc.cur))
+			if tc.want == "" {
+				if mine {
+					t.Errorf("restoredContent changed someone else's file into:\n%s", got)
+				}
+				return
+			}
+			if !mine || string(got) != tc.want {
+				t.Errorf("restoredContent = %v:\n%s\nwant:\n%s", mine, got, tc.want)
+			}
+			if strings.Contains(string(got), "corp.example") || strings.Contains(string(got), "Written by vpnd") {
+				t.Errorf("vpnd's lines are left:\n%s", got)
+			}
+		})
+	}
+	// A record that is not vpnd's rendering of its original is not used
+	// to edit anything.
+	bad := &state.ResolvConf{Path: rec.Path, Existed: true, Original: []byte(original), Written: []byte("nameserver 10.8.0.1\n")}
+	if got, mine := restoredContent(bad, []byte("nameserver 10.8.0.1\nnameserver 198.51.100.1\n")); mine {
+		t.Errorf("an inconsistent record edited the file into:\n%s", got)
+	}
+}
+
+// Another program appends a nameserver while the VPN is up: after it,
+// the VPN's servers are gone, the appended line and the host's own are
+// there, and a warning says so.
+func TestFileKeepsOthersEdits(t *testing.T) {
+	e := newFileEnv(t, ptr(original), 0o644)
+	if err := e.f.Apply(vpnLink, fullTunnelDNS); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(e.path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("nameserver 198.51.100.1\n")
+	f.Close()
+	if err := e.f.Revert(vpnLink); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := e.read(t), originalTrimmed+"nameserver 198.51.100.1\n"; got != want {
+		t.Errorf("after the VPN:\n%s\nwant:\n%s", got, want)
+	}
+	if e.logs.FilterMessageSnippet("vpnd removed its own lines and kept the other changes").Len() != 1 {
+		t.Errorf("no warning: %v", e.logs.All())
+	}
+	if r := e.record(t); r != nil {
+		t.Errorf("record kept: %+v", r)
+	}
+	e.noTempFiles(t)
+}
+
+// An empty resolv.conf before the VPN: vpnd never writes an empty file
+// over one with content, so a comment stands for it.
+func TestFileEmptyBefore(t *testing.T) {
+	e := newFileEnv(t, ptr(""), 0o644)
+	if err := e.f.Apply(vpnLink, fullTunnelDNS); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.record(t); r == nil || !r.Existed || len(r.Original) != 0 {
+		t.Fatalf("record %+v", r)
+	}
+	if err := e.f.Revert(vpnLink); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.read(t); got != emptyStandIn {
+		t.Errorf("after the VPN: %q, want %q", got, emptyStandIn)
+	}
+}
+
+// A resolv.conf over MaxResolvConf is refused at start, and by Apply if
+// it grew later, with an error naming it and nothing changed.
+func TestFileTooLarge(t *testing.T) {
+	big := "# " + strings.Repeat("x", MaxResolvConf) + "\nnameserver 192.0.2.53\n"
+	dir := t.TempDir()
+	st, err := state.Open(filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	p := filepath.Join(dir, "resolv.conf")
+	os.WriteFile(p, []byte(big), 0o644)
+	want := fmt.Sprintf("%s is %d bytes, more than the 65536 that vpnd reads", p, len(big))
+	if _, err := NewFile(p, st, nil); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("NewFile: %v, want %q", err, want)
+	}
+	e := newFileEnv(t, ptr(original), 0o644)
+	os.WriteFile(e.path, []byte(big), 0o644)
+	want = fmt.Sprintf("%s is %d bytes, more than the 65536", e.path, len(big))
+	if err := e.f.Apply(vpnLink, fullTunnelDNS); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Apply: %v, want %q", err, want)
+	}
+	if e.read(t) != big || e.record(t) != nil {
+		t.Errorf("the file or the state changed")
+	}
+	e.noTempFiles(t)
+}
+
+// racingWriter rewrites path the way a non-atomic editor does: truncate,
+// a pause, write. hold stops it between two writes.
+type racingWriter struct {
+	mu   sync.Mutex
+	stop chan struct{}
+	done chan struct{}
+	n    int
+}
+
+func startRacingWriter(t *testing.T, path, content string) *racingWriter {
+	w := &racingWriter{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for i := 0; ; i++ {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			w.mu.Lock()
+			if f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC|os.O_CREATE, 0o644); err == nil {
+				time.Sleep(time.Duration(1+i%3) * time.Millisecond)
+				f.WriteString(content)
+				f.Close()
+				w.n++
+			}
+			w.mu.Unlock()
+			time.Sleep(time.Duration(i%7) * 5 * time.Millisecond)
+		}
+	}()
+	t.Cleanup(w.finish)
+	return w
+}
+
+func (w *racingWriter) finish() {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+}
+
+// A non-atomic editor racing 100 VPN cycles: whenever the editor is
+// between two writes, the file holds the editor's content, never nothing
+// and never half of it. vpnd may refuse a setUp while the file keeps
+// changing under it (it gives up after a few tries), and then leaves the
+// file and the state directory as they were.
+func TestFileRacingWriter(t *testing.T) {
+	const editors = "# the editor's\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n"
+	e := newFileEnv(t, ptr(editors), 0o644)
+	w := startRacingWriter(t, e.path, editors)
+	refused := 0
+	for i := 0; i < 100; i++ {
+		err := e.f.Apply(vpnLink, fullTunnelDNS)
+		switch {
+		case err != nil && strings.Contains(err.Error(), "kept changing"):
+			refused++
+			if r := e.record(t); r != nil {
+				t.Fatalf("cycle %d: a refused Apply left its record", i)
+			}
+		case err != nil:
+			t.Fatalf("cycle %d: Apply: %v", i, err)
+		default:
+			if err := e.f.Revert(vpnLink); err != nil {
+				t.Fatalf("cycle %d: Revert: %v", i, err)
+			}
+		}
+		w.mu.Lock()
+		got := e.read(t)
+		w.mu.Unlock()
+		if got != editors {
+			t.Fatalf("cycle %d: after the VPN, between two of the editor's writes, the file holds %q, want the editor's %q", i, got, editors)
+		}
+	}
+	w.finish()
+	t.Logf("the editor wrote %d times during 100 cycles; %d setUps were refused because the file kept changing", w.n, refused)
+	if refused == 100 {
+		t.Errorf("every Apply was refused: the race was not run")
+	}
+	if got := e.read(t); got != editors {
+		t.Errorf("at the end: %q", got)
 	}
 }

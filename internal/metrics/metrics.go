@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
 
 	"github.com/vpnd/vpnd/protocol"
 )
@@ -127,6 +128,22 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
+// Limits of the metrics listener. Any local user may connect to it, so
+// what one connection can hold, and how many are served at once, is
+// bounded: at most MaxConns connections are accepted at a time (others
+// wait in the kernel's listen backlog, costing vpnd nothing), each must
+// send its request header, at most MaxHeaderBytes, within headerTimeout,
+// and is closed after one request. A scrape sends a few hundred bytes and
+// takes milliseconds; 20,000 connections that never finish their header
+// cost vpnd MaxConns connections' worth of memory and descriptors, not
+// 20,000, and never its socket's descriptors.
+const (
+	MaxConns       = 64
+	MaxHeaderBytes = 8 << 10
+	headerTimeout  = 5 * time.Second
+	idleTimeout    = 5 * time.Second
+)
+
 // Server serves the metrics on a listener.
 type Server struct {
 	srv *http.Server
@@ -142,11 +159,18 @@ func (m *Metrics) Listen(addr string) (*Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle(Path, m.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: headerTimeout,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+	}
 	// One connection per scrape: no idle connection (and goroutine) stays
 	// behind between scrapes.
 	srv.SetKeepAlivesEnabled(false)
-	return &Server{srv: srv, ln: ln}, nil
+	return &Server{srv: srv, ln: netutil.LimitListener(ln, MaxConns)}, nil
 }
 
 // Addr is the address the metrics are served on.

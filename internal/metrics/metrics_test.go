@@ -1,6 +1,9 @@
 package metrics
 
 import (
+	"bufio"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -102,5 +105,57 @@ func TestListenServeClose(t *testing.T) {
 	}
 	if err := idle.Close(); err != nil {
 		t.Error(err)
+	}
+}
+
+// At most MaxConns connections are served at once: one more waits,
+// unanswered, until a slot frees. A header over MaxHeaderBytes is refused.
+func TestListenerLimits(t *testing.T) {
+	s, err := New().Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.Serve(nil); close(done) }()
+	defer func() { s.Close(); <-done }()
+	addr := s.Addr().String()
+	request := func(extra string) (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: vpnd\r\n%s\r\n", Path, extra)
+		return c, bufio.NewReader(c)
+	}
+
+	c, r := request("X-Big: " + strings.Repeat("x", MaxHeaderBytes+4096) + "\r\n")
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a header of %d bytes: %v %v", MaxHeaderBytes+4096, resp, err)
+	}
+	c.Close()
+
+	var slow []net.Conn
+	for range MaxConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: vpnd\r\nX-Slow: ", Path)
+		slow = append(slow, c)
+	}
+	c, r = request("")
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := r.ReadByte(); err == nil {
+		t.Fatalf("connection %d was served while %d others held their slots", MaxConns+1, MaxConns)
+	}
+	slow[0].Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if resp, err := http.ReadResponse(r, nil); err != nil || resp.StatusCode != 200 {
+		t.Errorf("once a slot was free: %v %v", resp, err)
+	}
+	for _, c := range slow[1:] {
+		c.Close()
 	}
 }

@@ -6,13 +6,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/internal/ownership"
+	"github.com/vpnd/vpnd/internal/safedir"
 )
 
 // SocketMode is the socket file's mode: anyone may connect, because access
@@ -25,14 +24,7 @@ const SocketMode = 0o666
 const DirMode = 0o755
 
 // UnsafeDirError says why Listen refused a directory on the socket's path.
-type UnsafeDirError struct {
-	Path   string // the directory refused: the socket's or one on the way to it
-	Reason string
-}
-
-func (e *UnsafeDirError) Error() string {
-	return fmt.Sprintf("unsafe socket directory: %s %s", e.Path, e.Reason)
-}
+type UnsafeDirError = safedir.UnsafeError
 
 // InUseError says that a live process already serves on the socket path:
 // another vpnd, perhaps in another network namespace.
@@ -78,7 +70,7 @@ func Listen(path string) (*net.UnixListener, error) {
 	if name == "" {
 		return nil, fmt.Errorf("socket path %q names a directory", path)
 	}
-	dirfd, err := openSocketDir(filepath.Clean(dir))
+	dirfd, err := safedir.Open(filepath.Clean(dir), socketDir)
 	if err != nil {
 		return nil, err
 	}
@@ -89,84 +81,8 @@ func Listen(path string) (*net.UnixListener, error) {
 	return bindSocket(dirfd, abs, name)
 }
 
-// openSocketDir walks dir from the root, creating what is missing, and
-// returns an fd of the checked directory.
-func openSocketDir(dir string) (int, error) {
-	euid := uint32(os.Geteuid())
-	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("open /: %w", err)
-	}
-	if err := checkDir(fd, "/", euid); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	cur := "/"
-	for name := range strings.SplitSeq(strings.TrimPrefix(dir, "/"), "/") {
-		if name == "" {
-			continue // dir is "/"
-		}
-		cur = filepath.Join(cur, name)
-		next, err := openDirAt(fd, cur, name)
-		unix.Close(fd)
-		if err != nil {
-			return -1, err
-		}
-		fd = next
-		if err := checkDir(fd, cur, euid); err != nil {
-			unix.Close(fd)
-			return -1, err
-		}
-	}
-	return fd, nil
-}
-
-// openDirAt opens parent's entry name, a directory, without following a
-// symbolic link, and creates it if it is missing.
-func openDirAt(parent int, path, name string) (int, error) {
-	const flags = unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := unix.Openat(parent, name, unix.O_PATH|flags, 0)
-	if errors.Is(err, unix.ENOENT) {
-		// With a umask of 0 the mode is DirMode from the start; a chmod
-		// afterwards would need a descriptor that a umask such as 0377
-		// keeps vpnd from opening unless it runs as root.
-		mkErr := withoutUmask(func() error { return unix.Mkdirat(parent, name, DirMode) })
-		if mkErr != nil && !errors.Is(mkErr, unix.EEXIST) {
-			return -1, fmt.Errorf("create socket directory %s: %w", path, mkErr)
-		}
-		// EEXIST: someone else was faster; it is judged like any directory.
-		fd, err = unix.Openat(parent, name, unix.O_PATH|flags, 0)
-	}
-	if errors.Is(err, unix.ENOTDIR) {
-		// O_NOFOLLOW|O_DIRECTORY on a symbolic link fails with ENOTDIR too.
-		var st unix.Stat_t
-		if unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
-			return -1, &UnsafeDirError{path, "is a symbolic link (give --socket a path without symbolic links)"}
-		}
-		return -1, &UnsafeDirError{path, "is not a directory"}
-	}
-	if err != nil {
-		return -1, fmt.Errorf("open socket directory %s: %w", path, err)
-	}
-	return fd, nil
-}
-
-// checkDir refuses a directory that a user other than root or vpnd's own
-// could change: whoever may rename or replace its entries could point the
-// socket, or the file vpnd makes world-writable, elsewhere.
-func checkDir(fd int, path string, euid uint32) error {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("stat socket directory %s: %w", path, err)
-	}
-	if st.Uid != 0 && st.Uid != euid {
-		return &UnsafeDirError{path, fmt.Sprintf("is owned by uid %d (only root or vpnd's own uid %d may own it)", st.Uid, euid)}
-	}
-	if st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0 {
-		return &UnsafeDirError{path, fmt.Sprintf("has mode %04o: group or others may write it, and it has no sticky bit", st.Mode&0o7777)}
-	}
-	return nil
-}
+// socketDir is how Listen checks and creates the socket's directory.
+var socketDir = safedir.Spec{What: "socket directory", Flag: "--socket", Program: "vpnd", Mode: DirMode}
 
 // removeStale removes a socket file that no one serves on, and refuses a
 // path that something else occupies.
@@ -213,7 +129,7 @@ func bindSocket(dirfd int, path, name string) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("fchmod socket: %w", err)
 	}
 	sa := &unix.SockaddrUnix{Name: path}
-	if err := withoutUmask(func() error { return unix.Bind(fd, sa) }); err != nil {
+	if err := safedir.WithoutUmask(func() error { return unix.Bind(fd, sa) }); err != nil {
 		return nil, fmt.Errorf("bind %s: %w", path, err)
 	}
 	ln, err := func() (net.Listener, error) {
@@ -229,25 +145,4 @@ func bindSocket(dirfd int, path, name string) (*net.UnixListener, error) {
 	ul := ln.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false)
 	return ul, nil
-}
-
-// withoutUmask runs f with a umask of 0, so that the files f creates get
-// exactly the modes it asks for. The umask is shared by every thread of the
-// process, and clearing it even briefly could widen a file that another
-// goroutine creates at that moment. So f runs on a thread of its own that
-// first unshares its file-system attributes (CLONE_FS): the umask it clears
-// is that thread's alone. The goroutine exits without unlocking the thread,
-// so the runtime ends the thread instead of reusing it.
-func withoutUmask(f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			errc <- fmt.Errorf("unshare CLONE_FS: %w", err)
-			return
-		}
-		unix.Umask(0)
-		errc <- f()
-	}()
-	return <-errc
 }

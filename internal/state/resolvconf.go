@@ -42,17 +42,32 @@ func (d *Dir) SaveResolvConf(r ResolvConf) error {
 	return writeAtomic(d.path, resolvConfFile, append(b, '\n'), 0o600)
 }
 
-// LoadResolvConf returns the record, or nil if there is none.
-func (d *Dir) LoadResolvConf() (*ResolvConf, error) {
+// LoadResolvConf returns the record, or nil if there is none. It is
+// trusted only for what vpnd itself could have written for the file at
+// path, its --resolv-conf: a record for another file, a mode with more
+// than permission bits (setuid, setgid, sticky) or an owner that is no
+// uid is an error naming the record.
+func (d *Dir) LoadResolvConf(path string) (*ResolvConf, error) {
 	var r ResolvConf
 	if found, err := d.readJSON(resolvConfFile, "resolv.conf record", &r); !found || err != nil {
 		return nil, err
 	}
-	if !filepath.IsAbs(r.Path) {
-		return nil, fmt.Errorf("resolv.conf record %s: path %q is not absolute", filepath.Join(d.path, resolvConfFile), r.Path)
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("resolv.conf record %s: %s", filepath.Join(d.path, resolvConfFile), fmt.Sprintf(format, args...))
+	}
+	switch {
+	case r.Path != path:
+		return nil, bad("it is for %q, and --resolv-conf is %s: vpnd restores only its own --resolv-conf (start it once with --resolv-conf %s to restore that file, or remove the record)", r.Path, path, r.Path)
+	case r.Mode&^os.ModePerm != 0:
+		return nil, bad("mode %v is not permission bits only", r.Mode)
+	case r.UID < -1 || r.UID > maxUID || r.GID < -1 || r.GID > maxUID:
+		return nil, bad("owner %d:%d is not a uid and gid", r.UID, r.GID)
 	}
 	return &r, nil
 }
+
+// maxUID is the largest uid: (uid_t)-1 means "no uid" to the kernel.
+const maxUID = 1<<32 - 2
 
 // ClearResolvConf removes the record; no record is not an error.
 func (d *Dir) ClearResolvConf() error {

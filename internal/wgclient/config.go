@@ -46,10 +46,17 @@ type Peer struct {
 }
 
 // ParseError is what is wrong with a configuration file, and where.
+//
+// The file holds the private key, and a key can end up anywhere: under a
+// misspelt name, on a line without "=", under DNS or Endpoint. So an error
+// quotes a line, or a value from it, only when nothing in it could be key
+// material (see shown): a key is 44 base64 characters, and what is shown
+// has no run of 12 of them but the names of wg-quick's keys. Otherwise it
+// names the line by its number alone.
 type ParseError struct {
 	File string // the file name, if known
 	Line int    // 1-based; 0 when the error is about the file as a whole
-	Text string // the line as written, trimmed, with key material hidden
+	Text string // the line as written, trimmed; "" when it is not shown
 	Msg  string
 }
 
@@ -59,7 +66,10 @@ func (e *ParseError) Error() string {
 		if where != "" {
 			where += ":"
 		}
-		where += fmt.Sprintf("line %d %q", e.Line, e.Text)
+		where += fmt.Sprintf("line %d", e.Line)
+		if e.Text != "" {
+			where += fmt.Sprintf(" %q", e.Text)
+		}
 	}
 	if where == "" {
 		return e.Msg
@@ -70,7 +80,7 @@ func (e *ParseError) Error() string {
 // Limits that keep a hostile file from costing more than a real one could.
 const (
 	maxLineLen  = 4096
-	maxShownLen = 120 // characters of a line quoted in an error
+	maxShownLen = 120 // the longest line an error quotes
 )
 
 // Keys of wg-quick that vpnd-wg knows and deliberately does not support,
@@ -136,7 +146,7 @@ func Parse(r io.Reader) (*Config, error) {
 	for {
 		raw, err := readLine(br)
 		if errors.Is(err, errLongLine) {
-			return nil, &ParseError{Line: p.lineNo + 1, Text: display(string(raw)), Msg: fmt.Sprintf("line longer than %d bytes", maxLineLen)}
+			return nil, &ParseError{Line: p.lineNo + 1, Msg: fmt.Sprintf("line longer than %d bytes", maxLineLen)}
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("read configuration: %w", err)
@@ -174,14 +184,14 @@ func Parse(r io.Reader) (*Config, error) {
 var errLongLine = errors.New("line too long")
 
 // readLine returns the next line without its "\n" (and without one "\r"
-// before it), or errLongLine with the line's start.
+// before it), or errLongLine.
 func readLine(br *bufio.Reader) ([]byte, error) {
 	var line []byte
 	for {
 		chunk, err := br.ReadSlice('\n')
 		line = append(line, chunk...)
 		if len(line) > maxLineLen+2 {
-			return line[:maxShownLen], errLongLine
+			return nil, errLongLine
 		}
 		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
@@ -189,7 +199,7 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 		line = bytes.TrimSuffix(line, []byte("\n"))
 		line = bytes.TrimSuffix(line, []byte("\r"))
 		if len(line) > maxLineLen {
-			return line[:maxShownLen], errLongLine
+			return nil, errLongLine
 		}
 		return line, err
 	}
@@ -199,8 +209,8 @@ func (p *parser) errorf(format string, args ...any) error {
 	return &ParseError{Line: p.lineNo, Text: p.text, Msg: fmt.Sprintf(format, args...)}
 }
 
-// display is a line as an error quotes it: trimmed, cut, control
-// characters and invalid UTF-8 replaced, and key material hidden.
+// display is a line as an error quotes it: control characters and
+// invalid UTF-8 replaced, trimmed, or "" when it is not shown (see shown).
 func display(s string) string {
 	s = strings.ToValidUTF8(s, "?")
 	s = strings.Map(func(r rune) rune {
@@ -209,20 +219,78 @@ func display(s string) string {
 		}
 		return r
 	}, s)
-	if key, _, ok := strings.Cut(s, "="); ok && isSecretKey(key) {
-		return strings.TrimSpace(key) + " = (hidden)"
-	}
 	s = strings.TrimSpace(s)
-	if len(s) > maxShownLen {
-		s = strings.ToValidUTF8(s[:maxShownLen], "") + "..."
+	if key, _, ok := strings.Cut(s, "="); ok && isSecretKey(key) {
+		return ""
+	}
+	if len(s) > maxShownLen || !couldShow(s) {
+		return ""
 	}
 	return s
 }
 
+// minKeyRun is the shortest run of base64 characters that an error never
+// shows, but for the names of wg-quick's keys: a key is 44 of them, and a
+// key cut in four by stray characters still leaves a run of 11.
+const minKeyRun = 12
+
+// keyNames are the names of wg-quick's keys and sections, lower case: the
+// only runs of minKeyRun base64 characters or more that an error shows.
+var keyNames = map[string]bool{
+	"interface": true, "peer": true, "address": true, "dns": true, "mtu": true, "listenport": true,
+	"publickey": true, "endpoint": true, "allowedips": true, "persistentkeepalive": true,
+	"table": true, "fwmark": true, "preup": true, "postup": true, "predown": true, "postdown": true, "saveconfig": true,
+}
+
+// couldShow reports whether s holds nothing that could be key material:
+// no run of minKeyRun or more base64 characters ([A-Za-z0-9+/=]) that is
+// not one of keyNames.
+func couldShow(s string) bool {
+	start := -1
+	for i := 0; i <= len(s); i++ {
+		if i < len(s) && isBase64(s[i]) {
+			if start < 0 {
+				start = i
+			}
+			continue
+		}
+		if start >= 0 && i-start >= minKeyRun && !keyNames[strings.ToLower(s[start:i])] {
+			return false
+		}
+		start = -1
+	}
+	return true
+}
+
+func isBase64(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '+' || c == '/' || c == '='
+}
+
+// shown is a value from the file as an error quotes it, or a note that it
+// is not shown: a value that could be key material (couldShow), or one
+// longer than 64 bytes.
+func shown(v string) string {
+	if len(v) > 64 || !couldShow(v) || strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return "(a value not shown: it could be key material)"
+	}
+	return strconv.Quote(v)
+}
+
+// plainName reports whether a key or section name from the file may be
+// shown: 1-24 ASCII letters and spaces, which no key is.
+func plainName(n string) bool {
+	return len(n) > 0 && len(n) <= 24 && !strings.ContainsFunc(n, func(r rune) bool {
+		return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || r == ' ')
+	})
+}
+
+// notShown ends an error about a name that plainName refuses.
+const notShown = " (its name is not shown: it could be key material)"
+
 // isSecretKey reports whether a line's key names key material. It looks at
 // the letters only, so that a key the parser will refuse (with a control
-// character, a stray byte or a space inside it) still has its value
-// hidden: "PrivateKey\f= ..." must not show the key in the error.
+// character, a stray byte or a space inside it) is still known for one:
+// such a line is never quoted, whatever its value looks like.
 func isSecretKey(key string) bool {
 	var b strings.Builder
 	for _, r := range key {
@@ -268,9 +336,15 @@ func (p *parser) line(raw []byte) error {
 		return p.errorf("no key before \"=\"")
 	}
 	if p.cur == nil {
+		if !plainName(key) {
+			return p.errorf("a key outside of a section: [Interface] or [Peer] must come first" + notShown)
+		}
 		return p.errorf("%s outside of a section: [Interface] or [Peer] must come first", key)
 	}
 	if value == "" {
+		if !plainName(key) {
+			return p.errorf("a key without a value" + notShown)
+		}
 		return p.errorf("%s has no value", key)
 	}
 	if p.cur.kind == "interface" {
@@ -298,6 +372,9 @@ func (p *parser) header(s string) error {
 		p.cfg.Peers = append(p.cfg.Peers, Peer{})
 		p.cur = &section{kind: "peer", line: p.lineNo, text: p.text, seen: map[string]int{}}
 	default:
+		if !plainName(name) {
+			return p.errorf("unknown section: want [Interface] or [Peer]" + notShown)
+		}
 		return p.errorf("unknown section [%s]: want [Interface] or [Peer]", name)
 	}
 	return nil
@@ -370,7 +447,7 @@ func (p *parser) interfaceKey(lkey, key, value string) error {
 		return p.list("DNS", value, func(item string) error {
 			if a, err := netip.ParseAddr(item); err == nil {
 				if a.Zone() != "" {
-					return fmt.Errorf("%s: a DNS server cannot have a zone", item)
+					return fmt.Errorf("%s: a DNS server cannot have a zone", shown(item))
 				}
 				ifc.DNS = append(ifc.DNS, a.Unmap())
 				return nil
@@ -378,7 +455,7 @@ func (p *parser) interfaceKey(lkey, key, value string) error {
 			// wg-quick takes what is not an IP address as a search domain.
 			name := strings.TrimSuffix(item, ".")
 			if !validDNSName(name) {
-				return fmt.Errorf("%q is neither an IP address nor a DNS name", item)
+				return fmt.Errorf("%s is neither an IP address nor a DNS name", shown(item))
 			}
 			ifc.SearchDomains = append(ifc.SearchDomains, name)
 			return nil
@@ -479,6 +556,9 @@ func (p *parser) unknown(lkey, key, where string) error {
 	if why, ok := unsupportedKeys[lkey]; ok && where == "[Interface]" {
 		return p.errorf("%s is not supported by vpnd-wg: %s", key, why)
 	}
+	if !plainName(key) {
+		return p.errorf("unknown key in %s%s", where, notShown)
+	}
 	return p.errorf("unknown key %q in %s", key, where)
 }
 
@@ -502,17 +582,17 @@ func parseAddress(s string) (netip.Prefix, error) {
 	if !strings.Contains(s, "/") {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
-			return netip.Prefix{}, fmt.Errorf("%q is not an IP address or prefix", s)
+			return netip.Prefix{}, fmt.Errorf("%s is not an IP address or prefix", shown(s))
 		}
 		a = a.Unmap()
 		return netip.PrefixFrom(a, a.BitLen()), nil
 	}
 	pfx, err := netip.ParsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%q is not an IP prefix", s)
+		return netip.Prefix{}, fmt.Errorf("%s is not an IP prefix", shown(s))
 	}
 	if pfx.Addr().Is4In6() {
-		return netip.Prefix{}, fmt.Errorf("%q: write an IPv4-mapped prefix as IPv4", s)
+		return netip.Prefix{}, fmt.Errorf("%s: write an IPv4-mapped prefix as IPv4", shown(s))
 	}
 	return pfx, nil
 }
@@ -526,11 +606,11 @@ func checkEndpoint(s string) error {
 	}
 	n, err := strconv.ParseUint(port, 10, 16)
 	if err != nil || n == 0 {
-		return fmt.Errorf("port %q: want a number from 1 to 65535", port)
+		return fmt.Errorf("port %s: want a number from 1 to 65535", shown(port))
 	}
 	if a, err := netip.ParseAddr(host); err == nil {
 		if a.Zone() != "" {
-			return fmt.Errorf("address %s: zones are not supported", host)
+			return fmt.Errorf("address %s: zones are not supported", shown(host))
 		}
 		if strings.Contains(host, ":") && !strings.HasPrefix(s, "[") {
 			return fmt.Errorf("write an IPv6 endpoint as [address]:port")
@@ -538,7 +618,7 @@ func checkEndpoint(s string) error {
 		return nil
 	}
 	if !validDNSName(strings.TrimSuffix(host, ".")) {
-		return fmt.Errorf("host %q is neither an IP address nor a DNS name", host)
+		return fmt.Errorf("host %s is neither an IP address nor a DNS name", shown(host))
 	}
 	return nil
 }

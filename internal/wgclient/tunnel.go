@@ -93,6 +93,12 @@ func Up(ctx context.Context, cfg *Config, opts Options) (_ *Tunnel, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// An unsafe UAPI directory fails before there is a VPN to undo.
+	if opts.UAPIDir != "" {
+		if _, err := openUAPIDir(opts.UAPIDir, false); err != nil {
+			return nil, err
+		}
+	}
 	// Before the VPN exists: its routes could capture the lookups.
 	endpoints, err := cfg.ResolveEndpoints(ctx, opts.Resolver)
 	if err != nil {

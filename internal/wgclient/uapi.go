@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vpnd/vpnd/internal/safedir"
 )
 
 // The running tunnel answers questions about itself on a Unix socket,
@@ -55,11 +57,49 @@ type uapiServer struct {
 	conns map[net.Conn]bool
 }
 
-// listenUAPI creates dir (0700) if needed and listens on DIR/IFNAME.sock,
+// uapiDir is how the UAPI directory is checked: as vpnd checks its socket
+// directory (no symbolic link on the path, each directory root's or the
+// user's, none that others may write unless sticky), and the directory
+// itself the user's alone, since the socket in it serves the tunnel's
+// state to whoever may connect, and another user who could write the
+// directory could put a socket of theirs in its place. A missing one is
+// created 0700.
+var uapiDir = safedir.Spec{What: "UAPI directory", Flag: "--uapi-dir", Program: "vpnd-wg", Mode: 0o700, Private: true}
+
+// openUAPIDir checks the UAPI directory dir (see uapiDir), creating it if
+// it is missing unless noCreate, and returns its absolute path. A missing
+// directory with noCreate is os.ErrNotExist.
+func openUAPIDir(dir string, noCreate bool) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("--uapi-dir %q: %w", dir, err)
+	}
+	spec := uapiDir
+	spec.NoCreate = noCreate
+	fd, err := safedir.Open(abs, spec)
+	if err != nil {
+		return "", err
+	}
+	unix.Close(fd)
+	return abs, nil
+}
+
+// CheckUAPIDir checks the UAPI directory that `vpnd-wg show` reads (see
+// uapiDir); a missing one is fine: no tunnel serves there.
+func CheckUAPIDir(dir string) error {
+	_, err := openUAPIDir(dir, true)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// listenUAPI checks (and creates) dir and listens on DIR/IFNAME.sock,
 // replacing a stale socket that nothing answers on.
 func listenUAPI(dir, ifname string, dev ipcGetter) (*uapiServer, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("uapi directory: %w", err)
+	dir, err := openUAPIDir(dir, false)
+	if err != nil {
+		return nil, err
 	}
 	path := UAPIPath(dir, ifname)
 	if _, err := os.Lstat(path); err == nil {
@@ -295,6 +335,9 @@ func parseGet(r *bufio.Reader) (*Status, error) {
 			}
 		}
 		if perr != nil {
+			if key == "private_key" || key == "preshared_key" {
+				line = key + "=(not shown)"
+			}
 			return nil, fmt.Errorf("uapi answer: %q: %w", line, perr)
 		}
 	}
