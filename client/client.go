@@ -149,16 +149,12 @@ func (c *Client) Close() error {
 // because vpnd went away. Err then says why.
 func (c *Client) Done() <-chan struct{} { return c.done }
 
-// Err returns why the connection ended, or nil while it is up.
+// Err returns why the connection ended, or nil while it is up. It is set
+// as soon as a call can fail for that reason, a moment before Done closes.
 func (c *Client) Err() error {
-	select {
-	case <-c.done:
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.err
-	default:
-		return nil
-	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 // Call sends a request and waits for its response. It returns the raw
