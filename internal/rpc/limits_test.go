@@ -307,6 +307,47 @@ func TestBuffersReleased(t *testing.T) {
 	}
 }
 
+// One key holds at most its share of the slots: its next take waits while
+// other keys still get slots, and a slot it gives back wakes it.
+func TestBudgetShare(t *testing.T) {
+	b := NewBudget(3*protocol.MaxMessage, 2*protocol.MaxMessage)
+	never := make(chan struct{})
+	for i := 0; i < 2; i++ {
+		if !b.take(1, never) {
+			t.Fatal("take failed")
+		}
+	}
+	took := make(chan bool, 1)
+	stop := make(chan struct{})
+	go func() { took <- b.take(1, stop) }()
+	select {
+	case <-took:
+		t.Fatal("a key took more than its share")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if !b.take(2, never) {
+		t.Fatal("another key got no slot")
+	}
+	if b.Free() != 0 {
+		t.Fatalf("%d slots free, want 0", b.Free())
+	}
+	b.give(1)
+	select {
+	case ok := <-took:
+		if !ok {
+			t.Fatal("the waiting take gave up")
+		}
+	case <-time.After(5 * time.Second): // a hang guard
+		t.Fatal("a slot given back did not wake the waiting take")
+	}
+	// With every slot taken, a take gives up when stop closes.
+	go func() { took <- b.take(3, stop) }()
+	close(stop)
+	if ok := <-took; ok {
+		t.Fatal("a take with no free slot succeeded")
+	}
+}
+
 // Wait returns when a message arrives, and at once when one is buffered.
 func TestWait(t *testing.T) {
 	c, peer := connPair(t)
