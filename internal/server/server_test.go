@@ -83,21 +83,6 @@ func TestDecode(t *testing.T) {
 	}
 }
 
-// TestDecodeAllocs: decoding a usual request allocates nothing; every
-// status call of every client goes through it.
-func TestDecodeAllocs(t *testing.T) {
-	line := []byte(`{"jsonrpc":"2.0","id":7,"method":"status"}`)
-	env := rpc.ParseEnvelope(line)
-	var req request
-	var err error
-	if n := testing.AllocsPerRun(100, func() { req, err = decode(line, &env) }); n != 0 {
-		t.Errorf("decode: %v allocations per call, want 0", n)
-	}
-	if err != nil || req.method != protocol.MethodStatus {
-		t.Fatalf("decode: %+v, %v", req, err)
-	}
-}
-
 func TestEmptyParams(t *testing.T) {
 	for p, want := range map[string]errs.Code{``: 0, `null`: 0, `{}`: 0, `[]`: errs.CodeInvalidParam, `{"x":1}`: errs.CodeInvalidParam, `3`: errs.CodeInvalidParam} {
 		err := emptyParams(json.RawMessage(p))
