@@ -67,9 +67,10 @@ const maxFDsPerRead = 32
 // readChunk is the most one recvmsg asks for.
 const readChunk = 64 << 10
 
-// firstBuf is the size of a read buffer: a usual request fits. A longer
-// line grows the buffer.
-const firstBuf = 4 << 10
+// firstBuf is the size of a read buffer: a usual request fits (a status
+// request is 45 bytes, a typical setUp a few hundred). A longer line
+// grows the buffer.
+const firstBuf = 1 << 10
 
 var oobSize = unix.CmsgSpace(maxFDsPerRead * 4)
 

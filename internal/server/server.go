@@ -495,9 +495,9 @@ func (ss *session) run() {
 	for {
 		// Waiting for the next request before reading it keeps an idle
 		// connection without a read buffer, and its goroutine's stack at
-		// 2 kB: 9.0 KB of vpnd's resident memory per idle connection in
-		// vpnbench, against a goal of 10 KB; 13.2 KB when each waited in
-		// ReadMessage, with a 4 KiB buffer and a 4 kB stack.
+		// 2 kB: 8.3 KB of vpnd's resident memory per idle connection in
+		// vpnbench, against a goal of 10 KB; 12.0 KB when each waited in
+		// ReadMessage, with a 1 KiB buffer and a 4 kB stack.
 		if ss.c.Wait() != nil {
 			return
 		}
