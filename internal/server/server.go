@@ -26,6 +26,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
@@ -632,13 +633,16 @@ func decode(line []byte, env *rpc.Envelope) (request, error) {
 	return req, nil
 }
 
-// jsonString decodes raw, a valid JSON value, if it is a string.
+// jsonString decodes raw, a valid JSON value of a valid UTF-8 line, if
+// it is a string. jsontext unquotes as encoding/json does, an invalid
+// surrogate escape becoming U+FFFD; the error it reports for one is the
+// only one possible here, and is ignored, as encoding/json ignores it.
 func jsonString(raw json.RawMessage) (string, bool) {
-	var s string
-	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+	if len(raw) == 0 || raw[0] != '"' {
 		return "", false
 	}
-	return s, true
+	s, _ := jsontext.AppendUnquote(nil, raw)
+	return string(s), true
 }
 
 func (ss *session) handle(msg rpc.Message) {

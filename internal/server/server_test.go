@@ -42,6 +42,9 @@ func TestDecode(t *testing.T) {
 		{`{"jsonrpc":"2\u002e0","id":1,"method":"st\u0061tus"}`, 0, false, ""},
 		{`{"jsonrpc":"2.0","id":1,"method":"\u00e9t\"at"}`, 0, false, "\u00e9t\"at"},
 		{`{"jsonrpc":"2.0","id":1,"method":"nosuchmethod"}`, 0, false, "nosuchmethod"},
+		// An invalid surrogate escape decodes to U+FFFD, as encoding/json
+		// decodes it.
+		{`{"jsonrpc":"2.0","id":1,"method":"x\ud800y"}`, 0, false, "x\ufffdy"},
 		{`{"jsonrpc":"2\u002e1","id":1,"method":"status"}`, errs.CodeInvalidRequest, false, ""},
 		{`{"jsonrpc":2.0,"id":1,"method":"status"}`, errs.CodeInvalidRequest, false, ""},
 		{"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"st\xffatus\"}", errs.CodeParse, false, ""},
