@@ -481,11 +481,11 @@ func manyMembers(head, tail string) []byte {
 
 // TestIdleConnectionMemory prints what idle connections cost vpnd:
 // resident memory per connection while 1,000 are open and idle, after
-// each made one call, and what is left once they all closed (vpnd hands
-// freed memory back a second after a burst of connections ends). The
-// figures include garbage the Go runtime has not collected yet; the
-// server package's TestIdleConnectionFootprint counts what is live. The
-// bounds asserted are loose: they catch a regression by a multiple.
+// each made one call, and what is left once they all closed. The figures
+// include garbage the Go runtime has not collected yet; the server
+// package's TestIdleConnectionFootprint counts what is live. The bounds
+// asserted are loose: they catch a regression by a multiple of the goal
+// (10 KB per idle connection), which vpnbench measures.
 func TestIdleConnectionMemory(t *testing.T) {
 	t.Parallel()
 	const n = 1000
@@ -542,7 +542,6 @@ func TestIdleConnectionMemory(t *testing.T) {
 		got := d.fdCount(t) - len(d.baseFDs)
 		return got <= 0, fmt.Sprintf("%d connections", got)
 	})
-	time.Sleep(time.Second) // vpnd's release delay
 	after, afterAnon := rss()
 	per := func(a, b int) float64 { return float64(a-b) / n }
 	t.Logf("vpnd RSS (anonymous part): %d kB (%d) after start; with %d idle connections %d kB (%d): %.1f kB (%.1f) each; after one call each %d kB (%d): %.1f kB (%.1f) each; once they closed %d kB (%d): %+.0f%% (%+d kB)",
@@ -550,6 +549,6 @@ func TestIdleConnectionMemory(t *testing.T) {
 		called, calledAnon, per(called, base), per(calledAnon, baseAnon),
 		after, afterAnon, 100*float64(after-base)/float64(base), afterAnon-baseAnon)
 	if per(idle, base) > 16 || per(called, base) > 24 {
-		t.Errorf("idle connections cost %.1f kB each (%.1f kB after a call): far above the 8 kB goal", per(idle, base), per(called, base))
+		t.Errorf("idle connections cost %.1f kB each (%.1f kB after a call): far above the 10 kB goal", per(idle, base), per(called, base))
 	}
 }

@@ -35,9 +35,9 @@ func TestScriptsTestSaysItsStages(t *testing.T) {
 			got = append(got, l)
 		}
 	}
-	want := "scripts/test,scripts/test,GO vet ./...,scripts/test,GO test -race -count=1 -timeout 30m -run TestNothing ./...," +
+	want := "scripts/test,scripts/test,GO vet ./...,GO -C bench vet ./...,scripts/test,GO test -race -count=1 -timeout 30m -run TestNothing ./...," +
 		"scripts/test,GO test -race -count=1 -run TestNothing ./test/,GO test -race -count=1 -run TestNothing ./examples/...," +
-		"GO test -count=1 -run ^TestReconcilerConvergesUnderFaults$ ./internal/manager/"
+		"GO test -count=1 -run ^TestReconcilerConvergesUnderFaults$ ./internal/manager/,GO -C bench test -race -count=1 -run TestNothing ./..."
 	if strings.Join(got, ",") != want {
 		t.Errorf("stages and commands in this order:\n%s\nwant %s", out, want)
 	}

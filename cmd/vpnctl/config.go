@@ -15,13 +15,6 @@ import (
 	"github.com/vpnd/vpnd/protocol"
 )
 
-// listFlag is a repeatable string flag.
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, ",") }
-func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
-func (l *listFlag) Type() string       { return "stringArray" }
-
 // optBool is a boolean flag that remembers whether it was given, so that
 // an absent --ipv4 leaves vpnd's default in place.
 type optBool struct {
@@ -48,11 +41,11 @@ func (b *optBool) Set(s string) error {
 // upOptions are the flags of "vpnctl up" that describe the VpnConfig.
 type upOptions struct {
 	configFile    string
-	addresses     listFlag
-	routes        listFlag
-	excludes      listFlag
-	dns           listFlag
-	searchDomains listFlag
+	addresses     []string
+	routes        []string
+	excludes      []string
+	dns           []string
+	searchDomains []string
 	mtu           int
 	ipv4, ipv6    optBool
 	blocking      bool
@@ -60,8 +53,8 @@ type upOptions struct {
 	legacy        bool
 	familyBypass  bool
 	offload       bool
-	trusted       listFlag
-	blocked       listFlag
+	trusted       []string
+	blocked       []string
 }
 
 // configFlags are the flags that --config replaces.
@@ -69,11 +62,11 @@ var configFlags = []string{"address", "route", "exclude", "dns", "search-domain"
 
 func (o *upOptions) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.configFile, "config", "", "read the whole VpnConfig from `FILE.json` (\"-\" for stdin) and send it as is; excludes the other config flags")
-	fs.Var(&o.addresses, "address", "interface address as `CIDR`, e.g. 10.8.0.2/24 (repeatable; at least one)")
-	fs.Var(&o.routes, "route", "route `CIDR[,via=GATEWAY]` into the VPN (repeatable; default: a default route per accepted family)")
-	fs.Var(&o.excludes, "exclude", "excluded route `CIDR`: traffic that must not enter the VPN (repeatable)")
-	fs.Var(&o.dns, "dns", "DNS server `IP` reached through the VPN: not loopback, multicast or unspecified (repeatable)")
-	fs.Var(&o.searchDomains, "search-domain", "DNS search `DOMAIN` (repeatable)")
+	fs.StringArrayVar(&o.addresses, "address", nil, "interface address as `CIDR`, e.g. 10.8.0.2/24 (repeatable; at least one)")
+	fs.StringArrayVar(&o.routes, "route", nil, "route `CIDR[,via=GATEWAY]` into the VPN (repeatable; default: a default route per accepted family)")
+	fs.StringArrayVar(&o.excludes, "exclude", nil, "excluded route `CIDR`: traffic that must not enter the VPN (repeatable)")
+	fs.StringArrayVar(&o.dns, "dns", nil, "DNS server `IP` reached through the VPN: not loopback, multicast or unspecified (repeatable)")
+	fs.StringArrayVar(&o.searchDomains, "search-domain", nil, "DNS search `DOMAIN` (repeatable)")
 	fs.IntVar(&o.mtu, "mtu", 0, "interface `MTU` (vpnd's default: 1500)")
 	fs.Var(&o.ipv4, "ipv4", "accept IPv4 traffic, --ipv4=false to refuse it (default: true if an IPv4 address is given)")
 	fs.Var(&o.ipv6, "ipv6", "accept IPv6 traffic, --ipv6=false to refuse it (default: true if an IPv6 address is given)")
@@ -85,8 +78,8 @@ func (o *upOptions) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.legacy, "legacy", false, "send isLegacy: true (vpnd refuses it with 19900001: it has no legacy VPN types)")
 	fs.BoolVar(&o.familyBypass, "allow-family-bypass", false, "let the covered users' traffic of a family the VPN does not accept take the normal path (by default it fails closed)")
 	fs.BoolVar(&o.offload, "offload", false, "create the TUN with IFF_VNET_HDR: every read and write on its fd then carries a 10-byte virtio_net_hdr before the packet (for a CMD that handles it)")
-	fs.Var(&o.trusted, "trusted", "only this `USER`'s traffic (name or uid) enters the VPN (repeatable; other users need ADMIN)")
-	fs.Var(&o.blocked, "blocked", "this `USER`'s traffic (name or uid) bypasses the VPN (repeatable; other users need ADMIN)")
+	fs.StringArrayVar(&o.trusted, "trusted", nil, "only this `USER`'s traffic (name or uid) enters the VPN (repeatable; other users need ADMIN)")
+	fs.StringArrayVar(&o.blocked, "blocked", nil, "this `USER`'s traffic (name or uid) bypasses the VPN (repeatable; other users need ADMIN)")
 }
 
 // vpnConfig builds the VpnConfig the flags describe. set holds the names

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,24 +57,7 @@ type options struct {
 }
 
 func main() {
-	tuneRuntime(os.Getenv)
 	os.Exit(run(os.Args[1:], os.Stderr))
-}
-
-// tuneRuntime sets the Go runtime for a daemon that idles most of its
-// life and should stay small while it does:
-//   - No memory profile sampling: nothing in vpnd reads the profile, and
-//     its buckets stay allocated for good.
-//   - The garbage collector runs when the heap has grown by half since
-//     the last collection instead of doubled (GOGC=50), unless GOGC is set
-//     in the environment: vpnd's live heap is small, and this halves the
-//     garbage an idle connection's accept leaves resident, for more
-//     frequent, short collections during a large setUp.
-func tuneRuntime(getenv func(string) string) {
-	runtime.MemProfileRate = 0
-	if getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
-	}
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {

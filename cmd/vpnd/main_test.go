@@ -6,8 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -154,32 +152,5 @@ func TestManPage(t *testing.T) {
 	// The numbered start-up steps are one list item each.
 	if n := strings.Count(page, ".IP "); n < 4 {
 		t.Errorf("vpnd.8 has %d list items, want the 4 start-up steps:\n%s", n, page)
-	}
-}
-
-// tuneRuntime sets GOGC=50 unless the environment sets GOGC, which then
-// wins, and turns memory profiling off.
-func TestTuneRuntime(t *testing.T) {
-	prevRate := runtime.MemProfileRate
-	prev := debug.SetGCPercent(100)
-	defer func() {
-		runtime.MemProfileRate = prevRate
-		debug.SetGCPercent(prev)
-	}()
-	tuneRuntime(func(string) string { return "" })
-	if got := debug.SetGCPercent(100); got != 50 {
-		t.Errorf("GC percent %d without GOGC, want 50", got)
-	}
-	if runtime.MemProfileRate != 0 {
-		t.Errorf("MemProfileRate %d, want 0", runtime.MemProfileRate)
-	}
-	tuneRuntime(func(k string) string {
-		if k == "GOGC" {
-			return "80"
-		}
-		return ""
-	})
-	if got := debug.SetGCPercent(100); got != 100 {
-		t.Errorf("GC percent %d with GOGC set, want the runtime's own (100 here)", got)
 	}
 }

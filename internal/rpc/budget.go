@@ -34,8 +34,7 @@ type Budget struct {
 	mu      sync.Mutex
 	free    int
 	used    map[uint32]int // slots per key; keys at 0 are deleted
-	waiters int
-	changed chan struct{} // closed and replaced when a slot is freed
+	changed chan struct{}  // closed and replaced when a slot is freed
 }
 
 // slotBytes is what one slot holds at most: a whole message and what
@@ -58,20 +57,7 @@ func (b *Budget) Free() int {
 	return b.free
 }
 
-// tryTake takes a slot for key if one is free and key is within its
-// share.
-func (b *Budget) tryTake(key uint32) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.free == 0 || b.used[key] >= b.share {
-		return false
-	}
-	b.free--
-	b.used[key]++
-	return true
-}
-
-// give frees a slot of key.
+// give frees a slot of key, and wakes whoever waits for one.
 func (b *Budget) give(key uint32) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -79,41 +65,26 @@ func (b *Budget) give(key uint32) {
 	if b.used[key]--; b.used[key] <= 0 {
 		delete(b.used, key)
 	}
-	if b.waiters > 0 {
-		close(b.changed)
-		b.changed = make(chan struct{})
-	}
+	close(b.changed)
+	b.changed = make(chan struct{})
 }
 
-// take takes a slot for key, waiting until one is free. It gives up,
-// returning false, when stop is closed.
+// take takes a slot for key, waiting until one is free and key is within
+// its share. It gives up, returning false, when stop is closed.
 func (b *Budget) take(key uint32, stop <-chan struct{}) bool {
 	for {
-		if b.tryTake(key) {
+		b.mu.Lock()
+		if b.free > 0 && b.used[key] < b.share {
+			b.free--
+			b.used[key]++
+			b.mu.Unlock()
 			return true
 		}
-		b.mu.Lock()
-		b.waiters++
-		ch := b.changed
+		changed := b.changed
 		b.mu.Unlock()
-		// A slot freed before we were counted as a waiter woke nobody:
-		// look once more.
-		ok := b.tryTake(key)
-		gaveUp := false
-		if !ok {
-			select {
-			case <-ch:
-			case <-stop:
-				gaveUp = true
-			}
-		}
-		b.mu.Lock()
-		b.waiters--
-		b.mu.Unlock()
-		if ok {
-			return true
-		}
-		if gaveUp {
+		select {
+		case <-changed:
+		case <-stop:
 			return false
 		}
 	}

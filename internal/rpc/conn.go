@@ -10,11 +10,11 @@
 // each complete line claim the next N, and closes what no message can
 // claim any more.
 //
-// A daemon holds many connections, most of them idle, and must not let
-// any peer make it hold much memory. So a Conn keeps no buffer while it
-// waits for a message: the 64 KiB it reads into comes from a shared pool
-// once data is there, a partial line is kept in a buffer of its own size,
-// and a large line's buffer goes with the message. ReadLimits add a
+// A daemon holds many connections and must not let any peer make it hold
+// much memory. A Conn allocates a read buffer when it reads, and the
+// buffer goes with the line that ends it: a connection that has nothing
+// left to process holds no buffer, and a daemon that waits for each
+// request in Wait holds none for an idle connection. ReadLimits add a
 // deadline for a line to complete and a Budget of bytes held across
 // connections.
 package rpc
@@ -29,6 +29,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -66,20 +67,12 @@ const maxFDsPerRead = 32
 // readChunk is the most one recvmsg asks for.
 const readChunk = 64 << 10
 
-// bigLine: a line at least this long is handed to the caller in the
-// buffer it was read into; a shorter one is copied, so that the buffer can
-// go back to the pool or hold the next line.
-const bigLine = readChunk
+// firstBuf is the size of a read buffer: a usual request fits (a status
+// request is 45 bytes, a typical setUp a few hundred). A longer line
+// grows the buffer.
+const firstBuf = 1 << 10
 
 var oobSize = unix.CmsgSpace(maxFDsPerRead * 4)
-
-// chunks and oobs are the read buffers, shared by every connection and
-// held only for the duration of a read, or while complete lines wait in a
-// chunk.
-var (
-	chunks = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
-	oobs   = sync.Pool{New: func() any { b := make([]byte, oobSize); return &b }}
-)
 
 // Message is one received line and the descriptors it claimed.
 type Message struct {
@@ -107,7 +100,7 @@ type ReadLimits struct {
 	LineTimeout time.Duration
 	// Budget, if not nil, is drawn from for the bytes of a message beyond
 	// FreeBytes, in the share of Key. A message's bytes count until the
-	// next ReadMessage or Wait call, when the caller has answered it, or
+	// next ReadMessage call, when the caller has answered it, or
 	// until Close.
 	Budget *Budget
 	Key    uint32
@@ -127,23 +120,21 @@ type queuedFD struct {
 // be called concurrently with it and with each other.
 type Conn struct {
 	uc   *net.UnixConn
-	rc   syscall.RawConn // uc's, for the reader (see raw)
-	stop chan struct{}   // closed by Close and CloseRead: stop waiting for budget
+	stop chan struct{} // closed by Close and CloseRead: stop waiting for budget
 
 	wmu sync.Mutex // serialises whole messages on the write side
 
 	rmu       sync.Mutex // serialises readers
 	buf       []byte     // received, unprocessed bytes are buf[start:]
-	chunk     *[]byte    // the pooled chunk buf lies in, or nil
+	oob       []byte     // the ancillary data of a read
 	start     int
 	scanned   int   // buf[start:scanned] holds no newline
 	bufOff    int64 // stream offset of buf[start]
 	readOff   int64 // stream offset of the next byte to be read
 	lineStart time.Time
 	lastRead  time.Time
-	lastSize  int       // bytes of the last message handed out
-	recv      *recvCall // fill's recvmsg, made on the first read
-	rerr      error     // sticky fatal read error
+	lastSize  int   // bytes of the last message handed out
+	rerr      error // sticky fatal read error
 	limits    ReadLimits
 
 	dmu          sync.Mutex // guards the deadlines
@@ -215,72 +206,54 @@ func (c *Conn) ReadMessage() (Message, error) {
 	}
 }
 
-// Wait blocks until there is something for ReadMessage: buffered bytes,
-// new bytes, the end of the stream or an error. It reads nothing and
-// holds no buffer, and a goroutine waiting in it has a short stack (which
-// the garbage collector shrinks after a busy call): call it before
-// ReadMessage so that an idle connection costs little. It returns nil or
-// the error a read would return now (a timeout set with SetReadDeadline,
-// net.ErrClosed). Like ReadMessage, it is for one goroutine at a time.
+// Wait blocks until the connection has something for ReadMessage (bytes,
+// the end of the stream or an error) without reading, and so without a
+// read buffer: a server that calls it before each ReadMessage holds no
+// buffer for an idle connection. The caller has dealt with the last
+// message: its bytes no longer count against the budget. Wait returns
+// nil, or the error a read would return now (a timeout set with
+// SetReadDeadline, net.ErrClosed). Like ReadMessage, it is for one
+// goroutine at a time.
 func (c *Conn) Wait() error {
 	if len(c.buf) > c.start || c.rerr != nil {
 		return nil
 	}
-	// The caller has dealt with the last message: its bytes no longer
-	// count, and an idle connection holds no budget.
 	c.lastSize = 0
 	c.settle()
-	rc, err := c.raw()
+	rc, err := c.uc.SyscallConn()
 	if err != nil {
 		return err
 	}
-	err = rc.Read(readable)
+	err = rc.Read(func(fd uintptr) bool {
+		p := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+		n, err := unix.Poll(p[:], 0)
+		return err != nil || n > 0
+	})
 	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		return net.ErrClosed
 	}
 	return err
 }
 
-// raw returns uc's RawConn, made once. Only the reader uses it.
-func (c *Conn) raw() (syscall.RawConn, error) {
-	if c.rc == nil {
-		rc, err := c.uc.SyscallConn()
-		if err != nil {
-			return nil, err
-		}
-		c.rc = rc
-	}
-	return c.rc, nil
-}
-
-// readable reports whether fd has bytes, an end or an error to read,
-// without reading: rawConn.Read's test before it parks the goroutine.
-func readable(fd uintptr) bool {
-	p := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
-	n, err := unix.Poll(p[:], 0)
-	return err != nil || n > 0
-}
-
 // takeLine cuts buf[start:nl] out as a message and claims its fds.
 func (c *Conn) takeLine(nl int) Message {
 	var line []byte
-	if c.chunk == nil && c.start == 0 && nl >= bigLine {
-		// A large line keeps the buffer it was read into; whatever
-		// follows it moves to a buffer of its own size.
-		line = c.buf[:nl:nl]
+	if nl+1 == len(c.buf) || cap(c.buf) > firstBuf {
+		// Nothing follows the line, or the buffer grew for it: the
+		// buffer goes with the line, and whatever follows moves to a
+		// buffer of the first size, so that a connection keeps no large
+		// buffer for a short rest.
+		line = c.buf[c.start:nl:nl]
 		rest := c.buf[nl+1:]
 		c.buf = nil
 		if len(rest) > 0 {
-			c.buf = bytes.Clone(rest)
+			c.buf = append(make([]byte, 0, max(firstBuf, len(rest))), rest...)
 		}
 		c.start, c.scanned = 0, 0
 	} else {
 		line = bytes.Clone(c.buf[c.start:nl])
 		c.start = nl + 1
 		c.scanned = c.start
-		if c.start == len(c.buf) {
-			c.dropBuf()
-		}
 	}
 	msgStart := c.bufOff
 	size := len(line) + 1
@@ -315,15 +288,6 @@ func (c *Conn) takeLine(nl int) Message {
 	// claim it.
 	c.dropStrayLocked(next)
 	return m
-}
-
-// dropBuf forgets the (fully processed) buffer, returning a pooled chunk.
-func (c *Conn) dropBuf() {
-	if c.chunk != nil {
-		chunks.Put(c.chunk)
-		c.chunk = nil
-	}
-	c.buf, c.start, c.scanned = nil, 0, 0
 }
 
 // dropStrayLocked closes queued fds delivered by reads that ended at or
@@ -408,39 +372,15 @@ func (c *Conn) fill() error {
 		deadline = c.lineStart.Add(c.limits.LineTimeout)
 	}
 	c.setLineDeadline(deadline)
-	switch {
-	case c.chunk != nil && inLine:
-		// A partial line at the end of a pooled chunk moves to a buffer
-		// of its own, so that no chunk is held while we wait for data.
-		partial := make([]byte, len(c.buf)-c.start, len(c.buf)-c.start+want)
-		copy(partial, c.buf[c.start:])
-		scanned := c.scanned - c.start
-		c.dropBuf()
-		c.buf, c.scanned = partial, scanned
-	case c.chunk != nil:
-		c.dropBuf()
+	p := c.space(want)
+	if c.oob == nil {
+		c.oob = make([]byte, oobSize)
 	}
-	if inLine {
-		c.grow(want)
+	n, oobn, flags, _, rerr := c.uc.ReadMsgUnix(p, c.oob)
+	if rerr != nil {
+		n, oobn = 0, 0
 	}
-
-	rc, err := c.raw()
-	if err != nil {
-		return c.fail(err)
-	}
-	r := c.recv
-	if r == nil {
-		r = &recvCall{c: c}
-		r.fn = r.do
-		c.recv = r
-	}
-	r.inLine, r.want, r.n, r.flags = inLine, want, 0, 0
-	err = rc.Read(r.fn)
-	n, flags, rerr, perr, fds := r.n, r.flags, r.rerr, r.perr, r.fds
-	r.rerr, r.perr, r.fds = nil, nil, nil
-	if err != nil {
-		return c.readFailed(err)
-	}
+	fds, perr := parseRights(c.oob[:oobn])
 	if perr != nil {
 		closeFDs(fds)
 		return c.fail(perr)
@@ -456,6 +396,7 @@ func (c *Conn) fill() error {
 		}
 		c.lastRead = now
 		c.readOff += int64(n)
+		c.buf = c.buf[:len(c.buf)+n]
 	}
 	if len(fds) > 0 {
 		c.qmu.Lock()
@@ -479,97 +420,35 @@ func (c *Conn) fill() error {
 		}
 	}
 	if rerr != nil {
-		return c.fail(c.opError(os.NewSyscallError("recvmsg", rerr)))
-	}
-	if n == 0 && len(fds) == 0 {
-		return c.fail(io.EOF)
+		return c.readFailed(rerr)
 	}
 	c.settle()
 	return nil
 }
 
-// recvCall is fill's recvmsg, run by RawConn.Read. It is a method value
-// made once per connection, not a closure: every variable a closure
-// shares with fill would be a heap allocation on every read.
-type recvCall struct {
-	c  *Conn
-	fn func(fd uintptr) bool // r.do, bound once
-
-	// In: whether a line is partly read, and how many bytes to read.
-	inLine bool
-	want   int
-	// Out.
-	n, flags   int
-	rerr, perr error
-	fds        []int
-}
-
-func (r *recvCall) do(fd uintptr) bool {
-	c := r.c
-	oob := oobs.Get().(*[]byte)
-	defer oobs.Put(oob)
-	var p []byte
-	var chunk *[]byte
-	if r.inLine {
-		p = c.buf[len(c.buf) : len(c.buf)+r.want]
-	} else {
-		chunk = chunks.Get().(*[]byte)
-		p = (*chunk)[:r.want]
+// space returns room for up to want more bytes after buf's end, moving
+// unprocessed bytes to the front and growing the buffer when it is full.
+func (c *Conn) space(want int) []byte {
+	if c.buf == nil {
+		c.buf = make([]byte, 0, firstBuf)
 	}
-	var n, oobn int
-	for {
-		n, oobn, r.flags, _, r.rerr = unix.Recvmsg(int(fd), p, *oob, unix.MSG_CMSG_CLOEXEC)
-		if r.rerr != unix.EINTR {
-			break
-		}
-	}
-	if r.rerr == unix.EAGAIN {
-		if chunk != nil {
-			chunks.Put(chunk)
-		}
-		return false
-	}
-	if r.rerr != nil {
-		n, oobn = 0, 0
-	}
-	r.n = n
-	r.fds, r.perr = parseRights((*oob)[:oobn])
-	switch {
-	case n > 0 && chunk != nil:
-		c.buf, c.chunk, c.start, c.scanned = (*chunk)[:n], chunk, 0, 0
-	case n > 0:
-		c.buf = c.buf[:len(c.buf)+n]
-	case chunk != nil:
-		chunks.Put(chunk)
-	}
-	return true
-}
-
-func (c *Conn) opError(err error) error {
-	return &net.OpError{Op: "read", Net: "unix", Source: c.uc.LocalAddr(), Addr: c.uc.RemoteAddr(), Err: err}
-}
-
-// grow makes room for want more bytes after buf's end. A line that keeps
-// growing grows its buffer by a quarter at a time, so that a 4 MiB line
-// holds little more than 4 MiB.
-func (c *Conn) grow(want int) {
 	if c.start > 0 {
 		k := copy(c.buf, c.buf[c.start:])
 		c.buf = c.buf[:k]
 		c.scanned -= c.start
 		c.start = 0
 	}
-	if cap(c.buf)-len(c.buf) >= want {
-		return
+	if len(c.buf) == cap(c.buf) {
+		c.buf = slices.Grow(c.buf, want)
 	}
-	nc := len(c.buf) + max(want, len(c.buf)/4)
-	nb := make([]byte, len(c.buf), nc)
-	copy(nb, c.buf)
-	c.buf = nb
+	return c.buf[len(c.buf):min(cap(c.buf), len(c.buf)+want)]
 }
 
 // readFailed turns an error of the read itself into ReadMessage's error.
 func (c *Conn) readFailed(err error) error {
+	if errors.Is(err, io.EOF) {
+		return c.fail(io.EOF)
+	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		c.dmu.Lock()
 		line := c.lineDeadline
@@ -589,7 +468,7 @@ func (c *Conn) readFailed(err error) error {
 // budget.
 func (c *Conn) fail(err error) error {
 	c.rerr = err
-	c.dropBuf()
+	c.buf, c.start, c.scanned = nil, 0, 0
 	c.lastSize = 0
 	c.qmu.Lock()
 	closeQueued(c.queue)

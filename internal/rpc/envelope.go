@@ -3,14 +3,15 @@ package rpc
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Envelope is what the wire and the server need of a line: whether it is
 // JSON at all, whether it is an object, and the raw values of the
-// JSON-RPC members. The values are slices of the line itself, so finding
-// them copies nothing, however many members the line has: decoding a
-// 4 MiB line of 340,000 members into a map used to take ten times its
-// size.
+// JSON-RPC members.
 type Envelope struct {
 	// JSON reports whether the line is valid JSON.
 	JSON bool
@@ -19,138 +20,43 @@ type Envelope struct {
 	Object bool
 	// The raw values of "jsonrpc", "id", "method", "params" and "fds",
 	// nil when absent. As with encoding/json, the last of repeated
-	// members wins and keys are compared after unescaping, exactly
-	// (case-sensitive). Other members are skipped.
+	// members wins and keys are compared after unescaping; unlike
+	// encoding/json's struct fields, exactly (case-sensitive). Other
+	// members are skipped.
 	JSONRPC, ID, Method, Params, FDs json.RawMessage
 }
 
-// ParseEnvelope finds line's envelope. Its only allocation is for a key
-// written with escapes, and that is as long as the key.
+// envelopeMembers are the members an Envelope holds, as encoding/json/v2
+// (go-json-experiment/json) decodes them: names matched exactly, the
+// others skipped without building anything, so that a 4 MiB line of
+// 340,000 members costs a scan (decoding it into a map took ten times
+// the line).
+type envelopeMembers struct {
+	JSONRPC jsontext.Value `json:"jsonrpc"`
+	ID      jsontext.Value `json:"id"`
+	Method  jsontext.Value `json:"method"`
+	Params  jsontext.Value `json:"params"`
+	FDs     jsontext.Value `json:"fds"`
+}
+
+// envelopeOptions make v2 accept what encoding/json accepts: repeated
+// names (the last wins) and invalid UTF-8 (the server refuses it with
+// its own error; the fds of such a line are still claimed).
+var envelopeOptions = jsonv2.JoinOptions(jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+
+// ParseEnvelope finds line's envelope.
 func ParseEnvelope(line []byte) Envelope {
-	var e Envelope
-	if !json.Valid(line) {
-		return e
+	var m envelopeMembers
+	err := jsonv2.Unmarshal(line, &m, envelopeOptions)
+	if err != nil {
+		// Not JSON, or JSON but not an object.
+		var syntax *jsontext.SyntacticError
+		return Envelope{JSON: !errors.As(err, &syntax) && json.Valid(line)}
 	}
-	e.JSON = true
-	// From here on the input is valid JSON, so the scan below needs no
-	// error checks: every index it computes is in range.
-	i := skipSpace(line, 0)
-	if line[i] != '{' {
-		return e
+	if bytes.TrimLeft(line, " \t\r\n")[0] != '{' {
+		return Envelope{JSON: true} // null, which v2 decodes into a struct as nothing
 	}
-	e.Object = true
-	i = skipSpace(line, i+1)
-	if line[i] == '}' {
-		return e
-	}
-	for {
-		keyEnd := skipString(line, i)
-		key := line[i:keyEnd]
-		i = skipSpace(line, keyEnd) // at ':'
-		i = skipSpace(line, i+1)
-		valEnd := skipValue(line, i)
-		e.set(key, line[i:valEnd:valEnd])
-		i = skipSpace(line, valEnd) // at ',' or '}'
-		if line[i] == '}' {
-			return e
-		}
-		i = skipSpace(line, i+1)
-	}
-}
-
-// set records val if the quoted key names a member of interest.
-func (e *Envelope) set(quoted, val []byte) {
-	name := quoted[1 : len(quoted)-1]
-	if bytes.IndexByte(name, '\\') >= 0 {
-		var s string
-		if json.Unmarshal(quoted, &s) != nil {
-			return
-		}
-		name = []byte(s)
-	}
-	switch string(name) {
-	case "jsonrpc":
-		e.JSONRPC = val
-	case "id":
-		e.ID = val
-	case "method":
-		e.Method = val
-	case "params":
-		e.Params = val
-	case "fds":
-		e.FDs = val
-	}
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
-		i++
-	}
-	return i
-}
-
-// skipString returns the index just past the string that starts at b[i].
-func skipString(b []byte, i int) int {
-	for i++; ; i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-}
-
-// skipValue returns the index just past the value that starts at b[i].
-// Nesting is counted, not recursed into, so depth costs no stack.
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for {
-			switch b[i] {
-			case '"':
-				i = skipString(b, i)
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-			i++
-		}
-	default: // number, true, false, null
-		for i < len(b) {
-			switch b[i] {
-			case ',', '}', ']', ' ', '\t', '\r', '\n':
-				return i
-			}
-			i++
-		}
-		return i
-	}
-}
-
-// FirstKey returns the name of the first member of obj, a valid JSON
-// object, unescaped, and whether it has a member at all.
-func FirstKey(obj []byte) (string, bool) {
-	i := skipSpace(obj, 0)
-	if i >= len(obj) || obj[i] != '{' {
-		return "", false
-	}
-	i = skipSpace(obj, i+1)
-	if i >= len(obj) || obj[i] != '"' {
-		return "", false
-	}
-	quoted := obj[i:skipString(obj, i)]
-	var s string
-	if json.Unmarshal(quoted, &s) != nil {
-		return string(quoted[1 : len(quoted)-1]), true
-	}
-	return s, true
+	return Envelope{JSON: true, Object: true,
+		JSONRPC: json.RawMessage(m.JSONRPC), ID: json.RawMessage(m.ID), Method: json.RawMessage(m.Method),
+		Params: json.RawMessage(m.Params), FDs: json.RawMessage(m.FDs)}
 }

@@ -61,6 +61,7 @@ func TestParseEnvelope(t *testing.T) {
 	for _, line := range []string{
 		`{"jsonrpc":"2.0","id":1,"method":"status","params":{"a":[1,{"b":"}"}]},"fds":2}`,
 		` { "id" : "x\"y" , "method":"m" , "x":{"id":7}, "params" : [ ] } `,
+		`{"params" : {} , "id":1}`,
 		`{"\u0069d":3,"\u006dethod":"status","id":4}`,
 		`{"ID":1,"Method":"status","fds":-1,"FDS":1}`,
 		`{"params":null,"jsonrpc":2.0,"id":null,"method":"\ud83d\ude00"}`,
@@ -97,6 +98,11 @@ func checkEnvelope(t *testing.T, line string, e Envelope) {
 		if ok && !jsonEqual(got, want) {
 			t.Fatalf("%q: %s = %s, want %s", line, name, got, want)
 		}
+		// The value itself, without the white space around it: the
+		// server looks at its first byte.
+		if len(bytes.TrimSpace(got)) != len(got) {
+			t.Fatalf("%q: %s = %q, with white space", line, name, got)
+		}
 	}
 }
 
@@ -105,12 +111,13 @@ func jsonEqual(a, b []byte) bool {
 	return json.Compact(&ca, a) == nil && json.Compact(&cb, b) == nil && bytes.Equal(ca.Bytes(), cb.Bytes())
 }
 
-// FuzzParseEnvelope: the hand-written scan agrees with encoding/json on
-// every input.
+// FuzzParseEnvelope: ParseEnvelope agrees with encoding/json's decoding
+// into a map on every input.
 func FuzzParseEnvelope(f *testing.F) {
 	for _, s := range []string{
 		`{"jsonrpc":"2.0","id":1,"method":"status","params":{},"fds":1}`,
 		`{"a":[1,2,{"b":"c\"}"}],"id":"x"}`, `{"\u0066ds":1}`, `[{"id":1}]`, `{"id":1,"id":2}`,
+		` null `, `"x"`, `{"id":"\ud800"}`, "{\"id\":\"\xff\"}", `{"params" : {} }`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -275,27 +282,76 @@ func TestCloseWhileWaitingForBudget(t *testing.T) {
 	}
 }
 
-// An idle connection holds no read buffer, and a large line's buffer is
-// not kept once the message is handed out.
+// A connection holds no read buffer once it has nothing left to process
+// (Wait then holds none either), and does not keep a buffer that grew for
+// a long line: the start of the next line moves to a buffer of the first
+// size. Otherwise a client could make every connection hold a buffer of
+// 4 MiB for a line of a few bytes, outside the budget, which counts
+// bytes, not buffers.
 func TestBuffersReleased(t *testing.T) {
 	c, peer := connPair(t)
 	sendRaw(t, peer, `{"a":1}`+"\n")
+	if err := c.Wait(); err != nil || c.buf != nil {
+		t.Fatalf("Wait: %v, and a buffer of %d bytes", err, cap(c.buf))
+	}
 	read(t, c)
-	if c.buf != nil || c.chunk != nil {
-		t.Fatalf("after a small message the connection holds %d bytes (chunk %v)", cap(c.buf), c.chunk != nil)
+	if c.buf != nil {
+		t.Fatalf("after a small message the connection holds %d bytes", cap(c.buf))
 	}
 	go peer.Write([]byte(`{"pad":"` + strings.Repeat("x", 1<<20) + `"}` + "\n" + `{"b":`))
 	m := read(t, c)
 	if len(m.Line) < 1<<20 {
 		t.Fatalf("line %d bytes", len(m.Line))
 	}
-	// Only the start of the next line is kept, in a buffer of its size.
+	// Only the start of the next line is kept, in a buffer of the first
+	// size.
 	for len(c.buf) == 0 {
 		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		c.ReadMessage()
 	}
-	if c.chunk != nil || cap(c.buf) > readChunk {
-		t.Fatalf("holding a partial line of %d bytes in %d (pooled %v)", len(c.buf)-c.start, cap(c.buf), c.chunk != nil)
+	if cap(c.buf) > firstBuf {
+		t.Fatalf("holding a partial line of %d bytes in %d", len(c.buf)-c.start, cap(c.buf))
+	}
+}
+
+// One key holds at most its share of the slots: its next take waits while
+// other keys still get slots, and a slot it gives back wakes it.
+func TestBudgetShare(t *testing.T) {
+	b := NewBudget(3*protocol.MaxMessage, 2*protocol.MaxMessage)
+	never := make(chan struct{})
+	for i := 0; i < 2; i++ {
+		if !b.take(1, never) {
+			t.Fatal("take failed")
+		}
+	}
+	took := make(chan bool, 1)
+	stop := make(chan struct{})
+	go func() { took <- b.take(1, stop) }()
+	select {
+	case <-took:
+		t.Fatal("a key took more than its share")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if !b.take(2, never) {
+		t.Fatal("another key got no slot")
+	}
+	if b.Free() != 0 {
+		t.Fatalf("%d slots free, want 0", b.Free())
+	}
+	b.give(1)
+	select {
+	case ok := <-took:
+		if !ok {
+			t.Fatal("the waiting take gave up")
+		}
+	case <-time.After(5 * time.Second): // a hang guard
+		t.Fatal("a slot given back did not wake the waiting take")
+	}
+	// With every slot taken, a take gives up when stop closes.
+	go func() { took <- b.take(3, stop) }()
+	close(stop)
+	if ok := <-took; ok {
+		t.Fatal("a take with no free slot succeeded")
 	}
 }
 

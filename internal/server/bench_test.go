@@ -15,7 +15,7 @@ import (
 // BenchmarkStatus measures status round trips over the Unix socket while a
 // typical VPN is up, with as many clients as -cpu × RunParallel runs (one
 // connection each). The kernel is the fake one, so what it measures is the
-// server's own path: read, decode, answer, write. cmd/vpnbench measures
+// server's own path: read, decode, answer, write. bench/cmd/vpnbench measures
 // the same against a real kernel and an echo baseline.
 func BenchmarkStatus(b *testing.B) {
 	sock, _ := serve(b, Config{})

@@ -8,7 +8,7 @@
 // callers), request bytes read and not yet answered (a budget shared by
 // all connections, with a share per uid), the time a request line may
 // take, the time a write may block, and the notifications queued for a
-// subscriber. An idle connection holds no buffer.
+// subscriber.
 package server
 
 import (
@@ -19,8 +19,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime/debug"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +26,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
@@ -58,17 +57,6 @@ const (
 	// subscriber, as eventQueue bounds their number. The largest
 	// notification (10,000 IPv6 routes, 2,000 addresses) is under 1 MiB.
 	eventBytes = 4 << 20
-)
-
-// After a burst of connections ends (releaseDrop fewer than at the
-// peak), vpnd hands the memory they used back to the system once things
-// are quiet for releaseDelay, and not more often than releaseEvery. The
-// Go runtime would keep it until a garbage collection that may not come
-// for minutes in an idle daemon.
-const (
-	releaseDrop  = 256
-	releaseDelay = time.Second
-	releaseEvery = 10 * time.Second
 )
 
 // globalReapEvery is how often at most vpnd looks for gone peers among
@@ -140,10 +128,6 @@ type Server struct {
 	closed       bool
 	wg           sync.WaitGroup
 	globalReapAt time.Time // the last look for gone peers at the global limit
-	// Memory release after a burst (see releaseDrop).
-	peak       int
-	releasedAt time.Time
-	release    *time.Timer
 
 	subMu sync.Mutex
 	subs  map[*session]*subscriber
@@ -269,8 +253,6 @@ func (s *Server) admit(uc *net.UnixConn) {
 		if why == admitted {
 			ss := s.addLocked(c, cred)
 			s.mu.Unlock()
-			// Logged here, not in run: a logger call there would grow
-			// every session's stack, idle or not, to twice its size.
 			ss.log(zap.DebugLevel, "connection accepted")
 			go ss.run()
 			return
@@ -391,7 +373,6 @@ func (s *Server) addLocked(c *rpc.Conn, cred *unix.Ucred) *session {
 	}
 	c.SetReadLimits(rpc.ReadLimits{LineTimeout: s.cfg.LineTimeout, Budget: s.budget, Key: ss.uid})
 	s.sessions[ss.id] = ss
-	s.peak = max(s.peak, len(s.sessions))
 	s.live++
 	s.perUID[ss.uid]++
 	s.wg.Add(1)
@@ -410,30 +391,6 @@ func (s *Server) uncountLocked(ss *session) {
 	}
 }
 
-// scheduleReleaseLocked arms the memory release once a burst of
-// connections has ended. s.mu must be held.
-func (s *Server) scheduleReleaseLocked() {
-	if s.release != nil || s.closed || s.peak-len(s.sessions) < releaseDrop {
-		return
-	}
-	delay := max(releaseDelay, time.Until(s.releasedAt.Add(releaseEvery)))
-	s.release = time.AfterFunc(delay, s.releaseMemory)
-}
-
-// releaseMemory returns freed memory to the system: a garbage collection,
-// then every free page handed back.
-func (s *Server) releaseMemory() {
-	s.mu.Lock()
-	s.release = nil
-	s.peak = len(s.sessions)
-	s.releasedAt = time.Now()
-	closed := s.closed
-	s.mu.Unlock()
-	if !closed {
-		debug.FreeOSMemory()
-	}
-}
-
 // Close disconnects every client and waits, at most ShutdownTimeout and a
 // second, for their sessions to end. It first lets every session finish
 // what it is doing and flush its queued notifications (the "shutdown"
@@ -442,10 +399,6 @@ func (s *Server) releaseMemory() {
 func (s *Server) Close() {
 	s.mu.Lock()
 	s.closed = true
-	if s.release != nil {
-		s.release.Stop()
-		s.release = nil
-	}
 	sessions := make([]*session, 0, len(s.sessions))
 	for _, ss := range s.sessions {
 		sessions = append(sessions, ss)
@@ -503,8 +456,8 @@ func (s *Server) Conns() int {
 	return len(s.sessions)
 }
 
-// session is one client connection. It holds no buffer while idle, and
-// its logger is built only when it logs.
+// session is one client connection. Its logger fields are built only
+// when it logs.
 type session struct {
 	s   *Server
 	c   *rpc.Conn
@@ -537,47 +490,26 @@ func (ss *session) log(level zapcore.Level, msg string, fields ...zap.Field) {
 	}
 }
 
-// run serves the connection until it ends. It waits for each request in
-// Wait, with a short stack and no buffer, so that an idle connection costs
-// little.
+// run serves the connection until it ends.
 func (ss *session) run() {
 	defer ss.end()
-	var lastReply time.Time
 	for {
-		// A connection that has just been answered is likely to send
-		// its next request at once: read straight away, and save Wait's
-		// poll. One that has been quiet waits in Wait.
-		if lastReply.IsZero() || time.Since(lastReply) > hotWindow {
-			if err := ss.c.Wait(); err != nil {
-				return
-			}
-		}
-		if !ss.serveNext() {
+		// Waiting for the next request before reading it keeps an idle
+		// connection without a read buffer, and its goroutine's stack at
+		// 2 kB: 8.3 KB of vpnd's resident memory per idle connection in
+		// vpnbench, against a goal of 10 KB; 12.0 KB when each waited in
+		// ReadMessage, with a 1 KiB buffer and a 4 kB stack.
+		if ss.c.Wait() != nil {
 			return
 		}
-		lastReply = time.Now()
+		msg, err := ss.c.ReadMessage()
+		if err != nil {
+			ss.readFailed(err)
+			return
+		}
+		ss.handle(msg)
 	}
 }
-
-// serveNext reads and answers one request; false ends the connection.
-// It is a function of its own, never inlined, so that its frames are
-// not on the stack of a session parked in Wait: the smaller that stack,
-// the less an idle connection costs.
-//
-//go:noinline
-func (ss *session) serveNext() bool {
-	msg, err := ss.c.ReadMessage()
-	if err != nil {
-		ss.readFailed(err)
-		return false
-	}
-	ss.handle(msg)
-	return true
-}
-
-// hotWindow is how soon after its last answer a connection counts as busy
-// (see run).
-const hotWindow = time.Millisecond
 
 // end releases the connection and everything it holds.
 func (ss *session) end() {
@@ -587,7 +519,6 @@ func (ss *session) end() {
 	ss.s.mu.Lock()
 	ss.s.uncountLocked(ss)
 	delete(ss.s.sessions, ss.id)
-	ss.s.scheduleReleaseLocked()
 	ss.s.mu.Unlock()
 	ss.log(zap.DebugLevel, "connection closed")
 	ss.s.wg.Done()
@@ -620,14 +551,6 @@ func (ss *session) reply(id json.RawMessage, result any, err error, f *os.File) 
 	return true
 }
 
-// lineBufs are the buffers responses are built in: a response is
-// written before writeResponse returns, so the buffer can serve the next.
-// Buffers that grew past maxPooledLine (a large status answer) go to the
-// garbage collector instead, so that the pool holds little.
-var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
-const maxPooledLine = 64 << 10
-
 // writeResponse encodes and sends one response. It builds the line by
 // hand around the request's raw id, so that a large id is copied once,
 // not three times as json.Marshal of a protocol.Response would.
@@ -644,14 +567,7 @@ func writeResponse(c *rpc.Conn, id json.RawMessage, result any, err error, f *os
 	if merr != nil {
 		return merr
 	}
-	bp := lineBufs.Get().(*[]byte)
-	defer func() {
-		if cap(*bp) <= maxPooledLine {
-			lineBufs.Put(bp)
-		}
-	}()
-	b := slices.Grow((*bp)[:0], len(id)+len(body)+64)
-	defer func() { *bp = b[:0] }()
+	b := make([]byte, 0, len(id)+len(body)+64)
 	b = append(b, `{"jsonrpc":"2.0","id":`...)
 	b = append(b, id...)
 	if err != nil {
@@ -717,35 +633,16 @@ func decode(line []byte, env *rpc.Envelope) (request, error) {
 	return req, nil
 }
 
-// knownStrings are the strings a request's envelope usually holds;
-// jsonString returns them without allocating.
-var knownStrings = []string{
-	protocol.Version,
-	protocol.MethodSetUp, protocol.MethodCreate, protocol.MethodProtect, protocol.MethodDestroy,
-	protocol.MethodStatus, protocol.MethodSubscribe, protocol.MethodSetLockdown,
-}
-
-// jsonString decodes raw, a valid JSON value, if it is a string. A string
-// without escapes is its bytes between the quotes; the common ones come
-// from knownStrings, so that decoding a request allocates nothing.
+// jsonString decodes raw, a valid JSON value of a valid UTF-8 line, if
+// it is a string. jsontext unquotes as encoding/json does, an invalid
+// surrogate escape becoming U+FFFD; the error it reports for one is the
+// only one possible here, and is ignored, as encoding/json ignores it.
 func jsonString(raw json.RawMessage) (string, bool) {
-	if len(raw) < 2 || raw[0] != '"' {
+	if len(raw) == 0 || raw[0] != '"' {
 		return "", false
 	}
-	body := raw[1 : len(raw)-1]
-	if bytes.IndexByte(body, '\\') < 0 {
-		for _, k := range knownStrings {
-			if string(body) == k {
-				return k, true
-			}
-		}
-		return string(body), true
-	}
-	var v string
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", false
-	}
-	return v, true
+	s, _ := jsontext.AppendUnquote(nil, raw)
+	return string(s), true
 }
 
 func (ss *session) handle(msg rpc.Message) {
@@ -1000,7 +897,8 @@ func (ss *session) unsubscribe() {
 }
 
 // emptyParams accepts absent params, null, or an empty object. It builds
-// nothing from p, whatever p holds: params of 340,000 members cost a scan.
+// nothing from p but its first member's name, whatever p holds: params of
+// 340,000 members cost a scan.
 func emptyParams(p json.RawMessage) error {
 	if len(p) == 0 || bytes.Equal(p, []byte("null")) {
 		return nil
@@ -1008,7 +906,10 @@ func emptyParams(p json.RawMessage) error {
 	if p[0] != '{' || !json.Valid(p) {
 		return errs.New(errs.CodeInvalidParam, "params: expected object")
 	}
-	if key, ok := rpc.FirstKey(p); ok {
+	dec := json.NewDecoder(bytes.NewReader(p))
+	dec.Token() // the '{'
+	tok, _ := dec.Token()
+	if key, ok := tok.(string); ok {
 		if len(key) > 64 {
 			key = strings.ToValidUTF8(key[:64], "") + "..."
 		}

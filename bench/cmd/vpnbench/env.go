@@ -150,15 +150,30 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	return out.Close()
 }
 
-// moduleRoot is the directory of the go.mod that the current directory
-// belongs to: the checkout whose vpnd is measured.
+// vpndModule is the module path of the checkout whose vpnd is measured.
+const vpndModule = "github.com/vpnd/vpnd"
+
+// moduleRoot is the root of the vpnd checkout that the current directory
+// belongs to: vpnbench's own module sits inside it (bench/), so the
+// search goes up from module to enclosing module until it finds vpnd's.
 func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	gomod := strings.TrimSpace(string(out))
-	if err != nil || gomod == "" || gomod == os.DevNull {
-		return "", fmt.Errorf("run vpnbench inside the vpnd checkout (go env GOMOD: %q, %v)", gomod, err)
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
 	}
-	return filepath.Dir(gomod), nil
+	for {
+		cmd := exec.Command("go", "list", "-m", "-f", "{{.Path}} {{.Dir}}")
+		cmd.Dir = dir
+		out, err := cmd.Output()
+		path, root, ok := strings.Cut(strings.TrimSpace(string(out)), " ")
+		if err != nil || !ok || filepath.Dir(root) == root {
+			return "", fmt.Errorf("run vpnbench inside the vpnd checkout (no module %s at or above %s: %v)", vpndModule, dir, err)
+		}
+		if path == vpndModule {
+			return root, nil
+		}
+		dir = filepath.Dir(root)
+	}
 }
 
 // buildVPND builds the vpnd of this checkout into the temporary directory.

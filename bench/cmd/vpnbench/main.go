@@ -1,9 +1,10 @@
 // Command vpnbench measures vpnd against baselines measured in the same
 // run, and publishes the figures (BENCHMARKS.md explains each scenario).
-// It runs as root from the vpnd checkout:
+// It runs as root from the bench directory of the vpnd checkout, a module
+// of its own so that its plotting library stays out of vpnd's go.mod:
 //
 //	go run ./cmd/vpnbench                                   # full run, table on stdout
-//	go run ./cmd/vpnbench -markdown BENCHMARKS.md -plot docs/bench-routes.png -json bench.json
+//	go run ./cmd/vpnbench -markdown ../BENCHMARKS.md -plot ../docs/bench-routes.png -json bench.json
 //	go run ./cmd/vpnbench -quick                            # one short round of each scenario (CI)
 //
 // It builds the vpnd of the checkout into a temporary directory, creates
