@@ -459,11 +459,3 @@ type HostPrefix struct {
 	Prefix netip.Prefix // with the host bits of an address kept
 	Ifname string
 }
-
-// family returns unix.AF_INET or unix.AF_INET6.
-func family(a netip.Addr) int {
-	if a.Is4() {
-		return unix.AF_INET
-	}
-	return unix.AF_INET6
-}
