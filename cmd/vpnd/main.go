@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -26,6 +25,7 @@ import (
 	"github.com/vpnd/vpnd/internal/ownership"
 	"github.com/vpnd/vpnd/internal/server"
 	"github.com/vpnd/vpnd/internal/state"
+	"github.com/vpnd/vpnd/internal/tun"
 	"github.com/vpnd/vpnd/internal/version"
 	"github.com/vpnd/vpnd/protocol"
 )
@@ -66,7 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, uint32, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.socket, "socket", protocol.DefaultSocket, "the Unix socket `PATH` to serve")
 	fs.StringVar(&o.accounts, "accounts", "", "account policy JSON file `PATH` (default: the embedded policy: uid 0 admin, nobody and groups guest/guests guest, others normal)")
-	fs.StringVar(&o.ifname, "ifname", "vpn-tun", "`NAME` of the TUN interface (1-15 bytes)")
+	fs.StringVar(&o.ifname, "ifname", "vpn-tun", "`NAME` of the TUN interface (1-15 bytes, no '/', ':', '%' or white space)")
 	fs.StringVar(&o.nftTable, "nft-table", "vpnd", "`NAME` of vpnd's nftables table (family inet), the firewall of lockdown and fail-closed")
 	fs.UintVar(&o.table, "table", 98, "routing table `N` for the VPN's routes (not 0, 253, 254 or 255)")
 	fs.UintVar(&o.priority, "rule-priority", 10000, "priority `N` of the VPN's policy rules (1-32764); lockdown's rules use the next one")
@@ -195,8 +195,10 @@ Flags:
 			return nil, 0, err
 		}
 	}
-	if n := len(o.ifname); n == 0 || n > 15 || strings.ContainsAny(o.ifname, "/ \t\n:") || o.ifname == "." || o.ifname == ".." {
-		return nil, 0, fmt.Errorf("--ifname %q: must be 1-15 bytes without '/', ':' or white space", o.ifname)
+	// The kernel would expand a '%' into a number, so vpnd could not
+	// find its own link again; tun.ValidateName refuses it with the rest.
+	if err := tun.ValidateName(o.ifname); err != nil {
+		return nil, 0, fmt.Errorf("--ifname: %w", err)
 	}
 	switch o.table {
 	case 0, 253, 254, 255:

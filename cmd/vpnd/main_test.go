@@ -26,6 +26,8 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--ifname", "a-name-of-16-byt"}, "--ifname", 0},
 		{[]string{"--ifname", "a/b"}, "--ifname", 0},
 		{[]string{"--ifname", ""}, "--ifname", 0},
+		{[]string{"--ifname", "tun%d"}, "--ifname", 0},
+		{[]string{"--ifname", "tun\x01"}, "--ifname", 0},
 		{[]string{"--table", "254"}, "reserved table", 0},
 		{[]string{"--table", "0"}, "reserved table", 0},
 		{[]string{"--rule-priority", "0"}, "out of range", 0},
