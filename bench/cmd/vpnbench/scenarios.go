@@ -45,20 +45,28 @@ func (b *bench) baseCall(op string, routes int) (time.Duration, error) {
 
 // checkSameWork builds the VPN of routes once with vpnd and once with each
 // baseline, reads back what each left in the kernel, and fails unless all
-// hold the same link settings, addresses, routes and rules: a baseline is a
-// floor only if it does vpnd's kernel work.
+// hold the same link settings, addresses, routes, rules and nftables
+// table; then it does the same after vpnd's destroy and each baseline's
+// teardown. A baseline is a floor only if it does vpnd's kernel work.
 func (b *bench) checkSameWork(routes int) error {
+	state := func(w *worker) (string, error) {
+		r, err := w.call(workReq{Op: "state", Routes: routes, UID: b.opts.ownerUID})
+		return r.Line, err
+	}
 	if _, err := b.vpndSetUp(routes); err != nil {
 		return err
 	}
-	r, err := b.root.call(workReq{Op: "state"})
+	want, err := state(b.root)
 	if _, derr := b.vpndDestroy(); err == nil {
 		err = derr
 	}
 	if err != nil {
 		return err
 	}
-	want := r.Line
+	wantAfter, err := state(b.root)
+	if err != nil {
+		return err
+	}
 	for _, op := range []string{"floor-setup", "ip-sequence", "ip-batch"} {
 		if op == "ip-sequence" && routes != typical {
 			continue
@@ -66,18 +74,34 @@ func (b *bench) checkSameWork(routes int) error {
 		if _, err := b.baseCall(op, routes); err != nil {
 			return err
 		}
-		r, err := b.base.call(workReq{Op: "state"})
+		got, err := state(b.base)
 		if _, terr := b.baseCall("teardown", routes); err == nil {
 			err = terr
 		}
 		if err != nil {
 			return err
 		}
-		if r.Line != want {
-			return fmt.Errorf("the %s baseline does not build what vpnd builds:\n--- vpnd\n%s\n--- %s\n%s", op, want, op, r.Line)
+		if err := sameState(op, "", want, got); err != nil {
+			return err
+		}
+		gotAfter, err := state(b.base)
+		if err != nil {
+			return err
+		}
+		if err := sameState(op, " after the ending", wantAfter, gotAfter); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// sameState compares what vpnd left in the kernel with what a baseline
+// left there (kernelState's lines).
+func sameState(op, when, vpnd, base string) error {
+	if vpnd == base {
+		return nil
+	}
+	return fmt.Errorf("the %s baseline does not leave what vpnd leaves%s:\n--- vpnd\n%s\n--- %s\n%s", op, when, vpnd, op, base)
 }
 
 // scenarioSetUp is scenarios 1 and 2: a typical setUp and its destroy,
@@ -144,7 +168,7 @@ func (b *bench) scenarioSetUp() ([]*Result, error) {
 		return nil, err
 	}
 	setUp := newResult("setup", "setUp, typical", vSet, fSet, ipSet)
-	setUp.Notes = append(setUp.Notes, "checked before measuring: vpnd and both baselines leave the same link settings, addresses, routes and rules in the kernel")
+	setUp.Notes = append(setUp.Notes, "checked before measuring: vpnd and both baselines leave the same link settings, addresses, routes, rules and nftables table in the kernel, and the same nothing after destroy and teardown")
 	destroy := newResult("destroy", "destroy, typical", vDes, fDes)
 	destroy.Notes = append(destroy.Notes, "both delete the link while the client still holds the TUN fd; the link deletion (the kernel's netdev unregistration) is most of either")
 	if b.opts.serverTime {
