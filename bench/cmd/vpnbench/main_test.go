@@ -265,3 +265,73 @@ func TestEchoServer(t *testing.T) {
 		t.Error("errorCode")
 	}
 }
+
+// The self-heal watcher must not call the table complete from a picture
+// of the middle of the flush: when the flush's last deletion is answered,
+// its reader may still have the notifications of later deletions queued,
+// after having seen vpnd re-add the earlier ones.
+func TestTableWatchWaitsForEveryDeletion(t *testing.T) {
+	want := map[string]bool{"a": true, "b": true, "c": true, "d": true}
+	isDone := func(w *tableWatch) bool {
+		select {
+		case <-w.done:
+			return true
+		default:
+			return false
+		}
+	}
+	w := newTableWatch(want)
+	// Read so far: the flush deleted a and b, vpnd re-added both. The
+	// deletion of c is still queued; d's deletion failed (ESRCH), so no
+	// notification will come for it.
+	w.apply([]routeEvent{{del: true, key: "a"}, {del: true, key: "b"}, {key: "a"}, {key: "b"}})
+	w.flushed([]string{"a", "b", "c"})
+	if isDone(w) {
+		t.Fatal("complete before the deletion of c was read")
+	}
+	w.apply([]routeEvent{{del: true, key: "c"}})
+	if isDone(w) {
+		t.Fatal("complete while c is missing")
+	}
+	w.apply([]routeEvent{{key: "c"}})
+	if !isDone(w) || w.overflow {
+		t.Fatal("not complete once every deletion was read and every route is back")
+	}
+	// A second round of vpnd's, after completion, changes nothing.
+	w.apply([]routeEvent{{key: "c"}})
+
+	// Lost notifications: completion is found by dumping instead.
+	w = newTableWatch(want)
+	w.lost()
+	if isDone(w) {
+		t.Fatal("overflow before the flush ended must wait for it")
+	}
+	w.flushed([]string{"a"})
+	if !isDone(w) || !w.overflow {
+		t.Fatal("an overflow must end the watch, marked as such")
+	}
+}
+
+func TestNFTScript(t *testing.T) {
+	got := string(typicalSpec().nftScript(1000))
+	for _, want := range []string{
+		"table inet vpnd {",
+		"\tset failclosed_v6 {",
+		"elements = { 1000 }",
+		"type filter hook output priority filter; policy accept;",
+		"meta oiftype loopback accept",
+		`oifname "vpn-tun" accept`,
+		"meta mark & 0x00020000 != 0x00000000 accept",
+		"meta nfproto ipv6 meta skuid @failclosed_v6 drop",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("nft script lacks %q:\n%s", want, got)
+		}
+	}
+	// An IPv4 VPN drops nothing of IPv4 and has no lockdown.
+	for _, not := range []string{"failclosed_v4", "lockdown"} {
+		if strings.Contains(got, not) {
+			t.Errorf("nft script has %s:\n%s", not, got)
+		}
+	}
+}

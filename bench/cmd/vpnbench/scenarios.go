@@ -416,7 +416,7 @@ func (b *bench) scenarioHeal() ([]*Result, error) {
 	repair := newResult("heal", fmt.Sprintf("self-heal, %d-route table flushed", healRoutes), v, floor)
 	tail := newResult("heal-tail", "self-heal, after the flush", afterFlush, readd)
 	tail.Notes = append(tail.Notes, "vpnd may start repairing before the flush ends, so its part after the flush can be shorter than its whole repair")
-	repair.Notes = append(repair.Notes, "flush: one dump of table 98 (both families), then every route deleted, 256 requests per sendmsg, as `ip route flush table 98` does in its first round; completion: vpnd's re-adds seen through route notifications, then checked with a dump")
+	repair.Notes = append(repair.Notes, "flush: one dump of table 98 (both families), then every route deleted, 256 requests per sendmsg, as `ip route flush table 98` does in its first round; completion: vpnd's re-adds seen through route notifications, counted only once the deletion of every flushed route has been read too, then checked with a dump")
 	if polled > 0 {
 		repair.Notes = append(repair.Notes, fmt.Sprintf("%d of %d repairs were timed by polling dumps every 2 ms (the notification queue overflowed)", polled, len(v.Samples)))
 	}
