@@ -452,6 +452,96 @@ func addTo(m map[string]*Series, k string, v float64) {
 	m[k].add(v)
 }
 
+// busyClients and busyRoutes are the load and the VPN of the busy
+// scenario: status must never wait for a setUp.
+const (
+	busyClients = 8
+	busyRoutes  = 10000
+	busyKeep    = 1000 // latencies kept per round and series
+)
+
+// scenarioBusy measures status round trips at 8 clients while the owner
+// sets up and destroys a 10,000-route VPN back to back: a status must
+// never wait for a setUp or a destroy. The same load with no setUp
+// running, with that VPN up and with no VPN, are its baselines (the
+// status answer is 190 KB with the VPN up, a few hundred bytes without).
+func (b *bench) scenarioBusy() ([]*Result, error) {
+	dur, lead := time.Second, 200*time.Millisecond
+	if b.opts.quick {
+		dur = 300 * time.Millisecond
+	}
+	busy := vpndSeries(fmt.Sprintf("status round trip, %d clients, while setUps and destroys run back to back", busyClients), unitMs)
+	idleUp := baseSeries("the same, no setUp running, the VPN up", unitMs)
+	idleNone := baseSeries("the same, no setUp running, no VPN", unitMs)
+	var setUps []float64
+	var destroys time.Duration
+	var busyRate, upRate, noneRate []float64
+	load := func(s *Series, rate *[]float64, rec bool) error {
+		r, err := b.root.call(workReq{Op: "load", Path: b.sock, Conc: busyClients, Dur: dur, N: busyKeep})
+		if err != nil || !rec {
+			return err
+		}
+		for _, d := range r.D {
+			s.add(nsToMs(d))
+		}
+		*rate = append(*rate, float64(r.Vals["count"])/(float64(r.Vals["elapsed_ns"])/1e9))
+		return nil
+	}
+	err := interleave(b.opts.n, b.opts.warmup,
+		func(rec bool) error {
+			type result struct {
+				r   workResp
+				err error
+			}
+			churn := make(chan result, 1)
+			go func() {
+				r, err := b.owner.call(workReq{Op: "churn", Path: b.sock, Routes: busyRoutes, Dur: lead + dur})
+				churn <- result{r, err}
+			}()
+			time.Sleep(lead) // the first setUp is under way
+			err := load(busy, &busyRate, rec)
+			c := <-churn
+			if err == nil {
+				err = c.err
+			}
+			if err != nil || !rec {
+				return err
+			}
+			for _, d := range c.r.D {
+				setUps = append(setUps, nsToMs(d))
+			}
+			destroys += time.Duration(c.r.Vals["destroy_ns"])
+			return nil
+		},
+		func(rec bool) error {
+			if _, err := b.vpndSetUp(busyRoutes); err != nil {
+				return err
+			}
+			err := load(idleUp, &upRate, rec)
+			if _, derr := b.vpndDestroy(); err == nil {
+				err = derr
+			}
+			return err
+		},
+		func(rec bool) error { return load(idleNone, &noneRate, rec) },
+	)
+	if err != nil {
+		return nil, err
+	}
+	r := newResult("busy", fmt.Sprintf("status while %d-route setUps and destroys run", busyRoutes), busy, idleUp, idleNone)
+	destroyMean := 0.0
+	if len(setUps) > 0 {
+		destroyMean = ms(destroys) / float64(len(setUps))
+	}
+	r.Notes = append(r.Notes,
+		fmt.Sprintf("%d clients (root), one connection each, status back to back for %v per round; meanwhile the owner (uid %d) set up and destroyed a %d-route VPN back to back: %d cycles in the measured rounds, setUp median %s, destroy mean %s; samples are round-trip latencies, %d per round and series (a uniform sample)",
+			busyClients, dur, b.opts.ownerUID, busyRoutes, len(setUps), fmtValue(median(setUps), unitMs), fmtValue(destroyMean, unitMs), busyKeep),
+		fmt.Sprintf("status round trips per second (medians of the rounds): %s while setUps ran, %s with the VPN up, %s without",
+			fmtValue(median(busyRate), unitRate), fmtValue(median(upRate), unitRate), fmtValue(median(noneRate), unitRate)))
+	r.Extra = map[string]any{"setup_ms": setUps, "rate_busy": busyRate, "rate_vpn_up": upRate, "rate_no_vpn": noneRate}
+	return []*Result{r}, nil
+}
+
 // concurrency levels of scenario 5.
 var concurrency = []int{1, 8, 64}
 

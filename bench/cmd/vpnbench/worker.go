@@ -208,6 +208,21 @@ func (st *workerState) do(req workReq, resp *workResp) error {
 			st.tun = nil
 		}
 		resp.D = []int64{int64(d)}
+	case "churn": // vpnd's setUp and destroy of req.Routes back to back, starting cycles for req.Dur
+		deadline := time.Now().Add(req.Dur)
+		var destroys int64
+		for time.Now().Before(deadline) {
+			var up, down workResp
+			if err := st.do(workReq{Op: "setup", Path: req.Path, Routes: req.Routes}, &up); err != nil {
+				return err
+			}
+			if err := st.do(workReq{Op: "destroy", Path: req.Path}, &down); err != nil {
+				return err
+			}
+			resp.D = append(resp.D, up.D[0])
+			destroys += down.D[0]
+		}
+		resp.Vals = map[string]int64{"destroy_ns": destroys}
 	case "status": // one status call; the raw response
 		c, err := st.conn(req.Path)
 		if err != nil {
@@ -380,7 +395,8 @@ func closeAll(fds []int) {
 // load runs req.Conc clients, each on its own connection doing status
 // round trips back to back, for req.Dur. The connections are made before
 // the clock starts and closed after it stops. It reports the round trips
-// done, the time they took, and a uniform sample of their latencies.
+// done, the time they took, and a uniform sample of their latencies
+// (req.N of them, 4000 if 0).
 func load(req workReq, resp *workResp) error {
 	conns := make([]*frameConn, req.Conc)
 	defer func() {
@@ -447,7 +463,10 @@ func load(req workReq, resp *workResp) error {
 		return firstEr
 	}
 	resp.Vals = map[string]int64{"count": total.Load(), "elapsed_ns": int64(elapsed)}
-	const keep = 4000
+	keep := 4000
+	if req.N > 0 {
+		keep = req.N
+	}
 	if len(lats) > keep {
 		rand.Shuffle(len(lats), func(i, j int) { lats[i], lats[j] = lats[j], lats[i] })
 		lats = lats[:keep]
