@@ -4,8 +4,18 @@ go 1.26.8
 
 require (
 	github.com/vishvananda/netlink v1.3.1
+	github.com/vpnd/vpnd v0.0.0-00010101000000-000000000000
 	golang.org/x/sys v0.50.0
 	gonum.org/v1/plot v0.17.0
+)
+
+require (
+	github.com/google/go-cmp v0.7.0 // indirect
+	github.com/google/nftables v0.3.0 // indirect
+	github.com/mdlayher/netlink v1.7.3-0.20250113171957-fbb4dce95f42 // indirect
+	github.com/mdlayher/socket v0.5.0 // indirect
+	golang.org/x/net v0.59.0 // indirect
+	golang.org/x/sync v0.23.0 // indirect
 )
 
 require (
@@ -17,5 +27,9 @@ require (
 	github.com/golang/freetype v0.0.0-20170609003504-e2365dfdc4a0 // indirect
 	github.com/vishvananda/netns v0.0.5 // indirect
 	golang.org/x/image v0.30.0 // indirect
-	golang.org/x/text v0.28.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
 )
+
+// vpnbench measures the vpnd of the checkout it sits in, and its baselines
+// write vpnd's nftables table with vpnd's own firewall package.
+replace github.com/vpnd/vpnd => ../

@@ -59,9 +59,9 @@ func (b *bench) logf(format string, args ...any) {
 
 // setUp prepares everything but the echo server.
 func (b *bench) setUp() error {
-	for _, tool := range []string{"ip", "setpriv"} {
+	for _, tool := range []string{"ip", "setpriv", "nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s not found (iproute2 and util-linux are needed): %w", tool, err)
+			return fmt.Errorf("%s not found (iproute2, util-linux and nftables are needed): %w", tool, err)
 		}
 	}
 	dir, err := os.MkdirTemp("", "vpnbench-")

@@ -70,7 +70,7 @@ func flushTable(readd bool, timeout time.Duration) (healResult, error) {
 	if err := unix.SetsockoptTimeval(mon.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return res, err
 	}
-	w := &tableWatch{present: maps.Clone(want), want: want, done: make(chan struct{}), exited: make(chan struct{})}
+	w := newTableWatch(want)
 	go w.read(mon)
 	defer func() {
 		w.stop.Store(true)
@@ -78,7 +78,8 @@ func flushTable(readd bool, timeout time.Duration) (healResult, error) {
 	}()
 
 	res.Start = mono()
-	if err := req.batch(unix.RTM_DELROUTE, 0, routes, unix.ESRCH); err != nil {
+	errnos, err := req.batch(unix.RTM_DELROUTE, 0, routes, unix.ESRCH)
+	if err != nil {
 		return res, fmt.Errorf("flush: %w", err)
 	}
 	res.Flushed = mono()
@@ -87,12 +88,21 @@ func flushTable(readd bool, timeout time.Duration) (healResult, error) {
 		for i, p := range routes {
 			adds[i] = routeForAdd(p)
 		}
-		if err := req.batch(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, adds, 0); err != nil {
+		if _, err := req.batch(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, adds, 0); err != nil {
 			return res, fmt.Errorf("re-add: %w", err)
 		}
 		res.Complete = mono()
 	} else {
-		w.flushed()
+		// Every deletion that succeeded was announced before it was
+		// answered; the watcher must have read each of those
+		// announcements before it may call the table complete.
+		deleted := make([]string, 0, len(routes))
+		for i, p := range routes {
+			if errnos[i] == 0 {
+				deleted = append(deleted, routeKey(p))
+			}
+		}
+		w.flushed(deleted)
 		select {
 		case <-w.done:
 			res.Complete, res.Polled = w.at, w.overflow
@@ -141,17 +151,39 @@ func sameRoutes(got [][]byte, want map[string]bool) bool {
 }
 
 // tableWatch follows table 98 through route notifications.
+//
+// When the flush's last deletion is answered, the watcher's reader may
+// not have read every notification the flush caused yet: the kernel
+// queues them before it answers, but the reader takes them in at its own
+// pace, and on a loaded machine it can lag by thousands. Its picture of
+// the table is then one from the middle of the flush. If vpnd had
+// already re-added the routes deleted until then (it may start repairing
+// before the flush ends), that picture is a complete table while the
+// kernel's is not. So the table counts as complete only once the reader
+// has seen the deletion of every route the flush deleted, and every route
+// present again after it.
 type tableWatch struct {
 	mu        sync.Mutex
 	present   map[string]bool
 	want      map[string]bool
 	isFlushed bool
 	overflow  bool
-	at        int64 // when the table was seen complete (or overflowed)
-	done      chan struct{}
-	closed    bool
-	stop      atomic.Bool
-	exited    chan struct{}
+	// seenDel holds the routes whose deletion the reader has seen;
+	// unseen counts those the flush deleted that are not in it yet
+	// (known once flushed).
+	seenDel map[string]bool
+	expect  map[string]bool
+	unseen  int
+	at      int64 // when the table was seen complete (or overflowed)
+	done    chan struct{}
+	closed  bool
+	stop    atomic.Bool
+	exited  chan struct{}
+}
+
+func newTableWatch(want map[string]bool) *tableWatch {
+	return &tableWatch{present: maps.Clone(want), want: want, seenDel: map[string]bool{},
+		done: make(chan struct{}), exited: make(chan struct{})}
 }
 
 func (w *tableWatch) count() int {
@@ -160,12 +192,20 @@ func (w *tableWatch) count() int {
 	return len(w.present)
 }
 
-// flushed says that every deletion was answered: from now on a complete
-// table is a repaired one.
-func (w *tableWatch) flushed() {
+// flushed says that every deletion was answered, and which routes the
+// flush deleted: once the reader has seen each of them deleted, a
+// complete table is a repaired one.
+func (w *tableWatch) flushed(deleted []string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.isFlushed = true
+	w.expect = make(map[string]bool, len(deleted))
+	for _, k := range deleted {
+		w.expect[k] = true
+		if !w.seenDel[k] {
+			w.unseen++
+		}
+	}
 	w.checkLocked()
 }
 
@@ -173,7 +213,7 @@ func (w *tableWatch) checkLocked() {
 	if w.closed || !w.isFlushed {
 		return
 	}
-	if w.overflow || (len(w.present) == len(w.want) && w.completeLocked()) {
+	if w.overflow || (w.unseen == 0 && len(w.present) == len(w.want) && w.completeLocked()) {
 		w.at = mono()
 		w.closed = true
 		close(w.done)
@@ -189,6 +229,41 @@ func (w *tableWatch) completeLocked() bool {
 	return true
 }
 
+// routeEvent is one route notification of table 98.
+type routeEvent struct {
+	del bool
+	key string
+}
+
+// apply takes in notifications, in the kernel's order.
+func (w *tableWatch) apply(evs []routeEvent) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, e := range evs {
+		if !e.del {
+			w.present[e.key] = true
+			continue
+		}
+		delete(w.present, e.key)
+		if !w.seenDel[e.key] {
+			w.seenDel[e.key] = true
+			if w.expect[e.key] {
+				w.unseen--
+			}
+		}
+	}
+	w.checkLocked()
+}
+
+// lost says that the kernel dropped notifications (the socket's queue
+// overflowed): completion must be found another way.
+func (w *tableWatch) lost() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.overflow = true
+	w.checkLocked()
+}
+
 // read applies notifications until w.stop is set.
 func (w *tableWatch) read(n *rtnl) {
 	defer close(w.exited)
@@ -199,10 +274,7 @@ func (w *tableWatch) read(n *rtnl) {
 			continue
 		}
 		if err == unix.ENOBUFS {
-			w.mu.Lock()
-			w.overflow = true
-			w.checkLocked()
-			w.mu.Unlock()
+			w.lost()
 			continue
 		}
 		if err != nil || nr == 0 {
@@ -212,19 +284,13 @@ func (w *tableWatch) read(n *rtnl) {
 		if err != nil {
 			continue
 		}
-		w.mu.Lock()
+		evs := make([]routeEvent, 0, len(msgs))
 		for _, m := range msgs {
 			if (m.Header.Type != unix.RTM_NEWROUTE && m.Header.Type != unix.RTM_DELROUTE) || routeTable(m.Data) != table {
 				continue
 			}
-			k := routeKey(m.Data)
-			if m.Header.Type == unix.RTM_NEWROUTE {
-				w.present[k] = true
-			} else {
-				delete(w.present, k)
-			}
+			evs = append(evs, routeEvent{del: m.Header.Type == unix.RTM_DELROUTE, key: routeKey(m.Data)})
 		}
-		w.checkLocked()
-		w.mu.Unlock()
+		w.apply(evs)
 	}
 }

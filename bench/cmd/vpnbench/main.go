@@ -15,8 +15,10 @@
 //
 // Scenarios: setUp and destroy of a typical VPN (client-observed, from a
 // NORMAL uid), setUp with 1 to 10,000 routes, self-heal of a flushed
-// 10,000-route table, status round trips at 1, 8 and 64 clients, protect,
-// and vpnd's resident memory with 1,000 idle connections. Each runs
+// 10,000-route table, status round trips at 8 clients while 10,000-route
+// setUps and destroys run back to back, status round trips at 1, 8 and 64
+// clients, protect, and vpnd's resident memory with 1,000 idle
+// connections. Each runs
 // against its baseline in interleaved rounds; medians, p99s and the ratio
 // vpnd/baseline of the medians are printed.
 package main
@@ -51,7 +53,7 @@ type options struct {
 
 // scenarioNames are the names -only accepts, in the order they run. rss
 // runs first, so that its idle figure is vpnd's fresh from start.
-var scenarioNames = []string{"rss", "setup", "routes", "heal", "status", "protect"}
+var scenarioNames = []string{"rss", "setup", "routes", "heal", "busy", "status", "protect"}
 
 func main() {
 	if len(os.Args) >= 2 && os.Args[1] == "-worker" {
@@ -229,6 +231,11 @@ func (b *bench) runAll(rep *Report) error {
 		}},
 		{"heal", func() error {
 			res, err := b.scenarioHeal()
+			rep.Results = append(rep.Results, res...)
+			return err
+		}},
+		{"busy", func() error {
+			res, err := b.scenarioBusy()
 			rep.Results = append(rep.Results, res...)
 			return err
 		}},

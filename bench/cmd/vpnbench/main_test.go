@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vpnd/vpnd/internal/netnstest"
 )
 
 func TestMedianAndPercentile(t *testing.T) {
@@ -263,5 +266,161 @@ func TestEchoServer(t *testing.T) {
 	}
 	if errorCode([]byte(`{"jsonrpc":"2.0","id":3,"error":{"code":2203002,"message":"m"}}`)) != 2203002 {
 		t.Error("errorCode")
+	}
+}
+
+// The self-heal watcher must not call the table complete from a picture
+// of the middle of the flush: when the flush's last deletion is answered,
+// its reader may still have the notifications of later deletions queued,
+// after having seen vpnd re-add the earlier ones.
+func TestTableWatchWaitsForEveryDeletion(t *testing.T) {
+	want := map[string]bool{"a": true, "b": true, "c": true, "d": true}
+	isDone := func(w *tableWatch) bool {
+		select {
+		case <-w.done:
+			return true
+		default:
+			return false
+		}
+	}
+	w := newTableWatch(want)
+	// Read so far: the flush deleted a and b, vpnd re-added both. The
+	// deletion of c is still queued; d's deletion failed (ESRCH), so no
+	// notification will come for it.
+	w.apply([]routeEvent{{del: true, key: "a"}, {del: true, key: "b"}, {key: "a"}, {key: "b"}})
+	w.flushed([]string{"a", "b", "c"})
+	if isDone(w) {
+		t.Fatal("complete before the deletion of c was read")
+	}
+	w.apply([]routeEvent{{del: true, key: "c"}})
+	if isDone(w) {
+		t.Fatal("complete while c is missing")
+	}
+	w.apply([]routeEvent{{key: "c"}})
+	if !isDone(w) || w.overflow {
+		t.Fatal("not complete once every deletion was read and every route is back")
+	}
+	// A second round of vpnd's, after completion, changes nothing.
+	w.apply([]routeEvent{{key: "c"}})
+
+	// Lost notifications: completion is found by dumping instead.
+	w = newTableWatch(want)
+	w.lost()
+	if isDone(w) {
+		t.Fatal("overflow before the flush ended must wait for it")
+	}
+	w.flushed([]string{"a"})
+	if !isDone(w) || !w.overflow {
+		t.Fatal("an overflow must end the watch, marked as such")
+	}
+}
+
+func TestNFTScript(t *testing.T) {
+	got := string(typicalSpec().nftScript(1000))
+	for _, want := range []string{
+		"table inet vpnd {",
+		"\tset failclosed_v6 {",
+		"elements = { 1000 }",
+		"type filter hook output priority filter; policy accept;",
+		"meta oiftype loopback accept",
+		`oifname "vpn-tun" accept`,
+		"meta mark & 0x00020000 != 0x00000000 accept",
+		"meta nfproto ipv6 meta skuid @failclosed_v6 drop",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("nft script lacks %q:\n%s", want, got)
+		}
+	}
+	// An IPv4 VPN drops nothing of IPv4 and has no lockdown.
+	for _, not := range []string{"failclosed_v4", "lockdown"} {
+		if strings.Contains(got, not) {
+			t.Errorf("nft script has %s:\n%s", not, got)
+		}
+	}
+}
+
+// The three baselines leave the same kernel state (link settings,
+// addresses, routes, rules and vpnd's nftables table, as the firewall
+// package writes it), and their teardown leaves nothing, in a network
+// namespace of the test's own. (vpnbench compares them with vpnd's before
+// it measures.)
+func TestBaselinesDoTheSameWork(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	for _, tool := range []string{"ip", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	t.Chdir(t.TempDir()) // the batch files
+	const uid = 1000
+	routes := 3
+	s := specFor(routes)
+	st := &workerState{batches: map[int][3]string{}}
+	fw, err := st.firewall()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	files, err := st.batchFiles(routes, uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := func() string {
+		t.Helper()
+		lines, err := kernelState(fw, s.nftSpec(uid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(lines, "\n")
+	}
+	empty := state()
+	if !strings.Contains(empty, "link vpn-tun: none") || !strings.Contains(empty, "nft: no table inet vpnd") {
+		t.Fatalf("fresh namespace:\n%s", empty)
+	}
+	var floorState string
+	for _, c := range []struct {
+		name  string
+		setUp func() (*os.File, error)
+	}{
+		{"floor", func() (*os.File, error) { return floorSetUp(fw, s, uid) }},
+		{"ip-sequence", func() (*os.File, error) { return nil, ipSequence(s, uid, files[2]) }},
+		{"ip-batch", func() (*os.File, error) { return nil, ipBatch(files) }},
+	} {
+		f, err := c.setUp()
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		got := state()
+		if err := teardown(fw, uid); err != nil {
+			t.Fatalf("%s teardown: %v", c.name, err)
+		}
+		if f != nil {
+			f.Close()
+		}
+		if c.name == "floor" {
+			floorState = got
+			for _, want := range []string{
+				"route 198.18.0.16/29 type=1 proto=4 scope=253 dev=vpn-tun",
+				"rule family=10 priority=10000 uidrange=1000-1000 fwmark=0x0/0x20000 table=98",
+				"nft meta nfproto ipv6 meta skuid @failclosed_v6 drop",
+				"nft table inet vpnd holds what vpnd writes for the VPN: true",
+			} {
+				if !strings.Contains(got, want) {
+					t.Errorf("floor's state lacks %q:\n%s", want, got)
+				}
+			}
+		} else if got != floorState {
+			t.Errorf("%s leaves\n%s\nthe floor\n%s", c.name, got, floorState)
+		}
+		if after := state(); after != empty {
+			t.Errorf("after %s's teardown:\n%s", c.name, after)
+		}
+	}
+	// Nothing else of nftables is left either.
+	out, err := exec.Command("nft", "list", "ruleset").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Errorf("nft list ruleset after the teardowns: %v\n%s", err, out)
 	}
 }

@@ -99,16 +99,18 @@ func (n *rtnl) dumpOnce(tbl int) ([][]byte, bool, error) {
 }
 
 // batch sends one request of type typ for each payload, many to a
-// sendmsg, each with an ACK, and waits for every answer. It returns the
-// first error the kernel reported; ignore is an errno that is not one.
-func (n *rtnl) batch(typ uint16, flags uint16, payloads [][]byte, ignore unix.Errno) error {
+// sendmsg, each with an ACK, and waits for every answer. It returns each
+// request's errno (0 for success), and the first error the kernel
+// reported; ignore is an errno that is not one.
+func (n *rtnl) batch(typ uint16, flags uint16, payloads [][]byte, ignore unix.Errno) ([]unix.Errno, error) {
 	const perSend = 256
+	errnos := make([]unix.Errno, len(payloads))
 	var first error
-	for len(payloads) > 0 {
-		k := min(perSend, len(payloads))
+	for done := 0; done < len(payloads); {
+		k := min(perSend, len(payloads)-done)
 		var b []byte
 		start := n.seq + 1
-		for _, p := range payloads[:k] {
+		for _, p := range payloads[done : done+k] {
 			n.seq++
 			h := make([]byte, unix.SizeofNlMsghdr)
 			putHdr(h, typ, unix.NLM_F_REQUEST|unix.NLM_F_ACK|flags, n.seq)
@@ -119,9 +121,8 @@ func (n *rtnl) batch(typ uint16, flags uint16, payloads [][]byte, ignore unix.Er
 				b = append(b, 0)
 			}
 		}
-		payloads = payloads[k:]
 		if err := unix.Sendto(n.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-			return fmt.Errorf("netlink send: %w", err)
+			return errnos, fmt.Errorf("netlink send: %w", err)
 		}
 		for acked := 0; acked < k; {
 			nr, _, err := unix.Recvfrom(n.fd, n.buf, 0)
@@ -129,24 +130,27 @@ func (n *rtnl) batch(typ uint16, flags uint16, payloads [][]byte, ignore unix.Er
 				continue
 			}
 			if err != nil {
-				return fmt.Errorf("netlink recv: %w", err)
+				return errnos, fmt.Errorf("netlink recv: %w", err)
 			}
 			msgs, err := syscall.ParseNetlinkMessage(n.buf[:nr])
 			if err != nil {
-				return err
+				return errnos, err
 			}
 			for _, m := range msgs {
 				if m.Header.Type != unix.NLMSG_ERROR || m.Header.Seq < start || m.Header.Seq > n.seq {
 					continue
 				}
 				acked++
-				if e := nlErrno(m.Data); e != 0 && e != ignore && first == nil {
-					first = fmt.Errorf("netlink request %d: %w", m.Header.Seq-start, e)
+				i := done + int(m.Header.Seq-start)
+				errnos[i] = nlErrno(m.Data)
+				if e := errnos[i]; e != 0 && e != ignore && first == nil {
+					first = fmt.Errorf("netlink request %d: %w", i, e)
 				}
 			}
 		}
+		done += k
 	}
-	return first
+	return errnos, first
 }
 
 func putHdr(b []byte, typ, flags uint16, seq uint32) {

@@ -45,20 +45,28 @@ func (b *bench) baseCall(op string, routes int) (time.Duration, error) {
 
 // checkSameWork builds the VPN of routes once with vpnd and once with each
 // baseline, reads back what each left in the kernel, and fails unless all
-// hold the same link settings, addresses, routes and rules: a baseline is a
-// floor only if it does vpnd's kernel work.
+// hold the same link settings, addresses, routes, rules and nftables
+// table; then it does the same after vpnd's destroy and each baseline's
+// teardown. A baseline is a floor only if it does vpnd's kernel work.
 func (b *bench) checkSameWork(routes int) error {
+	state := func(w *worker) (string, error) {
+		r, err := w.call(workReq{Op: "state", Routes: routes, UID: b.opts.ownerUID})
+		return r.Line, err
+	}
 	if _, err := b.vpndSetUp(routes); err != nil {
 		return err
 	}
-	r, err := b.root.call(workReq{Op: "state"})
+	want, err := state(b.root)
 	if _, derr := b.vpndDestroy(); err == nil {
 		err = derr
 	}
 	if err != nil {
 		return err
 	}
-	want := r.Line
+	wantAfter, err := state(b.root)
+	if err != nil {
+		return err
+	}
 	for _, op := range []string{"floor-setup", "ip-sequence", "ip-batch"} {
 		if op == "ip-sequence" && routes != typical {
 			continue
@@ -66,18 +74,34 @@ func (b *bench) checkSameWork(routes int) error {
 		if _, err := b.baseCall(op, routes); err != nil {
 			return err
 		}
-		r, err := b.base.call(workReq{Op: "state"})
+		got, err := state(b.base)
 		if _, terr := b.baseCall("teardown", routes); err == nil {
 			err = terr
 		}
 		if err != nil {
 			return err
 		}
-		if r.Line != want {
-			return fmt.Errorf("the %s baseline does not build what vpnd builds:\n--- vpnd\n%s\n--- %s\n%s", op, want, op, r.Line)
+		if err := sameState(op, "", want, got); err != nil {
+			return err
+		}
+		gotAfter, err := state(b.base)
+		if err != nil {
+			return err
+		}
+		if err := sameState(op, " after the ending", wantAfter, gotAfter); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// sameState compares what vpnd left in the kernel with what a baseline
+// left there (kernelState's lines).
+func sameState(op, when, vpnd, base string) error {
+	if vpnd == base {
+		return nil
+	}
+	return fmt.Errorf("the %s baseline does not leave what vpnd leaves%s:\n--- vpnd\n%s\n--- %s\n%s", op, when, vpnd, op, base)
 }
 
 // scenarioSetUp is scenarios 1 and 2: a typical setUp and its destroy,
@@ -144,7 +168,7 @@ func (b *bench) scenarioSetUp() ([]*Result, error) {
 		return nil, err
 	}
 	setUp := newResult("setup", "setUp, typical", vSet, fSet, ipSet)
-	setUp.Notes = append(setUp.Notes, "checked before measuring: vpnd and both baselines leave the same link settings, addresses, routes and rules in the kernel")
+	setUp.Notes = append(setUp.Notes, "checked before measuring: vpnd and both baselines leave the same link settings, addresses, routes, rules and nftables table in the kernel, and the same nothing after destroy and teardown")
 	destroy := newResult("destroy", "destroy, typical", vDes, fDes)
 	destroy.Notes = append(destroy.Notes, "both delete the link while the client still holds the TUN fd; the link deletion (the kernel's netdev unregistration) is most of either")
 	if b.opts.serverTime {
@@ -392,7 +416,7 @@ func (b *bench) scenarioHeal() ([]*Result, error) {
 	repair := newResult("heal", fmt.Sprintf("self-heal, %d-route table flushed", healRoutes), v, floor)
 	tail := newResult("heal-tail", "self-heal, after the flush", afterFlush, readd)
 	tail.Notes = append(tail.Notes, "vpnd may start repairing before the flush ends, so its part after the flush can be shorter than its whole repair")
-	repair.Notes = append(repair.Notes, "flush: one dump of table 98 (both families), then every route deleted, 256 requests per sendmsg, as `ip route flush table 98` does in its first round; completion: vpnd's re-adds seen through route notifications, then checked with a dump")
+	repair.Notes = append(repair.Notes, "flush: one dump of table 98 (both families), then every route deleted, 256 requests per sendmsg, as `ip route flush table 98` does in its first round; completion: vpnd's re-adds seen through route notifications, counted only once the deletion of every flushed route has been read too, then checked with a dump")
 	if polled > 0 {
 		repair.Notes = append(repair.Notes, fmt.Sprintf("%d of %d repairs were timed by polling dumps every 2 ms (the notification queue overflowed)", polled, len(v.Samples)))
 	}
@@ -426,6 +450,96 @@ func addTo(m map[string]*Series, k string, v float64) {
 		m[k] = vpndSeries(k, unitMs)
 	}
 	m[k].add(v)
+}
+
+// busyClients and busyRoutes are the load and the VPN of the busy
+// scenario: status must never wait for a setUp.
+const (
+	busyClients = 8
+	busyRoutes  = 10000
+	busyKeep    = 1000 // latencies kept per round and series
+)
+
+// scenarioBusy measures status round trips at 8 clients while the owner
+// sets up and destroys a 10,000-route VPN back to back: a status must
+// never wait for a setUp or a destroy. The same load with no setUp
+// running, with that VPN up and with no VPN, are its baselines (the
+// status answer is 190 KB with the VPN up, a few hundred bytes without).
+func (b *bench) scenarioBusy() ([]*Result, error) {
+	dur, lead := time.Second, 200*time.Millisecond
+	if b.opts.quick {
+		dur = 300 * time.Millisecond
+	}
+	busy := vpndSeries(fmt.Sprintf("status round trip, %d clients, while setUps and destroys run back to back", busyClients), unitMs)
+	idleUp := baseSeries("the same, no setUp running, the VPN up", unitMs)
+	idleNone := baseSeries("the same, no setUp running, no VPN", unitMs)
+	var setUps []float64
+	var destroys time.Duration
+	var busyRate, upRate, noneRate []float64
+	load := func(s *Series, rate *[]float64, rec bool) error {
+		r, err := b.root.call(workReq{Op: "load", Path: b.sock, Conc: busyClients, Dur: dur, N: busyKeep})
+		if err != nil || !rec {
+			return err
+		}
+		for _, d := range r.D {
+			s.add(nsToMs(d))
+		}
+		*rate = append(*rate, float64(r.Vals["count"])/(float64(r.Vals["elapsed_ns"])/1e9))
+		return nil
+	}
+	err := interleave(b.opts.n, b.opts.warmup,
+		func(rec bool) error {
+			type result struct {
+				r   workResp
+				err error
+			}
+			churn := make(chan result, 1)
+			go func() {
+				r, err := b.owner.call(workReq{Op: "churn", Path: b.sock, Routes: busyRoutes, Dur: lead + dur})
+				churn <- result{r, err}
+			}()
+			time.Sleep(lead) // the first setUp is under way
+			err := load(busy, &busyRate, rec)
+			c := <-churn
+			if err == nil {
+				err = c.err
+			}
+			if err != nil || !rec {
+				return err
+			}
+			for _, d := range c.r.D {
+				setUps = append(setUps, nsToMs(d))
+			}
+			destroys += time.Duration(c.r.Vals["destroy_ns"])
+			return nil
+		},
+		func(rec bool) error {
+			if _, err := b.vpndSetUp(busyRoutes); err != nil {
+				return err
+			}
+			err := load(idleUp, &upRate, rec)
+			if _, derr := b.vpndDestroy(); err == nil {
+				err = derr
+			}
+			return err
+		},
+		func(rec bool) error { return load(idleNone, &noneRate, rec) },
+	)
+	if err != nil {
+		return nil, err
+	}
+	r := newResult("busy", fmt.Sprintf("status while %d-route setUps and destroys run", busyRoutes), busy, idleUp, idleNone)
+	destroyMean := 0.0
+	if len(setUps) > 0 {
+		destroyMean = ms(destroys) / float64(len(setUps))
+	}
+	r.Notes = append(r.Notes,
+		fmt.Sprintf("%d clients (root), one connection each, status back to back for %v per round; meanwhile the owner (uid %d) set up and destroyed a %d-route VPN back to back: %d cycles in the measured rounds, setUp median %s, destroy mean %s; samples are round-trip latencies, %d per round and series (a uniform sample)",
+			busyClients, dur, b.opts.ownerUID, busyRoutes, len(setUps), fmtValue(median(setUps), unitMs), fmtValue(destroyMean, unitMs), busyKeep),
+		fmt.Sprintf("status round trips per second (medians of the rounds): %s while setUps ran, %s with the VPN up, %s without",
+			fmtValue(median(busyRate), unitRate), fmtValue(median(upRate), unitRate), fmtValue(median(noneRate), unitRate)))
+	r.Extra = map[string]any{"setup_ms": setUps, "rate_busy": busyRate, "rate_vpn_up": upRate, "rate_no_vpn": noneRate}
+	return []*Result{r}, nil
 }
 
 // concurrency levels of scenario 5.

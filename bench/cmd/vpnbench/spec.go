@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/vpnd/vpnd/internal/firewall"
 )
 
 // The names vpnd uses by default; the baselines use the same ones in their
@@ -15,10 +17,14 @@ const (
 	table       = 98
 	priority    = 10000
 	protectMark = 0x20000
+	nftTable    = "vpnd" // family inet
 )
 
 // spec is one VPN as the kernel sees it. vpnd gets it as a setUp config;
-// the baselines build the same link, address, routes and rules themselves.
+// the baselines build the same link, address, routes, rules and nftables
+// table themselves. Every spec of the benchmark is IPv4-only, so IPv6
+// fails closed: an unreachable IPv6 default in the table, and the owner's
+// IPv6 packets dropped by vpnd's nftables table.
 type spec struct {
 	Addr   netip.Prefix
 	MTU    int
@@ -65,6 +71,23 @@ func specFor(routes int) spec {
 // table (the address is added with noprefixroute).
 func (s spec) prefixRoute() netip.Prefix { return s.Addr.Masked() }
 
+// nftSpec is the nftables table vpnd keeps while s is up for an owner uid:
+// the owner's IPv6 packets fail closed (set failclosed_v6), except on the
+// VPN's link, on loopback and from sockets vpnd protected.
+func (s spec) nftSpec(uid int) firewall.Spec {
+	return firewall.Spec{
+		FailClosedV6: []firewall.UIDRange{{Start: uint32(uid), End: uint32(uid)}},
+		AllowIfname:  ifname,
+		ProtectMark:  protectMark,
+	}
+}
+
+// nftScript is s's nftables table as an `nft -f` script: what Apply
+// writes, as nft prints it.
+func (s spec) nftScript(uid int) []byte {
+	return []byte(firewall.Render(nftTable, s.nftSpec(uid)))
+}
+
 // config is the setUp params that make vpnd build s.
 func (s spec) config() []byte {
 	routes := make([]string, len(s.Routes))
@@ -84,8 +107,10 @@ func (s spec) config() []byte {
 }
 
 // ipCommands is s as a sequence of `ip` invocations (one argv each, "-6"
-// first for the other family), for an owner uid. The TUN made by `ip tuntap` is persistent: ip cannot make
-// any other kind. rp_filter is not an ip setting: the caller writes it.
+// first for the other family), for an owner uid. The TUN made by `ip
+// tuntap` is persistent: ip cannot make any other kind. rp_filter is not
+// an ip setting, nor is the nftables table: the caller writes the one and
+// loads the other with `nft -f` (nftScript).
 func (s spec) ipCommands(uid int) [][]string {
 	cmds := [][]string{
 		{"tuntap", "add", "dev", ifname, "mode", "tun"},

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vpnd/vpnd/internal/firewall"
 )
 
 // A worker is this program re-executed inside a namespace, as a chosen
@@ -61,14 +63,15 @@ type workerState struct {
 	tun     *os.File              // the TUN of the owner's last setUp
 	floor   *os.File              // the TUN of the last floor setUp
 	configs map[int][]byte        // setUp params by routes
-	batches map[int][2]string     // ip -batch files by routes: default family, -6
+	batches map[int][3]string     // ip -batch files by routes: default family, -6; the nft -f file
+	fw      *firewall.Table       // vpnd's nftables table in this namespace, once opened
 	udp     int                   // the socket that protect sends
 	idle    []*net.UnixConn
 	probe   *prober
 }
 
 func workerMain() int {
-	st := &workerState{conns: map[string]*frameConn{}, configs: map[int][]byte{}, batches: map[int][2]string{}, udp: -1}
+	st := &workerState{conns: map[string]*frameConn{}, configs: map[int][]byte{}, batches: map[int][3]string{}, udp: -1}
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 1<<20)
 	out := json.NewEncoder(os.Stdout)
@@ -108,13 +111,30 @@ func (st *workerState) config(routes int) []byte {
 	return b
 }
 
-func (st *workerState) batchFiles(routes, uid int) ([2]string, error) {
+// firewall opens vpnd's nftables table in the worker's namespace on first
+// use (firewall.Open checks that the kernel can hold it, as vpnd does at
+// start), so that no measured step pays for the check.
+func (st *workerState) firewall() (*firewall.Table, error) {
+	if st.fw == nil {
+		fw, err := firewall.Open(nftTable)
+		if err != nil {
+			return nil, err
+		}
+		st.fw = fw
+	}
+	return st.fw, nil
+}
+
+// batchFiles writes the files of the ip baselines for a spec: the `ip
+// -batch` file, the `ip -6 -batch` one and the `nft -f` one.
+func (st *workerState) batchFiles(routes, uid int) ([3]string, error) {
 	if f, ok := st.batches[routes]; ok {
 		return f, nil
 	}
-	var files [2]string
-	b, b6 := specFor(routes).ipBatch(uid)
-	for i, content := range [][]byte{b, b6} {
+	var files [3]string
+	s := specFor(routes)
+	b, b6 := s.ipBatch(uid)
+	for i, content := range [][]byte{b, b6, s.nftScript(uid)} {
 		f, err := os.CreateTemp(".", "batch-") // in the run's directory, removed with it
 		if err != nil {
 			return files, err
@@ -188,6 +208,21 @@ func (st *workerState) do(req workReq, resp *workResp) error {
 			st.tun = nil
 		}
 		resp.D = []int64{int64(d)}
+	case "churn": // vpnd's setUp and destroy of req.Routes back to back, starting cycles for req.Dur
+		deadline := time.Now().Add(req.Dur)
+		var destroys int64
+		for time.Now().Before(deadline) {
+			var up, down workResp
+			if err := st.do(workReq{Op: "setup", Path: req.Path, Routes: req.Routes}, &up); err != nil {
+				return err
+			}
+			if err := st.do(workReq{Op: "destroy", Path: req.Path}, &down); err != nil {
+				return err
+			}
+			resp.D = append(resp.D, up.D[0])
+			destroys += down.D[0]
+		}
+		resp.Vals = map[string]int64{"destroy_ns": destroys}
 	case "status": // one status call; the raw response
 		c, err := st.conn(req.Path)
 		if err != nil {
@@ -225,27 +260,43 @@ func (st *workerState) do(req workReq, resp *workResp) error {
 		if st.floor != nil {
 			return errors.New("floor-setup: the last one is still up")
 		}
+		fw, err := st.firewall()
+		if err != nil {
+			return err
+		}
 		s := specFor(req.Routes)
 		t0 := time.Now()
-		f, err := floorSetUp(s, req.UID)
+		f, err := floorSetUp(fw, s, req.UID)
 		d := time.Since(t0)
 		if err != nil {
-			teardown(req.UID)
+			teardown(fw, req.UID)
 			return err
 		}
 		st.floor = f
 		resp.D = []int64{int64(d)}
 	case "ip-sequence":
+		fw, err := st.firewall()
+		if err != nil {
+			return err
+		}
+		files, err := st.batchFiles(req.Routes, req.UID)
+		if err != nil {
+			return err
+		}
 		s := specFor(req.Routes)
 		t0 := time.Now()
-		err := ipSequence(s, req.UID)
+		err = ipSequence(s, req.UID, files[2])
 		d := time.Since(t0)
 		if err != nil {
-			teardown(req.UID)
+			teardown(fw, req.UID)
 			return err
 		}
 		resp.D = []int64{int64(d)}
 	case "ip-batch":
+		fw, err := st.firewall()
+		if err != nil {
+			return err
+		}
 		files, err := st.batchFiles(req.Routes, req.UID)
 		if err != nil {
 			return err
@@ -254,13 +305,17 @@ func (st *workerState) do(req workReq, resp *workResp) error {
 		err = ipBatch(files)
 		d := time.Since(t0)
 		if err != nil {
-			teardown(req.UID)
+			teardown(fw, req.UID)
 			return err
 		}
 		resp.D = []int64{int64(d)}
-	case "teardown": // what a baseline built: rules, route, link, one request each
+	case "teardown": // what a baseline built: nftables table, rules, route, link, one request each
+		fw, err := st.firewall()
+		if err != nil {
+			return err
+		}
 		t0 := time.Now()
-		err := teardown(req.UID)
+		err = teardown(fw, req.UID)
 		d := time.Since(t0)
 		if st.floor != nil {
 			st.floor.Close()
@@ -270,12 +325,16 @@ func (st *workerState) do(req workReq, resp *workResp) error {
 			return err
 		}
 		resp.D = []int64{int64(d)}
-	case "state": // what the namespace holds of the VPN
-		st, err := kernelState()
+	case "state": // what the namespace holds of the VPN of req.Routes and req.UID
+		fw, err := st.firewall()
 		if err != nil {
 			return err
 		}
-		resp.Line = strings.Join(st, "\n")
+		state, err := kernelState(fw, specFor(req.Routes).nftSpec(req.UID))
+		if err != nil {
+			return err
+		}
+		resp.Line = strings.Join(state, "\n")
 	case "flush", "flush-readd":
 		h, err := flushTable(req.Op == "flush-readd", req.Dur)
 		if err != nil {
@@ -336,7 +395,8 @@ func closeAll(fds []int) {
 // load runs req.Conc clients, each on its own connection doing status
 // round trips back to back, for req.Dur. The connections are made before
 // the clock starts and closed after it stops. It reports the round trips
-// done, the time they took, and a uniform sample of their latencies.
+// done, the time they took, and a uniform sample of their latencies
+// (req.N of them, 4000 if 0).
 func load(req workReq, resp *workResp) error {
 	conns := make([]*frameConn, req.Conc)
 	defer func() {
@@ -403,7 +463,10 @@ func load(req workReq, resp *workResp) error {
 		return firstEr
 	}
 	resp.Vals = map[string]int64{"count": total.Load(), "elapsed_ns": int64(elapsed)}
-	const keep = 4000
+	keep := 4000
+	if req.N > 0 {
+		keep = req.N
+	}
 	if len(lats) > keep {
 		rand.Shuffle(len(lats), func(i, j int) { lats[i], lats[j] = lats[j], lats[i] })
 		lats = lats[:keep]
