@@ -840,11 +840,15 @@ func (m *Manager) Shutdown() {
 	for {
 		m.mu.Lock()
 		v := m.vpn
+		var phase vpnPhase
+		if v != nil {
+			phase = v.phase
+		}
 		m.mu.Unlock()
 		if v == nil {
 			break
 		}
-		switch v.phase {
+		switch phase {
 		case settingUp:
 			<-v.ready
 		case up:
