@@ -11,6 +11,12 @@ func SetWaits(m *Manager, leftover, bringUp, end time.Duration) {
 	m.waits = waits{leftover: leftover, bringUp: bringUp, end: end}
 }
 
+// SetSettle changes how long m's loop lets foreign changes settle before
+// it reads the kernel. Call it before Start.
+func SetSettle(m *Manager, quiet, most time.Duration) {
+	m.rec.settleQuiet, m.rec.settleMax = quiet, most
+}
+
 // TestReconciler is the reconciler without its loop: a test drives its
 // passes one by one.
 type TestReconciler struct{ r *reconciler }

@@ -48,7 +48,9 @@ const (
 	// settleQuiet and settleMax let a burst of foreign changes (`ip route
 	// flush` deletes a table in rounds) end before the kernel is read: the
 	// loop waits until no change came for settleQuiet, but no longer than
-	// settleMax after the first.
+	// settleMax after the first. A new want ends the wait at once, and
+	// calls run during it: a setUp or destroy never waits for the kernel
+	// to be quiet.
 	settleQuiet = 10 * time.Millisecond
 	settleMax   = 250 * time.Millisecond
 	// backoffMin and backoffMax bound the wait before a failed pass is
@@ -129,6 +131,9 @@ type reconciler struct {
 	linkGone func(index int)
 	// now is the clock for backoff and throttling (tests replace it).
 	now func() time.Time
+	// settleQuiet and settleMax are the constants of the same names
+	// (tests replace them before the loop starts).
+	settleQuiet, settleMax time.Duration
 
 	mu       sync.Mutex
 	want     Want
@@ -161,6 +166,7 @@ type reconciler struct {
 func newReconciler(k Kernel, places Places, log *zap.Logger, obs Observer, linkGone func(int)) *reconciler {
 	r := &reconciler{
 		k: k, places: places, log: log, obs: obs, linkGone: linkGone, now: time.Now,
+		settleQuiet: settleQuiet, settleMax: settleMax,
 		changed:    make(chan struct{}),
 		kick:       make(chan struct{}, 1),
 		calls:      make(chan func()),
@@ -359,11 +365,12 @@ func (r *reconciler) run() {
 }
 
 // settle waits until wake has been quiet for settleQuiet (or settleMax
-// has passed). It reports false if the loop is stopping.
+// has passed), or until a new want comes (Set); calls run meanwhile. It
+// reports false if the loop is stopping.
 func (r *reconciler) settle(wake <-chan struct{}) bool {
-	limit := time.NewTimer(settleMax)
+	limit := time.NewTimer(r.settleMax)
 	defer limit.Stop()
-	quiet := time.NewTimer(settleQuiet)
+	quiet := time.NewTimer(r.settleQuiet)
 	defer quiet.Stop()
 	for {
 		select {
@@ -373,8 +380,14 @@ func (r *reconciler) settle(wake <-chan struct{}) bool {
 			return true
 		case <-quiet.C:
 			return true
+		case <-r.kick:
+			// The pass reads what the churn made stale; what the churn
+			// does after it wakes the loop again.
+			return true
+		case f := <-r.calls:
+			f()
 		case <-wake:
-			quiet.Reset(settleQuiet)
+			quiet.Reset(r.settleQuiet)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -711,4 +712,51 @@ func managerSchedule(t *testing.T, seed int64) {
 	if s := k.Snapshot(); !clean(s) {
 		t.Fatalf("kernel after the last destroy: %+v", s)
 	}
+}
+
+// A destroy is not held back by foreign changes that keep coming: the
+// loop lets a burst settle before it reads, but a new want ends that wait.
+// Here the settling could last an hour, so a destroy that waited for it
+// would fail with vpnd's own end wait.
+func TestRequestsDoNotWaitForChurnToSettle(t *testing.T) {
+	core, _ := observer.New(zapcore.DebugLevel)
+	k := tuntest.New()
+	m := manager.New(k, manager.Options{IfName: "vpn-tun", Table: table, RulePriority: priority, ProtectMark: mark, Log: zap.New(core)})
+	manager.SetSettle(m, time.Hour, time.Hour)
+	manager.SetWaits(m, 2*time.Second, 5*time.Second, 2*time.Second)
+	if _, err := m.Start(config.Lockdown{}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		m.Shutdown()
+		k.Close()
+	}()
+	_, info := setUp(t, m, alice, richCfg)
+
+	// Another program keeps setting the link's MTU to what it is.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var changes atomic.Int64
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+				k.External().SetMTU(info.Index, 1400) // fails once the link is gone
+				changes.Add(1)
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	waitFor(t, "the churn to start", func() bool { return changes.Load() >= 5 })
+	if err := m.Destroy(alice); err != nil {
+		t.Fatalf("destroy while the kernel keeps announcing changes: %v", err)
+	}
+	if s := k.Snapshot(); !clean(s) {
+		t.Fatalf("after destroy: %+v", s)
+	}
+	setUp(t, m, alice, `{"addresses":["10.8.0.2/24"]}`)
 }
