@@ -511,8 +511,13 @@ func (r *reconciler) takeToken() (bool, time.Duration) {
 
 // read reads the parts of vpnd's places that the view does not know.
 func (r *reconciler) read(w *Want) error {
-	what := PartAll &^ PartFirewall &^ r.v.known
-	if r.v.known&PartFirewall == 0 {
+	return r.readParts(w, PartAll)
+}
+
+// readParts reads the parts among need that the view does not know.
+func (r *reconciler) readParts(w *Want, need Parts) error {
+	what := need &^ PartFirewall &^ r.v.known
+	if need&PartFirewall != 0 && r.v.known&PartFirewall == 0 {
 		holds, err := r.k.FirewallHolds(w.Firewall)
 		if err != nil {
 			return fmt.Errorf("read firewall: %w", err)
@@ -611,9 +616,9 @@ func (r *reconciler) read(w *Want) error {
 		r.inUse = false
 	}
 	// Whatever is still unknown (routes, after a link change) is read
-	// in the next round of the pass.
-	if r.v.known&(PartLinks|PartRoutes|PartRules) != PartLinks|PartRoutes|PartRules {
-		return r.read(w)
+	// now too.
+	if what := need & (PartLinks | PartRoutes | PartRules); r.v.known&what != what {
+		return r.readParts(w, need)
 	}
 	return nil
 }
@@ -966,7 +971,9 @@ func (r *reconciler) freshOccupants() ([]string, error) {
 	w := r.want
 	r.mu.Unlock()
 	r.v.known &^= r.k.Sync()
-	if err := r.read(&w); err != nil {
+	// The occupants are routes and rules; the links the pass reads when
+	// it needs them.
+	if err := r.readParts(&w, PartRoutes|PartRules); err != nil {
 		return nil, err
 	}
 	return r.occupants(), nil

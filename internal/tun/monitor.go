@@ -38,7 +38,8 @@ import (
 // filter drops those of routes and rules in the kernel (a 10,000-route
 // bring-up would otherwise queue 10,000 of them); the kernel announces a
 // link's MTU and up state, and IPv6 addresses, with port id 0 whoever
-// asked, so those come through and cost a read of the link.
+// asked, so those come through, and are told apart by what they show
+// (facts.go).
 type monitor struct {
 	log *zap.Logger
 	pid uint32
@@ -48,6 +49,7 @@ type monitor struct {
 	buf     []byte
 	places  manager.Places
 	tracked map[int]bool // links of vpnd's: announcements about them matter
+	facts   facts        // of vpnd's links (facts.go)
 	pending manager.Parts
 	wake    chan struct{}
 	closed  bool
@@ -143,16 +145,6 @@ func (n *Netlink) Sync() manager.Parts {
 	p := m.pending
 	m.pending = 0
 	return p
-}
-
-// track says which links are vpnd's (and so matter), besides the one with
-// vpnd's name.
-func (m *monitor) track(indexes []int) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, i := range indexes {
-		m.tracked[i] = true
-	}
 }
 
 func (m *monitor) open() (*os.File, error) {
@@ -379,15 +371,22 @@ func (m *monitor) parts(msg syscall.NetlinkMessage) manager.Parts {
 			return 0
 		}
 		if msg.Header.Type == unix.RTM_DELLINK {
+			f := m.forget(index)
 			delete(m.tracked, index)
+			if f != nil && f.deleting {
+				return 0
+			}
 			return manager.PartLinks | manager.PartRoutes
+		}
+		if m.linkAsKnown(index, d) {
+			return 0
 		}
 		return manager.PartLinks
 	case unix.RTM_NEWADDR, unix.RTM_DELADDR:
 		if len(d) < unix.SizeofIfAddrmsg {
 			return manager.PartAll
 		}
-		if m.tracked[int(nl.DeserializeIfAddrmsg(d).Index)] {
+		if m.tracked[int(nl.DeserializeIfAddrmsg(d).Index)] && !m.addrAsKnown(msg.Header.Type, d) {
 			return manager.PartLinks
 		}
 	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
@@ -402,7 +401,7 @@ func (m *monitor) parts(msg syscall.NetlinkMessage) manager.Parts {
 				}
 			}
 		}
-		if table == m.places.Table {
+		if table == m.places.Table && !m.routeAsKnown(msg.Header.Type, d) {
 			return manager.PartRoutes
 		}
 	case unix.RTM_NEWRULE, unix.RTM_DELRULE:

@@ -256,7 +256,11 @@ func (n *Netlink) Read(q manager.Query) (*manager.Have, error) {
 	return have, nil
 }
 
-func (n *Netlink) readLinks(q manager.Query, have *manager.Have) error {
+func (n *Netlink) readLinks(q manager.Query, have *manager.Have) (err error) {
+	n.mon.beginRead()
+	defer func() {
+		n.mon.endRead(have.Links, err == nil)
+	}()
 	byIndex := map[int]*manager.LinkState{}
 	add := func(l netlink.Link) {
 		a := l.Attrs()
@@ -278,7 +282,8 @@ func (n *Netlink) readLinks(q manager.Query, have *manager.Have) error {
 		}
 		add(l)
 	}
-	if name := q.Places.IfName; name != "" {
+	named := slices.ContainsFunc(have.Links, func(l manager.LinkState) bool { return l.Name == q.Places.IfName })
+	if name := q.Places.IfName; name != "" && !named {
 		l, err := n.h.LinkByName(name)
 		var notFound netlink.LinkNotFoundError
 		switch {
@@ -296,7 +301,7 @@ func (n *Netlink) readLinks(q manager.Query, have *manager.Have) error {
 		byIndex[have.Links[i].Index] = &have.Links[i]
 	}
 	var addrs []netlink.Addr
-	err := retryDump("read addresses", func() (err error) {
+	err = retryDump("read addresses", func() (err error) {
 		addrs, err = n.h.AddrList(nil, netlink.FAMILY_ALL)
 		return err
 	})
@@ -310,12 +315,9 @@ func (n *Netlink) readLinks(q manager.Query, have *manager.Have) error {
 			}
 		}
 	}
-	indexes := make([]int, 0, len(have.Links))
 	for i := range have.Links {
 		sortAddrs(have.Links[i].Addrs)
-		indexes = append(indexes, have.Links[i].Index)
 	}
-	n.mon.track(indexes)
 	return nil
 }
 
@@ -355,6 +357,7 @@ func (n *Netlink) dumpRules() ([]manager.Rule, error) {
 // and unreachable routes) deletes the link on a socket of its own, beside
 // the route deletes, once the rules are gone: see parallelRemoveRoutes.
 func (n *Netlink) Apply(ops []manager.Op) ([]error, error) {
+	n.mon.expect(ops)
 	results := make([]error, len(ops))
 	linkDels, routeDels := 0, 0
 	for _, op := range ops {
