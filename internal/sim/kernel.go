@@ -16,6 +16,7 @@
 package sim
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -853,6 +854,11 @@ func (k *Kernel) Read(q manager.Query) (*manager.Have, error) {
 				}
 			}
 		}
+		// A dump has an order (IPv4's, then IPv6's); the map has none.
+		slices.SortFunc(h.Routes, func(a, b manager.Route) int {
+			return cmp.Or(a.Dst.Addr().Compare(b.Dst.Addr()), a.Dst.Bits()-b.Dst.Bits(),
+				cmp.Compare(a.Tos, b.Tos), cmp.Compare(a.Metric, b.Metric))
+		})
 	}
 	if q.What&manager.PartRules != 0 {
 		// A dump of both families: IPv4's, then IPv6's, each in the
