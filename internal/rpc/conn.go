@@ -226,8 +226,13 @@ func (c *Conn) Wait() error {
 	}
 	err = rc.Read(func(fd uintptr) bool {
 		p := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
-		n, err := unix.Poll(p[:], 0)
-		return err != nil || n > 0
+		for {
+			n, err := unix.Poll(p[:], 0)
+			if err == unix.EINTR {
+				continue // a signal (the runtime's own, to preempt) is not readiness
+			}
+			return err != nil || n > 0
+		}
 	})
 	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		return net.ErrClosed

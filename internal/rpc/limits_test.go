@@ -10,6 +10,8 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -385,5 +387,54 @@ func TestWait(t *testing.T) {
 	}
 	if _, err := c.ReadMessage(); err != io.EOF {
 		t.Fatalf("ReadMessage at EOF: %v", err)
+	}
+}
+
+// signalStorm sends this process SIGURG (which Go's runtime sends itself
+// to preempt goroutines, and handles) as fast as it can until the test
+// ends, so that the system calls of the test are interrupted (EINTR).
+func signalStorm(t *testing.T) {
+	stop := make(chan struct{})
+	var storm sync.WaitGroup
+	storm.Add(1)
+	go func() {
+		defer storm.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				unix.Kill(os.Getpid(), unix.SIGURG)
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); storm.Wait() })
+}
+
+// Wait returns only when there is something to read, or with the read's
+// error: a signal that interrupts its poll (EINTR) is not readiness.
+// Before, such a Wait returned nil and its session sat in a read, with a
+// read buffer, until the next request.
+func TestWaitIgnoresSignals(t *testing.T) {
+	const conns, rounds = 64, 200
+	signalStorm(t)
+	var wg sync.WaitGroup
+	var spurious atomic.Int64
+	for range conns {
+		c, _ := connPair(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				c.uc.SetReadDeadline(time.Now().Add(50 * time.Microsecond))
+				if err := c.Wait(); err == nil {
+					spurious.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := spurious.Load(); n > 0 {
+		t.Errorf("Wait returned nil %d times of %d with nothing to read", n, conns*rounds)
 	}
 }

@@ -350,7 +350,11 @@ func hungUp(rc syscall.RawConn) bool {
 	hup := true
 	rc.Control(func(fd uintptr) {
 		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-		if n, err := unix.Poll(p, 0); err == nil && n == 1 {
+		n, err := unix.Poll(p, 0)
+		for err == unix.EINTR { // a signal, not an answer
+			n, err = unix.Poll(p, 0)
+		}
+		if err == nil && n == 1 {
 			hup = p[0].Revents&(unix.POLLRDHUP|unix.POLLHUP) != 0
 		} else if err == nil {
 			hup = false

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,5 +132,44 @@ func TestUnreadRepliesDoNotBlock(t *testing.T) {
 	// What did fit in the client's queue is there to read.
 	if r := recvReply(t, f); len(r) < 28 || r[20] != icmpEchoReply {
 		t.Fatalf("reply % x", r)
+	}
+}
+
+// A signal that interrupts the check after an empty packet (EINTR: Go's
+// runtime sends itself SIGURG to preempt goroutines) is not a closed end.
+// Before, the link went away when one did.
+func TestEmptyPacketsUnderSignals(t *testing.T) {
+	k, f, _ := upTUN(t, true)
+	stop := make(chan struct{})
+	var storm sync.WaitGroup
+	storm.Add(1)
+	go func() {
+		defer storm.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				unix.Kill(os.Getpid(), unix.SIGURG)
+			}
+		}
+	}()
+	for range 5000 {
+		if _, err := unix.Write(int(f.Fd()), nil); err != nil {
+			close(stop)
+			storm.Wait()
+			t.Fatalf("empty write: %v", err)
+		}
+	}
+	close(stop)
+	storm.Wait()
+	if _, err := f.Write(ping4(7, "after the empty packets").build()); err != nil {
+		t.Fatal(err)
+	}
+	if r := recvReply(t, f); len(r) < 28 || r[20] != icmpEchoReply {
+		t.Fatalf("reply % x", r)
+	}
+	if s := k.Snapshot(); len(s.Links) != 1 {
+		t.Fatalf("links after empty packets under signals: %+v", s.Links)
 	}
 }
