@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vpnd/vpnd/internal/signaltest"
 	"github.com/vpnd/vpnd/protocol"
 )
 
@@ -390,34 +391,13 @@ func TestWait(t *testing.T) {
 	}
 }
 
-// signalStorm sends this process SIGURG (which Go's runtime sends itself
-// to preempt goroutines, and handles) as fast as it can until the test
-// ends, so that the system calls of the test are interrupted (EINTR).
-func signalStorm(t *testing.T) {
-	stop := make(chan struct{})
-	var storm sync.WaitGroup
-	storm.Add(1)
-	go func() {
-		defer storm.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				unix.Kill(os.Getpid(), unix.SIGURG)
-			}
-		}
-	}()
-	t.Cleanup(func() { close(stop); storm.Wait() })
-}
-
 // Wait returns only when there is something to read, or with the read's
 // error: a signal that interrupts its poll (EINTR) is not readiness.
 // Before, such a Wait returned nil and its session sat in a read, with a
 // read buffer, until the next request.
 func TestWaitIgnoresSignals(t *testing.T) {
 	const conns, rounds = 64, 200
-	signalStorm(t)
+	signaltest.Storm(t)
 	var wg sync.WaitGroup
 	var spurious atomic.Int64
 	for range conns {

@@ -4,13 +4,13 @@ import (
 	"errors"
 	"net/netip"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/vpnd/vpnd/internal/manager"
+	"github.com/vpnd/vpnd/internal/signaltest"
 )
 
 // The model's end of a simulated TUN behaves as a TUN towards the client:
@@ -140,29 +140,12 @@ func TestUnreadRepliesDoNotBlock(t *testing.T) {
 // Before, the link went away when one did.
 func TestEmptyPacketsUnderSignals(t *testing.T) {
 	k, f, _ := upTUN(t, true)
-	stop := make(chan struct{})
-	var storm sync.WaitGroup
-	storm.Add(1)
-	go func() {
-		defer storm.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				unix.Kill(os.Getpid(), unix.SIGURG)
-			}
-		}
-	}()
+	signaltest.Storm(t)
 	for range 5000 {
 		if _, err := unix.Write(int(f.Fd()), nil); err != nil {
-			close(stop)
-			storm.Wait()
 			t.Fatalf("empty write: %v", err)
 		}
 	}
-	close(stop)
-	storm.Wait()
 	if _, err := f.Write(ping4(7, "after the empty packets").build()); err != nil {
 		t.Fatal(err)
 	}
