@@ -50,3 +50,46 @@ func TestVpnctlUpReportsShutdown(t *testing.T) {
 		d.stop(t) // socket file and namespace clean
 	}
 }
+
+// The same with `vpnctl up -- CMD`: vpnctl says that vpnd shut down, lets
+// CMD finish (it ends when its stdin closes), and exits with its status.
+func TestVpnctlUpCommandReportsShutdown(t *testing.T) {
+	t.Parallel()
+	const runs = 6
+	d := startDaemon(t)
+	for i := range runs {
+		if i > 0 {
+			d = startDaemon(t, inNetns(d.ns))
+		}
+		cmd := exec.Command(bin(t, "vpnctl"), "--socket", d.sock, "up", "--quiet", "--address", "10.8.0.2/24", "--",
+			"sh", "-c", "echo running; cat >/dev/null; exit 5")
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stdout, stderr syncBuffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		done := startBackground(t, cmd)
+		eventually(t, "CMD runs", func() (bool, string) {
+			return strings.Contains(stdout.String(), "running"), stderr.String()
+		})
+		d.signal(t, syscall.SIGTERM)
+		const want = "vpnctl: the VPN ended (shutdown); waiting for sh to exit\n"
+		eventually(t, "vpnctl says the VPN ended", func() (bool, string) {
+			return stderr.String() != "", stderr.String()
+		})
+		stdin.Close()
+		select {
+		case <-done:
+		case <-time.After(hangGuard):
+			t.Fatalf("run %d: vpnctl up did not exit after CMD: %s", i, stderr.String())
+		}
+		if code := cmd.ProcessState.ExitCode(); code != 5 || stderr.String() != want {
+			t.Errorf("run %d of %d: exit %d, stderr %q; want CMD's 5 and %q", i+1, runs, code, stderr.String(), want)
+		}
+		if code := d.waitExit(t); code != 0 {
+			t.Errorf("run %d: vpnd exited with status %d after SIGTERM", i+1, code)
+		}
+		d.stop(t)
+	}
+}

@@ -718,7 +718,7 @@ func TestUpWithCommand(t *testing.T) {
 	if err := json.Unmarshal([]byte(stderr), &info); err != nil || info.Interface != "vpn-tun" {
 		t.Errorf("stderr %q, want the VpnInfo", stderr)
 	}
-	if m := d.methods(); len(m) != 2 || m[0] != "setUp" || m[1] != "destroy" {
+	if m := d.methods(); !slices.Equal(m, []string{"setUp", "subscribe", "destroy"}) {
 		t.Fatalf("calls %v", m)
 	}
 	d.mu.Lock()
@@ -751,8 +751,8 @@ func TestUpWithCommandFails(t *testing.T) {
 	if code != 127 {
 		t.Errorf("missing CMD: exit %d", code)
 	}
-	if m := d.methods(); len(m) != 4 || m[1] != "destroy" || m[3] != "destroy" {
-		t.Errorf("calls %v, want setUp and destroy twice", m)
+	if m := d.methods(); !slices.Equal(m, []string{"setUp", "subscribe", "destroy", "setUp", "subscribe", "destroy"}) {
+		t.Errorf("calls %v, want setUp, subscribe and destroy twice", m)
 	}
 }
 
@@ -831,29 +831,7 @@ func TestHold(t *testing.T) {
 // it. Repeated, as which of the two hold sees first is a race.
 func TestHoldReportsShutdown(t *testing.T) {
 	for i := range 50 {
-		a, b := rpctest.SocketPair(t)
-		cl := client.New(a)
-		daemon := rpc.NewConn(b)
-		go func() {
-			defer daemon.Close()
-			m, err := daemon.ReadMessage()
-			if err != nil {
-				return
-			}
-			var req protocol.Request
-			json.Unmarshal(m.Line, &req)
-			for _, line := range []protocol.Response{
-				{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage(`{}`)},
-				{JSONRPC: "2.0", Method: protocol.MethodStateChanged, Params: json.RawMessage(`{"isConnected":false,"interface":"vpn-tun","reason":"shutdown","vpn":null}`)},
-			} {
-				l, _ := json.Marshal(line)
-				daemon.WriteMessage(l)
-			}
-		}()
-		events, err := cl.Subscribe(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
+		cl, events := shuttingDown(t)
 		var stderr bytes.Buffer
 		g := &globals{io: stdio{out: io.Discard, err: &stderr}}
 		code := hold(g, cl, events, nil)
@@ -862,6 +840,79 @@ func TestHoldReportsShutdown(t *testing.T) {
 			t.Fatalf("run %d: exit %d: %q, want the shutdown", i, code, stderr.String())
 		}
 	}
+}
+
+// shuttingDown returns a client subscribed to a daemon that answers the
+// subscription, says the VPN ended (shutdown), and closes the connection,
+// as vpnd does when it stops.
+func shuttingDown(t *testing.T) (*client.Client, <-chan protocol.StateChanged) {
+	a, b := rpctest.SocketPair(t)
+	cl := client.New(a)
+	daemon := rpc.NewConn(b)
+	go func() {
+		defer daemon.Close()
+		m, err := daemon.ReadMessage()
+		if err != nil {
+			return
+		}
+		var req protocol.Request
+		json.Unmarshal(m.Line, &req)
+		for _, line := range []protocol.Response{
+			{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage(`{}`)},
+			{JSONRPC: "2.0", Method: protocol.MethodStateChanged, Params: json.RawMessage(`{"isConnected":false,"interface":"vpn-tun","reason":"shutdown","vpn":null}`)},
+		} {
+			l, _ := json.Marshal(line)
+			daemon.WriteMessage(l)
+		}
+	}()
+	events, err := cl.Subscribe(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl, events
+}
+
+// up -- CMD says that vpnd shut down, not that the connection was lost,
+// lets CMD finish (it ends when its stdin closes, after the line), and
+// exits with CMD's status, with no destroy to a vpnd that is gone.
+// Repeated, as which of the notification and the end of the connection
+// vpnctl sees first is a race.
+func TestUpWithCommandReportsShutdown(t *testing.T) {
+	tun, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	for i := range 20 {
+		cl, events := shuttingDown(t)
+		in, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := make(chan string, 8)
+		g := &globals{io: stdio{in: in, out: io.Discard, err: chanWriter(lines)}}
+		code := make(chan int, 1)
+		go func() { code <- runWithTUN(g, cl, tun, []string{"sh", "-c", "cat >/dev/null"}, nil, events) }()
+		first := <-lines
+		w.Close()
+		if c := <-code; c != 0 || first != "vpnctl: the VPN ended (shutdown); waiting for sh to exit\n" {
+			t.Fatalf("run %d: exit %d: %q, want the shutdown", i, c, first)
+		}
+		in.Close()
+		cl.Close()
+		close(lines)
+		for l := range lines {
+			t.Errorf("run %d: then %q", i, l)
+		}
+	}
+}
+
+// chanWriter sends each write on the channel, as a string.
+type chanWriter chan string
+
+func (c chanWriter) Write(p []byte) (int, error) {
+	c <- string(p)
+	return len(p), nil
 }
 
 func TestWatch(t *testing.T) {
@@ -981,7 +1032,7 @@ func TestForwardInterrupt(t *testing.T) {
 				sigc <- syscall.SIGINT
 			}()
 			g := &globals{io: stdio{in: tc.in, out: io.Discard, err: io.Discard}}
-			code := runWithTUN(g, cl, tun, []string{"sh", "-c", script}, sigc)
+			code := runWithTUN(g, cl, tun, []string{"sh", "-c", script}, sigc, nil)
 			waited := time.Since(sent)
 			got, _ := os.ReadFile(mark)
 			if code != 3 || string(got) != "int\n" {

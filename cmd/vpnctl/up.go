@@ -38,7 +38,9 @@ VPN_TUN_FD=3 in its environment). It forwards SIGINT and SIGTERM to CMD.
 When CMD exits, vpnctl destroys the VPN (vpnStateChanged reason "destroy"),
 closes its own copy of the fd and exits with CMD's status (128+N if CMD
 was killed by signal N). The VPN lasts as long as CMD runs, even if CMD
-closes fd 3. At a terminal, whose Ctrl-C reaches CMD directly, a SIGINT is
+closes fd 3. If the VPN ends first (vpnd shut down, the interface was
+deleted) or the connection to vpnd drops, vpnctl says why on stderr, lets
+CMD finish, and exits with CMD's status. At a terminal, whose Ctrl-C reaches CMD directly, a SIGINT is
 forwarded only if CMD is still running a second later.
 
 --quiet leaves the VpnInfo and vpnctl's own notices out; errors are still
@@ -147,16 +149,17 @@ func runUp(ctx context.Context, g *globals, params json.RawMessage, argv []strin
 		fmt.Fprintln(g.io.err, "vpnctl: warning: vpnd applies none of the VPN's DNS servers (dnsBackend \"none\"): this host's resolver still answers every query")
 	}
 
-	if len(argv) > 0 {
-		return runWithTUN(g, cl, tun, argv, sigc)
-	}
-	defer tun.Close()
 	// Subscribe to notice a VPN that ends without us (linkGone,
-	// shutdown). Without it we would still notice vpnd going away.
+	// shutdown), and say why. Without it we would still notice vpnd
+	// going away.
 	events, err := cl.Subscribe(ctx)
 	if err != nil {
 		fmt.Fprintf(g.io.err, "vpnctl: warning: cannot watch the VPN's state: %v\n", err)
 	}
+	if len(argv) > 0 {
+		return runWithTUN(g, cl, tun, argv, sigc, events)
+	}
+	defer tun.Close()
 	if !quiet {
 		fmt.Fprintln(g.io.err, "vpnctl: VPN is up; interrupt to end it")
 	}
@@ -216,8 +219,9 @@ func destroy(g *globals, cl *client.Client) int {
 // runWithTUN runs argv with tun as fd 3 and, when it exits, destroys the
 // VPN and closes tun. vpnctl keeps its copy of tun until then: were CMD's
 // the last, its exit would delete the interface, and vpnd would end the VPN
-// as linkGone before the destroy arrived.
-func runWithTUN(g *globals, cl *client.Client, tun *os.File, argv []string, sigc <-chan os.Signal) int {
+// as linkGone before the destroy arrived. If the VPN ends first (events
+// says why, or vpnd goes away), vpnctl says so and lets CMD finish.
+func runWithTUN(g *globals, cl *client.Client, tun *os.File, argv []string, sigc <-chan os.Signal, events <-chan protocol.StateChanged) int {
 	defer tun.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = g.io.in, g.io.out, g.io.err
@@ -242,6 +246,7 @@ func runWithTUN(g *globals, cl *client.Client, tun *os.File, argv []string, sigc
 	interactive := isTerminal(g.io.in)
 	var late <-chan time.Time
 	lost := cl.Done()
+	over := false // the VPN ended without us: no destroy
 	for {
 		select {
 		case s := <-sigc:
@@ -253,14 +258,35 @@ func runWithTUN(g *globals, cl *client.Client, tun *os.File, argv []string, sigc
 		case <-late:
 			late = nil
 			cmd.Process.Signal(syscall.SIGINT)
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if !ev.IsConnected {
+				// The VPN is over, but CMD is the user's; let it
+				// finish. vpnd may close the connection next.
+				fmt.Fprintf(g.io.err, "vpnctl: the VPN ended (%s); waiting for %s to exit\n", ev.Reason, argv[0])
+				events, over = nil, true
+			}
 		case <-lost:
 			// vpnd went away: the VPN is over as far as vpnd is
-			// concerned, but CMD is the user's; let it finish.
-			fmt.Fprintf(g.io.err, "%s; waiting for %s to exit\n", formatError(cl.Err()), argv[0])
+			// concerned, but CMD is the user's; let it finish. vpnd
+			// says why just before it closes the connection
+			// (shutdown): that notification, which the channel still
+			// holds, says more than the end of the connection.
 			lost = nil
+			if !over {
+				if reason, ok := endReason(events); ok {
+					fmt.Fprintf(g.io.err, "vpnctl: the VPN ended (%s); waiting for %s to exit\n", reason, argv[0])
+				} else {
+					fmt.Fprintf(g.io.err, "%s; waiting for %s to exit\n", formatError(cl.Err()), argv[0])
+				}
+			}
+			events, over = nil, true
 		case <-waited:
 			status := exitStatus(cmd.ProcessState)
-			if lost != nil {
+			if !over {
 				if code := destroy(g, cl); code != exitOK && status == 0 {
 					status = code
 				}
@@ -268,6 +294,21 @@ func runWithTUN(g *globals, cl *client.Client, tun *os.File, argv []string, sigc
 			return status
 		}
 	}
+}
+
+// endReason reads what is left of events, which the client closes once
+// the connection has ended, for the notification that the VPN ended, and
+// returns its reason.
+func endReason(events <-chan protocol.StateChanged) (string, bool) {
+	if events == nil {
+		return "", false
+	}
+	for ev := range events {
+		if !ev.IsConnected {
+			return ev.Reason, true
+		}
+	}
+	return "", false
 }
 
 // interruptGrace is how long CMD has to exit on a terminal's SIGINT before
