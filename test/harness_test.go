@@ -164,15 +164,25 @@ func (s *syncBuffer) String() string {
 // fails with cond's last description of the state.
 func eventually(t testing.TB, what string, cond func() (bool, string)) {
 	t.Helper()
-	if !poll(cond) {
+	eventuallyWithin(t, settle, what, cond)
+}
+
+// eventuallyWithin is eventually with a guard of its own, for work that
+// grows with a count (a thousand connections accepted under the race
+// detector, on a loaded machine, can take longer than settle).
+func eventuallyWithin(t testing.TB, guard time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	if !pollFor(guard, cond) {
 		_, state := cond()
-		t.Fatalf("%s: still not true after %v: %s", what, settle, state)
+		t.Fatalf("%s: still not true after %v: %s", what, guard, state)
 	}
 }
 
 // poll is eventually without failing: it reports whether cond came true.
-func poll(cond func() (bool, string)) bool {
-	deadline := time.Now().Add(settle)
+func poll(cond func() (bool, string)) bool { return pollFor(settle, cond) }
+
+func pollFor(guard time.Duration, cond func() (bool, string)) bool {
+	deadline := time.Now().Add(guard)
 	wait := 5 * time.Millisecond
 	for {
 		if ok, _ := cond(); ok {
