@@ -55,7 +55,7 @@ func TestVpnctlUpReportsShutdown(t *testing.T) {
 // CMD finish (it ends when its stdin closes), and exits with its status.
 func TestVpnctlUpCommandReportsShutdown(t *testing.T) {
 	t.Parallel()
-	const runs = 6
+	const runs = 3
 	d := startDaemon(t)
 	for i := range runs {
 		if i > 0 {
