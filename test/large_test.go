@@ -3,6 +3,7 @@ package test
 import (
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -215,4 +216,32 @@ func TestSelfHealingLargeFlush(t *testing.T) {
 	}
 	ok(t, c.call("destroy", "{}", ""))
 	d.waitClean(t, "destroy")
+}
+
+// BenchmarkSetUpLarge times a setUp of each largest config through the
+// socket, from the request to the answer, with a destroy after each one
+// untimed:
+//
+//	go test -run '^$' -bench BenchmarkSetUpLarge -benchtime 10x ./test/
+func BenchmarkSetUpLarge(b *testing.B) {
+	kernelOnly(b, "the kernel's cost of the largest configs")
+	for _, cfg := range largeConfigs {
+		params := cfg.params()
+		b.Run(strings.ReplaceAll(cfg.name, " ", "_"), func(b *testing.B) {
+			_, c := benchDaemonConn(b)
+			var times []time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				start := time.Now()
+				fd := setUpKeep(b, c, 2*i+1, params)
+				times = append(times, time.Since(start))
+				b.StopTimer()
+				writeLine(b, c, request(2*i+2, "destroy", "{}", 0))
+				ok(b, mustRead(b, c))
+				syscall.Close(fd)
+				b.StartTimer()
+			}
+			reportTimes(b, times, "ms/setUp")
+		})
+	}
 }
