@@ -2,7 +2,6 @@ package tun
 
 import (
 	"encoding/binary"
-	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -131,28 +130,28 @@ func (m *monitor) expect(ops []manager.Op) {
 	}
 }
 
-// knownFacts returns a copy of the facts of the link with this index, or
-// nil if an announcement about it must count as a change.
-func (m *monitor) knownFacts(index int) *linkFacts {
+// withFacts calls known with the facts of the link with this index,
+// under their lock, and returns its answer; false, without calling it,
+// while a read of the links is under way or if vpnd knows nothing of the
+// link: then an announcement about it must count as a change.
+func (m *monitor) withFacts(index int, known func(*linkFacts) bool) bool {
 	m.facts.mu.Lock()
 	defer m.facts.mu.Unlock()
 	f := m.facts.links[index]
 	if m.facts.reading > 0 || f == nil {
-		return nil
+		return false
 	}
-	c := *f
-	c.addrs = maps.Clone(f.addrs)
-	return &c
+	return known(f)
 }
 
-// forget drops the facts of a link that is gone, and returns them as
-// knownFacts does.
-func (m *monitor) forget(index int) *linkFacts {
-	f := m.knownFacts(index)
+// forget drops the facts of a link that is gone, and reports whether vpnd
+// had asked for its deletion (as withFacts would know it).
+func (m *monitor) forget(index int) bool {
 	m.facts.mu.Lock()
+	defer m.facts.mu.Unlock()
+	f := m.facts.links[index]
 	delete(m.facts.links, index)
-	m.facts.mu.Unlock()
-	return f
+	return m.facts.reading == 0 && f != nil && f.deleting
 }
 
 // linkAsKnown reports whether an RTM_NEWLINK shows a link as its facts
@@ -177,37 +176,45 @@ func (m *monitor) linkAsKnown(index int, d []byte) bool {
 	}
 	up := nl.DeserializeIfInfomsg(d).Flags&unix.IFF_UP != 0
 
-	m.facts.mu.Lock()
-	defer m.facts.mu.Unlock()
-	f := m.facts.links[index]
-	if m.facts.reading > 0 || f == nil {
-		return false
-	}
-	if f.deleting {
+	return m.withFacts(index, func(f *linkFacts) bool {
+		if f.deleting {
+			return true
+		}
+		i := slices.Index(f.states, linkState{mtu, up})
+		if name != f.name || i < 0 {
+			return false
+		}
+		f.states = slices.Delete(f.states, 0, i)
 		return true
-	}
-	i := slices.Index(f.states, linkState{mtu, up})
-	if name != f.name || i < 0 {
-		return false
-	}
-	f.states = slices.Delete(f.states, 0, i)
-	return true
+	})
 }
 
 // addrAsKnown reports whether an address announcement shows the link's
 // addresses as its facts say (or the link is being deleted).
 func (m *monitor) addrAsKnown(typ uint16, d []byte) bool {
 	msg := nl.DeserializeIfAddrmsg(d)
-	f := m.knownFacts(int(msg.Index))
-	if f == nil {
-		return false
-	}
-	if f.deleting {
-		return true
-	}
+	p, flags, ok := parseAddr(msg, d)
+	return m.withFacts(int(msg.Index), func(f *linkFacts) bool {
+		if f.deleting {
+			return true
+		}
+		if !ok {
+			return false
+		}
+		foreign, known := f.addrs[p]
+		if typ == unix.RTM_DELADDR {
+			return !known
+		}
+		want := addrFlags(p)
+		return known && foreign == (flags&want != want)
+	})
+}
+
+// parseAddr returns the address and flags of an address announcement.
+func parseAddr(msg *nl.IfAddrmsg, d []byte) (netip.Prefix, uint32, bool) {
 	attrs, err := nl.ParseRouteAttr(d[unix.SizeofIfAddrmsg:])
 	if err != nil {
-		return false
+		return netip.Prefix{}, 0, false
 	}
 	var local, address []byte
 	flags := uint32(msg.Flags)
@@ -228,15 +235,9 @@ func (m *monitor) addrAsKnown(typ uint16, d []byte) bool {
 	}
 	ip, ok := netip.AddrFromSlice(local)
 	if !ok {
-		return false
+		return netip.Prefix{}, 0, false
 	}
-	p := netip.PrefixFrom(ip.Unmap(), int(msg.Prefixlen))
-	foreign, known := f.addrs[p]
-	if typ == unix.RTM_DELADDR {
-		return !known
-	}
-	want := addrFlags(p)
-	return known && foreign == (flags&want != want)
+	return netip.PrefixFrom(ip.Unmap(), int(msg.Prefixlen)), flags, true
 }
 
 // routeAsKnown reports whether a route announcement comes from the
@@ -252,8 +253,7 @@ func (m *monitor) routeAsKnown(typ uint16, d []byte) bool {
 	}
 	for _, a := range attrs {
 		if a.Attr.Type == unix.RTA_OIF && len(a.Value) == 4 {
-			f := m.knownFacts(int(binary.NativeEndian.Uint32(a.Value)))
-			return f != nil && f.deleting
+			return m.withFacts(int(binary.NativeEndian.Uint32(a.Value)), func(f *linkFacts) bool { return f.deleting })
 		}
 	}
 	return false

@@ -371,9 +371,9 @@ func (m *monitor) parts(msg syscall.NetlinkMessage) manager.Parts {
 			return 0
 		}
 		if msg.Header.Type == unix.RTM_DELLINK {
-			f := m.forget(index)
+			deleting := m.forget(index)
 			delete(m.tracked, index)
-			if f != nil && f.deleting {
+			if deleting {
 				return 0
 			}
 			return manager.PartLinks | manager.PartRoutes
